@@ -1,0 +1,1 @@
+"""DGL: dynamic global-local prompt tuning for text-video retrieval on a frozen CLIP."""

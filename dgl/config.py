@@ -1,0 +1,121 @@
+"""Typed, validated params: `params.yaml` is the single source of configuration.
+
+Every group of params is a frozen dataclass. A field's allowed values live in its metadata
+(`choice(...)`, `bounded(...)`), so one loader checks them all and names the bad key.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from dgl.errors import UserError
+
+
+def choice(default: Any, *allowed: Any) -> Any:
+    """A field whose value must be one of `allowed`."""
+    return field(default=default, metadata={"choices": allowed})
+
+
+def bounded(default: Any, low: float | None = None, high: float | None = None) -> Any:
+    """A numeric field with inclusive bounds."""
+    return field(default=default, metadata={"low": low, "high": high})
+
+
+def _check(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
+    choices = meta.get("choices")
+    if choices is not None and value not in choices:
+        raise UserError(f"params: {key} = {value!r} is not allowed; use one of: {', '.join(map(str, choices))}")
+    low, high = meta.get("low"), meta.get("high")
+    if (low is not None and value < low) or (high is not None and value > high):
+        span = f"[{'-inf' if low is None else low}, {'inf' if high is None else high}]"
+        raise UserError(f"params: {key} = {value!r} is out of range; use a value in {span}")
+
+
+def _coerce(key: str, value: Any, annotation: Any) -> Any:
+    origin = typing.get_origin(annotation)
+    if dataclasses.is_dataclass(annotation):
+        return build(annotation, value if value is not None else {}, key)
+    if origin in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(annotation) if a is not type(None)]
+        if value is None:
+            return None
+        return _coerce(key, value, options[0])
+    if origin in (tuple, list):
+        (item,) = typing.get_args(annotation)[:1]
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"params: {key} = {value!r} must be a list")
+        return tuple(_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value))
+    if annotation is bool:
+        if not isinstance(value, bool):
+            raise UserError(f"params: {key} = {value!r} must be true or false")
+        return value
+    if annotation is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise UserError(f"params: {key} = {value!r} must be an integer")
+        return value
+    if annotation is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise UserError(f"params: {key} = {value!r} must be a number")
+        return float(value)
+    if annotation is str:
+        if not isinstance(value, str):
+            raise UserError(f"params: {key} = {value!r} must be a string")
+        return value
+    return value
+
+
+def build(cls: type, raw: Any, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a dict, checking names, types, choices and bounds."""
+    if not isinstance(raw, dict):
+        raise UserError(f"params: {prefix or 'the file'} must be a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - set(known))
+    if unknown:
+        key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
+        raise UserError(f"params: unknown key {key}; known keys here: {', '.join(sorted(known))}")
+    values = {}
+    for name, f in known.items():
+        key = f"{prefix}.{name}" if prefix else name
+        if name in raw:
+            value = _coerce(key, raw[name], hints[name])
+        elif dataclasses.is_dataclass(hints[name]):
+            value = build(hints[name], {}, key)
+        else:
+            continue
+        _check(key, value, f.metadata)
+        values[name] = value
+    obj = cls(**values)
+    validate = getattr(obj, "validate", None)
+    if validate is not None:
+        validate()
+    return obj
+
+
+def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
+    """Flatten a dataclass tree to dotted keys (`model.dgl.generator`), as MLflow logs them."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(obj):
+        key = f"{prefix}{f.name}"
+        value = getattr(obj, f.name)
+        if dataclasses.is_dataclass(value):
+            out.update(flatten(value, key + "."))
+        else:
+            out[key] = value
+    return out
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: params file not found; run from the repository root or pass --params") from None
+    except yaml.YAMLError as e:
+        raise UserError(f"{path}: not valid YAML ({str(e).splitlines()[0]}); fix the file") from None
+    return data or {}

@@ -1,0 +1,156 @@
+"""One prompted-encoder implementation on open_clip's CLIP, shared by every method.
+
+A method only declares which prompts exist (`TextPrompts`, `VideoPrompts`); this module inserts
+them into open_clip's own modules (token embedding, residual blocks, final norms, projections)
+without re-implementing them.
+
+Text sequence:  [SOT, prefix prompts, word slots (incl. EOT and padding), postfix prompts]
+  With `postfix_before_eot` (our option, off by default) the postfix prompts sit right before EOT,
+  where the causal mask lets them influence the text feature (see DGL_SPEC.md, "Quirk").
+Video sequence (global-local): [global prompts] + T x [CLS, frame prompts, patches]
+Video sequence (per frame):    each frame alone: [CLS, frame prompts, patches]
+Prompts carry no position embedding; visual prompts are inserted after `ln_pre`. Deep prompts
+overwrite their slots at the input of every prompted layer; global prompts are shallow.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from dgl.models.attention import causal_mask, global_local_mask
+
+
+@dataclass
+class TextPrompts:
+    prefix: Tensor  # (layers, Np, Dt); layer l's prompts enter at the input of block l
+    postfix: Tensor  # (layers, Nq, Dt)
+
+
+@dataclass
+class VideoPrompts:
+    frame: Tensor | None  # (layers, T or 1, Nf, Dv); 1 = the same prompts for every frame
+    global_: Tensor | None = None  # (Ng, Dv), shallow
+
+
+def _text_slots(tokens: Tensor, n_prefix: int, n_postfix: int, postfix_before_eot: bool) -> tuple[Tensor, Tensor, Tensor]:
+    """Where every position of the prompted text sequence comes from.
+
+    Returns `source` (B, S): index into [word slots (L), prompts (Np + Nq)]; `prompt_id` (B, S):
+    which prompt sits at a position (-1 for a word slot); `eot` (B,): the EOT position.
+    """
+    batch, length = tokens.shape
+    n_prompts = n_prefix + n_postfix
+    eot_word = tokens.argmax(dim=-1)  # (B,) EOT has the largest id in CLIP's vocabulary
+    pos = torch.arange(length + n_prompts, device=tokens.device).expand(batch, -1)  # (B, S)
+    postfix_start = (eot_word + n_prefix)[:, None] if postfix_before_eot else torch.full_like(pos[:, :1], length + n_prefix)
+    is_prefix = (pos >= 1) & (pos < 1 + n_prefix)
+    is_postfix = (pos >= postfix_start) & (pos < postfix_start + n_postfix)
+    words_before = (pos - is_prefix.long().cumsum(1) - is_postfix.long().cumsum(1)).clamp(0, length - 1)
+    prompt_id = torch.where(is_prefix, pos - 1, torch.where(is_postfix, n_prefix + pos - postfix_start, -1))
+    source = torch.where(prompt_id >= 0, length + prompt_id, words_before)
+    eot = eot_word + n_prefix + (n_postfix if postfix_before_eot else 0)
+    return source, prompt_id, eot
+
+
+class PromptedCLIP(nn.Module):
+    """open_clip's CLIP with prompt slots in its text and vision transformers."""
+
+    def __init__(self, clip: nn.Module, postfix_before_eot: bool = False):
+        super().__init__()
+        self.clip = clip
+        self.postfix_before_eot = postfix_before_eot
+
+    @property
+    def visual(self) -> nn.Module:
+        return self.clip.visual
+
+    # ---- text ----------------------------------------------------------------------------
+    def encode_text(self, tokens: Tensor, prompts: TextPrompts | None = None) -> Tensor:
+        """tokens (B, L) -> text features (B, E), not normalised."""
+        clip = self.clip
+        length = tokens.shape[1]
+        x = clip.token_embedding(tokens) + clip.positional_embedding[:length]  # (B, L, Dt)
+        if prompts is None:
+            slots, prompt_id, eot = None, None, tokens.argmax(dim=-1)
+        else:
+            n_prefix, n_postfix = prompts.prefix.shape[1], prompts.postfix.shape[1]
+            source, prompt_id, eot = _text_slots(tokens, n_prefix, n_postfix, self.postfix_before_eot)
+            slots = source
+            prompt_bank = torch.cat([prompts.prefix, prompts.postfix], dim=1)  # (layers, Np+Nq, Dt)
+            x = torch.cat([x, x.new_zeros(x.shape[0], n_prefix + n_postfix, x.shape[2])], dim=1)
+            x = x.gather(1, slots[..., None].expand(-1, -1, x.shape[2]))  # (B, S, Dt)
+        mask = causal_mask(x.shape[1], str(x.device)).to(x.dtype)
+        for layer, block in enumerate(clip.transformer.resblocks):
+            if slots is not None and layer < prompt_bank.shape[0]:
+                layer_prompts = prompt_bank[layer][prompt_id.clamp(min=0)]  # (B, S, Dt)
+                x = torch.where((prompt_id >= 0)[..., None], layer_prompts.to(x.dtype), x)
+            x = block(x, attn_mask=mask)
+        x = clip.ln_final(x)
+        x = x[torch.arange(x.shape[0], device=x.device), eot]  # (B, Dt)
+        return x @ clip.text_projection
+
+    # ---- video ---------------------------------------------------------------------------
+    def frame_tokens(self, frames: Tensor, temporal: Tensor | None = None) -> Tensor:
+        """frames (B, T, 3, H, W) -> per-frame [CLS, patches] after ln_pre: (B, T, 1+P, Dv)."""
+        batch, num_frames = frames.shape[:2]
+        x = self.visual._embeds(frames.flatten(0, 1))  # (B*T, 1+P, Dv)
+        x = x.unflatten(0, (batch, num_frames))
+        if temporal is not None:  # our frame-order extension: one learned vector per frame index
+            x = x + temporal[None, :num_frames, None, :]
+        return x
+
+    def _with_frame_prompts(self, x: Tensor, prompts: Tensor | None, layer: int, inserted: bool) -> Tensor:
+        """x (B, T, F, Dv); put layer `layer`'s frame prompts right after each CLS token."""
+        if prompts is None or layer >= prompts.shape[0]:
+            return x
+        n = prompts.shape[2]
+        p = prompts[layer].to(x.dtype).expand(x.shape[0], x.shape[1], -1, -1)  # (B, T, Nf, Dv)
+        rest = x[:, :, 1 + n:] if inserted else x[:, :, 1:]
+        return torch.cat([x[:, :, :1], p, rest], dim=2)
+
+    def encode_frames(self, frames: Tensor, prompts: VideoPrompts | None = None,
+                      temporal: Tensor | None = None) -> Tensor:
+        """Each frame encoded alone, CLS -> ln_post -> proj: (B, T, E)."""
+        x = self.frame_tokens(frames, temporal)  # (B, T, 1+P, Dv)
+        frame_prompts = prompts.frame if prompts is not None else None
+        batch, num_frames = x.shape[:2]
+        for layer, block in enumerate(self.visual.transformer.resblocks):
+            x = self._with_frame_prompts(x, frame_prompts, layer, inserted=layer > 0)
+            x = block(x.flatten(0, 1)).unflatten(0, (batch, num_frames))
+        cls = self.visual.ln_post(x[:, :, 0])  # (B, T, Dv)
+        return cls @ self.visual.proj
+
+    def encode_video_global_local(self, frames: Tensor, prompts: VideoPrompts, temporal: Tensor | None = None,
+                                  pool: str = "global") -> tuple[Tensor, Tensor]:
+        """DGL's video encoder. Returns (video features (B, E), per-frame CLS features (B, T, E))."""
+        x = self.frame_tokens(frames, temporal)  # (B, T, 1+P, Dv)
+        batch, num_frames = x.shape[:2]
+        g = prompts.global_.to(x.dtype).expand(batch, -1, -1)  # (B, Ng, Dv)
+        n_global = g.shape[1]
+        for layer, block in enumerate(self.visual.transformer.resblocks):
+            x = self._with_frame_prompts(x, prompts.frame, layer, inserted=layer > 0)
+            frame_len = x.shape[2]
+            mask = global_local_mask(n_global, num_frames, frame_len, str(x.device)).to(x.dtype)
+            seq = block(torch.cat([g, x.flatten(1, 2)], dim=1), attn_mask=mask)  # (B, Ng + T*F, Dv)
+            g, x = seq[:, :n_global], seq[:, n_global:].unflatten(1, (num_frames, frame_len))
+        global_feats = self.visual.ln_post(g) @ self.visual.proj  # (B, Ng, E)
+        cls_feats = self.visual.ln_post(x[:, :, 0]) @ self.visual.proj  # (B, T, E)
+        return VIDEO_POOLS[pool](global_feats, cls_feats), cls_feats
+
+
+VIDEO_POOLS = {
+    "global": lambda g, cls: g[:, 0],  # the paper: the first global prompt
+    "global_mean": lambda g, cls: g.mean(1),
+    "cls_mean": lambda g, cls: cls.mean(1),
+    "both": lambda g, cls: torch.cat([g, cls], dim=1).mean(1),
+}
+
+
+def contrastive_loss(text: Tensor, video: Tensor, logit_scale: Tensor | float) -> Tensor:
+    """Symmetric InfoNCE over the batch: text (B, E), video (B, E), both L2-normalised."""
+    logits = logit_scale * text @ video.t()  # (B, B)
+    target = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2

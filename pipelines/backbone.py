@@ -1,0 +1,39 @@
+"""Stage `backbone`: models/backbone/ — real CLIP weights, or the small CLIP pretrained here on
+single synthetic frames with static captions (it never sees time)."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dgl.artifacts import save_backbone
+from dgl.cli import atomic_dir, entry_point, show_progress
+from dgl.errors import UserError
+from dgl.models.backbone import build_clip
+from dgl.pretrain import pretrain_clip
+from dgl.settings import load_params
+
+
+@entry_point
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", type=Path, default=Path("models/backbone"))
+    args = ap.parse_args()
+    params = load_params(args.params)
+    cfg = params.backbone
+    if cfg.pretrained:
+        clip, report = build_clip(cfg.name, cfg.pretrained), {"pretrained": cfg.pretrained}
+    elif params.data.dataset == "synthetic":
+        clip, report = pretrain_clip(cfg.name, cfg.pretrain, params.data.synthetic,
+                                     params.preprocess.context_length, progress=show_progress())
+    else:
+        raise UserError(f"params: backbone.pretrained is empty for dataset {params.data.dataset!r}; "
+                        "set it to an open_clip tag (e.g. openai) or a local checkpoint path")
+    with atomic_dir(args.out) as work:
+        save_backbone(clip, cfg.name, work, report)
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,28 @@
+"""Stage `download`: data/raw/ — the synthetic benchmark rendered here, or a real dataset fetched."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from dgl.cli import atomic_dir, entry_point, show_progress
+from dgl.data.sources import prepare_raw
+from dgl.data.synthetic import generate
+from dgl.settings import load_params
+
+
+@entry_point
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--out", type=Path, default=Path("data/raw"))
+    args = ap.parse_args()
+    params = load_params(args.params)
+    with atomic_dir(args.out) as work:
+        if params.data.dataset == "synthetic":
+            generate(work, params.data.synthetic, workers=params.frames.workers, progress=show_progress())
+        else:
+            prepare_raw(params.data.dataset, work, progress=show_progress())
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,48 @@
+"""Stage `evaluate`: metrics.json and plots/recall.json, logged to the training's MLflow run."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from dgl.artifacts import load_trained
+from dgl.cache import CachedSplit
+from dgl.cli import atomic_write, entry_point, show_progress
+from dgl.settings import load_params
+from dgl.tracking import mlflow_run
+from dgl.train import SplitView, evaluate_view, pick_device
+
+
+@entry_point
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--cache", type=Path, default=Path("data/cache"))
+    ap.add_argument("--backbone", type=Path, default=Path("models/backbone"))
+    ap.add_argument("--trained", type=Path, default=Path("models/trained"))
+    ap.add_argument("--metrics", type=Path, default=Path("metrics.json"))
+    ap.add_argument("--plot", type=Path, default=Path("plots/recall.json"))
+    args = ap.parse_args()
+    params = load_params(args.params)
+    split = CachedSplit.load(args.cache, "test")
+    method, info = load_trained(args.trained, args.backbone, params.model, num_frames=split.frames.shape[1])
+    view = SplitView(split, np.arange(split.num_videos))
+    result = evaluate_view(method, view, pick_device(params.train.device), params.eval.batch_size,
+                           dsl=params.eval.dsl, chunk_size=params.eval.chunk_size, progress=show_progress())
+    metrics = {k: round(v, 4) for k, v in result.metrics.items()}
+    metrics.update({"trainable_params": info["parameters"]["trainable"],
+                    "trainable_ratio": info["parameters"]["trainable_ratio"]})
+    curves = [{"K": k + 1, "t2v": t, "v2t": v} for k, (t, v) in enumerate(zip(result.curves["t2v"], result.curves["v2t"]))]
+    atomic_write(args.metrics, json.dumps(metrics, indent=2))
+    atomic_write(args.plot, json.dumps(curves, indent=1))
+    with mlflow_run(params.tracking, run_id=info["mlflow_run_id"], stage="evaluate") as mlflow:
+        mlflow.log_metrics({f"test_{k}": v for k, v in result.metrics.items()})
+        mlflow.log_artifact(str(args.metrics))
+        mlflow.log_artifact(str(args.plot), artifact_path="plots")
+    print(json.dumps(metrics))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""Stage `frames`: data/frames/ — N frames sampled uniformly from every annotated video."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dgl.cli import atomic_dir, entry_point, show_progress
+from dgl.data.adapters import load_annotations
+from dgl.settings import load_params
+from dgl.video import extract_frames
+
+
+@entry_point
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--out", type=Path, default=Path("data/frames"))
+    args = ap.parse_args()
+    params = load_params(args.params)
+    annotations = load_annotations(params.data.dataset, args.raw)
+    with atomic_dir(args.out) as work:
+        summary = extract_frames(args.raw, annotations, work, params.frames, progress=show_progress())
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,31 @@
+"""Stage `preprocess`: data/cache/ — CLIP resize/crop and tokenisation, once, memory-mapped."""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from dgl.cache import build_cache
+from dgl.cli import atomic_dir, entry_point, show_progress
+from dgl.data.adapters import load_annotations
+from dgl.settings import load_params
+
+
+@entry_point
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
+    ap.add_argument("--frames", type=Path, default=Path("data/frames"))
+    ap.add_argument("--out", type=Path, default=Path("data/cache"))
+    args = ap.parse_args()
+    params = load_params(args.params)
+    annotations = load_annotations(params.data.dataset, args.raw)
+    with atomic_dir(args.out, keep_partial=True) as work:  # an interrupted run resumes per video
+        summary = build_cache(annotations, args.frames, work, backbone=params.backbone.name,
+                              context_length=params.preprocess.context_length, progress=show_progress())
+    print(json.dumps(summary["splits"]))
+
+
+if __name__ == "__main__":
+    main()
