@@ -1,0 +1,67 @@
+"""Shared fixtures: a tiny params file and a copy of the project in a temporary git + DVC repo."""
+from __future__ import annotations
+
+import copy
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+# Small enough for the whole pipeline to run in seconds on 2 CPU cores.
+TINY_OVERRIDES = {
+    "data": {"synthetic": {"train_videos": 24, "test_videos": 10, "resolution": 32, "seconds": 1.0,
+                           "captions_per_video": 2}},
+    "frames": {"num_frames": 4, "size": 32},
+    "backbone": {"pretrain": {"images": 256, "eval_images": 64, "epochs": 1, "batch_size": 64}},
+    "train": {"epochs": 2, "batch_size": 8, "val_fraction": 0.2},
+    "eval": {"batch_size": 8},
+}
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in overrides.items():
+        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+def tiny_params() -> dict:
+    return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_OVERRIDES)
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1", **(env or {})}
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
+    if check and out.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+    return out
+
+
+def make_project(dest: Path, params: dict) -> Path:
+    """The project's pipeline files in a fresh git repo with DVC initialised and one commit."""
+    for name in ("dgl", "pipelines"):
+        shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
+    shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run(["git", "init", "-q"], dest)
+    run(["dvc", "init", "-q"], dest)
+    run(["dvc", "config", "core.analytics", "false"], dest)
+    run(git + ["add", "-A"], dest)
+    run(git + ["commit", "-qm", "tiny project"], dest)
+    return dest
+
+
+@pytest.fixture
+def tiny_params_file(tmp_path: Path) -> Path:
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
+    return path
