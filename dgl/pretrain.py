@@ -13,6 +13,7 @@ from tqdm import tqdm
 from dgl.cache import image_size_of, resize_center_crop
 from dgl.data.synthetic import SyntheticConfig, render_static_images
 from dgl.models.backbone import build_clip
+from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw, warmup_cosine
 
 
@@ -24,7 +25,8 @@ def _images_and_tokens(n: int, seed: int, synthetic: SyntheticConfig, backbone: 
     mean, std = torch.tensor(OPENAI_DATASET_MEAN), torch.tensor(OPENAI_DATASET_STD)
     x = (x - mean[:, None, None]) / std[:, None, None]
     tokens = open_clip.get_tokenizer(backbone)(captions, context_length=context_length)
-    return x, tokens, captions
+    longest = int(tokens.argmax(dim=-1).max()) + 1  # static captions are short: drop the padding
+    return x, tokens[:, :longest], captions
 
 
 def _duplicate_aware_loss(image: Tensor, text: Tensor, caption_id: Tensor, scale: Tensor) -> Tensor:
@@ -41,7 +43,7 @@ def zero_shot_image_text_r1(clip: nn.Module, images: Tensor, tokens: Tensor, cap
     clip.eval()
     distinct = sorted(set(captions))
     first = {c: captions.index(c) for c in distinct}
-    text = F.normalize(clip.encode_text(tokens[[first[c] for c in distinct]]), dim=-1)
+    text = F.normalize(PromptedCLIP(clip).encode_text(tokens[[first[c] for c in distinct]]), dim=-1)
     image = torch.cat([F.normalize(clip.encode_image(b), dim=-1) for b in images.split(512)])
     predicted = (image @ text.t()).argmax(1)
     truth = torch.tensor([distinct.index(c) for c in captions])
@@ -52,6 +54,7 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
                   progress: bool = True) -> tuple[nn.Module, dict]:
     torch.manual_seed(pretrain.seed)
     clip = build_clip(backbone)
+    encoder = PromptedCLIP(clip)  # encodes text of any length up to the context (no prompts here)
     images, tokens, captions = _images_and_tokens(pretrain.images, pretrain.seed, synthetic, backbone, context_length)
     caption_id = torch.tensor(np.unique(captions, return_inverse=True)[1])
     optimizer = adamw(list(clip.named_parameters()), pretrain.lr, weight_decay=0.1)
@@ -65,7 +68,7 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
         for step in range(steps_per_epoch):
             batch = order[step * pretrain.batch_size : (step + 1) * pretrain.batch_size]
             image = F.normalize(clip.encode_image(images[batch]), dim=-1)
-            text = F.normalize(clip.encode_text(tokens[batch]), dim=-1)
+            text = F.normalize(encoder.encode_text(tokens[batch]), dim=-1)
             loss = _duplicate_aware_loss(image, text, caption_id[batch], clip.logit_scale.exp())
             optimizer.zero_grad(set_to_none=True)
             loss.backward()

@@ -9,12 +9,17 @@ Text sequence:  [SOT, prefix prompts, word slots (incl. EOT and padding), postfi
   where the causal mask lets them influence the text feature (see DGL_SPEC.md, "Quirk").
 Video sequence (global-local): [global prompts] + T x [CLS, frame prompts, patches]
 Video sequence (per frame):    each frame alone: [CLS, frame prompts, patches]
+Video sequence (joint, VoP^F):  the first K layers per frame as above; the later layers see one
+  sequence per video, [video prompts] + T x [CLS, patches], with full attention
 Prompts carry no position embedding; visual prompts are inserted after `ln_pre`. Deep prompts
 overwrite their slots at the input of every prompted layer; global prompts are shallow.
+Frame prompts are either fixed tensors or a function of (layer, the frame tokens entering that
+layer), for prompts generated from the video itself (VoP^C).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable, Union
 
 import torch
 import torch.nn.functional as F
@@ -29,10 +34,16 @@ class TextPrompts:
     postfix: Tensor  # (layers, Nq, Dt)
 
 
+# (layer, frame tokens entering that layer (B, T, F, Dv)) -> that layer's frame prompts
+# (B or 1, T or 1, Nf, Dv), or None for no new prompts there. Nf must be the same at every layer.
+FramePromptFn = Callable[[int, Tensor], Union[Tensor, None]]
+
+
 @dataclass
 class VideoPrompts:
-    frame: Tensor | None  # (layers, T or 1, Nf, Dv); 1 = the same prompts for every frame
+    frame: Tensor | FramePromptFn | None  # (layers, T or 1, Nf, Dv); 1 = the same prompts for every frame
     global_: Tensor | None = None  # (Ng, Dv), shallow
+    video: Tensor | None = None  # (joint layers, Nv, Dv): deep video-level prompts (encode_frames_joint)
 
 
 def _text_slots(tokens: Tensor, n_prefix: int, n_postfix: int, postfix_before_eot: bool) -> tuple[Tensor, Tensor, Tensor]:
@@ -102,12 +113,21 @@ class PromptedCLIP(nn.Module):
             x = x + temporal[None, :num_frames, None, :]
         return x
 
-    def _with_frame_prompts(self, x: Tensor, prompts: Tensor | None, layer: int, inserted: bool) -> Tensor:
+    def _with_frame_prompts(self, x: Tensor, prompts: Tensor | FramePromptFn | None, layer: int,
+                            inserted: bool) -> Tensor:
         """x (B, T, F, Dv); put layer `layer`'s frame prompts right after each CLS token."""
-        if prompts is None or layer >= prompts.shape[0]:
+        if prompts is None:
             return x
-        n = prompts.shape[2]
-        p = prompts[layer].to(x.dtype).expand(x.shape[0], x.shape[1], -1, -1)  # (B, T, Nf, Dv)
+        if callable(prompts):
+            p = prompts(layer, x)  # generated from the tokens entering this layer
+            if p is None:
+                return x
+        elif layer >= prompts.shape[0]:
+            return x
+        else:
+            p = prompts[layer]
+        n = p.shape[-2]
+        p = p.to(x.dtype).expand(x.shape[0], x.shape[1], -1, -1)  # (B, T, Nf, Dv)
         rest = x[:, :, 1 + n:] if inserted else x[:, :, 1:]
         return torch.cat([x[:, :, :1], p, rest], dim=2)
 
@@ -121,6 +141,34 @@ class PromptedCLIP(nn.Module):
             x = self._with_frame_prompts(x, frame_prompts, layer, inserted=layer > 0)
             x = block(x.flatten(0, 1)).unflatten(0, (batch, num_frames))
         cls = self.visual.ln_post(x[:, :, 0])  # (B, T, Dv)
+        return cls @ self.visual.proj
+
+    def encode_frames_joint(self, frames: Tensor, prompts: VideoPrompts, joint_from: int,
+                            frame_pos: Tensor | None = None) -> Tensor:
+        """VoP^F's encoder: layers < `joint_from` encode each frame alone with its frame prompts
+        (intra-frame); from layer `joint_from` on, the frame prompt slots are dropped, `frame_pos`
+        (T, Dv) is added to every token of frame t, and each frozen block attends over one sequence
+        per video, [video prompts of that layer, all frames' CLS and patches] (inter-frame). The
+        video prompts are deep: their outputs are discarded. Returns per-frame CLS features (B, T, E)."""
+        x = self.frame_tokens(frames)  # (B, T, 1+P, Dv)
+        batch, num_frames, frame_len = x.shape[:3]
+        blocks = self.visual.transformer.resblocks
+        for layer, block in enumerate(blocks[:joint_from]):
+            x = self._with_frame_prompts(x, prompts.frame, layer, inserted=layer > 0)
+            x = block(x.flatten(0, 1)).unflatten(0, (batch, num_frames))
+        n_frame_prompts = x.shape[2] - frame_len
+        x = torch.cat([x[:, :, :1], x[:, :, 1 + n_frame_prompts:]], dim=2)  # (B, T, 1+P, Dv)
+        if frame_pos is not None:
+            x = x + frame_pos[None, :num_frames, None, :].to(x.dtype)
+        x = x.flatten(1, 2)  # (B, T*(1+P), Dv)
+        video = prompts.video
+        for layer in range(joint_from, len(blocks)):
+            if video is None or layer - joint_from >= video.shape[0]:
+                x = blocks[layer](x)
+                continue
+            p = video[layer - joint_from].to(x.dtype).expand(batch, -1, -1)  # (B, Nv, Dv)
+            x = blocks[layer](torch.cat([p, x], dim=1))[:, p.shape[1]:]  # prompt outputs discarded
+        cls = self.visual.ln_post(x.unflatten(1, (num_frames, frame_len))[:, :, 0])  # (B, T, Dv)
         return cls @ self.visual.proj
 
     def encode_video_global_local(self, frames: Tensor, prompts: VideoPrompts, temporal: Tensor | None = None,

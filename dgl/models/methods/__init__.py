@@ -5,6 +5,6 @@ train; the training and evaluation code only calls `prompts()`, `encode_text()` 
 `encode_video()`.
 """
 from dgl.models.methods.base import METHODS, Method, build_method, count_parameters
-from dgl.models.methods import baselines, dgl  # noqa: F401  (registers the methods)
+from dgl.models.methods import baselines, dgl, peft, vop  # noqa: F401  (registers the methods)
 
 __all__ = ["METHODS", "Method", "build_method", "count_parameters"]

@@ -1,0 +1,256 @@
+"""Where each real dataset comes from, and how its raw folder is assembled (the `download` stage).
+
+The raw folder has one layout for every dataset (and the synthetic benchmark writes the same):
+
+    <raw>/<annotation files>   as the dataset publishes them (adapters.py names them)
+    <raw>/videos/...           the videos, `<video id>.<ext>`, in any subfolders
+    <raw>/manifest.json        {"files": {relative path: sha256}, "downloads": {file: where from, checked how}}
+
+Two folders beside it (data/ in the pipeline) survive a failed or repeated stage:
+
+    data/downloads/<dataset>/  archives as fetched: an interrupted download resumes from its .part
+                               file; an archive you fetched yourself can be dropped here
+    data/manual/<dataset>/     what you place by hand, in the raw layout (annotation files at the
+                               top, videos under videos/); hard-linked (else copied) into the raw folder
+
+What can be downloaded is; anything you placed by hand replaces the download that would supply it.
+The stage then checks that the annotation files exist and parse, and counts the videos they name
+that are absent: not fatal here (some MSR-VTT videos are gone upstream); the frames stage lists
+them in skipped.json.
+
+Addresses and checksums: the URLs below are the ones the datasets' authors and the papers'
+reference code publish. They could not be checked from the machine this was written on (no
+network), so a moved file gets an error that says where to put a hand-fetched copy. A sha256 is
+pinned only where one is known; everywhere else the first download is trusted and its sha256
+recorded next to it (`<file>.sha256` in the downloads folder), and every later run is checked
+against that record (trust on first use). No hash here is made up.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+from tqdm import tqdm
+
+from dgl.data.adapters import (VATEX_CAPTIONS, VATEX_TEST, VATEX_TRAIN, VIDEO_EXTENSIONS, dataset_format,
+                               load_annotations)
+from dgl.data.download import download, extract, sha256_of
+from dgl.errors import UserError
+
+Installer = Callable[[Path, Path], None]  # (downloaded file, raw folder)
+
+
+def _link_or_copy(source: Path, dest: Path) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    dest.unlink(missing_ok=True)
+    try:
+        os.link(source, dest)
+    except OSError:  # another file system, or links not allowed
+        shutil.copy2(source, dest)
+
+
+def unpack(select: Callable[[str], str | None]) -> Installer:
+    """Install an archive: the entries `select` maps to raw paths."""
+
+    def install(archive: Path, raw_dir: Path) -> None:
+        extract(archive, raw_dir, select)
+
+    return install
+
+
+def copy_as(name: str) -> Installer:
+    """Install a plain file under `name` in the raw folder."""
+    return lambda file, raw_dir: _link_or_copy(file, raw_dir / name)
+
+
+def files_named(*names: str) -> Callable[[str], str | None]:
+    """Archive entries with one of these file names (in any folder) → the top of the raw folder."""
+    return lambda entry: PurePosixPath(entry).name if PurePosixPath(entry).name in names else None
+
+
+def videos_in(folder: str) -> Callable[[str], str | None]:
+    """Video files inside `.../<folder>/` in the archive → videos/<file name>."""
+
+    def select(entry: str) -> str | None:
+        path = PurePosixPath(entry)
+        inside = ("/" + path.parent.as_posix()).endswith("/" + folder.strip("/"))
+        return f"videos/{path.name}" if inside and path.suffix.lower() in VIDEO_EXTENSIONS else None
+
+    return select
+
+
+@dataclass(frozen=True)
+class Remote:
+    url: str
+    filename: str  # name in the downloads folder
+    install: Installer
+    unless_present: str  # raw path this remote supplies: if you placed it by hand, nothing is fetched
+    sha256: str | None = None  # pinned checksum where known; None: trust on first use
+
+
+@dataclass(frozen=True)
+class Source:
+    remotes: tuple[Remote, ...]
+    by_hand: str  # one line: what to fetch yourself, from where, and where to put it ({manual}, {downloads})
+    derive: Callable[[Path], None] | None = None  # builds the annotation files from what was fetched
+
+
+# --- VATEX: the official caption files → the split lists and caption map the adapter reads -----
+
+VATEX_OFFICIAL = {VATEX_TRAIN: "vatex_training_v1.0.json", VATEX_TEST: "vatex_validation_v1.0.json"}
+
+
+def _vatex_from_official(raw_dir: Path) -> None:
+    """train_list.txt / test_list.txt / ref_captions.json from VATEX's official English captions.
+
+    Train = the official training set, test = the official validation set (3,000 videos). The
+    1,500-video test split of the DGL paper (from HGR/CLIP2Video) has no plain public download:
+    placing its three files in the manual folder skips this step.
+    """
+    if (raw_dir / VATEX_CAPTIONS).exists():
+        return
+    captions: dict[str, list[str]] = {}
+    for list_name, name in VATEX_OFFICIAL.items():
+        try:
+            entries = json.loads((raw_dir / name).read_text(encoding="utf-8"))
+            split_captions = {str(e["videoID"]): [str(c) for c in e["enCap"]] for e in entries}
+        except (ValueError, KeyError, TypeError) as e:
+            raise UserError(f"{raw_dir / name}: not VATEX's official caption format ({type(e).__name__}: {e}); "
+                            "delete it from the downloads folder and run again") from None
+        (raw_dir / list_name).write_text("".join(f"{v}\n" for v in split_captions))
+        captions |= split_captions
+    (raw_dir / VATEX_CAPTIONS).write_text(json.dumps(captions) + "\n")
+    print("vatex: test split = the official validation set (3,000 videos), not the paper's 1,500-video split",
+          file=sys.stderr)
+
+
+# --- the registry ------------------------------------------------------------------------------
+
+SOURCES: dict[str, Source] = {
+    "msrvtt": Source(
+        remotes=(
+            Remote("https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip", "msrvtt_data.zip",
+                   unpack(files_named("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv")),
+                   unless_present="MSRVTT_data.json"),
+            Remote("https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip", "MSRVTT.zip",
+                   unpack(videos_in("videos/all")), unless_present="videos"),
+        ),
+        by_hand="MSR-VTT downloads by itself; if an address fails, fetch CLIP4Clip's msrvtt_data.zip and "
+                "Frozen-in-Time's MSRVTT.zip yourself into {downloads}/, or place MSRVTT_data.json, "
+                "MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv and videos/<video id>.mp4 in {manual}/",
+    ),
+    "vatex": Source(
+        remotes=tuple(
+            Remote(f"https://eric-xw.github.io/vatex-website/data/{name}", name, copy_as(name),
+                   unless_present=VATEX_CAPTIONS)
+            for name in VATEX_OFFICIAL.values()
+        ),
+        by_hand="VATEX videos are YouTube clips: fetch each <videoID> (= <YouTube id>_<start>_<end>, seconds) "
+                "yourself (e.g. yt-dlp, then cut with ffmpeg) into {manual}/videos/<videoID>.mp4; for the "
+                "paper's split also put its train_list.txt, test_list.txt and ref_captions.json in {manual}/",
+        derive=_vatex_from_official,
+    ),
+    "lsmdc": Source(
+        remotes=(),
+        by_hand="LSMDC needs the MPII agreement: request access at "
+                "https://sites.google.com/site/describingmovies/download (LSMDC 2016), then put "
+                "LSMDC16_annos_training.csv and LSMDC16_challenge_1000_publictect.csv in {manual}/ and the clips "
+                "(<clip id>.avi, one folder per movie is fine) under {manual}/videos/",
+    ),
+    "activitynet": Source(
+        remotes=(
+            # sha256 pinned by a public third-party project that checks this archive on every use
+            # (found by code search); we could not download it ourselves to confirm.
+            Remote("https://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip", "captions.zip",
+                   unpack(files_named("train.json", "val_1.json")), unless_present="train.json",
+                   sha256="7ed4f4d613d965683fbdbb9f01baad4fe2a439b99fc39cfd2f6fa6cf9201fd2b"),
+        ),
+        by_hand="ActivityNet videos are not freely downloadable: request them with the form on "
+                "http://activity-net.org/download.html and put v_<id>.mp4 (or .mkv/.webm) under {manual}/videos/",
+    ),
+}
+
+
+def _source(dataset: str) -> Source:
+    if dataset not in SOURCES:
+        raise UserError(f"dataset {dataset!r} has no download source; use one of: {', '.join(SOURCES)} "
+                        "(the synthetic benchmark is rendered locally, not downloaded)")
+    return SOURCES[dataset]
+
+
+# --- fetching with checksums -------------------------------------------------------------------
+
+
+def _fetch(remote: Remote, downloads_dir: Path, progress: bool) -> tuple[Path, dict]:
+    """The verified archive in the downloads folder, and how it was checked."""
+    path = downloads_dir / remote.filename
+    record = downloads_dir / f"{remote.filename}.sha256"
+    recorded = record.read_text().strip() if record.exists() else None
+    expected = remote.sha256 or recorded
+    if path.exists():
+        digest = sha256_of(path)
+        if expected is not None and digest != expected:
+            raise UserError(f"{path}: sha256 {digest} does not match the expected {expected}; delete it "
+                            "(and its .sha256 record if the source really changed) and run again")
+    else:
+        digest = download(remote.url, path, expected, progress)
+    if expected is None:
+        record.write_text(digest + "\n")
+    checked = "pinned" if remote.sha256 else "recorded on first use" if recorded else "first use (now recorded)"
+    return path, {"url": remote.url, "sha256": digest, "checked": checked}
+
+
+def _place_by_hand(manual_dir: Path, raw_dir: Path) -> int:
+    """Link every file placed in the manual folder into the raw folder; returns how many."""
+    files = [p for p in sorted(manual_dir.rglob("*")) if p.is_file()] if manual_dir.is_dir() else []
+    for path in files:
+        _link_or_copy(path, raw_dir / path.relative_to(manual_dir))
+    return len(files)
+
+
+def _write_manifest(raw_dir: Path, downloads: dict[str, dict], progress: bool) -> None:
+    files = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.name != "manifest.json")
+    bar = tqdm(files, desc="checksums", unit="file", disable=not progress)
+    manifest = {"files": {p.relative_to(raw_dir).as_posix(): sha256_of(p) for p in bar}, "downloads": downloads}
+    (raw_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+
+def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_dir: Path | None = None,
+                manual_dir: Path | None = None) -> dict:
+    """Assemble `raw_dir` for a real dataset: place, download, extract, check, write the manifest.
+
+    `downloads_dir` defaults to <raw_dir's parent>/downloads/<dataset>, `manual_dir` to
+    <raw_dir's parent>/manual/<dataset>. Returns a summary (counts).
+    """
+    source = _source(dataset)
+    raw_dir = Path(raw_dir)
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    downloads_dir = Path(downloads_dir or raw_dir.parent / "downloads" / dataset)
+    manual_dir = Path(manual_dir or raw_dir.parent / "manual" / dataset)
+    by_hand = source.by_hand.format(manual=manual_dir, downloads=downloads_dir)
+
+    placed = _place_by_hand(manual_dir, raw_dir)
+    downloads = {}
+    for remote in source.remotes:
+        if not (raw_dir / remote.unless_present).exists():
+            path, downloads[remote.filename] = _fetch(remote, downloads_dir, progress)
+            remote.install(path, raw_dir)
+    if source.derive is not None:
+        source.derive(raw_dir)
+
+    missing_files = [f for f in dataset_format(dataset).files if not (raw_dir / f).is_file()]
+    if missing_files:
+        raise UserError(f"{dataset}: annotation files missing: {', '.join(missing_files)}; {by_hand}")
+    annotations = load_annotations(dataset, raw_dir)
+    absent = [v for v, relative in annotations.videos.items() if not (raw_dir / relative).is_file()]
+    if absent:
+        print(f"{dataset}: {len(absent)} of {len(annotations.videos)} videos named by the annotations are absent "
+              f"(first: {absent[0]}); the frames stage lists them in skipped.json. {by_hand}", file=sys.stderr)
+    _write_manifest(raw_dir, downloads, progress)
+    return {"dataset": dataset, "placed_by_hand": placed, "downloaded": sorted(downloads),
+            "videos": len(annotations.videos), "videos_absent": len(absent)}
