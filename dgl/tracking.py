@@ -1,4 +1,11 @@
-"""MLflow: one run per train+evaluate pair, in sqlite:///<repo>/mlflow.db unless told otherwise."""
+"""MLflow: one run per train+evaluate pair, in sqlite:///<repo>/mlflow.db unless told otherwise.
+
+The train stage starts the run and stores its id in models/trained/model.json; the evaluate stage
+resumes it. Several stages may write one SQLite store at once (`dvc queue start -j 2`): a file
+lock beside the database serialises its creation and the experiment's, which would otherwise
+race through MLflow's schema migrations; later writes are short transactions that SQLite's
+busy timeout queues.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -7,6 +14,8 @@ import subprocess
 from pathlib import Path
 from typing import Iterator
 
+from filelock import FileLock
+
 from dgl.errors import UserError
 from dgl.settings import repo_root
 
@@ -14,9 +23,11 @@ from dgl.settings import repo_root
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
+SQLITE = "sqlite:///"
+
 
 def tracking_uri(cfg) -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"sqlite:///{repo_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"{SQLITE}{repo_root() / 'mlflow.db'}"
 
 
 def _git_commit(root: Path) -> str:
@@ -24,23 +35,39 @@ def _git_commit(root: Path) -> str:
     return out.stdout.strip() if out.returncode == 0 else ""
 
 
+def _store_lock(uri: str) -> contextlib.AbstractContextManager:
+    return FileLock(uri.removeprefix(SQLITE) + ".lock") if uri.startswith(SQLITE) else contextlib.nullcontext()
+
+
+def _experiment_id(mlflow, uri: str, name: str) -> str:
+    """The experiment's id, created on first use. With SQLite its artifacts go to <repo>/mlruns/<name>,
+    not under the working directory, which for a queued experiment is a temporary copy."""
+    with _store_lock(uri):
+        experiment = mlflow.get_experiment_by_name(name)
+        if experiment is not None:
+            return experiment.experiment_id
+        location = (repo_root() / "mlruns" / name).as_uri() if uri.startswith(SQLITE) else None
+        return mlflow.create_experiment(name, artifact_location=location)
+
+
 @contextlib.contextmanager
 def mlflow_run(cfg, *, run_id: str | None = None, stage: str) -> Iterator["object"]:
-    """Start (or resume, given `run_id`) the MLflow run; yields the mlflow module."""
+    """Start (or resume, given `run_id`) the MLflow run; yields the mlflow module.
+
+    Tags: the stage that last wrote the run, the git commit, and under DVC the experiment name (also
+    the run name) and the baseline revision it branched from."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
+    name = os.environ.get("DVC_EXP_NAME") or None
+    tags = {"stage": stage, "git_commit": _git_commit(repo_root()),
+            "dvc_exp_name": name, "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
     try:
-        if run_id is None:
-            mlflow.set_experiment(cfg.experiment)
-        name = os.environ.get("DVC_EXP_NAME") or None
-        with mlflow.start_run(run_id=run_id, run_name=name) as run:
-            mlflow.set_tags({"stage": stage, "git_commit": _git_commit(repo_root()),
-                             **({"dvc_exp_name": name} if name else {}),
-                             **({"dvc_baseline_rev": os.environ["DVC_EXP_BASELINE_REV"]}
-                                if os.environ.get("DVC_EXP_BASELINE_REV") else {})})
+        experiment_id = None if run_id else _experiment_id(mlflow, uri, cfg.experiment)
+        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name):
+            mlflow.set_tags({k: v for k, v in tags.items() if v})
             yield mlflow
     except MlflowException as e:
         raise UserError(f"MLflow at {uri}: {str(e).splitlines()[0][:200]}; start the server or set "
@@ -51,3 +78,10 @@ def active_run_id() -> str:
     import mlflow
 
     return mlflow.active_run().info.run_id
+
+
+def log_files(mlflow, paths) -> None:
+    """Log those of `paths` that exist (dvc.lock is absent before the first `dvc repro`)."""
+    for path in map(Path, paths):
+        if path.is_file():
+            mlflow.log_artifact(str(path))

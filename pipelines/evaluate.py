@@ -1,4 +1,5 @@
-"""Stage `evaluate`: metrics.json and plots/recall.json, logged to the training's MLflow run."""
+"""Stage `evaluate`: metrics.json, plots/recall.json and plots/figures/, logged to the training's
+MLflow run together with params.yaml, dvc.lock and every plot."""
 from __future__ import annotations
 
 import argparse
@@ -9,10 +10,12 @@ import numpy as np
 
 from dgl.artifacts import load_trained
 from dgl.cache import CachedSplit
-from dgl.cli import atomic_write, entry_point, show_progress
+from dgl.cli import atomic_dir, atomic_write, entry_point, show_progress
+from dgl.figures import write_figures
+from dgl.metrics import evaluate_retrieval
 from dgl.settings import load_params
-from dgl.tracking import mlflow_run
-from dgl.train import SplitView, evaluate_view, pick_device
+from dgl.tracking import log_files, mlflow_run
+from dgl.train import SplitView, encode_view, pick_device
 
 
 @entry_point
@@ -23,24 +26,29 @@ def main() -> None:
     ap.add_argument("--backbone", type=Path, default=Path("models/backbone"))
     ap.add_argument("--trained", type=Path, default=Path("models/trained"))
     ap.add_argument("--metrics", type=Path, default=Path("metrics.json"))
-    ap.add_argument("--plot", type=Path, default=Path("plots/recall.json"))
+    ap.add_argument("--plots", type=Path, default=Path("plots"))
     args = ap.parse_args()
     params = load_params(args.params)
     split = CachedSplit.load(args.cache, "test")
     method, info = load_trained(args.trained, args.backbone, params.model, num_frames=split.frames.shape[1])
-    view = SplitView(split, np.arange(split.num_videos))
-    result = evaluate_view(method, view, pick_device(params.train.device), params.eval.batch_size,
-                           dsl=params.eval.dsl, chunk_size=params.eval.chunk_size, progress=show_progress())
+    device = pick_device(params.train.device)
+    text, video, _, caption_video = encode_view(method, SplitView(split, np.arange(split.num_videos)), device,
+                                                       params.eval.batch_size, progress=show_progress())
+    result = evaluate_retrieval(text, video, caption_video, categories=split.categories, twins=split.twins,
+                                dsl=params.eval.dsl, chunk_size=params.eval.chunk_size,
+                                logit_scale=float(method.logit_scale()))
     metrics = {k: round(v, 4) for k, v in result.metrics.items()}
     metrics.update({"trainable_params": info["parameters"]["trainable"],
                     "trainable_ratio": info["parameters"]["trainable_ratio"]})
     curves = [{"K": k + 1, "t2v": t, "v2t": v} for k, (t, v) in enumerate(zip(result.curves["t2v"], result.curves["v2t"]))]
     atomic_write(args.metrics, json.dumps(metrics, indent=2))
-    atomic_write(args.plot, json.dumps(curves, indent=1))
+    atomic_write(args.plots / "recall.json", json.dumps(curves, indent=1))
+    with atomic_dir(args.plots / "figures") as work:
+        write_figures(work, method, split, text, video, device)
     with mlflow_run(params.tracking, run_id=info["mlflow_run_id"], stage="evaluate") as mlflow:
         mlflow.log_metrics({f"test_{k}": v for k, v in result.metrics.items()})
-        mlflow.log_artifact(str(args.metrics))
-        mlflow.log_artifact(str(args.plot), artifact_path="plots")
+        log_files(mlflow, [args.metrics, args.params, "dvc.lock"])
+        mlflow.log_artifacts(str(args.plots), artifact_path="plots")
     print(json.dumps(metrics))
 
 
