@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dgl.config import bounded, build, choice, read_yaml
 from dgl.data.synthetic import SyntheticConfig
+from dgl.errors import UserError
 from dgl.models.methods.config import ModelConfig
 from dgl.video import FramesConfig
 
@@ -55,6 +56,14 @@ class TrainConfig:
     seed: int = 42
     device: str = choice("auto", "auto", "cpu", "cuda")
     threads: int = bounded(0, 0, 256)  # CPU threads for torch; 0 = torch's default
+    amp: str = choice("auto", "auto", "off", "bf16", "fp16")  # CUDA only; auto = bf16 where supported
+    nproc: int = bounded(1, 1, 1024)  # processes on this machine (torchrun, DDP); batch_size stays global
+    accum_steps: int = bounded(1, 1, 1024)  # sub-batches per step (GradCache): same loss, less memory
+
+    def validate(self) -> None:
+        if self.batch_size % (self.nproc * self.accum_steps):
+            raise UserError(f"params: train.batch_size = {self.batch_size} (the global batch) must split evenly over "
+                            f"train.nproc x train.accum_steps = {self.nproc * self.accum_steps}; change one of them")
 
 
 @dataclass(frozen=True)

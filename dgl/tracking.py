@@ -4,7 +4,15 @@ The train stage starts the run and stores its id in models/trained/model.json; t
 resumes it. Several stages may write one SQLite store at once (`dvc queue start -j 2`): a file
 lock beside the database serialises its creation and the experiment's, which would otherwise
 race through MLflow's schema migrations; later writes are short transactions that SQLite's
-busy timeout queues.
+busy timeout (20 s, set by MLflow) queues (tests/test_tracking.py: 4 processes at once). With many
+workers, route them through one server instead: `mlflow server --backend-store-uri
+sqlite:///mlflow.db --port 5000`, then `MLFLOW_TRACKING_URI=http://127.0.0.1:5000 dvc queue start -j N`
+(the workers that command starts inherit the variable).
+
+Only code that runs logs. A stage that DVC skips as unchanged, or restores from its run cache,
+runs nothing, so an experiment made of such stages adds no MLflow run: its numbers are those of
+the earlier run named by `mlflow_run_id` in models/trained/model.json. To log a fresh run anyway,
+force the two tracked stages: `dvc exp run -f -s train evaluate` (see experiments/README.md).
 """
 from __future__ import annotations
 

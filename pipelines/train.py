@@ -1,14 +1,22 @@
-"""Stage `train`: models/trained/ (trainable weights only) and plots/train.json; one MLflow run."""
+"""Stage `train`: models/trained/ (trainable weights only) and plots/train.json; one MLflow run.
+
+With train.nproc > 1 the stage re-launches itself under torchrun (DDP); only rank 0 logs and
+writes. After every epoch it checkpoints to --checkpoint, so a killed run resumes there, in the
+same MLflow run, and ends with the same results (dgl/checkpoint.py)."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import sys
 from pathlib import Path
 
 import torch
 
+from dgl import distributed
 from dgl.artifacts import load_backbone, save_trained
 from dgl.cache import CachedSplit
+from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.cli import atomic_dir, atomic_write, entry_point, show_progress
 from dgl.config import flatten
 from dgl.models.methods import build_method, count_parameters
@@ -25,31 +33,43 @@ def main() -> None:
     ap.add_argument("--backbone", type=Path, default=Path("models/backbone"))
     ap.add_argument("--out", type=Path, default=Path("models/trained"))
     ap.add_argument("--plot", type=Path, default=Path("plots/train.json"))
+    ap.add_argument("--checkpoint", type=Path, default=Path("models/checkpoints/train.pt"))
     args = ap.parse_args()
     params = load_params(args.params)
     cfg = params.train
+    if cfg.nproc > 1 and not distributed.under_torchrun():
+        sys.exit(distributed.relaunch(cfg.nproc, "pipelines.train", sys.argv[1:]))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    device = pick_device(cfg.device)
-    split = CachedSplit.load(args.cache, "train")
-    clip, backbone = load_backbone(args.backbone)
-    method = build_method(params.model.method, clip, params.model, num_frames=split.frames.shape[1])
-    counts = count_parameters(method)
-    train_view, val_view = train_val_views(split, cfg.val_fraction, cfg.seed)
-    with mlflow_run(params.tracking, stage="train") as mlflow:
-        mlflow.log_params(flatten(params))
-        mlflow.set_tag("method", params.model.method)
-        mlflow.log_metrics({f"params_{k}": v for k, v in counts.items()})
-        history = train_method(method, train_view, val_view, cfg, device,
-                               on_epoch=lambda epoch, record: mlflow.log_metrics(record, step=epoch),
-                               progress=show_progress())
-        run_id = active_run_id()
+    with distributed.process_group(pick_device(cfg.device)) as (dist, device):
+        split = CachedSplit.load(args.cache, "train")
+        clip, backbone = load_backbone(args.backbone)
+        method = build_method(params.model.method, clip, params.model, num_frames=split.frames.shape[1])
+        counts = count_parameters(method)
+        train_view, val_view = train_val_views(split, cfg.val_fraction, cfg.seed)
+        checkpoint = Checkpoint(args.checkpoint, fingerprint(params, backbone["sha256"]))
+        resume = checkpoint.load(verbose=dist.main)
+        run_id = resume["mlflow_run_id"] if resume else None
+        tracking = mlflow_run(params.tracking, run_id=run_id, stage="train") if dist.main else contextlib.nullcontext()
+        with tracking as mlflow:
+            if dist.main:
+                mlflow.log_params(flatten(params))
+                mlflow.set_tag("method", params.model.method)
+                mlflow.log_metrics({f"params_{k}": v for k, v in counts.items()})
+                run_id = active_run_id()
+            history = train_method(method, train_view, val_view, cfg, device,
+                                   on_epoch=lambda epoch, record: mlflow.log_metrics(record, step=epoch),
+                                   progress=show_progress(), dist=dist, resume=resume,
+                                   save_checkpoint=lambda state: checkpoint.save({**state, "mlflow_run_id": run_id}))
+    if not dist.main:
+        return
     info = {"method": params.model.method, "backbone": backbone["name"], "backbone_sha256": backbone["sha256"],
             "parameters": counts, "mlflow_run_id": run_id, "epochs": len(history)}
     with atomic_dir(args.out) as work:
         save_trained(method.cpu(), work, info)
     atomic_write(args.plot, json.dumps([{"epoch": i + 1, **r} for i, r in enumerate(history)], indent=1))
+    checkpoint.remove()  # the outputs hold everything now
     print(json.dumps({"method": info["method"], "trainable": counts["trainable"],
                       **(history[-1] if history else {})}))
 

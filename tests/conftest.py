@@ -46,7 +46,7 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
 
 def make_project(dest: Path, params: dict) -> Path:
     """The project's pipeline files in a fresh git repo with DVC initialised and one commit."""
-    for name in ("dgl", "pipelines"):
+    for name in ("dgl", "pipelines", "experiments"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
     shutil.copy(ROOT / ".gitignore", dest / ".gitignore")

@@ -1,0 +1,94 @@
+"""Data-parallel training: one process per GPU (or several on CPU), started by torchrun.
+
+Nothing happens at import. `process_group()` joins the group that torchrun's environment describes
+(gloo on CPU, NCCL on CUDA); without torchrun it is a single process and no group. Every rank draws
+the same global batches and encodes its own slice; `gather` builds the global batch's features for
+the contrastive loss and `data_parallel` sums the ranks' gradients, so training equals one process
+on the whole batch (see dgl.train.contrastive_step).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+from torch.nn.parallel import DistributedDataParallel
+
+
+@dataclass(frozen=True)
+class Dist:
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def main(self) -> bool:
+        """Rank 0: the only one that logs to MLflow and writes outputs."""
+        return self.rank == 0
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
+def relaunch(nproc: int, module: str, argv: list[str]) -> int:
+    """Run `python -m module *argv` as `nproc` processes under torchrun on this machine; its exit code.
+    Several machines: start torchrun yourself on each (--nnodes, --rdzv-endpoint); then nothing is
+    re-launched."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
+           "-m", module, *argv]
+    return subprocess.run(cmd).returncode
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device) -> Iterator[tuple[Dist, torch.device]]:
+    """This process's rank and device (cuda:LOCAL_RANK under torchrun on CUDA)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        yield Dist(), device
+        return
+    if device.type == "cuda":
+        device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    try:
+        yield Dist(dist.get_rank(), world), device
+    finally:
+        dist.destroy_process_group()
+
+
+def gather(x: Tensor) -> Tensor:
+    """Every rank's x (b, ...) concatenated in rank order (W*b, ...). Only this rank's slice keeps
+    its graph: the others arrive as constants (open_clip's gather_features, local_loss=False)."""
+    if not dist.is_initialized() or dist.get_world_size() == 1:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    parts[dist.get_rank()] = x
+    return torch.cat(parts)
+
+
+def _allreduce_sum(_, bucket):  # no return annotation: DDP checks it, and it would be a string here
+    return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
+
+
+def data_parallel(module: nn.Module, device: torch.device, ignore: list[str]) -> nn.Module:
+    """DDP over `module` whose gradients are *summed* over ranks, not averaged.
+
+    Every rank computes the same loss over the global batch, but backpropagates it only through its
+    own slice of the features, so its gradient is its slice's share; the sum of the shares is the
+    gradient of the global-batch loss. (open_clip averages instead, which divides it by the world
+    size.) Parameters named in `ignore` are used outside `module.forward` (CLIP's logit scale,
+    trained by `full`): every rank gets the whole, identical gradient for them, so they are left
+    out of the sum."""
+    if not dist.is_initialized():
+        return module
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
+    ddp = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    ddp.register_comm_hook(None, _allreduce_sum)
+    return ddp

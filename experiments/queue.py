@@ -1,0 +1,143 @@
+"""Queue the comparison grid (experiments/grid.yaml) as DVC experiments and start the queue.
+
+    python -m experiments.queue                          # every row, one worker
+    python -m experiments.queue --rows zeroshot,dgl_ulp --jobs 2 --wait
+    python -m experiments.queue --dry-run                # print the dvc commands only
+
+Each row becomes `dvc exp run --queue -n <row> -S ...`. Stages whose inputs a row shares with an earlier
+run (download .. backbone, usually) are restored from DVC's run cache, not recomputed. A row whose name
+is already an experiment of this commit is refused unless --force, which overwrites it and, being
+`dvc exp run -f`, reruns every stage.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from dgl.cli import entry_point
+from dgl.errors import UserError
+
+GRID = Path(__file__).with_name("grid.yaml")
+POLL_SECONDS = 5
+LOG_TAIL_LINES = 15
+
+
+@dataclass(frozen=True)
+class Row:
+    name: str
+    overrides: tuple[str, ...]  # `key=value`, as for `dvc exp run -S`
+    extension: bool = False  # our own option, not a row of the papers
+
+
+def load_grid(path: Path = GRID) -> list[Row]:
+    try:
+        rows = yaml.safe_load(Path(path).read_text())["rows"]
+        return [Row(r["name"], tuple(r["set"]), bool(r.get("extension", False))) for r in rows]
+    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        raise UserError(f"{path}: not a grid file ({type(e).__name__}: {e}); see experiments/grid.yaml") from None
+
+
+def select(grid: list[Row], names: str | None) -> list[Row]:
+    if names is None:
+        return grid
+    wanted = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = [n for n in wanted if n not in {r.name for r in grid}]
+    if unknown:
+        raise UserError(f"unknown grid row(s): {', '.join(unknown)}; the grid has: {', '.join(r.name for r in grid)}")
+    return [r for r in grid if r.name in wanted]
+
+
+def queue_command(row: Row, force: bool) -> list[str]:
+    sets = [arg for override in row.overrides for arg in ("-S", override)]
+    return ["dvc", "exp", "run", "--queue", *(["-f"] if force else []), "-n", row.name, *sets]
+
+
+def dvc(*args: str) -> str:
+    try:
+        out = subprocess.run(["dvc", *args], capture_output=True, text=True)
+    except FileNotFoundError:
+        raise UserError("dvc is not on PATH; activate the project's virtualenv (.venv/bin)") from None
+    if out.returncode != 0:
+        errors = [line for line in out.stderr.splitlines() if line.startswith("ERROR")] or out.stderr.splitlines()
+        raise UserError(f"`dvc {' '.join(args)}` failed: {errors[0] if errors else f'exit code {out.returncode}'}")
+    return out.stdout
+
+
+def queue_tasks() -> dict[str, tuple[str, str]]:
+    """`dvc queue status` as {task id: (experiment name, status)}; status is Queued, Running, Success
+    or Failed."""
+    tasks = {}
+    for line in dvc("queue", "status").splitlines()[1:]:
+        if not line.strip() or line.startswith("Worker status"):
+            continue
+        task, name, *_, status = line.split()
+        tasks[task] = (name, status)
+    return tasks
+
+
+def wait_for(ours: set[str]) -> None:
+    """Poll until our tasks are done; print each one's outcome and the log tails of the failures."""
+    pending = set(ours)
+    failed = []
+    while pending:
+        time.sleep(POLL_SECONDS)
+        tasks = queue_tasks()
+        for task in sorted(pending):
+            name, status = tasks.get(task, ("?", "Unknown"))
+            if status in ("Queued", "Running"):
+                continue
+            pending.discard(task)
+            print(f"{name}: {status}", flush=True)
+            if status != "Success":
+                failed.append((task, name))
+    for task, name in failed:
+        tail = subprocess.run(["dvc", "queue", "logs", task], capture_output=True, text=True).stdout
+        lines = [line for line in tail.splitlines() if line.strip()][-LOG_TAIL_LINES:]
+        print(f"--- {name}: last lines of `dvc queue logs {task}`", *lines, sep="\n", file=sys.stderr)
+    if failed:
+        raise UserError(f"{len(failed)} of {len(ours)} experiments failed: {', '.join(n for _, n in failed)}")
+
+
+@entry_point
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--grid", type=Path, default=GRID)
+    ap.add_argument("--rows", help="comma-separated row names (default: every row)")
+    ap.add_argument("-j", "--jobs", type=int, default=1, help="queue workers (dvc queue start -j)")
+    ap.add_argument("--wait", action="store_true", help="wait for the experiments; exit 2 if any failed")
+    ap.add_argument("-f", "--force", action="store_true",
+                    help="overwrite experiments of the same name (dvc exp run -f: every stage reruns)")
+    ap.add_argument("--dry-run", action="store_true", help="print the dvc commands, run nothing")
+    args = ap.parse_args()
+    if args.jobs < 1:
+        raise UserError(f"--jobs must be >= 1, got {args.jobs}")
+    rows = select(load_grid(args.grid), args.rows)
+    commands = [queue_command(row, args.force) for row in rows] + [["dvc", "queue", "start", "-j", str(args.jobs)]]
+    if args.dry_run:
+        print(*map(shlex.join, commands), sep="\n")
+        return
+    if not args.force:
+        existing = set(dvc("exp", "ls", "--name-only").split())
+        taken = [r.name for r in rows if r.name in existing]
+        if taken:
+            raise UserError(f"experiments already exist: {', '.join(taken)}; pass --force to rerun them "
+                            f"or `dvc exp remove {' '.join(taken)}` first")
+    before = set(queue_tasks())
+    for command in commands[:-1]:
+        print(dvc(*command[1:]).strip(), flush=True)
+    ours = set(queue_tasks()) - before
+    print(dvc(*commands[-1][1:]).strip(), flush=True)
+    if args.wait:
+        wait_for(ours)
+        print("done; tabulate them with `python -m experiments.report`")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,149 @@
+"""The comparison grid end to end: experiments/queue.py queues grid rows as DVC experiments of a tiny
+project and runs them through DVC's queue; experiments/report.py tabulates them from `dvc exp show`
+and from MLflow, in grid order, with each experiment's own numbers."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import ROOT, make_project, run, tiny_params
+from dgl.models.methods import METHODS
+from experiments.queue import load_grid
+from experiments.report import Experiment, table
+
+ROWS = ("zeroshot", "dgl_ulp")
+
+
+def report_rows(markdown: str) -> dict[str, dict[str, str]]:
+    """The table's rows as {method: {column header: cell}}."""
+    lines = [line for line in markdown.splitlines() if line.startswith("|")]
+    header = [h.strip() for h in lines[0].strip("|").split("|")]
+    rows = {}
+    for line in lines[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = dict(zip(header[1:], cells[1:]))
+    return rows
+
+
+def experiment_metrics(root: Path) -> dict[str, dict]:
+    """Each experiment's metrics.json, read from its own commit (refs/exps/<baseline>/<name>)."""
+    head = run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    prefix = f"refs/exps/{head[:2]}/{head[2:]}/"
+    refs = run(["git", "for-each-ref", prefix, "--format=%(refname) %(objectname)"], root).stdout.split("\n")
+    return {ref.removeprefix(prefix): json.loads(run(["git", "show", f"{sha}:metrics.json"], root).stdout)
+            for ref, sha in (line.split() for line in refs if line)}
+
+
+def outside_repo(tmp_path: Path, *args: str):
+    """queue.py where a slip past its checks could not queue anything: no git, no DVC."""
+    return run(["python", "-m", "experiments.queue", *args], tmp_path, check=False, env={"PYTHONPATH": str(ROOT)})
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> tuple[Path, str]:
+    root = make_project(tmp_path_factory.mktemp("grid"), tiny_params())
+    out = run(["python", "-m", "experiments.queue", "--rows", ",".join(ROWS), "--jobs", "1", "--wait"], root)
+    return root, out.stdout
+
+
+def test_queue_runs_the_rows_and_report_shows_each_experiments_numbers(project):
+    root, queue_out = project
+    assert all(f"{name}: Success" in queue_out for name in ROWS), queue_out
+    metrics = experiment_metrics(root)
+    assert set(metrics) == set(ROWS)
+    out = run(["python", "-m", "experiments.report", "--out", "experiments/results/tiny.md"], root).stdout
+    assert (root / "experiments/results/tiny.md").read_text() == out
+    rows = report_rows(out)
+    assert list(rows) == list(ROWS)  # grid order
+    for name, cells in rows.items():
+        m = metrics[name]
+        assert int(cells["Params"].replace(",", "")) == m["trainable_params"]
+        assert float(cells["Params %"]) == pytest.approx(100 * m["trainable_ratio"], rel=5e-3, abs=1e-12)
+        for header, key in [("t2v R@1", "t2v_R1"), ("t2v R@5", "t2v_R5"), ("t2v R@10", "t2v_R10"),
+                            ("t2v MdR", "t2v_MdR"), ("t2v MnR", "t2v_MnR"), ("v2t R@1", "v2t_R1"),
+                            ("R@1 static", "t2v_R1_static"), ("R@1 motion", "t2v_R1_motion")]:
+            assert float(cells[header]) == pytest.approx(m[key], abs=0.05), (name, header)
+        assert float(cells["pair acc"]) == pytest.approx(m["pair_acc"], abs=5e-4)
+        assert float(cells["pair acc motion"]) == pytest.approx(m["pair_acc_motion"], abs=5e-4)
+    assert rows["zeroshot"]["Params"] == "0" and metrics["dgl_ulp"]["trainable_params"] > 0
+
+
+def test_report_from_mlflow_agrees_with_dvc(project):
+    root, _ = project
+    from_dvc = run(["python", "-m", "experiments.report"], root).stdout
+    from_mlflow = run(["python", "-m", "experiments.report", "--mlflow"], root).stdout
+    assert report_rows(from_mlflow) == report_rows(from_dvc)
+
+
+def test_queueing_an_existing_experiment_again_is_refused_in_one_line(project):
+    root, _ = project
+    out = run(["python", "-m", "experiments.queue", "--rows", "zeroshot"], root, check=False)
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "experiments already exist: zeroshot" in out.stderr and "--force" in out.stderr
+    assert "Queued" not in run(["dvc", "queue", "status"], root).stdout
+
+
+def test_a_failing_row_is_reported_with_its_log_and_left_out_of_the_table(project):
+    root, _ = project
+    (root / "broken.yaml").write_text(yaml.safe_dump({"rows": [{"name": "broken", "set": ["model.method=nope"]}]}))
+    out = run(["python", "-m", "experiments.queue", "--grid", "broken.yaml", "--wait"], root, check=False)
+    assert out.returncode == 2
+    assert "broken: Failed" in out.stdout
+    assert "model.method = 'nope' is not allowed" in out.stderr  # the tail of the task's log
+    assert out.stderr.strip().splitlines()[-1] == "error: 1 of 1 experiments failed: broken"
+    report = run(["python", "-m", "experiments.report"], root)
+    assert list(report_rows(report.stdout)) == list(ROWS)
+    assert "left out, no metrics.json: broken (failed)" in report.stderr
+
+
+def test_grid_rows_name_registered_methods_and_existing_params():
+    grid = load_grid()
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    assert len({row.name for row in grid}) == len(grid)
+    for row in grid:
+        for override in row.overrides:
+            key, value = override.split("=", 1)
+            section = params
+            for part in key.split("."):
+                assert isinstance(section, dict) and part in section, f"{row.name}: {key} is not in params.yaml"
+                section = section[part]
+        method = dict(o.split("=", 1) for o in row.overrides)["model.method"]
+        assert method in METHODS, f"{row.name}: {method} is not a registered method"
+    paper_rows = [dict(o.split("=", 1) for o in row.overrides) for row in grid if not row.extension]
+    assert {r["model.method"] for r in paper_rows} == set(METHODS)
+    assert {r.get("model.dgl.generator") for r in paper_rows if r["model.method"] == "dgl"} == {"ulp", "upt"}
+    assert all(row.extension for row in grid if "model.dgl.temporal_pos=true" in row.overrides)
+
+
+def test_unknown_row_is_one_line_and_nonzero(tmp_path):
+    out = outside_repo(tmp_path, "--rows", "zeroshot,nope")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [out.stderr.strip()]
+    assert "unknown grid row(s): nope" in out.stderr and "dgl_ulp" in out.stderr
+
+
+def test_dry_run_prints_the_dvc_commands(tmp_path):
+    out = outside_repo(tmp_path, "--rows", "dgl_upt,zeroshot", "--jobs", "2", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == [
+        "dvc exp run --queue -n zeroshot -S model.method=zeroshot",
+        "dvc exp run --queue -n dgl_upt -S model.method=dgl -S model.dgl.generator=upt",
+        "dvc queue start -j 2",
+    ]
+
+
+def test_table_orders_grid_rows_first_then_others_by_name_and_marks_extensions():
+    grid = load_grid()
+    metrics = {"t2v_R1": 12.34, "trainable_params": 10, "trainable_ratio": 0.5}
+    experiments = [Experiment(n, {"data.dataset": "synthetic"}, metrics)
+                   for n in ("zz-mine", "dgl_ulp_temporal", "ab-mine", "dgl_upt", "zeroshot")]
+    experiments.append(Experiment("partial", {}, {"t2v_R1": 1.0}))
+    markdown = table(experiments, grid)
+    rows = report_rows(markdown)
+    assert list(rows) == ["zeroshot", "partial", "dgl_upt", "dgl_ulp_temporal (extension)", "ab-mine", "zz-mine"]
+    assert rows["zeroshot"]["t2v R@1"] == "12.3" and rows["zeroshot"]["Params %"] == "50"
+    assert rows["partial"]["Params"] == "–"
+    assert markdown.startswith("dataset: synthetic\n")
