@@ -30,8 +30,11 @@ def entry_point(main: Callable[[], None]) -> Callable[[], None]:
 
 
 def show_progress() -> bool:
-    """Progress bars on a terminal, quiet under CI."""
-    return not os.environ.get("CI")
+    """Progress bars only for a person watching: quiet when the CI variable is set (to anything
+    but the empty string) or stderr is not a terminal (a log file, `dvc queue logs`, a pipe)."""
+    if os.environ.get("CI"):
+        return False
+    return sys.stderr is not None and sys.stderr.isatty()
 
 
 @contextlib.contextmanager

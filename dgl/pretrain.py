@@ -11,22 +11,29 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from dgl.cache import image_size_of, resize_center_crop
-from dgl.data.synthetic import SyntheticConfig, render_static_images
+from dgl.data.synthetic import SyntheticConfig, render_static_images, static_caption_classes
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw, warmup_cosine
 
 
-def _images_and_tokens(n: int, seed: int, synthetic: SyntheticConfig, backbone: str,
-                       context_length: int) -> tuple[Tensor, Tensor, list[str]]:
-    images, captions = render_static_images(n, seed, synthetic.resolution)  # (N, H, W, 3) uint8
-    size = image_size_of(backbone)
-    x = torch.from_numpy(resize_center_crop(images, size)).float().div_(255)  # (N, 3, S, S)
+def _clip_input(images: np.ndarray, backbone: str) -> Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, S, S) resized, cropped and normalised as CLIP expects."""
+    x = torch.from_numpy(resize_center_crop(images, image_size_of(backbone))).float().div_(255)
     mean, std = torch.tensor(OPENAI_DATASET_MEAN), torch.tensor(OPENAI_DATASET_STD)
-    x = (x - mean[:, None, None]) / std[:, None, None]
+    return (x - mean[:, None, None]) / std[:, None, None]
+
+
+def _tokens(captions: list[str], backbone: str, context_length: int) -> Tensor:
     tokens = open_clip.get_tokenizer(backbone)(captions, context_length=context_length)
     longest = int(tokens.argmax(dim=-1).max()) + 1  # static captions are short: drop the padding
-    return x, tokens[:, :longest], captions
+    return tokens[:, :longest]
+
+
+def _images_and_tokens(n: int, seed: int, synthetic: SyntheticConfig, backbone: str,
+                       context_length: int, progress: bool = False) -> tuple[Tensor, Tensor, list[str]]:
+    images, captions = render_static_images(n, seed, synthetic.resolution, progress)  # (N, H, W, 3) uint8
+    return _clip_input(images, backbone), _tokens(captions, backbone, context_length), captions
 
 
 def _duplicate_aware_loss(image: Tensor, text: Tensor, caption_id: Tensor, scale: Tensor) -> Tensor:
@@ -35,6 +42,22 @@ def _duplicate_aware_loss(image: Tensor, text: Tensor, caption_id: Tensor, scale
     same = (caption_id[:, None] == caption_id[None, :]).float()
     target = same / same.sum(1, keepdim=True)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+@torch.no_grad()
+def zero_shot_class_accuracy(clip: nn.Module, n: int, seed: int, synthetic: SyntheticConfig, backbone: str,
+                             context_length: int) -> dict[str, float]:
+    """Held-out one-object frames, each classified among the captions of every (colour, shape,
+    background): the share whose whole caption wins, and the share right on each factor alone."""
+    clip.eval()
+    images, labels, classes, keys = static_caption_classes(n, seed, synthetic.resolution)
+    text = F.normalize(PromptedCLIP(clip).encode_text(_tokens(classes, backbone, context_length)), dim=-1)
+    image = torch.cat([F.normalize(clip.encode_image(b), dim=-1) for b in _clip_input(images, backbone).split(512)])
+    predicted = (image @ text.t()).argmax(1).tolist()
+    report = {"zeroshot_class_acc": float(np.mean([p == t for p, t in zip(predicted, labels)]))}
+    for i, factor in enumerate(("colour", "shape", "background")):
+        report[f"zeroshot_{factor}_acc"] = float(np.mean([keys[p][i] == keys[t][i] for p, t in zip(predicted, labels)]))
+    return report
 
 
 @torch.no_grad()
@@ -55,14 +78,16 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
     torch.manual_seed(pretrain.seed)
     clip = build_clip(backbone)
     encoder = PromptedCLIP(clip)  # encodes text of any length up to the context (no prompts here)
-    images, tokens, captions = _images_and_tokens(pretrain.images, pretrain.seed, synthetic, backbone, context_length)
+    images, tokens, captions = _images_and_tokens(pretrain.images, pretrain.seed, synthetic, backbone, context_length,
+                                                  progress)
     caption_id = torch.tensor(np.unique(captions, return_inverse=True)[1])
     optimizer = adamw(list(clip.named_parameters()), pretrain.lr, weight_decay=0.1)
     steps_per_epoch = len(images) // pretrain.batch_size
     scheduler = warmup_cosine(optimizer, pretrain.epochs * steps_per_epoch, 0.1)
     generator = torch.Generator().manual_seed(pretrain.seed)
     losses = []
-    for epoch in tqdm(range(pretrain.epochs), desc="pretrain backbone", disable=not progress, unit="epoch"):
+    bar = tqdm(total=pretrain.epochs * steps_per_epoch, desc="pretrain backbone", disable=not progress, unit="step")
+    for epoch in range(pretrain.epochs):
         clip.train()
         order = torch.randperm(len(images), generator=generator)
         for step in range(steps_per_epoch):
@@ -76,8 +101,14 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
             scheduler.step()
             with torch.no_grad():
                 clip.logit_scale.clamp_(0, np.log(100))
+            bar.update()
         losses.append(loss.item())
-    held_out = _images_and_tokens(pretrain.eval_images, pretrain.seed + 1_000_003, synthetic, backbone, context_length)
-    report = {"zeroshot_image_text_R1": zero_shot_image_text_r1(clip, *held_out), "final_loss": losses[-1],
-              "logit_scale": clip.logit_scale.exp().item()}
+        bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
+    bar.close()
+    held_out = _images_and_tokens(pretrain.eval_images, pretrain.seed + 1_000_003, synthetic, backbone, context_length,
+                                  progress)
+    report = {"zeroshot_image_text_R1": zero_shot_image_text_r1(clip, *held_out),
+              **zero_shot_class_accuracy(clip, pretrain.eval_images, pretrain.seed + 2_000_003, synthetic, backbone,
+                                         context_length),
+              "final_loss": losses[-1], "logit_scale": clip.logit_scale.exp().item()}
     return clip, report

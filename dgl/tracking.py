@@ -13,12 +13,17 @@ Only code that runs logs. A stage that DVC skips as unchanged, or restores from 
 runs nothing, so an experiment made of such stages adds no MLflow run: its numbers are those of
 the earlier run named by `mlflow_run_id` in models/trained/model.json. To log a fresh run anyway,
 force the two tracked stages: `dvc exp run -f -s train evaluate` (see experiments/README.md).
+When evaluate runs alone on a training whose run already holds test metrics (`dvc exp run -S
+eval.dsl=true`), it logs a new run that names the training's in its `train_run_id` tag, and
+leaves the first run's numbers as they were (`evaluation_run`).
 """
 from __future__ import annotations
 
 import contextlib
 import os
 import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Iterator
 
@@ -32,6 +37,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 SQLITE = "sqlite:///"
+TEST_PREFIX = "test_"  # the metrics evaluate logs; train logs train_*, val_* and params_*
 
 
 def tracking_uri(cfg) -> str:
@@ -59,27 +65,91 @@ def _experiment_id(mlflow, uri: str, name: str) -> str:
 
 
 @contextlib.contextmanager
-def mlflow_run(cfg, *, run_id: str | None = None, stage: str) -> Iterator["object"]:
+def _reported(uri: str) -> Iterator[None]:
+    """An MLflow error (server down, store unreadable) becomes one line naming the store."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        yield
+    except MlflowException as e:
+        raise UserError(f"MLflow at {uri}: {str(e).splitlines()[0][:200]}; start the server or set "
+                        "tracking.uri (or MLFLOW_TRACKING_URI)") from None
+
+
+@contextlib.contextmanager
+def mlflow_run(cfg, *, run_id: str | None = None, stage: str,
+               tags: dict[str, str] | None = None) -> Iterator["object"]:
     """Start (or resume, given `run_id`) the MLflow run; yields the mlflow module.
 
     Tags: the stage that last wrote the run, the git commit, and under DVC the experiment name (also
-    the run name) and the baseline revision it branched from."""
+    the run name) and the baseline revision it branched from. A new run also gets `created_by_stage`
+    and the given `tags`."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
     name = os.environ.get("DVC_EXP_NAME") or None
-    tags = {"stage": stage, "git_commit": _git_commit(repo_root()),
+    tags = {**({} if run_id else {"created_by_stage": stage, **(tags or {})}),
+            "stage": stage, "git_commit": _git_commit(repo_root()),
             "dvc_exp_name": name, "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
-    try:
+    with _reported(uri):
         experiment_id = None if run_id else _experiment_id(mlflow, uri, cfg.experiment)
         with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name):
             mlflow.set_tags({k: v for k, v in tags.items() if v})
             yield mlflow
+
+
+def _claim_for_evaluation(client, run_id: str, test_metrics: dict[str, float]) -> str | None:
+    """Log `test_metrics` to the training's run and return None; or, when that run already holds
+    test metrics or is absent from this store or deleted, write nothing and return why not."""
+    from mlflow.entities import Metric
+    from mlflow.exceptions import MlflowException
+
+    try:
+        run = client.get_run(run_id)
     except MlflowException as e:
-        raise UserError(f"MLflow at {uri}: {str(e).splitlines()[0][:200]}; start the server or set "
-                        "tracking.uri (or MLFLOW_TRACKING_URI)") from None
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return "is not in this store"
+        raise
+    if run.info.lifecycle_stage == "deleted":
+        return "is deleted"
+    if any(k.startswith(TEST_PREFIX) for k in run.data.metrics):
+        return "already has test metrics"
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in test_metrics.items()])
+    return None
+
+
+@contextlib.contextmanager
+def evaluation_run(cfg, train_run_id: str | None, test_metrics: dict[str, float], *, params: dict,
+                   tags: dict[str, str], metrics: dict[str, float]) -> Iterator["object"]:
+    """The run that evaluate writes to, with `test_metrics` (keys test_*) already logged; yields
+    the mlflow module, as `mlflow_run` does.
+
+    Normally the training's run, `train_run_id`. When that run already holds test metrics, because
+    evaluate re-ran alone (an `eval.*` change, with train skipped or restored from DVC's run cache),
+    or when this store lacks it, a new run takes them instead, so the earlier numbers stay as they
+    were. The new run carries what train would have logged (`params` flattened, `tags`, `metrics`
+    such as the parameter counts) and the tag `train_run_id`. The check and the first write share
+    the store's lock, so two evaluations of one training at once cannot both take its run."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    why_not = "is unknown"
+    if train_run_id:
+        with _reported(uri), _store_lock(uri):
+            why_not = _claim_for_evaluation(mlflow.MlflowClient(uri), train_run_id, test_metrics)
+    if why_not is None:
+        with mlflow_run(cfg, run_id=train_run_id, stage="evaluate") as run:
+            yield run
+        return
+    extra = {"train_run_id": train_run_id} if train_run_id else {}
+    with mlflow_run(cfg, stage="evaluate", tags={**tags, **extra}) as run:
+        run.log_params(params)
+        run.log_metrics({**metrics, **test_metrics})
+        print(f"MLflow: the training's run {train_run_id} {why_not}; this evaluation is logged as the new "
+              f"run {active_run_id()}", file=sys.stderr)
+        yield run
 
 
 def active_run_id() -> str:

@@ -1,5 +1,6 @@
 """Stage `evaluate`: metrics.json, plots/recall.json and plots/figures/, logged to the training's
-MLflow run together with params.yaml, dvc.lock and every plot."""
+MLflow run together with params.yaml, dvc.lock and every plot; to a new run that names the
+training's (tag `train_run_id`) when that run already holds test metrics (dgl.tracking.evaluation_run)."""
 from __future__ import annotations
 
 import argparse
@@ -11,10 +12,11 @@ import numpy as np
 from dgl.artifacts import load_trained
 from dgl.cache import CachedSplit
 from dgl.cli import atomic_dir, atomic_write, entry_point, show_progress
+from dgl.config import flatten
 from dgl.figures import write_figures
 from dgl.metrics import evaluate_retrieval
 from dgl.settings import load_params
-from dgl.tracking import log_files, mlflow_run
+from dgl.tracking import evaluation_run, log_files
 from dgl.train import SplitView, encode_view, pick_device
 
 
@@ -45,8 +47,10 @@ def main() -> None:
     atomic_write(args.plots / "recall.json", json.dumps(curves, indent=1))
     with atomic_dir(args.plots / "figures") as work:
         write_figures(work, method, split, text, video, device)
-    with mlflow_run(params.tracking, run_id=info["mlflow_run_id"], stage="evaluate") as mlflow:
-        mlflow.log_metrics({f"test_{k}": v for k, v in result.metrics.items()})
+    test_metrics = {f"test_{k}": v for k, v in result.metrics.items()}
+    with evaluation_run(params.tracking, info.get("mlflow_run_id"), test_metrics, params=flatten(params),
+                        tags={"method": info["method"]},
+                        metrics={f"params_{k}": v for k, v in info["parameters"].items()}) as mlflow:
         log_files(mlflow, [args.metrics, args.params, "dvc.lock"])
         mlflow.log_artifacts(str(args.plots), artifact_path="plots")
     print(json.dumps(metrics))

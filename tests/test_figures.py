@@ -13,7 +13,8 @@ from PIL import Image
 from dgl.cache import CachedSplit
 from dgl.config import build
 from dgl.figures import CELL_INCHES, DPI, FRAME_INCHES, TOP_K, write_figures
-from dgl.models.attention_maps import attention_weights, global_frame_attention
+from dgl.models.attention import global_local_mask
+from dgl.models.attention_maps import global_attention, global_frame_attention
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
 from dgl.models.methods.dgl import DGLConfig
@@ -53,18 +54,25 @@ def test_global_prompt_attention_is_a_distribution_over_frames(dgl_method, split
     weights = global_frame_attention(dgl_method, frames)
     assert weights.shape == (3, FRAMES)
     assert (weights >= 0).all() and torch.allclose(weights.sum(1), torch.ones(3))
-    # The hooks are gone afterwards, and they never changed the features.
-    attn = dgl_method.clip.visual.transformer.resblocks[-1].attn
-    assert not attn._forward_hooks and not attn._forward_pre_hooks
+    # The hook is gone afterwards, and it never changed the features.
+    block = dgl_method.clip.visual.transformer.resblocks[-1]
+    assert not block.ln_1._forward_hooks
     _, prompts = dgl_method.prompts()
+    n_global = prompts.global_.shape[0]
+    tokens: list = []
     with torch.no_grad():
         plain = dgl_method.encode_video(frames, prompts)
-        with attention_weights(attn) as captured:
+        with global_attention(block, n_global) as captured:
+            hook = block.ln_1.register_forward_hook(lambda module, args, output: tokens.append(output))
             hooked = dgl_method.encode_video(frames, prompts)
+            hook.remove()
+        # What was captured is the global rows of the masked single-call attention over the whole video.
+        frame_len = (tokens[-1].shape[1] - n_global) // FRAMES
+        _, reference = block.attn(tokens[-1], tokens[-1], tokens[-1], need_weights=True,
+                                  attn_mask=global_local_mask(n_global, FRAMES, frame_len))
     torch.testing.assert_close(hooked, plain)
-    # What was captured is the masked global-local attention: frame 1's tokens never see frame 2.
-    n_global, frame_len = prompts.global_.shape[0], (captured[-1].shape[-1] - prompts.global_.shape[0]) // FRAMES
-    assert captured[-1][:, n_global, n_global + frame_len:].abs().max() == 0
+    assert captured[-1].shape == (3, n_global, n_global + FRAMES * frame_len)
+    torch.testing.assert_close(captured[-1], reference[:, :n_global], rtol=0, atol=1e-6)
 
 
 def test_figures_are_pngs_of_the_expected_size(dgl_method, split, tmp_path):

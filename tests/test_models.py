@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from dgl.config import build
-from dgl.models.attention import global_local_mask
+from dgl.models.attention import global_local_block, global_local_mask
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method, count_parameters
 from dgl.models.methods.dgl import DGLConfig
@@ -112,14 +112,55 @@ def test_prefix_prompts_sit_after_start_token(tiny):
     torch.testing.assert_close(ours, reference)
 
 
-def test_global_local_mask_entry_by_entry():
-    """2 global prompts, 3 frames of 2 tokens: S = 8."""
-    allowed = global_local_mask(2, 3, 2) == 0
+def test_global_local_attention_entry_by_entry(tiny):
+    """2 global prompts, 3 frames of 2 tokens: S = 8. Which token may attend to which, as the mask
+    states it and as the two-call block computes it: output token q depends on input token k != q
+    only through attention (the MLP acts per token), so the block's Jacobian is the attention pattern."""
     frame_of = [-1, -1, 0, 0, 1, 1, 2, 2]
+    expected = torch.tensor([[q == k or frame_of[q] == -1 or frame_of[k] == -1 or frame_of[q] == frame_of[k]
+                              for k in range(8)] for q in range(8)])
+    assert torch.equal(global_local_mask(2, 3, 2) == 0, expected)
+
+    block, width = tiny.visual.transformer.resblocks[0], tiny.visual.class_embedding.shape[0]
+
+    readout = torch.randn(width)
+
+    def two_call(seq):  # (S, D) -> (S,): each output token read out along a random direction
+        g, x = global_local_block(block, seq[None, :2], seq[2:].unflatten(0, (3, 2))[None])
+        return torch.cat([g[0], x[0].flatten(0, 1)]) @ readout
+
+    jacobian = torch.autograd.functional.jacobian(two_call, torch.randn(8, width))  # (S, S, D)
+    depends = jacobian.abs().amax(dim=2) > 0  # (S, S): query q's output depends on token k
     for q in range(8):
         for k in range(8):
-            expected = frame_of[q] == -1 or frame_of[k] == -1 or frame_of[q] == frame_of[k]
-            assert allowed[q, k].item() == expected, (q, k)
+            assert depends[q, k].item() == expected[q, k].item(), (q, k)
+
+
+def masked_global_local(encoder: PromptedCLIP, frames, prompts):
+    """The specification: every block runs once over the whole video sequence under the block mask."""
+    x = encoder.frame_tokens(frames)  # (B, T, 1+P, Dv)
+    batch, num_frames = x.shape[:2]
+    g = prompts.global_.expand(batch, -1, -1)
+    n_global = g.shape[1]
+    for layer, block in enumerate(encoder.visual.transformer.resblocks):
+        x = encoder._with_frame_prompts(x, prompts.frame, layer, inserted=layer > 0)
+        frame_len = x.shape[2]
+        seq = block(torch.cat([g, x.flatten(1, 2)], dim=1), attn_mask=global_local_mask(n_global, num_frames, frame_len))
+        g, x = seq[:, :n_global], seq[:, n_global:].unflatten(1, (num_frames, frame_len))
+    return encoder.visual.ln_post(g) @ encoder.visual.proj, encoder.visual.ln_post(x[:, :, 0]) @ encoder.visual.proj
+
+
+@pytest.mark.parametrize("generator", ["ulp", "upt"])
+def test_two_call_video_encoder_equals_masked_single_call(tiny, generator):
+    torch.manual_seed(1)
+    method = build_method("dgl", tiny, dgl_cfg(generator=generator, video_feature="global_mean"), num_frames=3)
+    frames = torch.randn(2, 3, 3, 64, 64)
+    _, prompts = method.prompts()
+    with torch.no_grad():
+        video, cls = method.encoder.encode_video_global_local(frames, prompts, pool="global_mean")
+        global_ref, cls_ref = masked_global_local(method.encoder, frames, prompts)
+    torch.testing.assert_close(video, global_ref.mean(1), rtol=0, atol=1e-5)
+    torch.testing.assert_close(cls, cls_ref, rtol=0, atol=1e-5)
 
 
 def test_ulp_is_order_blind_upt_is_not(tiny):

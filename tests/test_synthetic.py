@@ -197,9 +197,9 @@ def test_static_images_and_their_captions():
 
 
 def test_static_caption_classes_label_what_is_drawn():
-    images, labels, classes = static_caption_classes(60, seed=1, resolution=32)
+    images, labels, classes, keys = static_caption_classes(60, seed=1, resolution=32)
     assert images.shape == (60, 32, 32, 3) and labels.shape == (60,)
-    keys = list(itertools.product(vocab()["colours"], vocab()["shapes"], vocab()["backgrounds"]))
+    assert keys == list(itertools.product(vocab()["colours"], vocab()["shapes"], vocab()["backgrounds"]))
     assert len(classes) == len(set(classes)) == len(keys)
     for image, label in zip(images, labels):
         colour, _, _ = keys[label]

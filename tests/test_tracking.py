@@ -1,6 +1,6 @@
 """MLflow as the researcher sees it: the pipeline logging to a real `mlflow server`, read back over
-its REST API; an experiment whose stages DVC skips, which logs nothing until forced; and several
-processes writing one SQLite store at once."""
+its REST API; an experiment whose stages DVC skips, which logs nothing until forced; an evaluation
+re-run alone, which gets a run of its own; and several processes writing one SQLite store at once."""
 from __future__ import annotations
 
 import json
@@ -134,6 +134,42 @@ def test_unchanged_experiment_logs_no_run_until_forced(project, server):
     assert len(runs) == 2 and all(r["info"]["status"] == "FINISHED" for r in runs)
     (forced,) = [r for r in runs if r["info"]["run_name"] == name]  # the run is named after the DVC experiment
     assert {"key": "dvc_exp_name", "value": name} in forced["data"]["tags"]
+
+
+def test_evaluate_alone_logs_a_new_run_and_keeps_the_first(project, server):
+    """Only an eval.* value changes: DVC skips train, whose run already holds test metrics, so
+    evaluate logs a run of its own that names the training's, and the first run keeps its numbers."""
+    train_run_id = json.loads((project / "models/trained/model.json").read_text())["mlflow_run_id"]
+    before = {r["info"]["run_id"]: r for r in server.runs()}
+    first = values(before[train_run_id]["data"]["metrics"])
+    assert "test_t2v_R1" in first
+
+    out = dvc(project, server, "exp", "run", "-S", "eval.dsl=true")
+    assert "Stage 'train' didn't change, skipping" in out and "Running stage 'evaluate'" in out
+    runs = {r["info"]["run_id"]: r for r in server.runs()}
+    (new_id,) = runs.keys() - before.keys()
+    new = runs[new_id]
+    assert new["info"]["status"] == "FINISHED"
+    tags, params = values(new["data"]["tags"]), values(new["data"]["params"])
+    assert tags["train_run_id"] == train_run_id and tags["created_by_stage"] == "evaluate"
+    assert tags["method"] == "dgl" and params["eval.dsl"] == "True" and params["model.dgl.generator"] == "ulp"
+    assert values(before[train_run_id]["data"]["params"])["eval.dsl"] == "False"
+    metrics, shown = values(new["data"]["metrics"]), json.loads((project / "metrics.json").read_text())
+    assert metrics["test_t2v_R1"] == pytest.approx(shown["t2v_R1"], abs=1e-4)
+    assert metrics["params_trainable"] == first["params_trainable"]
+    assert "train_loss" not in metrics  # the training's curves stay with the training's run
+    assert "metrics.json" in server.artifacts(new_id) and "plots/recall.json" in server.artifacts(new_id, "plots")
+
+    original = runs[train_run_id]
+    assert values(original["data"]["metrics"]) == first
+    assert values(original["data"]["tags"])["created_by_stage"] == "train"
+    history = server.get("metrics/get-history", run_id=train_run_id, metric_key="test_t2v_R1")["metrics"]
+    assert len(history) == 1, "the first evaluation's numbers were not overwritten"
+
+
+def values(entries: list[dict]) -> dict:
+    """MLflow's REST lists of {key, value} as a dict."""
+    return {e["key"]: e["value"] for e in entries}
 
 
 WORKER = """

@@ -541,7 +541,7 @@ def _static_caption(background: str, sprites: list[Sprite], rng: np.random.Gener
     return templates[rng.integers(len(templates))].format(**words)
 
 
-def render_static_images(n: int, seed: int, resolution: int) -> tuple[np.ndarray, list[str]]:
+def render_static_images(n: int, seed: int, resolution: int, progress: bool = False) -> tuple[np.ndarray, list[str]]:
     """n single frames (n, S, S, 3) uint8 of random video moments, each with a static caption.
 
     The captions name colours, shapes and background only (the appearance words of the video
@@ -550,18 +550,19 @@ def render_static_images(n: int, seed: int, resolution: int) -> tuple[np.ndarray
     rng = np.random.default_rng([seed, IMAGE_STREAM])
     images = np.empty((n, resolution, resolution, 3), dtype=np.uint8)
     captions = []
-    for i in range(n):
+    for i in tqdm(range(n), desc="static images", unit="image", disable=not progress, mininterval=0.5):
         background, sprites = _random_frame(rng, two_objects=rng.random() < vocab()["images"]["two_objects_share"])
         images[i] = paint(background, sprites, resolution)
         captions.append(_static_caption(background, sprites, rng))
     return images, captions
 
 
-def static_caption_classes(n: int, seed: int, resolution: int) -> tuple[np.ndarray, np.ndarray, list[str]]:
+def static_caption_classes(n: int, seed: int, resolution: int) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple]]:
     """A zero-shot check for the backbone: n one-object frames, their class, and the class captions.
 
-    Returns images (n, S, S, 3) uint8, labels (n,) int64 indexing classes, and classes: one
-    caption per (colour, shape, background), from the first one-object image template.
+    Returns images (n, S, S, 3) uint8, labels (n,) int64 indexing classes, classes: one caption
+    per (colour, shape, background), from the first one-object image template, and keys: each
+    class's (colour, shape, background).
     """
     template = vocab()["images"]["one_object"][0]
     keys = list(itertools.product(vocab()["colours"], vocab()["shapes"], vocab()["backgrounds"]))
@@ -573,4 +574,4 @@ def static_caption_classes(n: int, seed: int, resolution: int) -> tuple[np.ndarr
         background, (sprite,) = _random_frame(rng, two_objects=False)
         images[i] = paint(background, [sprite], resolution)
         labels[i] = keys.index((sprite.colour, sprite.shape, background))
-    return images, labels, classes
+    return images, labels, classes, keys

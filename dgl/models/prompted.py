@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgl.models.attention import causal_mask, global_local_mask
+from dgl.models.attention import causal_mask, global_local_block
 
 
 @dataclass
@@ -175,15 +175,10 @@ class PromptedCLIP(nn.Module):
                                   pool: str = "global") -> tuple[Tensor, Tensor]:
         """DGL's video encoder. Returns (video features (B, E), per-frame CLS features (B, T, E))."""
         x = self.frame_tokens(frames, temporal)  # (B, T, 1+P, Dv)
-        batch, num_frames = x.shape[:2]
-        g = prompts.global_.to(x.dtype).expand(batch, -1, -1)  # (B, Ng, Dv)
-        n_global = g.shape[1]
+        g = prompts.global_.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, Ng, Dv)
         for layer, block in enumerate(self.visual.transformer.resblocks):
-            x = self._with_frame_prompts(x, prompts.frame, layer, inserted=layer > 0)
-            frame_len = x.shape[2]
-            mask = global_local_mask(n_global, num_frames, frame_len, str(x.device)).to(x.dtype)
-            seq = block(torch.cat([g, x.flatten(1, 2)], dim=1), attn_mask=mask)  # (B, Ng + T*F, Dv)
-            g, x = seq[:, :n_global], seq[:, n_global:].unflatten(1, (num_frames, frame_len))
+            x = self._with_frame_prompts(x, prompts.frame, layer, inserted=layer > 0)  # (B, T, F, Dv)
+            g, x = global_local_block(block, g, x)
         global_feats = self.visual.ln_post(g) @ self.visual.proj  # (B, Ng, E)
         cls_feats = self.visual.ln_post(x[:, :, 0]) @ self.visual.proj  # (B, T, E)
         return VIDEO_POOLS[pool](global_feats, cls_feats), cls_feats
