@@ -44,6 +44,10 @@ def _duplicate_aware_loss(image: Tensor, text: Tensor, caption_id: Tensor, scale
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
+def _image_features(clip: nn.Module, images: Tensor) -> Tensor:
+    return torch.cat([F.normalize(clip.encode_image(b), dim=-1) for b in images.split(512)])
+
+
 @torch.no_grad()
 def zero_shot_class_accuracy(clip: nn.Module, n: int, seed: int, synthetic: SyntheticConfig, backbone: str,
                              context_length: int) -> dict[str, float]:
@@ -52,7 +56,7 @@ def zero_shot_class_accuracy(clip: nn.Module, n: int, seed: int, synthetic: Synt
     clip.eval()
     images, labels, classes, keys = static_caption_classes(n, seed, synthetic.resolution)
     text = F.normalize(PromptedCLIP(clip).encode_text(_tokens(classes, backbone, context_length)), dim=-1)
-    image = torch.cat([F.normalize(clip.encode_image(b), dim=-1) for b in _clip_input(images, backbone).split(512)])
+    image = _image_features(clip, _clip_input(images, backbone))
     predicted = (image @ text.t()).argmax(1).tolist()
     report = {"zeroshot_class_acc": float(np.mean([p == t for p, t in zip(predicted, labels)]))}
     for i, factor in enumerate(("colour", "shape", "background")):
@@ -67,7 +71,7 @@ def zero_shot_image_text_r1(clip: nn.Module, images: Tensor, tokens: Tensor, cap
     distinct = sorted(set(captions))
     first = {c: captions.index(c) for c in distinct}
     text = F.normalize(PromptedCLIP(clip).encode_text(tokens[[first[c] for c in distinct]]), dim=-1)
-    image = torch.cat([F.normalize(clip.encode_image(b), dim=-1) for b in images.split(512)])
+    image = _image_features(clip, images)
     predicted = (image @ text.t()).argmax(1)
     truth = torch.tensor([distinct.index(c) for c in captions])
     return (predicted == truth).float().mean().item()

@@ -29,6 +29,7 @@ from typing import Iterator
 
 from filelock import FileLock
 
+from dgl.config import flatten
 from dgl.errors import UserError
 from dgl.settings import repo_root
 
@@ -99,6 +100,13 @@ def mlflow_run(cfg, *, run_id: str | None = None, stage: str,
             yield mlflow
 
 
+def log_training_setup(mlflow, params, method: str, counts: dict[str, float]) -> None:
+    """What identifies a training in its run: every param flattened, the method, the parameter counts."""
+    mlflow.log_params(flatten(params))
+    mlflow.set_tag("method", method)
+    mlflow.log_metrics({f"params_{k}": v for k, v in counts.items()})
+
+
 def _claim_for_evaluation(client, run_id: str, test_metrics: dict[str, float]) -> str | None:
     """Log `test_metrics` to the training's run and return None; or, when that run already holds
     test metrics or is absent from this store or deleted, write nothing and return why not."""
@@ -121,19 +129,20 @@ def _claim_for_evaluation(client, run_id: str, test_metrics: dict[str, float]) -
 
 
 @contextlib.contextmanager
-def evaluation_run(cfg, train_run_id: str | None, test_metrics: dict[str, float], *, params: dict,
-                   tags: dict[str, str], metrics: dict[str, float]) -> Iterator["object"]:
+def evaluation_run(params, train_run_id: str | None, test_metrics: dict[str, float], *, method: str,
+                   counts: dict[str, float]) -> Iterator["object"]:
     """The run that evaluate writes to, with `test_metrics` (keys test_*) already logged; yields
     the mlflow module, as `mlflow_run` does.
 
     Normally the training's run, `train_run_id`. When that run already holds test metrics, because
     evaluate re-ran alone (an `eval.*` change, with train skipped or restored from DVC's run cache),
     or when this store lacks it, a new run takes them instead, so the earlier numbers stay as they
-    were. The new run carries what train would have logged (`params` flattened, `tags`, `metrics`
-    such as the parameter counts) and the tag `train_run_id`. The check and the first write share
-    the store's lock, so two evaluations of one training at once cannot both take its run."""
+    were. The new run carries what train would have logged (`log_training_setup`) and the tag
+    `train_run_id`. The check and the first write share the store's lock, so two evaluations of
+    one training at once cannot both take its run."""
     import mlflow
 
+    cfg = params.tracking
     uri = tracking_uri(cfg)
     why_not = "is unknown"
     if train_run_id:
@@ -144,9 +153,9 @@ def evaluation_run(cfg, train_run_id: str | None, test_metrics: dict[str, float]
             yield run
         return
     extra = {"train_run_id": train_run_id} if train_run_id else {}
-    with mlflow_run(cfg, stage="evaluate", tags={**tags, **extra}) as run:
-        run.log_params(params)
-        run.log_metrics({**metrics, **test_metrics})
+    with mlflow_run(cfg, stage="evaluate", tags=extra) as run:
+        log_training_setup(run, params, method, counts)
+        run.log_metrics(test_metrics)
         print(f"MLflow: the training's run {train_run_id} {why_not}; this evaluation is logged as the new "
               f"run {active_run_id()}", file=sys.stderr)
         yield run

@@ -12,7 +12,6 @@ import numpy as np
 from dgl.artifacts import load_trained
 from dgl.cache import CachedSplit
 from dgl.cli import atomic_dir, atomic_write, entry_point, show_progress
-from dgl.config import flatten
 from dgl.figures import write_figures
 from dgl.metrics import evaluate_retrieval
 from dgl.settings import load_params
@@ -48,9 +47,8 @@ def main() -> None:
     with atomic_dir(args.plots / "figures") as work:
         write_figures(work, method, split, text, video, device)
     test_metrics = {f"test_{k}": v for k, v in result.metrics.items()}
-    with evaluation_run(params.tracking, info.get("mlflow_run_id"), test_metrics, params=flatten(params),
-                        tags={"method": info["method"]},
-                        metrics={f"params_{k}": v for k, v in info["parameters"].items()}) as mlflow:
+    with evaluation_run(params, info.get("mlflow_run_id"), test_metrics, method=info["method"],
+                        counts=info["parameters"]) as mlflow:
         log_files(mlflow, [args.metrics, args.params, "dvc.lock"])
         mlflow.log_artifacts(str(args.plots), artifact_path="plots")
     print(json.dumps(metrics))

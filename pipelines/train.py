@@ -18,10 +18,9 @@ from dgl.artifacts import load_backbone, save_trained
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.cli import atomic_dir, atomic_write, entry_point, show_progress
-from dgl.config import flatten
 from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
-from dgl.tracking import active_run_id, mlflow_run
+from dgl.tracking import active_run_id, log_training_setup, mlflow_run
 from dgl.train import pick_device, seed_everything, train_method, train_val_views
 
 
@@ -54,9 +53,7 @@ def main() -> None:
         tracking = mlflow_run(params.tracking, run_id=run_id, stage="train") if dist.main else contextlib.nullcontext()
         with tracking as mlflow:
             if dist.main:
-                mlflow.log_params(flatten(params))
-                mlflow.set_tag("method", params.model.method)
-                mlflow.log_metrics({f"params_{k}": v for k, v in counts.items()})
+                log_training_setup(mlflow, params, params.model.method, counts)
                 run_id = active_run_id()
             history = train_method(method, train_view, val_view, cfg, device,
                                    on_epoch=lambda epoch, record: mlflow.log_metrics(record, step=epoch),
