@@ -31,7 +31,8 @@ class PretrainConfig:
     """Pretraining of the small CLIP on single synthetic frames with static captions."""
     images: int = bounded(20000, 64)
     eval_images: int = bounded(1000, 16)
-    epochs: int = bounded(6, 1)
+    shape_steps: int = bounded(600, 0)  # steps of the image tower's shape warm-up; 0 = contrastive only
+    epochs: int = bounded(4, 1)  # contrastive epochs
     batch_size: int = bounded(256, 2)
     lr: float = bounded(1e-3, 0.0, 1.0)
     seed: int = 0

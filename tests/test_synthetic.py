@@ -181,11 +181,16 @@ def appearance_words() -> set[str]:
 
 
 def test_static_images_and_their_captions():
-    images, captions = render_static_images(400, seed=5, resolution=32)
+    images, captions, contents = render_static_images(400, seed=5, resolution=32)
     assert images.shape == (400, 32, 32, 3) and images.dtype == np.uint8
-    assert len(captions) == 400
-    again, same_captions = render_static_images(400, seed=5, resolution=32)
-    assert np.array_equal(images, again) and captions == same_captions
+    assert len(captions) == len(contents) == 400
+    again, same_captions, same_contents = render_static_images(400, seed=5, resolution=32)
+    assert np.array_equal(images, again) and captions == same_captions and contents == same_contents
+    for image, caption, (background, objects) in zip(images, captions, contents):
+        assert f"{background} background" in caption and caption.count(" and ") == len(objects) - 1
+        for colour, shape in objects:
+            assert f"{colour} {shape}" in caption
+            assert (image == vocab()["colours"][colour]).all(axis=-1).any()
 
     image_templates = vocab()["images"]["one_object"] + vocab()["images"]["two_objects"]
     template_words = {w for t in image_templates for w in t.split() if "{" not in w}

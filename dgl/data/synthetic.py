@@ -541,20 +541,23 @@ def _static_caption(background: str, sprites: list[Sprite], rng: np.random.Gener
     return templates[rng.integers(len(templates))].format(**words)
 
 
-def render_static_images(n: int, seed: int, resolution: int, progress: bool = False) -> tuple[np.ndarray, list[str]]:
-    """n single frames (n, S, S, 3) uint8 of random video moments, each with a static caption.
+def render_static_images(n: int, seed: int, resolution: int,
+                         progress: bool = False) -> tuple[np.ndarray, list[str], list[tuple]]:
+    """n single frames (n, S, S, 3) uint8 of random video moments, each with a static caption, and
+    what each frame shows: (background, ((colour, shape), ...)) with the objects sorted.
 
     The captions name colours, shapes and background only (the appearance words of the video
     captions), never time: they pretrain the image-text backbone of the synthetic benchmark.
     """
     rng = np.random.default_rng([seed, IMAGE_STREAM])
     images = np.empty((n, resolution, resolution, 3), dtype=np.uint8)
-    captions = []
+    captions, contents = [], []
     for i in tqdm(range(n), desc="static images", unit="image", disable=not progress, mininterval=0.5):
         background, sprites = _random_frame(rng, two_objects=rng.random() < vocab()["images"]["two_objects_share"])
         images[i] = paint(background, sprites, resolution)
         captions.append(_static_caption(background, sprites, rng))
-    return images, captions
+        contents.append((background, tuple(sorted((s.colour, s.shape) for s in sprites))))
+    return images, captions, contents
 
 
 def static_caption_classes(n: int, seed: int, resolution: int) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple]]:
