@@ -23,7 +23,8 @@ from pathlib import Path
 
 from dgl.data.annotations import Annotations, Caption
 from dgl.ffmpeg import ffmpeg_exe
-from dgl.video import FramesConfig, extract_frames
+from dgl.settings import load_group
+from dgl.video import extract_frames
 
 
 def render_videos(folder: Path, count: int, seconds: float, resolution: int, fps: int, workers: int) -> list[Path]:
@@ -58,7 +59,7 @@ def time_backend(raw_dir: Path, paths: list[Path], cfg: FramesConfig) -> float:
                               train=tuple(Caption(v, "a video") for v in ids), test=())
     with tempfile.TemporaryDirectory() as out:
         start = time.perf_counter()
-        summary = extract_frames(raw_dir, annotations, Path(out), cfg, progress=False)
+        summary = extract_frames(raw_dir, annotations, Path(out), cfg, ffmpeg="pinned", progress=False)
         elapsed = time.perf_counter() - start
     if summary["skipped"]:
         raise SystemExit(f"{cfg.backend}: {summary['skipped']} videos skipped; the benchmark is invalid")
@@ -71,8 +72,9 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=3.0)
     ap.add_argument("--resolution", type=int, default=224)
     ap.add_argument("--fps", type=int, default=25)
-    ap.add_argument("--num-frames", type=int, default=FramesConfig.num_frames)
-    ap.add_argument("--size", type=int, default=FramesConfig.size)
+    defaults = load_group("frames")  # params.yaml's
+    ap.add_argument("--num-frames", type=int, default=defaults.num_frames)
+    ap.add_argument("--size", type=int, default=defaults.size)
     ap.add_argument("--workers", type=int, default=2)
     args = ap.parse_args()
 
@@ -82,8 +84,8 @@ def main() -> None:
         paths = render_videos(raw_dir / "videos", args.videos, args.seconds, args.resolution, args.fps, args.workers)
         plain = {f"threads_{t}": time_plain_decode(paths, args.workers, t) for t in ("1", "auto")}
         backends = {
-            b: time_backend(raw_dir, paths, FramesConfig(num_frames=args.num_frames, size=args.size, backend=b,
-                                                         workers=args.workers))
+            b: time_backend(raw_dir, paths, load_group("frames", {"num_frames": args.num_frames, "size": args.size,
+                                                                  "backend": b, "workers": args.workers}))
             for b in ("ffmpeg", "decord")
         }
 

@@ -28,10 +28,10 @@ import open_clip
 import torch
 
 from dgl.artifacts import TRAINED_WEIGHTS, save_trained
-from dgl.config import build
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
-from dgl.models.methods.config import METHOD_NAMES, ModelConfig
+from dgl.params import PAPER_MODEL
+from dgl.settings import METHOD_NAMES, load_group
 from dgl.optim import adamw
 from dgl.train import contrastive_step, parallel_features, pick_precision
 
@@ -46,7 +46,7 @@ def proc_status_mib(key: str) -> float:
 
 
 def method_on(name: str, clip: torch.nn.Module):
-    return build_method(name, clip, build(ModelConfig, {"method": name}, "model"), num_frames=FRAMES)
+    return build_method(name, clip, load_group("model", {**PAPER_MODEL, "method": name}), num_frames=FRAMES)
 
 
 def measure(name: str, batch: int, steps: int, device: torch.device) -> dict:

@@ -25,9 +25,9 @@ import torch
 
 from dgl.config import flatten
 
-GROUPS = ("data", "frames", "preprocess", "model", "train")
+GROUPS = ("ffmpeg", "data", "frames", "preprocess", "model", "train")
 # These change only speed: train.batch_size is the global batch whatever the processes and sub-batches.
-SPEED_ONLY = {"frames.workers", "preprocess.workers", "train.threads", "train.nproc", "train.accum_steps"}
+SPEED_ONLY = {"frames.workers", "train.threads", "train.nproc", "train.accum_steps"}
 
 
 def fingerprint(params, backbone_sha256: str) -> str:

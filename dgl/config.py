@@ -1,14 +1,15 @@
 """Typed, validated params: `params.yaml` is the single source of configuration.
 
-Every group of params is a frozen dataclass. A field's allowed values live in its metadata
-(`choice(...)`, `bounded(...)`), so one loader checks them all and names the bad key.
+Every group of params is a frozen dataclass (dgl/settings.py) that holds types and bounds, never
+a second set of defaults: every key must be in the file. A field's allowed values live in its
+metadata (`choice(...)`, `bounded(...)`), so one loader checks them all and names the bad key.
 """
 from __future__ import annotations
 
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +18,14 @@ import yaml
 from dgl.errors import UserError
 
 
-def choice(default: Any, *allowed: Any) -> Any:
+def choice(*allowed: Any) -> Any:
     """A field whose value must be one of `allowed`."""
-    return field(default=default, metadata={"choices": allowed})
+    return field(metadata={"choices": allowed})
 
 
-def bounded(default: Any, low: float | None = None, high: float | None = None) -> Any:
+def bounded(low: float | None = None, high: float | None = None) -> Any:
     """A numeric field with inclusive bounds."""
-    return field(default=default, metadata={"low": low, "high": high})
+    return field(metadata={"low": low, "high": high})
 
 
 def _check(key: str, value: Any, meta: typing.Mapping[str, Any]) -> None:
@@ -83,12 +84,9 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
     values = {}
     for name, f in known.items():
         key = f"{prefix}.{name}" if prefix else name
-        if name in raw:
-            value = _coerce(key, raw[name], hints[name])
-        elif dataclasses.is_dataclass(hints[name]):
-            value = build(hints[name], {}, key)
-        else:
-            continue
+        if name not in raw:
+            raise UserError(f"params: missing key {key}; {prefix or 'the file'} needs: {', '.join(known)}")
+        value = _coerce(key, raw[name], hints[name])
         _check(key, value, f.metadata)
         values[name] = value
     obj = cls(**values)

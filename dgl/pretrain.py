@@ -16,10 +16,12 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from dgl.cache import image_size_of, resize_center_crop
-from dgl.data.synthetic import SyntheticConfig, render_static_images, static_caption_classes, vocab
+from dgl.data.synthetic import render_static_images, static_caption_classes, vocab
+from dgl.determinism import seed_everything
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw, warmup_cosine
+from dgl.settings import SyntheticConfig
 
 
 def _clip_input(images: np.ndarray, backbone: str) -> Tensor:
@@ -110,7 +112,7 @@ def shape_warmup(clip: nn.Module, images: Tensor, shape_labels: Tensor, pretrain
 
 def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_length: int,
                   progress: bool = True) -> tuple[nn.Module, dict]:
-    torch.manual_seed(pretrain.seed)
+    seed_everything(pretrain.seed)
     clip = build_clip(backbone)
     encoder = PromptedCLIP(clip)  # encodes text of any length up to the context (no prompts here)
     images, tokens, _, contents = _images_and_tokens(pretrain.images, pretrain.seed, synthetic, backbone,

@@ -1,65 +1,200 @@
-"""The whole of params.yaml as one typed, validated object."""
+"""The whole of params.yaml as one typed, validated object: the schema, not the values.
+
+Every key lives in params.yaml and nowhere else: these dataclasses give each key its type and
+its allowed values, never a default, so a key missing from the file is an error that names it.
+Reading params imports neither torch nor open_clip (each stage's deps start here, see dvc.yaml).
+"""
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from dgl.config import bounded, build, choice, read_yaml
-from dgl.data.synthetic import SyntheticConfig
 from dgl.errors import UserError
-from dgl.models.methods.config import ModelConfig
-from dgl.video import FramesConfig
 
 DATASETS = ("synthetic", "msrvtt", "vatex", "lsmdc", "activitynet")
+METHOD_NAMES = (
+    "dgl", "zeroshot", "full",  # DGL; zero-shot CLIP; CLIP4Clip-meanP full fine-tuning
+    "bias", "proj", "partial", "adapter_attn", "adapter_ffn",  # efficient-tuning baselines (peft.py)
+    "vop", "vop_p", "vop_c", "vop_f", "vop_fp", "vop_fc",  # VoP and its video prompts (vop.py)
+)
+VIDEO_POOLS = ("global", "global_mean", "cls_mean", "both")  # dgl/models/prompted.py: VIDEO_POOLS
+
+
+# --- data ----------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class SyntheticConfig:
+    """`data.synthetic`: the embedded benchmark (dgl/data/synthetic.py checks it against the vocabulary)."""
+
+    seed: int = bounded(0)
+    train_videos: int = bounded(1, 1_000_000)
+    test_videos: int = bounded(2, 100_000)  # even: order-sensitive test videos come in twin pairs
+    resolution: int = bounded(16, 512)  # square frames, pixels; even (H.264 4:2:0)
+    fps: int = bounded(2, 60)
+    seconds: float = bounded(1.0, 10.0)
+    captions_per_video: int = bounded(1, 5)  # paraphrases per video; at most the templates per kind
+    held_out_fraction: float = bounded(0.0, 0.5)  # share of (colour, shape, event) combos seen only in test
+
+    @property
+    def frames(self) -> int:
+        return round(self.seconds * self.fps)
+
+    def validate(self) -> None:
+        key = "data.synthetic"
+        if self.test_videos % 2:
+            raise UserError(
+                f"params: {key}.test_videos = {self.test_videos} must be even "
+                f"(order-sensitive test videos come in time-reversed twin pairs); use {self.test_videos + 1}"
+            )
+        if self.resolution % 2:
+            raise UserError(
+                f"params: {key}.resolution = {self.resolution} must be even (H.264 4:2:0); use {self.resolution + 1}"
+            )
+        if self.frames < 4:
+            raise UserError(
+                f"params: {key}.seconds = {self.seconds} at fps {self.fps} gives {self.frames} frames; "
+                "raise seconds or fps to give at least 4"
+            )
 
 
 @dataclass(frozen=True)
 class DataConfig:
-    dataset: str = choice("synthetic", *DATASETS)
-    synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
+    dataset: str = choice(*DATASETS)
+    synthetic: SyntheticConfig
+
+
+@dataclass(frozen=True)
+class FramesConfig:
+    """`frames`: N frames per video at a fixed short side (dgl/video.py)."""
+
+    num_frames: int = bounded(1, 512)
+    size: int = bounded(8, 2048)  # short side after resize at extraction (pixels)
+    backend: str = choice("ffmpeg", "decord")
+    workers: int = bounded(1, 256)  # videos decoded (and synthetic videos rendered) in parallel
+    reencode_fps: float | None  # resample every video to this frame rate first (CLIP4Clip: 3); None = off
+
+    def validate(self) -> None:
+        if self.reencode_fps is not None and not 0 < self.reencode_fps <= 240:
+            raise UserError(
+                f"params: frames.reencode_fps = {self.reencode_fps} is out of range; use a value in (0, 240] or null"
+            )
 
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    context_length: int = bounded(32, 8, 77)  # BPE tokens incl. start and end
-    workers: int = bounded(2, 1, 64)
+    context_length: int = bounded(8, 77)  # BPE tokens incl. start and end
 
+
+# --- backbone ------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
 class PretrainConfig:
     """Pretraining of the small CLIP on single synthetic frames with static captions."""
-    images: int = bounded(20000, 64)
-    eval_images: int = bounded(1000, 16)
-    shape_steps: int = bounded(600, 0)  # steps of the image tower's shape warm-up; 0 = contrastive only
-    epochs: int = bounded(4, 1)  # contrastive epochs
-    batch_size: int = bounded(256, 2)
-    lr: float = bounded(1e-3, 0.0, 1.0)
-    seed: int = 0
+    images: int = bounded(64)
+    eval_images: int = bounded(16)
+    shape_steps: int = bounded(0)  # steps of the image tower's shape warm-up; 0 = contrastive only
+    epochs: int = bounded(1)  # contrastive epochs
+    batch_size: int = bounded(2)
+    lr: float = bounded(0.0, 1.0)
+    seed: int
 
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    name: str = "tiny-synthetic"  # an open_clip model name (ViT-B-32, ViT-B-16) or one of dgl/models/configs
-    pretrained: str = ""  # open_clip pretrained tag (e.g. openai) or a local checkpoint; "" = pretrain here
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    name: str  # an open_clip model name (ViT-B-32, ViT-B-16) or one of dgl/models/configs
+    pretrained: str  # open_clip pretrained tag (e.g. openai) or a local checkpoint; "" = pretrain here
+    pretrain: PretrainConfig
+
+
+# --- model: one group per method family ------------------------------------------------------------
+
+@dataclass(frozen=True)
+class DGLConfig:
+    """`model.dgl` (dgl/models/methods/dgl.py)."""
+    generator: str = choice("ulp", "upt")
+    text_prompt_len: int = bounded(2, 64)  # UPT only (half prefix, half postfix); ULP derives 2 x local
+    local_prompt_len: int = bounded(1, 64)  # frame prompts per frame (ULP: also prefix = postfix count)
+    global_prompt_len: int = bounded(1, 64)
+    prompt_layers: int = bounded(0, 48)  # deep prompts in the first N layers; 0 = every layer
+    video_feature: str = choice(*VIDEO_POOLS)
+    temporal_pos: bool  # our extension: a learned frame-index embedding (order signal)
+    postfix_before_eot: bool  # our extension: postfix prompts where the causal mask lets them act
+
+    def validate(self) -> None:
+        if self.generator == "upt" and self.text_prompt_len % 2:
+            raise UserError(f"params: model.dgl.text_prompt_len = {self.text_prompt_len} must be even for UPT "
+                            "(half prefix, half postfix); use an even number")
 
 
 @dataclass(frozen=True)
+class BiasConfig:
+    layer_norm: bool  # also LayerNorm shifts: 171,008 at ViT-B/32 = 0.2M, not the paper's 0.1M
+
+
+@dataclass(frozen=True)
+class PartialConfig:
+    vision_layers: int = bounded(0, 48)  # last N residual blocks of the vision encoder
+    text_layers: int = bounded(0, 48)  # last N residual blocks of the text encoder
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    hidden: int = bounded(1, 4096)  # VoP: "the number of hidden dimensions is set to 64"
+    scale: float = bounded(0.0, 100.0)  # AdaptFormer's s (VoP does not give one)
+
+
+@dataclass(frozen=True)
+class VoPConfig:
+    """`model.vop` (dgl/models/methods/vop.py)."""
+    text_prefix: int = bounded(0, 64)  # text prompts right after SOT
+    text_postfix: int = bounded(0, 64)  # text prompts after the word slots (P^t = prefix + postfix = 8)
+    video_prompts: int = bounded(1, 64)  # P^v: visual prompts per frame and layer
+    specific_prompts: int = bounded(1, 64)  # of those, position-/context-specific ones (P, C)
+    shallow_layers: int = bounded(1, 48)  # K^s (F): intra-frame layers; the rest are inter-frame
+    context_hidden: int = bounded(0, 8192)  # CMM BiLSTM hidden size per direction; 0 = vision width
+    frame_pos: bool  # F: trainable frame position embedding before layer K^s + 1
+    init_std: float = bounded(0.0, 1.0)
+    postfix_before_eot: bool  # our option (as model.dgl.postfix_before_eot), off in the paper
+
+    def validate(self) -> None:
+        if self.text_prefix + self.text_postfix == 0:
+            raise UserError("params: model.vop.text_prefix + model.vop.text_postfix = 0; VoP needs text prompts, "
+                            "use e.g. 4 and 4")
+        if self.specific_prompts > self.video_prompts:
+            raise UserError(f"params: model.vop.specific_prompts = {self.specific_prompts} exceeds "
+                            f"model.vop.video_prompts = {self.video_prompts}; use a value up to it")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    method: str = choice(*METHOD_NAMES)
+    dgl: DGLConfig
+    bias: BiasConfig
+    partial: PartialConfig
+    adapter: AdapterConfig  # adapter_attn, adapter_ffn
+    vop: VoPConfig  # vop, vop_p, vop_c, vop_f, vop_fp, vop_fc
+
+
+# --- training and evaluation -------------------------------------------------------------------
+
+@dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = bounded(5, 0)
-    batch_size: int = bounded(64, 2)
-    lr: float = bounded(2e-3, 0.0, 1.0)
-    weight_decay: float = bounded(0.2, 0.0, 10.0)
-    warmup_fraction: float = bounded(0.1, 0.0, 1.0)
-    grad_clip: float = bounded(1.0, 0.0)
-    val_fraction: float = bounded(0.1, 0.0, 0.5)  # train videos held out for per-epoch validation
-    seed: int = 42
-    device: str = choice("auto", "auto", "cpu", "cuda")
-    threads: int = bounded(0, 0, 256)  # CPU threads for torch; 0 = torch's default
-    amp: str = choice("auto", "auto", "off", "bf16", "fp16")  # CUDA only; auto = bf16 where supported
-    nproc: int = bounded(1, 1, 1024)  # processes on this machine (torchrun, DDP); batch_size stays global
-    accum_steps: int = bounded(1, 1, 1024)  # sub-batches per step (GradCache): same loss, less memory
+    epochs: int = bounded(0)
+    batch_size: int = bounded(2)
+    lr: float = bounded(0.0, 1.0)
+    weight_decay: float = bounded(0.0, 10.0)
+    warmup_fraction: float = bounded(0.0, 1.0)
+    grad_clip: float = bounded(0.0)
+    val_fraction: float = bounded(0.0, 0.5)  # train videos held out for per-epoch validation
+    seed: int
+    device: str = choice("auto", "cpu", "cuda")
+    threads: int = bounded(0, 256)  # CPU threads for torch; 0 = torch's default
+    amp: str = choice("auto", "off", "bf16", "fp16")  # CUDA only; auto = bf16 where supported
+    nproc: int = bounded(1, 1024)  # processes on this machine (torchrun, DDP); batch_size stays global
+    accum_steps: int = bounded(1, 1024)  # sub-batches per step (GradCache): same loss, less memory
 
     def validate(self) -> None:
         if self.batch_size % (self.nproc * self.accum_steps):
@@ -69,31 +204,55 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EvalConfig:
-    batch_size: int = bounded(64, 1)
-    chunk_size: int = bounded(1024, 1)  # similarity rows per chunk: bounds memory on large galleries
-    dsl: bool = False  # dual softmax at inference (needs the whole query set): reported separately
+    batch_size: int = bounded(1)
+    chunk_size: int = bounded(1)  # similarity rows per chunk: bounds memory on large galleries
+    dsl: bool  # dual softmax at inference (needs the whole query set): reported separately
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    uri: str = ""  # "" = sqlite:///<repo>/mlflow.db (DVC_ROOT under DVC); MLFLOW_TRACKING_URI overrides
-    experiment: str = "dgl"
+    uri: str  # "" = sqlite:///<repo>/mlflow.db (DVC_ROOT under DVC); MLFLOW_TRACKING_URI overrides
+    experiment: str
 
 
 @dataclass(frozen=True)
 class Params:
-    data: DataConfig = field(default_factory=DataConfig)
-    frames: FramesConfig = field(default_factory=FramesConfig)
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    backbone: BackboneConfig = field(default_factory=BackboneConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    eval: EvalConfig = field(default_factory=EvalConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    ffmpeg: str = choice("pinned", "system")  # which ffmpeg encodes and decodes (dgl/ffmpeg.py)
+    data: DataConfig
+    frames: FramesConfig
+    preprocess: PreprocessConfig
+    backbone: BackboneConfig
+    model: ModelConfig
+    train: TrainConfig
+    eval: EvalConfig
+    tracking: TrackingConfig
 
 
 def load_params(path: Path | str = "params.yaml") -> Params:
     return build(Params, read_yaml(Path(path)))
+
+
+def load_group(key: str, overrides: dict | None = None, path: Path | str = "params.yaml") -> Any:
+    """One group of a params file (`model`, `data.synthetic`) with `overrides` merged into it, checked
+    like the whole file: for tools and tests that need a config beside the pipeline's own."""
+    raw = read_yaml(Path(path))
+    *parents, last = key.split(".")
+    group = raw
+    for part in parents:
+        group = group.setdefault(part, {})
+    group[last] = merge(group.get(last) or {}, overrides or {})
+    obj = build(Params, raw)
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def merge(base: dict, overrides: dict) -> dict:
+    """`base` with `overrides` merged in, nested mappings key by key."""
+    out = dict(base)
+    for key, value in overrides.items():
+        out[key] = merge(out.get(key) or {}, value) if isinstance(value, dict) else value
+    return out
 
 
 def repo_root() -> Path:

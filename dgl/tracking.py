@@ -1,7 +1,9 @@
 """MLflow: one run per train+evaluate pair, in sqlite:///<repo>/mlflow.db unless told otherwise.
 
-The train stage starts the run and stores its id in models/trained/model.json; the evaluate stage
-resumes it. Several stages may write one SQLite store at once (`dvc queue start -j 2`): a file
+The train stage starts the run and tags it with the sha256 of the weights it saved
+(`weights_sha256`); the evaluate stage finds the newest run with the weights it evaluates and
+resumes it. No run id is written into a DVC output: training is deterministic, so the same params
+give byte-identical outputs and the committed dvc.lock stays valid on every machine. Several stages may write one SQLite store at once (`dvc queue start -j 2`): a file
 lock beside the database serialises its creation and the experiment's, which would otherwise
 race through MLflow's schema migrations; later writes are short transactions that SQLite's
 busy timeout (20 s, set by MLflow) queues (tests/test_tracking.py: 4 processes at once). With many
@@ -11,7 +13,8 @@ sqlite:///mlflow.db --port 5000`, then `MLFLOW_TRACKING_URI=http://127.0.0.1:500
 
 Only code that runs logs. A stage that DVC skips as unchanged, or restores from its run cache,
 runs nothing, so an experiment made of such stages adds no MLflow run: its numbers are those of
-the earlier run named by `mlflow_run_id` in models/trained/model.json. To log a fresh run anyway,
+the earlier run with the same `weights_sha256` tag (search `tags.weights_sha256 = '...'` in the
+UI; the hash is that of models/trained/weights.pt). To log a fresh run anyway,
 force the two tracked stages: `dvc exp run -f -s train evaluate` (see experiments/README.md).
 When evaluate runs alone on a training whose run already holds test metrics (`dvc exp run -S
 eval.dsl=true`), it logs a new run that names the training's in its `train_run_id` tag, and
@@ -39,6 +42,7 @@ os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
 
 SQLITE = "sqlite:///"
 TEST_PREFIX = "test_"  # the metrics evaluate logs; train logs train_*, val_* and params_*
+WEIGHTS_TAG = "weights_sha256"  # how evaluate finds the training's run
 
 
 def tracking_uri(cfg) -> str:
@@ -159,6 +163,21 @@ def evaluation_run(params, train_run_id: str | None, test_metrics: dict[str, flo
         print(f"MLflow: the training's run {train_run_id} {why_not}; this evaluation is logged as the new "
               f"run {active_run_id()}", file=sys.stderr)
         yield run
+
+
+def training_run_of(cfg, weights_sha256: str) -> str | None:
+    """The newest run that saved these exact weights (tag `weights_sha256`), or None."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    with _reported(uri):
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            return None
+        runs = client.search_runs([experiment.experiment_id], f"tags.{WEIGHTS_TAG} = '{weights_sha256}'",
+                                  order_by=["attributes.start_time DESC"], max_results=1)
+    return runs[0].info.run_id if runs else None
 
 
 def active_run_id() -> str:

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import random
 from dataclasses import dataclass
 from typing import Callable
 
@@ -22,12 +21,6 @@ from dgl.metrics import evaluate_retrieval
 from dgl.models.methods import Method
 from dgl.models.prompted import contrastive_loss
 from dgl.optim import adamw, warmup_cosine
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)
-    torch.manual_seed(seed)
 
 
 def pick_device(name: str) -> torch.device:

@@ -35,27 +35,10 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from dgl.config import bounded, choice
 from dgl.data.annotations import Annotations
 from dgl.errors import UserError
-from dgl.ffmpeg import ffmpeg_exe
-
-
-@dataclass(frozen=True)
-class FramesConfig:
-    """params.yaml group `frames`."""
-
-    num_frames: int = bounded(8, 1, 512)
-    size: int = bounded(64, 8, 2048)  # short side after resize at extraction (pixels); frames are stored so
-    backend: str = choice("ffmpeg", "ffmpeg", "decord")
-    workers: int = bounded(2, 1, 256)  # videos decoded in parallel
-    reencode_fps: float | None = None  # resample every video to this frame rate first (CLIP4Clip: 3); None = off
-
-    def validate(self) -> None:
-        if self.reencode_fps is not None and not 0 < self.reencode_fps <= 240:
-            raise UserError(
-                f"params: frames.reencode_fps = {self.reencode_fps} is out of range; use a value in (0, 240] or null"
-            )
+from dgl.ffmpeg import ffmpeg_exe, toolchain
+from dgl.settings import FramesConfig
 
 
 class VideoError(Exception):
@@ -117,7 +100,7 @@ def _ffmpeg_reason(stderr: bytes, returncode: int) -> str:
     return f"ffmpeg exit {returncode}: {first}"
 
 
-def _sample_ffmpeg(path: Path, num_frames: int, size: int, reencode_fps: float | None) -> np.ndarray:
+def _sample_ffmpeg(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str) -> np.ndarray:
     video = ffmpeg.input(str(path), threads=1)["v:0"]  # one decoder thread: the workers are the parallelism
     if reencode_fps is not None:
         video = video.filter("fps", fps=reencode_fps)
@@ -125,7 +108,7 @@ def _sample_ffmpeg(path: Path, num_frames: int, size: int, reencode_fps: float |
     # passthrough: every decoded frame exactly once (image2pipe would otherwise resample to a constant rate)
     command = video.output("pipe:", format="image2pipe", vcodec="ppm", fps_mode="passthrough")
     command = command.global_args("-nostdin", "-v", "error", "-filter_complex_threads", "1")
-    result = subprocess.run(command.compile(cmd=ffmpeg_exe()), capture_output=True)
+    result = subprocess.run(command.compile(cmd=ffmpeg_exe(binary)), capture_output=True)
     if result.returncode != 0:
         raise VideoError(_ffmpeg_reason(result.stderr, result.returncode))
     frames = _ppm_frames(result.stdout)
@@ -141,7 +124,8 @@ def _resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(image) for image in resized])
 
 
-def _sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float | None) -> np.ndarray:
+def _sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str) -> np.ndarray:
+    del binary  # decord decodes with the FFmpeg libraries it ships, not with an ffmpeg binary
     import decord  # imported here: it loads its own FFmpeg libraries, which only this backend needs
 
     decord.logging.set_level(decord.logging.QUIET)
@@ -164,7 +148,7 @@ BACKENDS: dict[str, Callable[..., np.ndarray]] = {"ffmpeg": _sample_ffmpeg, "dec
 
 
 def sample_frames(path: Path, num_frames: int, size: int, backend: str = "ffmpeg",
-                  reencode_fps: float | None = None) -> np.ndarray:
+                  reencode_fps: float | None = None, ffmpeg: str = "pinned") -> np.ndarray:
     """`num_frames` uniformly sampled frames (T, H, W, 3) uint8 with short side `size`.
 
     Raises VideoError for a missing, empty, corrupt or frameless file.
@@ -176,7 +160,7 @@ def sample_frames(path: Path, num_frames: int, size: int, backend: str = "ffmpeg
         raise VideoError("file not found")
     if path.stat().st_size == 0:
         raise VideoError("empty file (0 bytes)")
-    return BACKENDS[backend](path, num_frames, size, reencode_fps)
+    return BACKENDS[backend](path, num_frames, size, reencode_fps, ffmpeg)
 
 
 # --- the frames stage --------------------------------------------------------------------------
@@ -189,6 +173,7 @@ class _Job:
     relative_path: str
     out_dir: Path
     cfg: FramesConfig
+    ffmpeg: str
 
 
 def _extract_one(job: _Job) -> tuple[str, str | None]:
@@ -196,7 +181,7 @@ def _extract_one(job: _Job) -> tuple[str, str | None]:
     cfg = job.cfg
     try:
         frames = sample_frames(job.raw_dir / job.relative_path, cfg.num_frames, cfg.size, cfg.backend,
-                               cfg.reencode_fps)
+                               cfg.reencode_fps, job.ffmpeg)
     except VideoError as e:
         return job.video_id, f"{job.relative_path}: {e.reason}"
     np.save(job.out_dir / f"{job.video_id}.npy", frames)
@@ -211,7 +196,16 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[tuple[str,
         return list(bar(pool.map(_extract_one, jobs)))
 
 
-def extract_frames(raw_dir: Path, annotations: Annotations, out_dir: Path, cfg: FramesConfig,
+def decoder_toolchain(backend: str, ffmpeg: str) -> dict[str, str]:
+    """Which decoder made the frames (written beside them as toolchain.json)."""
+    if backend == "decord":
+        import decord
+
+        return {"backend": "decord", "decord": decord.__version__}
+    return {"backend": "ffmpeg", **toolchain(ffmpeg)}
+
+
+def extract_frames(raw_dir: Path, annotations: Annotations, out_dir: Path, cfg: FramesConfig, *, ffmpeg: str,
                    progress: bool = True) -> dict:
     """Sample every video the annotations name (train and test) into out_dir/<video id>.npy.
 
@@ -220,7 +214,8 @@ def extract_frames(raw_dir: Path, annotations: Annotations, out_dir: Path, cfg: 
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     video_ids = list(dict.fromkeys(annotations.split_videos("train") + annotations.split_videos("test")))
-    jobs = [_Job(v, raw_dir, annotations.videos[v], out_dir, cfg) for v in video_ids]
+    (out_dir / "toolchain.json").write_text(json.dumps(decoder_toolchain(cfg.backend, ffmpeg), indent=1) + "\n")
+    jobs = [_Job(v, raw_dir, annotations.videos[v], out_dir, cfg, ffmpeg) for v in video_ids]
     results = _run_jobs(jobs, cfg.workers, progress)
     skipped = [{"video_id": video_id, "reason": reason} for video_id, reason in results if reason is not None]
     (out_dir / "skipped.json").write_text(json.dumps({"count": len(skipped), "skipped": skipped}, indent=1) + "\n")

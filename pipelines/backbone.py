@@ -6,10 +6,9 @@ import argparse
 import json
 from pathlib import Path
 
-from dgl.artifacts import save_backbone
 from dgl.cli import atomic_dir, entry_point, show_progress
 from dgl.errors import UserError
-from dgl.models.backbone import build_clip
+from dgl.models.backbone import build_clip, save_backbone
 from dgl.pretrain import pretrain_clip
 from dgl.settings import load_params
 
@@ -18,7 +17,7 @@ from dgl.settings import load_params
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--out", type=Path, default=Path("models/backbone"))
+    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
     cfg = params.backbone

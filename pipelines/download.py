@@ -14,12 +14,13 @@ from dgl.settings import load_params
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--out", type=Path, default=Path("data/raw"))
+    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
     with atomic_dir(args.out) as work:
         if params.data.dataset == "synthetic":
-            generate(work, params.data.synthetic, workers=params.frames.workers, progress=show_progress())
+            generate(work, params.data.synthetic, ffmpeg=params.ffmpeg, workers=params.frames.workers,
+                     progress=show_progress())
         else:
             prepare_raw(params.data.dataset, work, progress=show_progress())
 

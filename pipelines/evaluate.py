@@ -15,7 +15,7 @@ from dgl.cli import atomic_dir, atomic_write, entry_point, show_progress
 from dgl.figures import write_figures
 from dgl.metrics import evaluate_retrieval
 from dgl.settings import load_params
-from dgl.tracking import evaluation_run, log_files
+from dgl.tracking import evaluation_run, log_files, training_run_of
 from dgl.train import SplitView, encode_view, pick_device
 
 
@@ -23,11 +23,12 @@ from dgl.train import SplitView, encode_view, pick_device
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--cache", type=Path, default=Path("data/cache"))
-    ap.add_argument("--backbone", type=Path, default=Path("models/backbone"))
-    ap.add_argument("--trained", type=Path, default=Path("models/trained"))
-    ap.add_argument("--metrics", type=Path, default=Path("metrics.json"))
-    ap.add_argument("--plots", type=Path, default=Path("plots"))
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--backbone", type=Path, required=True)
+    ap.add_argument("--trained", type=Path, required=True)
+    ap.add_argument("--metrics", type=Path, required=True)
+    ap.add_argument("--recall", type=Path, required=True)
+    ap.add_argument("--figures", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
     split = CachedSplit.load(args.cache, "test")
@@ -43,14 +44,15 @@ def main() -> None:
                     "trainable_ratio": info["parameters"]["trainable_ratio"]})
     curves = [{"K": k + 1, "t2v": t, "v2t": v} for k, (t, v) in enumerate(zip(result.curves["t2v"], result.curves["v2t"]))]
     atomic_write(args.metrics, json.dumps(metrics, indent=2))
-    atomic_write(args.plots / "recall.json", json.dumps(curves, indent=1))
-    with atomic_dir(args.plots / "figures") as work:
+    atomic_write(args.recall, json.dumps(curves, indent=1))
+    with atomic_dir(args.figures) as work:
         write_figures(work, method, split, text, video, device)
     test_metrics = {f"test_{k}": v for k, v in result.metrics.items()}
-    with evaluation_run(params, info.get("mlflow_run_id"), test_metrics, method=info["method"],
+    with evaluation_run(params, training_run_of(params.tracking, info["weights_sha256"]), test_metrics, method=info["method"],
                         counts=info["parameters"]) as mlflow:
         log_files(mlflow, [args.metrics, args.params, "dvc.lock"])
-        mlflow.log_artifacts(str(args.plots), artifact_path="plots")
+        mlflow.log_artifact(str(args.recall), artifact_path="plots")
+        mlflow.log_artifacts(str(args.figures), artifact_path=f"plots/{args.figures.name}")
     print(json.dumps(metrics))
 
 

@@ -15,13 +15,14 @@ from dgl.video import extract_frames
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
-    ap.add_argument("--out", type=Path, default=Path("data/frames"))
+    ap.add_argument("--raw", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
     annotations = load_annotations(params.data.dataset, args.raw)
     with atomic_dir(args.out) as work:
-        summary = extract_frames(args.raw, annotations, work, params.frames, progress=show_progress())
+        summary = extract_frames(args.raw, annotations, work, params.frames, ffmpeg=params.ffmpeg,
+                                 progress=show_progress())
     print(json.dumps(summary))
 
 

@@ -15,9 +15,9 @@ from dgl.settings import load_params
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--raw", type=Path, default=Path("data/raw"))
-    ap.add_argument("--frames", type=Path, default=Path("data/frames"))
-    ap.add_argument("--out", type=Path, default=Path("data/cache"))
+    ap.add_argument("--raw", type=Path, required=True)
+    ap.add_argument("--frames", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
     annotations = load_annotations(params.data.dataset, args.raw)

@@ -14,25 +14,27 @@ from pathlib import Path
 import torch
 
 from dgl import distributed
-from dgl.artifacts import load_backbone, save_trained
+from dgl.artifacts import save_trained
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.cli import atomic_dir, atomic_write, entry_point, show_progress
+from dgl.determinism import seed_everything
+from dgl.models.backbone import load_backbone
 from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
-from dgl.tracking import active_run_id, log_training_setup, mlflow_run
-from dgl.train import pick_device, seed_everything, train_method, train_val_views
+from dgl.tracking import WEIGHTS_TAG, active_run_id, log_training_setup, mlflow_run
+from dgl.train import pick_device, train_method, train_val_views
 
 
 @entry_point
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--cache", type=Path, default=Path("data/cache"))
-    ap.add_argument("--backbone", type=Path, default=Path("models/backbone"))
-    ap.add_argument("--out", type=Path, default=Path("models/trained"))
-    ap.add_argument("--plot", type=Path, default=Path("plots/train.json"))
-    ap.add_argument("--checkpoint", type=Path, default=Path("models/checkpoints/train.pt"))
+    ap.add_argument("--cache", type=Path, required=True)
+    ap.add_argument("--backbone", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--plot", type=Path, required=True)
+    ap.add_argument("--checkpoint", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
     cfg = params.train
@@ -59,15 +61,17 @@ def main() -> None:
                                    on_epoch=lambda epoch, record: mlflow.log_metrics(record, step=epoch),
                                    progress=show_progress(), dist=dist, resume=resume,
                                    save_checkpoint=lambda state: checkpoint.save({**state, "mlflow_run_id": run_id}))
+            if dist.main:  # no run id in the outputs: the same params give the same bytes (dgl/tracking.py)
+                info = {"method": params.model.method, "backbone": backbone["name"],
+                        "backbone_sha256": backbone["sha256"], "parameters": counts, "epochs": len(history)}
+                with atomic_dir(args.out) as work:
+                    mlflow.set_tag(WEIGHTS_TAG, save_trained(method.cpu(), work, info))
+                atomic_write(args.plot, json.dumps([{"epoch": i + 1, **r} for i, r in enumerate(history)], indent=1))
+                mlflow.log_artifact(str(args.plot), artifact_path="plots")
     if not dist.main:
         return
-    info = {"method": params.model.method, "backbone": backbone["name"], "backbone_sha256": backbone["sha256"],
-            "parameters": counts, "mlflow_run_id": run_id, "epochs": len(history)}
-    with atomic_dir(args.out) as work:
-        save_trained(method.cpu(), work, info)
-    atomic_write(args.plot, json.dumps([{"epoch": i + 1, **r} for i, r in enumerate(history)], indent=1))
     checkpoint.remove()  # the outputs hold everything now
-    print(json.dumps({"method": info["method"], "trainable": counts["trainable"],
+    print(json.dumps({"method": params.model.method, "trainable": counts["trainable"],
                       **(history[-1] if history else {})}))
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -36,8 +37,22 @@ def tiny_params() -> dict:
     return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_OVERRIDES)
 
 
+def group(key: str, **overrides):
+    """One group of the project's params.yaml (`model.dgl`, `train`) with `overrides`, checked."""
+    from dgl.settings import load_group
+
+    return load_group(key, overrides, ROOT / "params.yaml")
+
+
+def stage_cmd(name: str) -> list[str]:
+    """The command dvc.yaml runs for stage `name`, as an argv."""
+    return shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]["cmd"])
+
+
 def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` with the venv first on PATH; a None value in `env` unsets that variable."""
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1", **(env or {})}
+    full_env = {k: v for k, v in full_env.items() if v is not None}
     out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
@@ -54,6 +69,7 @@ def make_project(dest: Path, params: dict) -> Path:
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     run(["git", "init", "-q"], dest)
     run(["dvc", "init", "-q"], dest)
+    shutil.copy(ROOT / ".dvcignore", dest / ".dvcignore")
     run(["dvc", "config", "core.analytics", "false"], dest)
     run(git + ["add", "-A"], dest)
     run(git + ["commit", "-qm", "tiny project"], dest)

@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from conftest import group
 from dgl.cache import CachedSplit
-from dgl.config import build
 from dgl.figures import CELL_INCHES, DPI, FRAME_INCHES, TOP_K, write_figures
 from dgl.models.attention import global_local_mask
 from dgl.models.attention_maps import global_attention, global_frame_attention
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
-from dgl.models.methods.dgl import DGLConfig
 
 VIDEOS, FRAMES, SIZE = 6, 4, 64  # tiny-synthetic sees 64 x 64 images
 
@@ -25,7 +24,7 @@ VIDEOS, FRAMES, SIZE = 6, 4, 64  # tiny-synthetic sees 64 x 64 images
 @pytest.fixture(scope="module")
 def dgl_method():
     torch.manual_seed(0)
-    return build_method("dgl", build_clip("tiny-synthetic"), SimpleNamespace(dgl=build(DGLConfig, {})), FRAMES)
+    return build_method("dgl", build_clip("tiny-synthetic"), SimpleNamespace(dgl=group("model.dgl")), FRAMES)
 
 
 @pytest.fixture(scope="module")

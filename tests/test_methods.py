@@ -9,17 +9,18 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT
-from dgl.config import build
+from conftest import ROOT, group
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip
 from dgl.models.methods import METHODS, build_method, count_parameters
-from dgl.models.methods.config import METHOD_NAMES, ModelConfig
+from dgl.params import PAPER_MODEL
+from dgl.settings import METHOD_NAMES, ModelConfig, merge
 from dgl.models.prompted import contrastive_loss
 
 
 def model_cfg(method: str, **groups) -> ModelConfig:
-    return build(ModelConfig, {"method": method, **groups}, "model")
+    """params.yaml's model group at the papers' ViT-B sizes (dgl.params.PAPER_MODEL), with `groups`."""
+    return group("model", **merge(PAPER_MODEL, {"method": method, **groups}))
 
 
 @pytest.fixture(scope="module")
@@ -74,9 +75,7 @@ def test_registry_and_method_names_agree():
 
 def test_unknown_method_is_rejected_naming_the_key():
     with pytest.raises(UserError, match=r"model\.method"):
-        build(ModelConfig, {"method": "nope"}, "model")
-    with pytest.raises(UserError, match="nope"):
-        build(ModelConfig, {"method": "nope"})
+        group("model", method="nope")
 
 
 def test_bad_method_params_are_rejected_naming_the_key():

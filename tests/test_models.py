@@ -8,16 +8,15 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dgl.config import build
+from conftest import group
 from dgl.models.attention import global_local_block, global_local_mask
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method, count_parameters
-from dgl.models.methods.dgl import DGLConfig
 from dgl.models.prompted import PromptedCLIP, TextPrompts, contrastive_loss
 
 
 def dgl_cfg(**kw):
-    return SimpleNamespace(dgl=build(DGLConfig, kw))
+    return SimpleNamespace(dgl=group("model.dgl", **kw))
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +183,10 @@ def test_temporal_pos_breaks_order_blindness(tiny):
     with torch.no_grad():
         assert not torch.allclose(method.encode_video(frames, video_prompts),
                                   method.encode_video(frames.flip(1), video_prompts), atol=1e-4)
+
+
+def test_the_params_schema_names_every_video_pool():
+    from dgl.models.prompted import VIDEO_POOLS
+    from dgl.settings import VIDEO_POOLS as ALLOWED
+
+    assert set(ALLOWED) == set(VIDEO_POOLS)

@@ -3,12 +3,15 @@ a real SQLite store, and bad params rejected with one line before any output is 
 from __future__ import annotations
 
 import json
+import shutil
 import sqlite3
+import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from conftest import make_project, run, tiny_params
+from conftest import ROOT, make_project, run, stage_cmd, tiny_params
 
 
 def mlflow_runs(db: Path) -> list[tuple]:
@@ -17,10 +20,20 @@ def mlflow_runs(db: Path) -> list[tuple]:
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
+def first_repro(tmp_path_factory) -> tuple[Path, Path]:
+    """The tiny project after one `dvc repro`, and a copy of what that repro wrote (later tests
+    change the project's workspace)."""
     root = make_project(tmp_path_factory.mktemp("project"), tiny_params())
     run(["dvc", "repro"], root)
-    return root
+    snapshot = tmp_path_factory.mktemp("first_repro")
+    for name in ("metrics.json", "dvc.lock"):
+        shutil.copy(root / name, snapshot / name)
+    return root, snapshot
+
+
+@pytest.fixture(scope="module")
+def project(first_repro) -> Path:
+    return first_repro[0]
 
 
 def test_dvc_repro_runs_every_stage_and_logs_one_mlflow_run(project):
@@ -40,6 +53,26 @@ def test_dvc_repro_runs_every_stage_and_logs_one_mlflow_run(project):
     assert steps == [1, 2]
     status = run(["dvc", "status"], project).stdout
     assert "changed" not in status
+
+
+def lock_outputs(lock: Path) -> dict[str, str]:
+    """Every output's hash in a dvc.lock, by path."""
+    stages = yaml.safe_load(lock.read_text())["stages"]
+    return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs", [])}
+
+
+def test_same_params_give_identical_outputs_on_a_second_machine_run(first_repro, tmp_path):
+    """A second clone of the same project, run with Python's bytecode caching on (a user's default):
+    every stage output, the weights and metrics.json are bit-identical, and dvc status is clean."""
+    first, snapshot = first_repro
+    second = make_project(tmp_path, tiny_params())
+    bytecode_on = {"PYTHONDONTWRITEBYTECODE": None}
+    run(["dvc", "repro"], second, env=bytecode_on)
+    assert list((second / "dgl").rglob("__pycache__")), "the stages wrote bytecode caches"
+    assert (second / "metrics.json").read_text() == (snapshot / "metrics.json").read_text()
+    assert lock_outputs(second / "dvc.lock") == lock_outputs(snapshot / "dvc.lock")
+    status = run(["dvc", "status"], second, env=bytecode_on).stdout
+    assert "up to date" in status and "changed" not in status, status
 
 
 def test_dvc_exp_run_with_set_param_reruns_training_only(project):
@@ -76,10 +109,26 @@ def test_bad_params_fail_with_one_line_and_touch_nothing(tmp_path, override, nee
     root = make_project(tmp_path, params)
     (root / "metrics.json").write_text('{"kept": 1}')
     for stage in ("download", "train"):
-        out = run(["python", "-m", f"pipelines.{stage}"], root, check=False)
+        out = run(stage_cmd(stage), root, check=False)
         assert out.returncode == 2
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], out.stderr
         assert "Traceback" not in out.stderr
     assert not (root / "data").exists() and not (root / "models").exists()
     assert json.loads((root / "metrics.json").read_text()) == {"kept": 1}
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda p: p["train"].pop("lr"), "params: missing key train.lr; train needs: epochs, batch_size, lr,"),
+    (lambda p: p["train"].update(lrr=0.1), "params: unknown key train.lrr; known keys here: accum_steps,"),
+    (lambda p: p.pop("ffmpeg"), "params: missing key ffmpeg; the file needs: ffmpeg, data,"),
+])
+def test_a_missing_or_unknown_params_key_is_one_line(tmp_path, edit, needle):
+    params = tiny_params()
+    edit(params)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    out = run([sys.executable, *stage_cmd("download")[1:]], tmp_path, check=False, env={"PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [f"error: {out.stderr.strip().removeprefix('error: ')}"]
+    assert needle in out.stderr, out.stderr
+    assert not (tmp_path / "data").exists()

@@ -5,7 +5,8 @@ import types
 
 import torch
 
-from dgl.data.synthetic import SyntheticConfig, vocab
+from conftest import group
+from dgl.data.synthetic import vocab
 from dgl.models.backbone import build_clip
 from dgl.pretrain import _images_and_tokens, _lone_shape_labels, shape_warmup, zero_shot_image_text_r1
 
@@ -19,7 +20,7 @@ def test_lone_shape_labels_index_the_vocabulary_and_skip_pairs():
 def test_shape_warmup_trains_the_image_tower_only():
     torch.manual_seed(0)
     clip = build_clip("tiny-synthetic")
-    images, _, _, contents = _images_and_tokens(64, 0, SyntheticConfig(), "tiny-synthetic", 32)
+    images, _, _, contents = _images_and_tokens(64, 0, group("data.synthetic"), "tiny-synthetic", 32)
     before = {name: p.detach().clone() for name, p in clip.named_parameters()}
     pretrain = types.SimpleNamespace(shape_steps=3, batch_size=16, lr=1e-3, seed=0)
     loss = shape_warmup(clip, images, _lone_shape_labels(contents), pretrain, progress=False)
@@ -32,7 +33,7 @@ def test_shape_warmup_trains_the_image_tower_only():
 def test_image_text_r1_counts_any_paraphrase_of_the_frame_as_a_hit():
     torch.manual_seed(0)
     clip = build_clip("tiny-synthetic")
-    images, tokens, captions, contents = _images_and_tokens(48, 0, SyntheticConfig(), "tiny-synthetic", 32)
+    images, tokens, captions, contents = _images_and_tokens(48, 0, group("data.synthetic"), "tiny-synthetic", 32)
     # Every frame shows the same content, so whichever caption ranks first describes it.
     same = [contents[0]] * len(contents)
     assert zero_shot_image_text_r1(clip, images, tokens, captions, same) == 1.0

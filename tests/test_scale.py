@@ -21,16 +21,14 @@ import torch
 import torch.multiprocessing as mp
 import yaml
 
-from conftest import ROOT, merge, tiny_params
-from dgl.artifacts import save_backbone
+from conftest import ROOT, group, merge, stage_cmd, tiny_params
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.config import build
 from dgl.distributed import process_group
 from dgl.errors import UserError
-from dgl.models.backbone import build_clip
+from dgl.models.backbone import build_clip, save_backbone
 from dgl.models.methods import build_method
-from dgl.models.methods.config import ModelConfig
 from dgl.settings import Params, TrainConfig
 from dgl.train import contrastive_step, parallel_features, pick_precision, train_method, train_val_views
 
@@ -63,7 +61,7 @@ def tiny_split() -> CachedSplit:
 
 def tiny_method(name: str = "dgl"):
     torch.manual_seed(0)
-    return build_method(name, build_clip("tiny-synthetic"), build(ModelConfig, {"method": name}), num_frames=FRAMES)
+    return build_method(name, build_clip("tiny-synthetic"), group("model", method=name), num_frames=FRAMES)
 
 
 def step_gradients(name: str, accum_steps: int, rank: int = 0, world: int = 1) -> tuple[float, dict]:
@@ -115,7 +113,7 @@ def test_gradcache_accumulation_equals_the_full_batch(name):
 
 
 def train_cfg(**kw) -> TrainConfig:
-    return build(TrainConfig, {"epochs": 2, "batch_size": 4, "val_fraction": 0.2, "device": "cpu", **kw}, "train")
+    return group("train", **{"epochs": 2, "batch_size": 4, "val_fraction": 0.2, "device": "cpu", **kw})
 
 
 class Killed(Exception):
@@ -200,7 +198,7 @@ def stage(root: Path, **train) -> subprocess.Popen:
     params = yaml.safe_load((root / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(merge(params, {"train": train})))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "1", "DVC_ROOT": str(root)}
-    return subprocess.Popen([sys.executable, "-m", "pipelines.train"], cwd=root, env=env, text=True,
+    return subprocess.Popen([sys.executable, *stage_cmd("train")[1:]], cwd=root, env=env, text=True,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 

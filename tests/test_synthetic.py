@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dgl.config import build
+from conftest import group
 from dgl.data.synthetic import (
-    SyntheticConfig,
+    check_vocabulary,
     encode_mp4,
     generate,
     held_out_combos,
@@ -29,13 +29,15 @@ from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
 
 # 10 test videos: one unit (a twin pair or two static videos) for each of the 5 categories.
-TINY = SyntheticConfig(seed=3, train_videos=8, test_videos=10, resolution=32, fps=8, seconds=1.5, captions_per_video=2)
+TINY = group("data.synthetic", seed=3, train_videos=8, test_videos=10, resolution=32, fps=8, seconds=1.5,
+             captions_per_video=2)
+DEFAULT = group("data.synthetic")
 
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("synthetic")
-    generate(out, TINY, workers=2, progress=False)
+    generate(out, TINY, ffmpeg="pinned", workers=2, progress=False)
     return out
 
 
@@ -141,7 +143,7 @@ def test_every_order_sensitive_test_video_has_a_reversed_twin(dataset):
 
 
 def test_held_out_combos_only_in_test():
-    cfg = SyntheticConfig()
+    cfg = DEFAULT
     held_out = held_out_combos(cfg)
     per_event = round(cfg.held_out_fraction * len(vocab()["colours"]) * len(vocab()["shapes"]))
     assert len(held_out) == per_event * len(vocab()["categories"])
@@ -153,8 +155,8 @@ def test_held_out_combos_only_in_test():
 
 def test_test_captions_are_distinguishable():
     """No two test videos share a description or a caption, so R@1 has one right answer."""
-    test = [s for s in plan_scenes(SyntheticConfig()) if s.split == "test"]
-    assert len(test) == SyntheticConfig().test_videos
+    test = [s for s in plan_scenes(DEFAULT) if s.split == "test"]
+    assert len(test) == DEFAULT.test_videos
     assert len({s.description() for s in test}) == len(test)
     captions = [c for s in test for c in s.captions()]
     assert len(set(captions)) == len(captions)
@@ -162,7 +164,7 @@ def test_test_captions_are_distinguishable():
 
 def test_same_config_gives_the_same_bytes(dataset, tmp_path):
     again = tmp_path / "again"
-    generate(again, TINY, workers=1, progress=False)
+    generate(again, TINY, ffmpeg="pinned", workers=1, progress=False)
     def digests(root: Path) -> dict[str, str]:
         files = [p for p in root.rglob("*") if p.is_file()]
         return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
@@ -196,7 +198,7 @@ def test_static_images_and_their_captions():
     template_words = {w for t in image_templates for w in t.split() if "{" not in w}
     static_words = {w for c in captions for w in c.split()}
     assert static_words <= appearance_words() | template_words
-    video_words = {w for s in plan_scenes(SyntheticConfig()) for c in s.captions() for w in c.split()}
+    video_words = {w for s in plan_scenes(DEFAULT) for c in s.captions() for w in c.split()}
     assert video_words & appearance_words() == static_words & appearance_words() == appearance_words()
     assert any(" and " in c for c in captions)  # sometimes two objects
 
@@ -249,19 +251,19 @@ def test_every_kind_has_a_renderer_and_matching_templates():
 )
 def test_invalid_config_names_the_key(raw, key):
     with pytest.raises(UserError, match=key.replace(".", r"\.")):
-        build(SyntheticConfig, raw, "data.synthetic")
+        check_vocabulary(group("data.synthetic", **raw))
 
 
 def test_generate_checks_a_hand_built_config_before_writing(tmp_path):
     with pytest.raises(UserError, match=r"data\.synthetic\.test_videos"):
-        generate(tmp_path, dataclasses.replace(TINY, test_videos=9), progress=False)
+        generate(tmp_path, dataclasses.replace(TINY, test_videos=9), ffmpeg="pinned", progress=False)
     assert list(tmp_path.iterdir()) == []
 
 
 def test_generate_refuses_a_folder_that_is_not_empty(tmp_path):
     (tmp_path / "old.txt").write_text("keep me")
     with pytest.raises(UserError, match="not empty"):
-        generate(tmp_path, TINY, progress=False)
+        generate(tmp_path, TINY, ffmpeg="pinned", progress=False)
     assert (tmp_path / "old.txt").read_text() == "keep me"
 
 
@@ -269,3 +271,20 @@ def test_ffmpeg_failure_raises(tmp_path):
     frames = np.zeros((4, 16, 16, 3), dtype=np.uint8)
     with pytest.raises(UserError, match="ffmpeg failed"):
         encode_mp4(frames, fps=8, path=tmp_path / "missing-folder" / "x.mp4")
+
+
+GOLDEN = Path(__file__).parent / "golden" / "synthetic_tiny.json"
+
+
+def test_render_matches_the_committed_golden_digests(dataset):
+    """The same params give the same bytes on any machine of this kind: the pinned ffmpeg's
+    H.264 output is compared with digests committed from the reference machine. Regenerate
+    tests/golden/synthetic_tiny.json only on purpose, when the pinned ffmpeg or the renderer changes."""
+    golden = json.loads(GOLDEN.read_text())
+    made = json.loads((dataset / "manifest.json").read_text())
+    differ = sorted(name for name, digest in golden["files"].items() if made["files"].get(name) != digest)
+    assert not differ and set(made["files"]) == set(golden["files"]), (
+        f"{len(differ)} of {len(golden['files'])} rendered files differ from {GOLDEN.name} (e.g. {differ[:3]}); "
+        f"encoded by {ffmpeg_exe()} ({made['toolchain']['version']}, sha256 {made['toolchain']['sha256'][:12]}), "
+        f"golden made by {golden['toolchain']['version']} (sha256 {golden['toolchain']['sha256'][:12]})")
+    assert made["toolchain"] == golden["toolchain"]

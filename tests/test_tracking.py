@@ -3,6 +3,7 @@ its REST API; an experiment whose stages DVC skips, which logs nothing until for
 re-run alone, which gets a run of its own; and several processes writing one SQLite store at once."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -139,8 +140,9 @@ def test_unchanged_experiment_logs_no_run_until_forced(project, server):
 def test_evaluate_alone_logs_a_new_run_and_keeps_the_first(project, server):
     """Only an eval.* value changes: DVC skips train, whose run already holds test metrics, so
     evaluate logs a run of its own that names the training's, and the first run keeps its numbers."""
-    train_run_id = json.loads((project / "models/trained/model.json").read_text())["mlflow_run_id"]
     before = {r["info"]["run_id"]: r for r in server.runs()}
+    weights = hashlib.sha256((project / "models/trained/weights.pt").read_bytes()).hexdigest()
+    (train_run_id,) = [i for i, r in before.items() if values(r["data"]["tags"]).get("weights_sha256") == weights]
     first = values(before[train_run_id]["data"]["metrics"])
     assert "test_t2v_R1" in first
 

@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from dgl.config import build
+from conftest import group
 from dgl.data.annotations import Annotations, Caption
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
-from dgl.video import BACKENDS, FramesConfig, VideoError, extract_frames, sample_frames, uniform_indices
+from dgl.video import BACKENDS, VideoError, extract_frames, sample_frames, uniform_indices
 
 GRAY_STEP = 10  # frame i is painted gray level GRAY_STEP * i
 
@@ -112,8 +112,8 @@ def test_extract_frames_skips_bad_videos_and_samples_the_rest(tmp_path, raw_with
     raw, annotations = raw_with_bad_videos
     out = tmp_path / "frames"
     out.mkdir()
-    cfg = FramesConfig(num_frames=4, size=32, backend=backend, workers=2)
-    summary = extract_frames(raw, annotations, out, cfg, progress=False)
+    cfg = group("frames", num_frames=4, size=32, backend=backend, workers=2)
+    summary = extract_frames(raw, annotations, out, cfg, ffmpeg="pinned", progress=False)
     assert summary == {"videos": 7, "sampled": 3, "skipped": 4, "num_frames": 4, "size": 32, "backend": backend}
     for name in ("good0", "good1", "good2"):
         assert np.load(out / f"{name}.npy").shape == (4, 32, 43, 3)
@@ -123,7 +123,13 @@ def test_extract_frames_skips_bad_videos_and_samples_the_rest(tmp_path, raw_with
     assert reasons["absent"] == "videos/absent.mp4: file not found"
     assert reasons["empty"] == "videos/empty.mp4: empty file (0 bytes)"
     assert all(reasons[v].startswith(f"videos/{v}.mp4: ") and len(reasons[v]) < 200 for v in ("truncated", "text"))
-    assert sorted(p.name for p in out.iterdir()) == ["good0.npy", "good1.npy", "good2.npy", "skipped.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["good0.npy", "good1.npy", "good2.npy", "skipped.json",
+                                                      "toolchain.json"]
+    toolchain = json.loads((out / "toolchain.json").read_text())
+    assert toolchain["backend"] == backend
+    if backend == "ffmpeg":  # which binary decoded, by version and content, never by machine path
+        assert toolchain["ffmpeg"] == "pinned" and toolchain["version"].startswith("ffmpeg version")
+        assert len(toolchain["sha256"]) == 64 and ffmpeg_exe() not in json.dumps(toolchain)
 
 
 def test_sample_frames_raises_video_error_for_a_non_video(tmp_path):
@@ -139,4 +145,4 @@ def test_sample_frames_raises_video_error_for_a_non_video(tmp_path):
 ])
 def test_frames_params_are_checked(raw, needle):
     with pytest.raises(UserError, match=re.escape(needle)):
-        build(FramesConfig, raw, "frames")
+        group("frames", **raw)

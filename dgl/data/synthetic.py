@@ -30,9 +30,10 @@ import yaml
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from dgl.config import bounded, build
+from dgl.config import build
 from dgl.errors import UserError
-from dgl.ffmpeg import ffmpeg_exe
+from dgl.ffmpeg import ffmpeg_exe, toolchain
+from dgl.settings import SyntheticConfig
 
 VOCAB_PATH = Path(__file__).with_name("synthetic_vocab.yaml")
 KEY = "data.synthetic"
@@ -41,50 +42,20 @@ KEY = "data.synthetic"
 HELD_OUT_STREAM, PLAN_STREAM, IMAGE_STREAM = 0, 1, 2
 
 
-@dataclass(frozen=True)
-class SyntheticConfig:
-    """params.yaml group `data.synthetic`."""
-
-    seed: int = bounded(0, 0)
-    train_videos: int = bounded(600, 1, 1_000_000)
-    test_videos: int = bounded(200, 2, 100_000)  # even: order-sensitive test videos come in twin pairs
-    resolution: int = bounded(64, 16, 512)  # square frames, pixels; even (H.264 4:2:0)
-    fps: int = bounded(8, 2, 60)
-    seconds: float = bounded(2.5, 1.0, 10.0)
-    captions_per_video: int = bounded(3, 1, 5)  # paraphrases per video; at most the templates per kind
-    held_out_fraction: float = bounded(0.2, 0.0, 0.5)  # share of (colour, shape, event) combos seen only in test
-
-    @property
-    def frames(self) -> int:
-        return round(self.seconds * self.fps)
-
-    def validate(self) -> None:
-        if self.test_videos % 2:
+def check_vocabulary(cfg: SyntheticConfig) -> None:
+    """What params alone cannot check: the vocabulary must describe enough distinct scenes."""
+    fewest = min(len(spec["templates"]) for spec in vocab()["kinds"].values())
+    if cfg.captions_per_video > fewest:
+        raise UserError(
+            f"params: {KEY}.captions_per_video = {cfg.captions_per_video} exceeds the {fewest} "
+            f"templates of a kind; use at most {fewest}"
+        )
+    for category, kind, needed, available in _test_demand(cfg.test_videos):
+        if needed > available:
             raise UserError(
-                f"params: {KEY}.test_videos = {self.test_videos} must be even "
-                f"(order-sensitive test videos come in time-reversed twin pairs); use {self.test_videos + 1}"
+                f"params: {KEY}.test_videos = {cfg.test_videos} needs {needed} distinct '{kind}' scenes "
+                f"(category {category}) but the vocabulary describes only {available}; lower test_videos"
             )
-        if self.resolution % 2:
-            raise UserError(
-                f"params: {KEY}.resolution = {self.resolution} must be even (H.264 4:2:0); use {self.resolution + 1}"
-            )
-        if self.frames < 4:
-            raise UserError(
-                f"params: {KEY}.seconds = {self.seconds} at fps {self.fps} gives {self.frames} frames; "
-                "raise seconds or fps to give at least 4"
-            )
-        fewest = min(len(spec["templates"]) for spec in vocab()["kinds"].values())
-        if self.captions_per_video > fewest:
-            raise UserError(
-                f"params: {KEY}.captions_per_video = {self.captions_per_video} exceeds the {fewest} "
-                f"templates of a kind; use at most {fewest}"
-            )
-        for category, kind, needed, available in _test_demand(self.test_videos):
-            if needed > available:
-                raise UserError(
-                    f"params: {KEY}.test_videos = {self.test_videos} needs {needed} distinct '{kind}' scenes "
-                    f"(category {category}) but the vocabulary describes only {available}; lower test_videos"
-                )
 
 
 @functools.cache
@@ -272,6 +243,7 @@ def _plan_test(cfg: SyntheticConfig, rng: np.random.Generator) -> list[list[Scen
 
 def plan_scenes(cfg: SyntheticConfig) -> list[Scene]:
     """All scenes, train then test, with ids video0, video1, ... and twins pointing at each other."""
+    check_vocabulary(cfg)
     rng = np.random.default_rng([cfg.seed, PLAN_STREAM])
     train = [dataclasses.replace(s, split="train", video_id=f"video{i}") for i, s in enumerate(_plan_train(cfg, rng))]
     scenes, next_id = train, len(train)
@@ -431,11 +403,12 @@ def render_frames(scene: Scene, cfg: SyntheticConfig) -> np.ndarray:
 # --- encoding and writing ----------------------------------------------------------------------
 
 
-def encode_mp4(frames: np.ndarray, fps: int, path: Path) -> None:
-    """Encode (T, H, W, 3) uint8 RGB frames to an H.264 mp4, byte-identical run to run."""
+def encode_mp4(frames: np.ndarray, fps: int, path: Path, ffmpeg: str = "pinned") -> None:
+    """Encode (T, H, W, 3) uint8 RGB frames to an H.264 mp4, byte-identical run to run for one ffmpeg
+    build: one encoder thread (x264's output depends on its thread count) and no timestamps."""
     _, height, width, _ = frames.shape
     command = [
-        ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-y",
+        ffmpeg_exe(ffmpeg), "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
         "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-threads", "1",
         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
@@ -451,14 +424,15 @@ def encode_mp4(frames: np.ndarray, fps: int, path: Path) -> None:
         )
 
 
-def _write_video(job: tuple[Scene, SyntheticConfig, Path]) -> str:
-    scene, cfg, videos_dir = job
-    encode_mp4(render_frames(scene, cfg), cfg.fps, videos_dir / f"{scene.video_id}.mp4")
+def _write_video(job: tuple[Scene, SyntheticConfig, Path, str]) -> str:
+    scene, cfg, videos_dir, ffmpeg = job
+    encode_mp4(render_frames(scene, cfg), cfg.fps, videos_dir / f"{scene.video_id}.mp4", ffmpeg)
     return scene.video_id
 
 
-def _render_all(scenes: list[Scene], cfg: SyntheticConfig, videos_dir: Path, workers: int, progress: bool) -> None:
-    jobs = [(scene, cfg, videos_dir) for scene in scenes]
+def _render_all(scenes: list[Scene], cfg: SyntheticConfig, videos_dir: Path, workers: int, progress: bool,
+                ffmpeg: str) -> None:
+    jobs = [(scene, cfg, videos_dir, ffmpeg) for scene in scenes]
     bar = functools.partial(tqdm, total=len(jobs), desc="synthetic videos", unit="video", disable=not progress)
     if workers <= 1:
         for _ in bar(map(_write_video, jobs)):
@@ -492,14 +466,15 @@ def sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-def _write_manifest(out_dir: Path) -> None:
+def _write_manifest(out_dir: Path, ffmpeg: str) -> None:
     files = sorted(p for p in out_dir.rglob("*") if p.is_file())
-    manifest = {"files": {p.relative_to(out_dir).as_posix(): sha256(p) for p in files}}
+    manifest = {"toolchain": toolchain(ffmpeg), "files": {p.relative_to(out_dir).as_posix(): sha256(p) for p in files}}
     (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 
 
-def generate(out_dir: Path, cfg: SyntheticConfig, workers: int = 2, progress: bool = True) -> None:
-    """Render the benchmark into the empty folder `out_dir`: videos/, annotations, manifest.json."""
+def generate(out_dir: Path, cfg: SyntheticConfig, *, ffmpeg: str, workers: int = 2, progress: bool = True) -> None:
+    """Render the benchmark into the empty folder `out_dir`: videos/, annotations, manifest.json
+    (every file's sha256 and the ffmpeg that encoded the videos)."""
     cfg = build(SyntheticConfig, dataclasses.asdict(cfg), KEY)  # bounds and validate(), also for hand-built configs
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -507,9 +482,9 @@ def generate(out_dir: Path, cfg: SyntheticConfig, workers: int = 2, progress: bo
         raise UserError(f"{out_dir}: not empty; the synthetic dataset is written into an empty folder")
     scenes = plan_scenes(cfg)
     (out_dir / "videos").mkdir()
-    _render_all(scenes, cfg, out_dir / "videos", workers, progress)
+    _render_all(scenes, cfg, out_dir / "videos", workers, progress, ffmpeg)
     _write_annotations(scenes, out_dir)
-    _write_manifest(out_dir)
+    _write_manifest(out_dir, ffmpeg)
 
 
 # --- static images for the image-text backbone -------------------------------------------------

@@ -1,7 +1,9 @@
-"""Building and loading the CLIP backbone (open_clip architecture, configs are data)."""
+"""Building, saving and loading the CLIP backbone (open_clip architecture, configs are data)."""
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 from pathlib import Path
 
 import open_clip
@@ -11,6 +13,7 @@ from torch import nn
 from dgl.errors import UserError
 
 CONFIG_DIR = Path(__file__).parent / "configs"
+BACKBONE_WEIGHTS, BACKBONE_INFO = "clip.pt", "backbone.json"
 
 
 @functools.cache
@@ -52,3 +55,24 @@ def load_checkpoint(model: nn.Module, path: Path) -> None:
         raise UserError(f"{path}: does not match the backbone architecture "
                         f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
                         f"{(missing + unexpected)[0]}); check backbone.name")
+
+
+def sha256_of(path: Path) -> str:
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
+
+
+def save_backbone(clip: nn.Module, name: str, out_dir: Path, info: dict) -> None:
+    torch.save(clip.state_dict(), out_dir / BACKBONE_WEIGHTS)
+    info = {"name": name, "sha256": sha256_of(out_dir / BACKBONE_WEIGHTS), **info}
+    (out_dir / BACKBONE_INFO).write_text(json.dumps(info, indent=2))
+
+
+def load_backbone(backbone_dir: Path) -> tuple[nn.Module, dict]:
+    info_path = backbone_dir / BACKBONE_INFO
+    if not info_path.exists():
+        raise UserError(f"{backbone_dir}: no backbone here; run `dvc repro backbone` first")
+    info = json.loads(info_path.read_text())
+    clip = build_clip(info["name"])
+    load_checkpoint(clip, backbone_dir / BACKBONE_WEIGHTS)
+    return clip, info

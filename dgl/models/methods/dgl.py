@@ -7,33 +7,14 @@ prompt's output after ln_post and the projection.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from dgl.config import bounded, choice
 from dgl.errors import UserError
 from dgl.models.generators import ULP, UPT, vpt_uniform_
 from dgl.models.methods.base import Method, register
-from dgl.models.prompted import VIDEO_POOLS, TextPrompts, VideoPrompts
-
-
-@dataclass(frozen=True)
-class DGLConfig:
-    generator: str = choice("ulp", "ulp", "upt")
-    text_prompt_len: int = bounded(8, 2, 64)  # UPT only (half prefix, half postfix); ULP derives 2 x local
-    local_prompt_len: int = bounded(4, 1, 64)  # frame prompts per frame (ULP: also prefix = postfix count)
-    global_prompt_len: int = bounded(4, 1, 64)
-    prompt_layers: int = bounded(0, 0, 48)  # deep prompts in the first N layers; 0 = every layer
-    video_feature: str = choice("global", *VIDEO_POOLS)
-    temporal_pos: bool = False  # our extension: a learned frame-index embedding (order signal)
-    postfix_before_eot: bool = False  # our extension: postfix prompts where the causal mask lets them act
-
-    def validate(self) -> None:
-        if self.generator == "upt" and self.text_prompt_len % 2:
-            raise UserError(f"params: model.dgl.text_prompt_len = {self.text_prompt_len} must be even for UPT "
-                            "(half prefix, half postfix); use an even number")
+from dgl.settings import DGLConfig
+from dgl.models.prompted import TextPrompts, VideoPrompts
 
 
 @register("dgl")

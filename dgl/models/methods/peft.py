@@ -7,32 +7,13 @@ parameters: see dgl/params.py).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from torch import Tensor, nn
 
-from dgl.config import bounded
 from dgl.errors import UserError
 from dgl.models.adapters import Adapter, attached
 from dgl.models.methods.base import Method, register
+from dgl.settings import BiasConfig, PartialConfig, AdapterConfig
 from dgl.models.prompted import TextPrompts, VideoPrompts
-
-
-@dataclass(frozen=True)
-class BiasConfig:
-    layer_norm: bool = False  # also LayerNorm shifts: 171,008 at ViT-B/32 = 0.2M, not the paper's 0.1M
-
-
-@dataclass(frozen=True)
-class PartialConfig:
-    vision_layers: int = bounded(1, 0, 48)  # last N residual blocks of the vision encoder
-    text_layers: int = bounded(0, 0, 48)  # last N residual blocks of the text encoder
-
-
-@dataclass(frozen=True)
-class AdapterConfig:
-    hidden: int = bounded(64, 1, 4096)  # VoP: "the number of hidden dimensions is set to 64"
-    scale: float = bounded(0.1, 0.0, 100.0)  # AdaptFormer's s (VoP does not give one)
 
 
 def _linear_biases(module: nn.Module, layer_norm: bool) -> set[str]:

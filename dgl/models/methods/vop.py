@@ -26,36 +26,13 @@ seem to leave that embedding out.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import torch
 from torch import Tensor, nn
 
-from dgl.config import bounded
 from dgl.errors import UserError
 from dgl.models.methods.base import Method, register
+from dgl.settings import VoPConfig
 from dgl.models.prompted import TextPrompts, VideoPrompts
-
-
-@dataclass(frozen=True)
-class VoPConfig:
-    text_prefix: int = bounded(4, 0, 64)  # text prompts right after SOT
-    text_postfix: int = bounded(4, 0, 64)  # text prompts after the word slots (P^t = prefix + postfix = 8)
-    video_prompts: int = bounded(8, 1, 64)  # P^v: visual prompts per frame and layer
-    specific_prompts: int = bounded(4, 1, 64)  # of those, position-/context-specific ones (P, C)
-    shallow_layers: int = bounded(8, 1, 48)  # K^s (F): intra-frame layers; the rest are inter-frame
-    context_hidden: int = bounded(0, 0, 8192)  # CMM BiLSTM hidden size per direction; 0 = vision width
-    frame_pos: bool = True  # F: trainable frame position embedding before layer K^s + 1
-    init_std: float = bounded(0.02, 0.0, 1.0)
-    postfix_before_eot: bool = False  # our option (as model.dgl.postfix_before_eot), off in the paper
-
-    def validate(self) -> None:
-        if self.text_prefix + self.text_postfix == 0:
-            raise UserError("params: model.vop.text_prefix + model.vop.text_postfix = 0; VoP needs text prompts, "
-                            "use e.g. 4 and 4")
-        if self.specific_prompts > self.video_prompts:
-            raise UserError(f"params: model.vop.specific_prompts = {self.specific_prompts} exceeds "
-                            f"model.vop.video_prompts = {self.video_prompts}; use a value up to it")
 
 
 def _normal(std: float, *shape: int) -> nn.Parameter:
