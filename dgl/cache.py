@@ -2,10 +2,12 @@
 tokenised once. Training and evaluation read only this cache, never a video.
 
 Layout of a cache folder, per split (`train`, `test`):
-  <split>_frames.npy   uint8 (V, T, 3, S, S), resized (short side S, bicubic) and centre-cropped
+  <split>_frames.npy   uint8 (V, T * K, 3, S, S), resized (short side S, bicubic) and centre-cropped;
+                       K candidate frames per segment for train (frames.train_candidates), 1 for test
   <split>_tokens.npy   int32 (C, L) BPE token ids
   <split>.json         video ids, each caption's video index, text and category, each video's twin
-  meta.json            image size, frames, context length, normalisation, what was dropped
+  meta.json            image size, frames and candidates, context length, normalisation, what was
+                       dropped, and per split how many annotated videos the frames stage skipped
 Normalisation (CLIP mean/std) happens when a batch is read: uint8 keeps the cache 4x smaller.
 """
 from __future__ import annotations
@@ -60,11 +62,12 @@ def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, ba
                 context_length: int, progress: bool = True) -> dict:
     """Write the cache into `out_dir`, resuming a previous interrupted run with the same inputs."""
     skipped = {s["video_id"]: s["reason"] for s in json.loads((frames_dir / "skipped.json").read_text())["skipped"]}
+    sampling = json.loads((frames_dir / "sampling.json").read_text())
     size = image_size_of(backbone)
     tokenizer = open_clip.get_tokenizer(backbone)
     fingerprint = _fingerprint(backbone=backbone, size=size, context_length=context_length,
                                frames=sorted((p.name, p.stat().st_size) for p in frames_dir.glob("*.npy")),
-                               skipped=sorted(skipped))
+                               skipped=sorted(skipped), sampling=sampling)
     marker = out_dir / "fingerprint.txt"
     if marker.exists() and marker.read_text() != fingerprint:  # inputs changed: nothing to resume
         shutil.rmtree(out_dir)
@@ -79,8 +82,9 @@ def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, ba
         if not video_ids:
             raise UserError(f"{frames_dir}: no usable {split} video (see skipped.json); check the raw data")
         index = {v: i for i, v in enumerate(video_ids)}
-        num_frames = np.load(frames_dir / f"{video_ids[0]}.npy", mmap_mode="r").shape[0]
-        _write_frames(frames_dir, video_ids, out_dir, split, size, num_frames, progress)
+        num_frames = sampling["num_frames"]
+        candidates = sampling["train_candidates"] if split == "train" else 1
+        _write_frames(frames_dir, video_ids, out_dir, split, size, num_frames, candidates, progress)
         tokens = tokenizer([c.text for c in captions], context_length=context_length).numpy().astype(np.int32)
         np.save(out_dir / f"{split}_tokens.npy", tokens)
         twins = [index.get(annotations.twins.get(v, ""), -1) for v in video_ids]
@@ -91,7 +95,10 @@ def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, ba
             "categories": [c.category for c in captions],
             "twins": twins,
         }))
-        summary["splits"][split] = {"videos": len(video_ids), "captions": len(captions), "frames": num_frames}
+        annotated = set(annotations.split_videos(split))
+        summary["splits"][split] = {"videos": len(video_ids), "captions": len(captions), "frames": num_frames,
+                                    "candidates": candidates, "annotated_videos": len(annotated),
+                                    "skipped_videos": len(annotated & set(skipped))}
     (out_dir / "meta.json").write_text(json.dumps(summary, indent=2))
     marker.unlink()
     for done in out_dir.glob("*_done.npy"):
@@ -99,11 +106,19 @@ def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, ba
     return summary
 
 
+def _segment_frames(frames: np.ndarray, num_frames: int, candidates: int) -> np.ndarray:
+    """A frames file's (T * K', H, W, 3) as (T * candidates, ...): all K' or, for 1, the centres."""
+    stored = len(frames) // num_frames
+    if stored == candidates:
+        return frames
+    return frames.reshape(num_frames, stored, *frames.shape[1:])[:, stored // 2]
+
+
 def _write_frames(frames_dir: Path, video_ids: list[str], out_dir: Path, split: str, size: int,
-                  num_frames: int, progress: bool) -> None:
+                  num_frames: int, candidates: int, progress: bool) -> None:
     """Fill the memory-mapped frame array video by video; `<split>_done.npy` records progress."""
     path, done_path = out_dir / f"{split}_frames.npy", out_dir / f"{split}_done.npy"
-    shape = (len(video_ids), num_frames, 3, size, size)
+    shape = (len(video_ids), num_frames * candidates, 3, size, size)
     if path.exists() and done_path.exists():
         frames = np.load(path, mmap_mode="r+")
         done = np.load(done_path)
@@ -112,7 +127,8 @@ def _write_frames(frames_dir: Path, video_ids: list[str], out_dir: Path, split: 
         done = np.zeros(len(video_ids), dtype=bool)
     todo = np.flatnonzero(~done)
     for n, i in enumerate(tqdm(todo, desc=f"preprocess {split}", disable=not progress, unit="video")):
-        frames[i] = resize_center_crop(np.load(frames_dir / f"{video_ids[i]}.npy"), size)
+        stored = np.load(frames_dir / f"{video_ids[i]}.npy")
+        frames[i] = resize_center_crop(_segment_frames(stored, num_frames, candidates), size)
         done[i] = True
         if n % 256 == 255:  # checkpoint progress so an interrupted run resumes here
             frames.flush()
@@ -121,11 +137,25 @@ def _write_frames(frames_dir: Path, video_ids: list[str], out_dir: Path, split: 
     np.save(done_path, done)
 
 
+def gallery_counts(cache_dir: Path, split: str, max_missing: float) -> dict[str, int]:
+    """How many videos and captions `split` holds and how many annotated videos were skipped; refuses
+    (UserError) when more than `max_missing` of the annotated videos are missing: retrieval on a
+    smaller gallery reports inflated recall."""
+    counts = json.loads((cache_dir / "meta.json").read_text())["splits"][split]
+    annotated, skipped = counts["annotated_videos"], counts["skipped_videos"]
+    if skipped > max_missing * annotated:
+        raise UserError(f"{cache_dir}: {skipped} of the {annotated} annotated {split} videos "
+                        f"({100 * skipped / annotated:.1f} %) could not be sampled (see data/frames/skipped.json); "
+                        "recall on the rest would be inflated. Add the missing videos, or accept a smaller "
+                        f"gallery with eval.max_missing >= {skipped / annotated:.4f}")
+    return {"videos": counts["videos"], "captions": counts["captions"], "skipped_videos": skipped}
+
+
 @dataclass
 class CachedSplit:
     """One split of the cache, frames memory-mapped."""
 
-    frames: np.ndarray  # uint8 (V, T, 3, S, S)
+    frames: np.ndarray  # uint8 (V, T * K, 3, S, S): K candidate frames per segment (1 = the centres)
     tokens: torch.Tensor  # (C, L)
     caption_video: torch.Tensor  # (C,)
     texts: list[str]
@@ -134,6 +164,7 @@ class CachedSplit:
     video_ids: list[str]
     mean: torch.Tensor  # (3,)
     std: torch.Tensor
+    candidates: int = 1  # K
 
     @classmethod
     def load(cls, cache_dir: Path, split: str) -> "CachedSplit":
@@ -149,15 +180,31 @@ class CachedSplit:
             video_ids=info["video_ids"],
             mean=torch.tensor(meta["mean"]),
             std=torch.tensor(meta["std"]),
+            candidates=meta["splits"][split]["candidates"],
         )
 
     @property
     def num_videos(self) -> int:
         return self.frames.shape[0]
 
-    def video_batch(self, indices) -> torch.Tensor:
-        """Normalised float frames (B, T, 3, S, S) of the given videos."""
-        x = torch.from_numpy(np.ascontiguousarray(self.frames[np.asarray(indices)])).float().div_(255)
+    @property
+    def num_frames(self) -> int:
+        return self.frames.shape[1] // self.candidates
+
+    def jitter(self, count: int, rng: np.random.Generator) -> np.ndarray | None:
+        """For `count` videos, which candidate frame of each segment to show (B, T); None = centres."""
+        if self.candidates == 1:
+            return None
+        return rng.integers(self.candidates, size=(count, self.num_frames))
+
+    def video_batch(self, indices, picks: np.ndarray | None = None) -> torch.Tensor:
+        """Normalised float frames (B, T, 3, S, S) of the given videos: the candidates `picks` names
+        (from `jitter`, training), else each segment's centre (evaluation)."""
+        indices = np.asarray(indices)
+        if picks is None:
+            picks = np.full((len(indices), self.num_frames), self.candidates // 2)
+        frame = np.arange(self.num_frames) * self.candidates + picks  # (B, T) positions in the cache
+        x = torch.from_numpy(np.ascontiguousarray(self.frames[indices[:, None], frame])).float().div_(255)
         return (x - self.mean[:, None, None]) / self.std[:, None, None]
 
     def captions_of(self) -> list[list[int]]:

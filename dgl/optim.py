@@ -1,19 +1,28 @@
 """The reference scripts' optimisation: AdamW (0.9, 0.98, eps 1e-6), weight decay on non-bias
-parameters, linear warm-up then cosine decay to 0."""
+parameters, linear warm-up then cosine decay to 0 (DGL_SPEC "Training"), and CLIP4Clip's two
+learning rates: pretrained weights at their own, smaller rate (its `--coef_lr`)."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 from torch import nn
 
 
-def adamw(params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float) -> torch.optim.AdamW:
-    """Decay matrices and prompts; biases, norms and scalars (ndim < 2) get none."""
-    decay = [p for _, p in params if p.ndim >= 2]
-    no_decay = [p for _, p in params if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+def adamw(params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
+          group_of: Callable[[str], str] | None = None, rates: dict[str, float] | None = None) -> torch.optim.AdamW:
+    """Decay matrices and prompts; biases, norms and scalars (ndim < 2) get none. With `group_of`,
+    each parameter's group name picks its learning rate from `rates` (else `lr`); every optimizer
+    group carries its `name` (e.g. `clip/decay`) so the rates can be read back and logged."""
+    groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
+    for name, p in params:
+        groups.setdefault((group_of(name) if group_of else "all", p.ndim >= 2), []).append(p)
+    return torch.optim.AdamW([
+        {"params": ps, "name": f"{group}/{'decay' if decay else 'no_decay'}",
+         "lr": (rates or {}).get(group, lr), "weight_decay": weight_decay if decay else 0.0}
+        for (group, decay), ps in sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))
+    ], lr=lr, betas=(0.9, 0.98), eps=1e-6)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):

@@ -71,12 +71,16 @@ class FramesConfig:
     """`frames`: N frames per video at a fixed short side (dgl/video.py)."""
 
     num_frames: int = bounded(1, 512)
+    train_candidates: int = bounded(1, 15)  # training videos: frames kept per segment, one drawn per step (odd)
     size: int = bounded(8, 2048)  # short side after resize at extraction (pixels)
     backend: str = choice("ffmpeg", "decord")
     workers: int = bounded(1, 256)  # videos decoded (and synthetic videos rendered) in parallel
     reencode_fps: float | None  # resample every video to this frame rate first (CLIP4Clip: 3); None = off
 
     def validate(self) -> None:
+        if self.train_candidates % 2 == 0:
+            raise UserError(f"params: frames.train_candidates = {self.train_candidates} must be odd (the middle "
+                            f"candidate is the segment centre that evaluation uses); use {self.train_candidates + 1}")
         if self.reencode_fps is not None and not 0 < self.reencode_fps <= 240:
             raise UserError(
                 f"params: frames.reencode_fps = {self.reencode_fps} is out of range; use a value in (0, 240] or null"
@@ -184,7 +188,9 @@ class ModelConfig:
 class TrainConfig:
     epochs: int = bounded(0)
     batch_size: int = bounded(2)
-    lr: float = bounded(0.0, 1.0)
+    captions: str = choice("all", "one")  # per epoch: every caption once (the papers), or one per video
+    lr: float = bounded(0.0, 1.0)  # what a method adds: prompts, generators, adapters
+    clip_lr: float = bounded(0.0, 1.0)  # CLIP's own weights, where a method trains them (CLIP4Clip's lr x coef_lr)
     weight_decay: float = bounded(0.0, 10.0)
     warmup_fraction: float = bounded(0.0, 1.0)
     grad_clip: float = bounded(0.0)
@@ -207,6 +213,7 @@ class EvalConfig:
     batch_size: int = bounded(1)
     chunk_size: int = bounded(1)  # similarity rows per chunk: bounds memory on large galleries
     dsl: bool  # dual softmax at inference (needs the whole query set): reported separately
+    max_missing: float = bounded(0.0, 1.0)  # share of annotated test videos that may be missing
 
 
 @dataclass(frozen=True)

@@ -52,15 +52,51 @@ def train_val_views(split: CachedSplit, val_fraction: float, seed: int) -> tuple
     return train, (SplitView(split, np.sort(order[:n_val])) if n_val >= 2 else None)
 
 
-def _batches(view: SplitView, batch_size: int, rng: np.random.Generator) -> list[tuple[np.ndarray, np.ndarray]]:
-    """One epoch: videos shuffled, each with one of its captions drawn at random; no video twice in
-    a batch, so the contrastive targets are the diagonal."""
+def epoch_samples(view: SplitView, captions: str, rng: np.random.Generator) -> list[tuple[int, int]]:
+    """One epoch's (video, caption) pairs in training order (train.captions):
+
+    - `all`, the papers' protocol (CLIP4Clip's expand_msrvtt_sentences; DGL_SPEC "Backbone and
+      input"): every caption once. A video's n captions, in random order, get random times in the
+      n equal parts of the epoch, so a video with many captions is spread over the epoch instead of
+      filling its end (where no batch could hold two of them).
+    - `one`: every video once, with one of its captions drawn at random."""
     groups = view.split.captions_of()
-    videos = rng.permutation(view.videos)
-    captions = np.array([rng.choice(groups[v]) for v in videos])
-    count = len(videos) // batch_size  # drop the last partial batch: contrastive batches stay full
-    return [(videos[i * batch_size : (i + 1) * batch_size], captions[i * batch_size : (i + 1) * batch_size])
-            for i in range(count)]
+    if captions == "one":
+        return [(v, int(rng.choice(groups[v]))) for v in rng.permutation(view.videos)]
+    timed = []
+    for v in view.videos.tolist():
+        order = rng.permutation(groups[v])
+        times = (np.arange(len(order)) + rng.random(len(order))) / len(order)
+        timed += [(t, v, int(c)) for t, c in zip(times.tolist(), order.tolist())]
+    return [(v, c) for _, v, c in sorted(timed)]
+
+
+def into_batches(samples: list[tuple[int, int]], batch_size: int, parts: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cut samples into contrastive batches in order, never a video twice in one batch (the targets
+    are the diagonal): a sample whose video the batch already holds waits for the next batch. The
+    last batch may be smaller, never a lone sample (it takes one from the batch before); every batch
+    is trimmed to a multiple of `parts` (processes x sub-batches), so with one process and no
+    accumulation every sample is used exactly once."""
+    batches, waiting, i = [], [], 0
+    while i < len(samples) or waiting:
+        batch, videos, still = [], set(), []
+        for sample in waiting:
+            (still if len(batch) == batch_size or sample[0] in videos else batch).append(sample)
+            videos.add(sample[0])
+        waiting = still
+        while len(batch) < batch_size and i < len(samples):
+            sample, i = samples[i], i + 1
+            (waiting if sample[0] in videos else batch).append(sample)
+            videos.add(sample[0])
+        batches.append(batch)
+    if len(batches) > 1 and len(batches[-1]) == 1:
+        lone = batches[-1][0][0]
+        give = next((s for s in reversed(batches[-2]) if s[0] != lone), None)
+        if give is not None and len(batches[-2]) > 2:
+            batches[-2].remove(give)
+            batches[-1].insert(0, give)
+    trimmed = [np.array(b[: len(b) // parts * parts]) for b in batches]
+    return [(b[:, 0], b[:, 1]) for b in trimmed if len(b) >= 2]
 
 
 class Features(nn.Module):
@@ -169,6 +205,25 @@ def contrastive_step(model: nn.Module, tokens: Tensor, frames: Tensor, logit_sca
     return loss.detach()
 
 
+def optimizer_for(method: Method, params: list[tuple[str, nn.Parameter]], cfg) -> torch.optim.AdamW:
+    """Two parameter groups, as CLIP4Clip trains (its `--lr` and `--coef_lr`): CLIP's own pretrained
+    weights at train.clip_lr, everything a method adds (prompts, generators, adapters) at train.lr."""
+    pretrained = {id(p) for p in method.clip.parameters()}
+    group = {n: "clip" if id(p) in pretrained else "added" for n, p in params}
+    return adamw(params, cfg.lr, cfg.weight_decay, group_of=group.__getitem__,
+                 rates={"added": cfg.lr, "clip": cfg.clip_lr})
+
+
+def current_rates(optimizer: torch.optim.Optimizer, cfg) -> dict[str, float]:
+    """The scheduled rates now: `lr` for added parameters, `lr_clip` where CLIP's weights train."""
+    first = optimizer.param_groups[0]
+    factor = first["lr"] / first["initial_lr"]
+    rates = {"lr": factor * cfg.lr}
+    if any(g["name"].startswith("clip/") for g in optimizer.param_groups):
+        rates["lr_clip"] = factor * cfg.clip_lr
+    return rates
+
+
 def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, device: torch.device,
                  on_epoch: Callable[[int, dict], None], progress: bool = True, *, dist: Dist = Dist(),
                  resume: dict | None = None, save_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
@@ -187,10 +242,10 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
     if batch_size < 2:
         raise UserError(f"{len(train.videos)} training videos cannot fill a batch split over {dist.world} processes "
                         f"x {cfg.accum_steps} sub-batches; lower train.nproc or train.accum_steps")
-    local = slice(dist.rank * batch_size // dist.world, (dist.rank + 1) * batch_size // dist.world)
-    steps_per_epoch = len(train.videos) // batch_size
+    samples = len(train.videos) if cfg.captions == "one" else len(train.captions()[0])
+    steps_per_epoch = math.ceil(samples / batch_size)
     history: list[dict] = []
-    optimizer = adamw(params, cfg.lr, cfg.weight_decay)
+    optimizer = optimizer_for(method, params, cfg)
     scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
     method.to(device)
     precision = pick_precision(cfg.amp, device)
@@ -207,10 +262,13 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
     for epoch in range(first, cfg.epochs + 1):
         method.train()
         losses = []
-        bar = tqdm(_batches(train, batch_size, rng), desc=f"train epoch {epoch}/{cfg.epochs}",
-                   disable=not (progress and dist.main), unit="batch")
+        batches = into_batches(epoch_samples(train, cfg.captions, rng), batch_size, parts)
+        bar = tqdm(batches, desc=f"train epoch {epoch}/{cfg.epochs}", disable=not (progress and dist.main),
+                   unit="batch")
         for videos, captions in bar:
-            frames = train.split.video_batch(videos[local]).to(device)
+            picks = train.split.jitter(len(videos), rng)  # drawn for the global batch: every rank agrees
+            local = slice(dist.rank * len(videos) // dist.world, (dist.rank + 1) * len(videos) // dist.world)
+            frames = train.split.video_batch(videos[local], None if picks is None else picks[local]).to(device)
             tokens = train.split.tokens[captions[local]].to(device)
             optimizer.zero_grad(set_to_none=True)
             loss = contrastive_step(model, tokens, frames, method.logit_scale, accum_steps=cfg.accum_steps,
@@ -222,7 +280,7 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
             scheduler.step()
             losses.append(loss)
             bar.set_postfix(loss=f"{loss:.3f}")
-        record = {"train_loss": float(np.mean(losses)), "lr": scheduler.get_last_lr()[0]}
+        record = {"train_loss": float(np.mean(losses)), **current_rates(optimizer, cfg)}
         if val is not None:  # on every rank: cheaper than making the others wait for rank 0
             record.update({f"val_{k}": v for k, v in evaluate_view(method, val, device, cfg.batch_size).metrics.items()
                            if k in ("t2v_R1", "v2t_R1", "t2v_R5")})

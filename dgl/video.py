@@ -2,7 +2,11 @@
 
 Uniform sampling takes the centre frame of each of N equal segments of the video; a video with
 fewer than N frames gives all its frames and then repeats the last (DGL_SPEC.md, "Backbone and
-input"). Frames are stored at short side `size`, aspect ratio kept. Two backends:
+input"). Training videos also keep `train_candidates` frames per segment, the centres of K equal
+parts of it (the middle one is the segment's centre), so that training can draw a random frame
+within each segment, as the reference does, from a cache of K x N frames instead of the whole
+video (dgl/cache.py: `CachedSplit.jitter`). Frames are stored at short side `size`, aspect ratio
+kept. Two backends:
 
 - `ffmpeg` (default): one ffmpeg process per video decodes the first video stream, resizes every
   frame (area averaging) and writes PPM images to a pipe; the N frames are picked in numpy.
@@ -59,6 +63,16 @@ def uniform_indices(frame_count: int, num_frames: int) -> np.ndarray:
     return np.minimum(np.arange(num_frames), frame_count - 1)
 
 
+def segment_candidates(frame_count: int, num_frames: int, candidates: int) -> np.ndarray:
+    """(num_frames * candidates,) frame indices: for each of `num_frames` equal segments, the centres
+    of `candidates` equal parts of it; with an odd count the middle one is `uniform_indices`'s
+    centre. A video with fewer frames than segments repeats `uniform_indices` (no jitter)."""
+    if frame_count < num_frames:
+        return np.repeat(uniform_indices(frame_count, num_frames), candidates)
+    parts = num_frames * candidates
+    return (2 * np.arange(parts) + 1) * frame_count // (2 * parts)
+
+
 def resampled_indices(frame_count: int, native_fps: float, target_fps: float) -> np.ndarray:
     """Native frame indices nearest to each tick of `target_fps` (the frames an fps re-encode keeps)."""
     if not native_fps > 0:
@@ -100,7 +114,8 @@ def _ffmpeg_reason(stderr: bytes, returncode: int) -> str:
     return f"ffmpeg exit {returncode}: {first}"
 
 
-def _sample_ffmpeg(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str) -> np.ndarray:
+def _sample_ffmpeg(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str,
+                   candidates: int) -> np.ndarray:
     video = ffmpeg.input(str(path), threads=1)["v:0"]  # one decoder thread: the workers are the parallelism
     if reencode_fps is not None:
         video = video.filter("fps", fps=reencode_fps)
@@ -112,7 +127,7 @@ def _sample_ffmpeg(path: Path, num_frames: int, size: int, reencode_fps: float |
     if result.returncode != 0:
         raise VideoError(_ffmpeg_reason(result.stderr, result.returncode))
     frames = _ppm_frames(result.stdout)
-    return np.ascontiguousarray(frames[uniform_indices(len(frames), num_frames)])
+    return np.ascontiguousarray(frames[segment_candidates(len(frames), num_frames, candidates)])
 
 
 # --- decord backend ----------------------------------------------------------------------------
@@ -124,7 +139,8 @@ def _resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
     return np.stack([np.asarray(image) for image in resized])
 
 
-def _sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str) -> np.ndarray:
+def _sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str,
+                   candidates: int) -> np.ndarray:
     del binary  # decord decodes with the FFmpeg libraries it ships, not with an ffmpeg binary
     import decord  # imported here: it loads its own FFmpeg libraries, which only this backend needs
 
@@ -137,7 +153,7 @@ def _sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float |
         timeline = np.arange(frame_count)
         if reencode_fps is not None:
             timeline = resampled_indices(frame_count, reader.get_avg_fps(), reencode_fps)
-        picked = timeline[uniform_indices(len(timeline), num_frames)]
+        picked = timeline[segment_candidates(len(timeline), num_frames, candidates)]
         frames = reader.get_batch(picked.tolist()).asnumpy()
     except (RuntimeError, decord.DECORDError) as e:
         raise VideoError(f"decord: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
@@ -148,8 +164,9 @@ BACKENDS: dict[str, Callable[..., np.ndarray]] = {"ffmpeg": _sample_ffmpeg, "dec
 
 
 def sample_frames(path: Path, num_frames: int, size: int, backend: str = "ffmpeg",
-                  reencode_fps: float | None = None, ffmpeg: str = "pinned") -> np.ndarray:
-    """`num_frames` uniformly sampled frames (T, H, W, 3) uint8 with short side `size`.
+                  reencode_fps: float | None = None, ffmpeg: str = "pinned", candidates: int = 1) -> np.ndarray:
+    """`num_frames` uniformly sampled frames (T, H, W, 3) uint8 with short side `size`; with
+    `candidates` K > 1, K per segment: (T * K, H, W, 3), segment by segment.
 
     Raises VideoError for a missing, empty, corrupt or frameless file.
     """
@@ -160,7 +177,7 @@ def sample_frames(path: Path, num_frames: int, size: int, backend: str = "ffmpeg
         raise VideoError("file not found")
     if path.stat().st_size == 0:
         raise VideoError("empty file (0 bytes)")
-    return BACKENDS[backend](path, num_frames, size, reencode_fps, ffmpeg)
+    return BACKENDS[backend](path, num_frames, size, reencode_fps, ffmpeg, candidates)
 
 
 # --- the frames stage --------------------------------------------------------------------------
@@ -174,6 +191,7 @@ class _Job:
     out_dir: Path
     cfg: FramesConfig
     ffmpeg: str
+    candidates: int
 
 
 def _extract_one(job: _Job) -> tuple[str, str | None]:
@@ -181,7 +199,7 @@ def _extract_one(job: _Job) -> tuple[str, str | None]:
     cfg = job.cfg
     try:
         frames = sample_frames(job.raw_dir / job.relative_path, cfg.num_frames, cfg.size, cfg.backend,
-                               cfg.reencode_fps, job.ffmpeg)
+                               cfg.reencode_fps, job.ffmpeg, job.candidates)
     except VideoError as e:
         return job.video_id, f"{job.relative_path}: {e.reason}"
     np.save(job.out_dir / f"{job.video_id}.npy", frames)
@@ -197,7 +215,7 @@ def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[tuple[str,
 
 
 def decoder_toolchain(backend: str, ffmpeg: str) -> dict[str, str]:
-    """Which decoder made the frames (written beside them as toolchain.json)."""
+    """Which decoder made the frames."""
     if backend == "decord":
         import decord
 
@@ -209,13 +227,19 @@ def extract_frames(raw_dir: Path, annotations: Annotations, out_dir: Path, cfg: 
                    progress: bool = True) -> dict:
     """Sample every video the annotations name (train and test) into out_dir/<video id>.npy.
 
+    Training videos get `cfg.train_candidates` frames per segment ((T * K, H, W, 3)), test videos
+    the segment centres. out_dir/sampling.json says so, and which decoder made the frames.
     A missing, empty or corrupt video never stops the stage: it is listed with its reason in
     out_dir/skipped.json ({"count": n, "skipped": [{"video_id", "reason"}]}). Returns counts.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    train = set(annotations.split_videos("train"))
     video_ids = list(dict.fromkeys(annotations.split_videos("train") + annotations.split_videos("test")))
-    (out_dir / "toolchain.json").write_text(json.dumps(decoder_toolchain(cfg.backend, ffmpeg), indent=1) + "\n")
-    jobs = [_Job(v, raw_dir, annotations.videos[v], out_dir, cfg, ffmpeg) for v in video_ids]
+    sampling = {"num_frames": cfg.num_frames, "train_candidates": cfg.train_candidates,
+                "decoder": decoder_toolchain(cfg.backend, ffmpeg)}
+    (out_dir / "sampling.json").write_text(json.dumps(sampling, indent=1) + "\n")
+    jobs = [_Job(v, raw_dir, annotations.videos[v], out_dir, cfg, ffmpeg, cfg.train_candidates if v in train else 1)
+            for v in video_ids]
     results = _run_jobs(jobs, cfg.workers, progress)
     skipped = [{"video_id": video_id, "reason": reason} for video_id, reason in results if reason is not None]
     (out_dir / "skipped.json").write_text(json.dumps({"count": len(skipped), "skipped": skipped}, indent=1) + "\n")

@@ -2,9 +2,13 @@
 
     python -m experiments.queue                          # every row, one worker
     python -m experiments.queue --rows zeroshot,dgl_ulp --jobs 2 --wait
+    python -m experiments.queue --seeds 0,1,2            # every row with each training seed
     python -m experiments.queue --dry-run                # print the dvc commands only
 
-Each row becomes `dvc exp run --queue -n <row> -S ...`. Stages whose inputs a row shares with an earlier
+Each row becomes `dvc exp run --queue -n <row> -S ...`. A row with a `sweep` (one key, a few values)
+becomes one experiment per value, `<row>-<key><value>`; the report keeps the value with the best
+validation R@1 (never test). `--seeds` repeats every experiment per training seed, `<name>-s<seed>`;
+the report shows mean ± std over them. Stages whose inputs a row shares with an earlier
 run (download .. backbone, usually) are restored from DVC's run cache, not recomputed. A row whose name
 is already an experiment of this commit is refused unless --force, which overwrites it and, being
 `dvc exp run -f`, reruns every stage.
@@ -34,13 +38,53 @@ class Row:
     name: str
     overrides: tuple[str, ...]  # `key=value`, as for `dvc exp run -S`
     extension: bool = False  # our own option, not a row of the papers
+    sweep_key: str | None = None  # one params key tried at each of sweep_values (chosen on validation)
+    sweep_values: tuple = ()
+
+
+@dataclass(frozen=True)
+class Run:
+    """One DVC experiment of a row: a sweep value (or None) and a training seed (or None: params.yaml's)."""
+    row: Row
+    value: object = None
+    seed: int | None = None
+
+    @property
+    def variant(self) -> str:
+        if self.row.sweep_key is None:
+            return self.row.name
+        return f"{self.row.name}-{self.row.sweep_key.rsplit('.', 1)[-1]}{self.value:g}"
+
+    @property
+    def name(self) -> str:
+        return self.variant if self.seed is None else f"{self.variant}-s{self.seed}"
+
+    @property
+    def overrides(self) -> tuple[str, ...]:
+        extra = [f"{self.row.sweep_key}={yaml_value(self.value)}"] if self.row.sweep_key else []
+        return (*self.row.overrides, *extra, *([f"train.seed={self.seed}"] if self.seed is not None else []))
+
+
+def yaml_value(value: object) -> str:
+    """`value` as a `-S key=value` needs it: YAML, so that 1e-05 stays a number (1.0e-05)."""
+    return yaml.safe_dump(value).strip().removesuffix("...").strip()
+
+
+def expand(rows: list[Row], seeds: list[int] | None = None) -> list[Run]:
+    """Every experiment of `rows`: each sweep value, each seed."""
+    return [Run(row, value, seed) for row in rows for value in (row.sweep_values or (None,))
+            for seed in (seeds or [None])]
 
 
 def load_grid(path: Path = GRID) -> list[Row]:
     try:
         rows = yaml.safe_load(Path(path).read_text())["rows"]
-        return [Row(r["name"], tuple(r["set"]), bool(r.get("extension", False))) for r in rows]
-    except (OSError, yaml.YAMLError, KeyError, TypeError) as e:
+        grid = []
+        for r in rows:
+            (key, values), = (r.get("sweep") or {None: ()}).items()
+            grid.append(Row(r["name"], tuple(r["set"]), bool(r.get("extension", False)), key, tuple(values)))
+        return grid
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
         raise UserError(f"{path}: not a grid file ({type(e).__name__}: {e}); see experiments/grid.yaml") from None
 
 
@@ -54,9 +98,9 @@ def select(grid: list[Row], names: str | None) -> list[Row]:
     return [r for r in grid if r.name in wanted]
 
 
-def queue_command(row: Row, force: bool) -> list[str]:
-    sets = [arg for override in row.overrides for arg in ("-S", override)]
-    return ["dvc", "exp", "run", "--queue", *(["-f"] if force else []), "-n", row.name, *sets]
+def queue_command(run: Run, force: bool) -> list[str]:
+    sets = [arg for override in run.overrides for arg in ("-S", override)]
+    return ["dvc", "exp", "run", "--queue", *(["-f"] if force else []), "-n", run.name, *sets]
 
 
 def dvc(*args: str) -> str:
@@ -114,12 +158,17 @@ def main() -> None:
     ap.add_argument("--wait", action="store_true", help="wait for the experiments; exit 2 if any failed")
     ap.add_argument("-f", "--force", action="store_true",
                     help="overwrite experiments of the same name (dvc exp run -f: every stage reruns)")
+    ap.add_argument("--seeds", help="comma-separated training seeds: every experiment once per seed")
     ap.add_argument("--dry-run", action="store_true", help="print the dvc commands, run nothing")
     args = ap.parse_args()
     if args.jobs < 1:
         raise UserError(f"--jobs must be >= 1, got {args.jobs}")
-    rows = select(load_grid(args.grid), args.rows)
-    commands = [queue_command(row, args.force) for row in rows] + [["dvc", "queue", "start", "-j", str(args.jobs)]]
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
+    except ValueError:
+        raise UserError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
+    rows = expand(select(load_grid(args.grid), args.rows), seeds)
+    commands = [queue_command(run, args.force) for run in rows] + [["dvc", "queue", "start", "-j", str(args.jobs)]]
     if args.dry_run:
         print(*map(shlex.join, commands), sep="\n")
         return

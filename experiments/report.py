@@ -6,11 +6,16 @@
 
 Rows are the grid's (experiments/grid.yaml), in its order; other experiments follow by name. The
 synthetic benchmark adds per-category t2v R@1 and the time-reversed pair accuracy (chance: 0.5).
+A row swept over one key (a learning rate) shows the value with the best validation t2v R@1,
+averaged over seeds; the test numbers play no part in that choice. Experiments of one row that
+differ only in the training seed (`<name>-s<seed>`) are one line: mean ± std (sample std).
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
+import statistics
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,17 +23,23 @@ from typing import Callable
 
 from dgl.cli import atomic_write, entry_point
 from dgl.errors import UserError
-from experiments.queue import GRID, Row, dvc, load_grid
+from experiments.queue import GRID, Row, dvc, expand, load_grid
 
 METRICS_FILE = "metrics.json"
+SEED_SUFFIX = re.compile(r"-s(\d+)$")
+SELECT_BY = "val_t2v_R1"  # a sweep keeps the value with the best mean of this (validation, not test)
 MISSING = "–"
 # metrics.json's parameter counts as the train stage logs them to MLflow (test metrics: `test_<key>`)
-MLFLOW_COUNTS = {"trainable_params": "params_trainable", "trainable_ratio": "params_trainable_ratio"}
+MLFLOW_COUNTS = {"trainable_params": "params_trainable", "trainable_ratio": "params_trainable_ratio",
+                 "trainable_clip": "params_trainable_clip"}
 CAPTION = {"data.dataset": "dataset", "backbone.name": "backbone", "frames.num_frames": "frames",
            "train.epochs": "epochs"}
-LEGEND = ("Params: trainable parameters (% of all). t2v: text-to-video, v2t: video-to-text; R@K in %, "
+LEGEND = ("Params: trainable parameters (% of all). lr: the rate of what a method adds (prompts, "
+          "generators, adapters); clip lr: of CLIP's own weights, where they train; a value in brackets "
+          "was chosen on validation R@1 among the others listed. t2v: text-to-video, v2t: video-to-text; R@K in %, "
           "MdR/MnR: median/mean rank. pair acc: how often a caption prefers its video to the "
-          "time-reversed twin (0.5 = blind to time).")
+          "time-reversed twin (0.5 = blind to time). With seeds: mean ± sample std over them; "
+          "Δ zeroshot: t2v R@1 minus zero-shot's, marked * where it exceeds the two rows' std summed.")
 
 
 @dataclass(frozen=True)
@@ -91,13 +102,9 @@ def from_mlflow(params_file: Path) -> list[Experiment]:
             continue
         metrics = {k.removeprefix("test_"): v for k, v in logged.items() if k.startswith("test_")}
         metrics |= {key: logged[logged_key] for key, logged_key in MLFLOW_COUNTS.items() if logged_key in logged}
+        metrics |= {k: v for k, v in logged.items() if k.startswith("val_")}  # the last epoch's
         newest[name] = Experiment(name, dict(run.data.params), metrics)
     return list(newest.values())
-
-
-def ordered(experiments: list[Experiment], grid: list[Row]) -> list[Experiment]:
-    position = {row.name: i for i, row in enumerate(grid)}
-    return sorted(experiments, key=lambda e: (position.get(e.name, len(grid)), e.name))
 
 
 def rate(value: float) -> str:
@@ -128,17 +135,92 @@ def caption(experiments: list[Experiment]) -> str:
     return " · ".join(parts)
 
 
+@dataclass(frozen=True)
+class Line:
+    """One line of the table: a grid row (its chosen sweep value, every seed of it) or another experiment."""
+    name: str
+    seeds: list[Experiment]  # the experiments averaged: one per seed
+    swept: tuple[str, list] | None = None  # (key, values tried) when a sweep chose among values
+
+
+def lines(experiments: list[Experiment], grid: list[Row]) -> list[Line]:
+    variants = {run.variant: run for run in expand(grid)}
+    groups: dict[str, dict[object, list[Experiment]]] = {}
+    for e in experiments:
+        base = SEED_SUFFIX.sub("", e.name)
+        run = variants.get(base)
+        row, value = (run.row.name, run.value) if run else (base, None)
+        groups.setdefault(row, {}).setdefault(value, []).append(e)
+    rows = {row.name: row for row in grid}
+    out = []
+    for name, by_value in groups.items():
+        row = rows.get(name)
+        if row is None or row.sweep_key is None:
+            out += [Line(name, seeds) for seeds in by_value.values()]
+            continue
+        chosen = max(by_value, key=lambda v: mean([e.metrics.get(SELECT_BY, float("-inf")) for e in by_value[v]]))
+        out.append(Line(name, by_value[chosen], (row.sweep_key, sorted(by_value))))
+    position = {row.name: i for i, row in enumerate(grid)}
+    return sorted(out, key=lambda line: (position.get(line.name, len(grid)), line.name))
+
+
+def mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def spread(values: list[float]) -> float:
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def cell(values: list[float], fmt: Callable[[float], str]) -> str:
+    if not values:
+        return MISSING
+    return fmt(values[0]) if len(values) == 1 else f"{fmt(mean(values))} ± {fmt(spread(values))}"
+
+
+def rate_cell(line: Line, key: str, trains: bool) -> str:
+    """A learning rate, bracketed when the sweep chose it, with the values it was chosen from."""
+    if not trains or key not in line.seeds[0].params:
+        return MISSING
+    value = float(line.seeds[0].params[key])
+    if line.swept and line.swept[0] == key:
+        return f"[{value:g}] of " + ", ".join(f"{v:g}" for v in line.swept[1])
+    return f"{value:g}"
+
+
+def rates(line: Line) -> list[str]:
+    m = line.seeds[0].metrics
+    trainable, clip = m.get("trainable_params", 0), m.get("trainable_clip", 0)
+    return [rate_cell(line, "train.lr", trainable > clip), rate_cell(line, "train.clip_lr", clip > 0)]
+
+
+def versus_zeroshot(line: Line, zeroshot: Line | None) -> str:
+    if zeroshot is None or line is zeroshot:
+        return MISSING
+    ours, theirs = ([e.metrics["t2v_R1"] for e in x.seeds if "t2v_R1" in e.metrics] for x in (line, zeroshot))
+    if not ours or not theirs:
+        return MISSING
+    diff = mean(ours) - mean(theirs)
+    real = len(ours) > 1 and abs(diff) > spread(ours) + spread(theirs)
+    return f"{diff:+.1f}{'*' if real else ''}"
+
+
 def table(experiments: list[Experiment], grid: list[Row]) -> str:
     extension = {row.name for row in grid if row.extension}
     cols = columns(experiments)
-    lines = [caption(experiments), "",
-             "| Method | " + " | ".join(header for header, _, _ in cols) + " |",
-             "|---|" + "---:|" * len(cols)]
-    for e in ordered(experiments, grid):
-        name = f"{e.name} (extension)" if e.name in extension else e.name
-        cells = [fmt(e.metrics[key]) if key in e.metrics else MISSING for _, key, fmt in cols]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join([*lines, "", LEGEND]) + "\n"
+    table_lines = lines(experiments, grid)
+    seeded = any(len(line.seeds) > 1 for line in table_lines)
+    zeroshot = next((line for line in table_lines if line.name == "zeroshot"), None)
+    extra = ["lr", "clip lr"] + (["seeds", "Δ zeroshot"] if seeded else [])
+    out = [caption(experiments), "",
+           "| Method | " + " | ".join([*extra, *(header for header, _, _ in cols)]) + " |",
+           "|---|" + "---:|" * (len(extra) + len(cols))]
+    for line in table_lines:
+        name = f"{line.name} (extension)" if line.name in extension else line.name
+        cells = rates(line) + ([str(len(line.seeds)), versus_zeroshot(line, zeroshot)] if seeded else [])
+        cells += [cell([e.metrics[key] for e in line.seeds if key in e.metrics], fmt) for _, key, fmt in cols]
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join([*out, "", LEGEND]) + "\n"
 
 
 @entry_point

@@ -10,13 +10,24 @@ from pathlib import Path
 import numpy as np
 
 from dgl.artifacts import load_trained
-from dgl.cache import CachedSplit
+from dgl.cache import CachedSplit, gallery_counts
 from dgl.cli import atomic_dir, atomic_write, entry_point, show_progress
+from dgl.data.adapters import dataset_format
 from dgl.figures import write_figures
 from dgl.metrics import evaluate_retrieval
 from dgl.settings import load_params
 from dgl.tracking import evaluation_run, log_files, training_run_of
-from dgl.train import SplitView, encode_view, pick_device
+from dgl.train import SplitView, encode_view, evaluate_view, pick_device, train_val_views
+
+
+def validation_metrics(method, cache: Path, params, device) -> dict[str, float]:
+    """R@1 on the training videos that train held out (train.val_fraction): what a learning-rate
+    sweep may choose by (experiments/README.md), never the test split. Empty without a hold-out."""
+    _, val = train_val_views(CachedSplit.load(cache, "train"), params.train.val_fraction, params.train.seed)
+    if val is None:
+        return {}
+    result = evaluate_view(method, val, device, params.eval.batch_size)
+    return {k: v for k, v in result.metrics.items() if k in ("t2v_R1", "v2t_R1")}
 
 
 @entry_point
@@ -31,8 +42,9 @@ def main() -> None:
     ap.add_argument("--figures", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
+    gallery = gallery_counts(args.cache, "test", params.eval.max_missing)
     split = CachedSplit.load(args.cache, "test")
-    method, info = load_trained(args.trained, args.backbone, params.model, num_frames=split.frames.shape[1])
+    method, info = load_trained(args.trained, args.backbone, params.model, num_frames=split.num_frames)
     device = pick_device(params.train.device)
     text, video, _, caption_video = encode_view(method, SplitView(split, np.arange(split.num_videos)), device,
                                                        params.eval.batch_size, progress=show_progress())
@@ -40,8 +52,12 @@ def main() -> None:
                                 dsl=params.eval.dsl, chunk_size=params.eval.chunk_size,
                                 logit_scale=float(method.logit_scale()))
     metrics = {k: round(v, 4) for k, v in result.metrics.items()}
+    metrics.update({f"val_{k}": round(v, 4) for k, v in validation_metrics(method, args.cache, params, device).items()})
     metrics.update({"trainable_params": info["parameters"]["trainable"],
-                    "trainable_ratio": info["parameters"]["trainable_ratio"]})
+                    "trainable_ratio": info["parameters"]["trainable_ratio"],
+                    "trainable_clip": info["parameters"].get("trainable_clip", 0),
+                    "test_split": dataset_format(params.data.dataset).test_split,
+                    **{f"test_{k}": v for k, v in gallery.items()}})
     curves = [{"K": k + 1, "t2v": t, "v2t": v} for k, (t, v) in enumerate(zip(result.curves["t2v"], result.curves["v2t"]))]
     atomic_write(args.metrics, json.dumps(metrics, indent=2))
     atomic_write(args.recall, json.dumps(curves, indent=1))

@@ -46,7 +46,7 @@ def main() -> None:
     with distributed.process_group(pick_device(cfg.device)) as (dist, device):
         split = CachedSplit.load(args.cache, "train")
         clip, backbone = load_backbone(args.backbone)
-        method = build_method(params.model.method, clip, params.model, num_frames=split.frames.shape[1])
+        method = build_method(params.model.method, clip, params.model, num_frames=split.num_frames)
         counts = count_parameters(method)
         train_view, val_view = train_val_views(split, cfg.val_fraction, cfg.seed)
         checkpoint = Checkpoint(args.checkpoint, fingerprint(params, backbone["sha256"]))

@@ -11,7 +11,7 @@ import yaml
 
 from conftest import ROOT, make_project, run, tiny_params
 from dgl.models.methods import METHODS
-from experiments.queue import load_grid
+from experiments.queue import Row, load_grid
 from experiments.report import Experiment, table
 
 ROWS = ("zeroshot", "dgl_ulp")
@@ -65,9 +65,9 @@ def test_queue_runs_the_rows_and_report_shows_each_experiments_numbers(project):
         for header, key in [("t2v R@1", "t2v_R1"), ("t2v R@5", "t2v_R5"), ("t2v R@10", "t2v_R10"),
                             ("t2v MdR", "t2v_MdR"), ("t2v MnR", "t2v_MnR"), ("v2t R@1", "v2t_R1"),
                             ("R@1 static", "t2v_R1_static"), ("R@1 motion", "t2v_R1_motion")]:
-            assert float(cells[header]) == pytest.approx(m[key], abs=0.05), (name, header)
-        assert float(cells["pair acc"]) == pytest.approx(m["pair_acc"], abs=5e-4)
-        assert float(cells["pair acc motion"]) == pytest.approx(m["pair_acc_motion"], abs=5e-4)
+            assert cells[header] == f"{m[key]:.1f}", (name, header)  # the experiment's own number, rounded
+        assert cells["pair acc"] == f"{m['pair_acc']:.3f}"
+        assert cells["pair acc motion"] == f"{m['pair_acc_motion']:.3f}"
     assert rows["zeroshot"]["Params"] == "0" and metrics["dgl_ulp"]["trainable_params"] > 0
 
 
@@ -147,3 +147,39 @@ def test_table_orders_grid_rows_first_then_others_by_name_and_marks_extensions()
     assert rows["zeroshot"]["t2v R@1"] == "12.3" and rows["zeroshot"]["Params %"] == "50"
     assert rows["partial"]["Params"] == "–"
     assert markdown.startswith("dataset: synthetic\n")
+
+
+def test_a_sweep_keeps_the_value_best_on_validation_and_seeds_are_averaged():
+    grid = [Row("zeroshot", ("model.method=zeroshot",)),
+            Row("bias", ("model.method=bias",), sweep_key="train.clip_lr", sweep_values=(1e-4, 1e-3))]
+
+    def exp(name, clip_lr, val, test):
+        params = {"train.lr": 0.005, "train.clip_lr": clip_lr}
+        return Experiment(name, params, {"val_t2v_R1": val, "t2v_R1": test, "trainable_params": 10,
+                                         "trainable_clip": 10 if clip_lr else 0, "trainable_ratio": 0.1})
+
+    experiments = [exp("zeroshot-s0", 0, 5.0, 20.0), exp("zeroshot-s1", 0, 5.0, 20.0),
+                   exp("bias-clip_lr0.0001-s0", 1e-4, 10.0, 50.0), exp("bias-clip_lr0.0001-s1", 1e-4, 12.0, 52.0),
+                   exp("bias-clip_lr0.001-s0", 1e-3, 20.0, 30.0), exp("bias-clip_lr0.001-s1", 1e-3, 22.0, 32.0)]
+    rows = report_rows(table(experiments, grid))
+    assert list(rows) == ["zeroshot", "bias"]
+    bias = rows["bias"]
+    assert bias["clip lr"] == "[0.001] of 0.0001, 0.001"  # chosen on validation, though test is worse
+    assert bias["lr"] == "–" and bias["seeds"] == "2"
+    assert bias["t2v R@1"] == "31.0 ± 1.4"
+    assert bias["Δ zeroshot"] == "+11.0*"  # 11 points apart, seed spread 1.4 + 0
+    assert rows["zeroshot"]["t2v R@1"] == "20.0 ± 0.0" and rows["zeroshot"]["clip lr"] == "–"
+
+
+def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path):
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"rows": [
+        {"name": "bias", "set": ["model.method=bias"], "sweep": {"train.clip_lr": [1e-4, 1e-3]}}]}))
+    out = outside_repo(tmp_path, "--grid", "grid.yaml", "--seeds", "0,1", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[:2] == [
+        "dvc exp run --queue -n bias-clip_lr0.0001-s0 -S model.method=bias -S train.clip_lr=0.0001 -S train.seed=0",
+        "dvc exp run --queue -n bias-clip_lr0.0001-s1 -S model.method=bias -S train.clip_lr=0.0001 -S train.seed=1",
+    ]
+    assert len(out.stdout.splitlines()) == 5
+    bad = outside_repo(tmp_path, "--grid", "grid.yaml", "--seeds", "a,b")
+    assert bad.returncode == 2 and "--seeds 'a,b': give integers" in bad.stderr

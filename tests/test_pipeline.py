@@ -38,8 +38,11 @@ def project(first_repro) -> Path:
 
 def test_dvc_repro_runs_every_stage_and_logs_one_mlflow_run(project):
     metrics = json.loads((project / "metrics.json").read_text())
-    for key in ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "t2v_MnR", "v2t_R1", "pair_acc", "trainable_params"):
+    for key in ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "t2v_MnR", "v2t_R1", "pair_acc", "trainable_params",
+                "val_t2v_R1", "val_v2t_R1"):
         assert key in metrics
+    assert metrics["test_split"] == "synthetic test (MSRVTT_JSFUSION_test.csv)"
+    assert (metrics["test_videos"], metrics["test_captions"], metrics["test_skipped_videos"]) == (10, 20, 0)
     assert (project / "dvc.lock").exists()
     assert json.loads((project / "plots/train.json").read_text())[-1]["epoch"] == 2
     runs = mlflow_runs(project / "mlflow.db")
@@ -119,7 +122,7 @@ def test_bad_params_fail_with_one_line_and_touch_nothing(tmp_path, override, nee
 
 
 @pytest.mark.parametrize("edit,needle", [
-    (lambda p: p["train"].pop("lr"), "params: missing key train.lr; train needs: epochs, batch_size, lr,"),
+    (lambda p: p["train"].pop("lr"), "params: missing key train.lr; train needs: epochs, batch_size, captions, lr, clip_lr,"),
     (lambda p: p["train"].update(lrr=0.1), "params: unknown key train.lrr; known keys here: accum_steps,"),
     (lambda p: p.pop("ffmpeg"), "params: missing key ffmpeg; the file needs: ffmpeg, data,"),
 ])

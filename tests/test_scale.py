@@ -185,7 +185,8 @@ def stage_inputs(tmp_path) -> Path:
     (cache / "train.json").write_text(json.dumps({
         "video_ids": split.video_ids, "caption_video": split.caption_video.tolist(), "texts": split.texts,
         "categories": split.categories, "twins": split.twins.tolist()}))
-    (cache / "meta.json").write_text(json.dumps({"mean": split.mean.tolist(), "std": split.std.tolist()}))
+    (cache / "meta.json").write_text(json.dumps({"mean": split.mean.tolist(), "std": split.std.tolist(),
+                                                 "splits": {"train": {"candidates": 1}}}))
     (tmp_path / "models/backbone").mkdir(parents=True)
     torch.manual_seed(0)
     save_backbone(build_clip("tiny-synthetic"), "tiny-synthetic", tmp_path / "models/backbone", {})

@@ -14,7 +14,7 @@ from conftest import group
 from dgl.data.annotations import Annotations, Caption
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
-from dgl.video import BACKENDS, VideoError, extract_frames, sample_frames, uniform_indices
+from dgl.video import BACKENDS, VideoError, extract_frames, sample_frames, segment_candidates, uniform_indices
 
 GRAY_STEP = 10  # frame i is painted gray level GRAY_STEP * i
 
@@ -48,6 +48,22 @@ def index_video(path: Path, frame_count: int, fps: int = 8, timing: list[str] = 
 def frame_indices(frames: np.ndarray) -> list[int]:
     """Which source frame each sampled frame is, read back from its gray level."""
     return [round(float(frame.mean()) / GRAY_STEP) for frame in frames]
+
+
+def test_segment_candidates_split_each_segment_and_keep_its_centre_in_the_middle():
+    assert segment_candidates(24, 4, 3).tolist() == [1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23]
+    for frames, segments in ((24, 4), (20, 8), (100, 12), (7, 3)):
+        middle = segment_candidates(frames, segments, 3).reshape(segments, 3)[:, 1]
+        assert middle.tolist() == uniform_indices(frames, segments).tolist()
+    assert segment_candidates(3, 6, 3).tolist() == [0, 0, 0, 1, 1, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2, 2]
+    assert segment_candidates(24, 4, 1).tolist() == uniform_indices(24, 4).tolist()
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_training_videos_keep_candidate_frames_per_segment(tmp_path, backend):
+    video = index_video(tmp_path / "index.mp4", 24)
+    frames = sample_frames(video, num_frames=4, size=32, backend=backend, candidates=3)
+    assert frame_indices(frames) == segment_candidates(24, 4, 3).tolist()
 
 
 def test_uniform_indices_are_segment_centres_and_short_videos_repeat_the_last():
@@ -112,7 +128,7 @@ def test_extract_frames_skips_bad_videos_and_samples_the_rest(tmp_path, raw_with
     raw, annotations = raw_with_bad_videos
     out = tmp_path / "frames"
     out.mkdir()
-    cfg = group("frames", num_frames=4, size=32, backend=backend, workers=2)
+    cfg = group("frames", num_frames=4, size=32, backend=backend, workers=2, train_candidates=1)
     summary = extract_frames(raw, annotations, out, cfg, ffmpeg="pinned", progress=False)
     assert summary == {"videos": 7, "sampled": 3, "skipped": 4, "num_frames": 4, "size": 32, "backend": backend}
     for name in ("good0", "good1", "good2"):
@@ -123,9 +139,11 @@ def test_extract_frames_skips_bad_videos_and_samples_the_rest(tmp_path, raw_with
     assert reasons["absent"] == "videos/absent.mp4: file not found"
     assert reasons["empty"] == "videos/empty.mp4: empty file (0 bytes)"
     assert all(reasons[v].startswith(f"videos/{v}.mp4: ") and len(reasons[v]) < 200 for v in ("truncated", "text"))
-    assert sorted(p.name for p in out.iterdir()) == ["good0.npy", "good1.npy", "good2.npy", "skipped.json",
-                                                      "toolchain.json"]
-    toolchain = json.loads((out / "toolchain.json").read_text())
+    assert sorted(p.name for p in out.iterdir()) == ["good0.npy", "good1.npy", "good2.npy", "sampling.json",
+                                                      "skipped.json"]
+    sampling = json.loads((out / "sampling.json").read_text())
+    assert sampling["num_frames"] == 4 and sampling["train_candidates"] == 1
+    toolchain = sampling["decoder"]
     assert toolchain["backend"] == backend
     if backend == "ffmpeg":  # which binary decoded, by version and content, never by machine path
         assert toolchain["ffmpeg"] == "pinned" and toolchain["version"].startswith("ffmpeg version")

@@ -178,15 +178,16 @@ def _activitynet(raw_dir: Path) -> Annotations:
 class Format:
     files: tuple[str, ...]  # annotation files the parser reads, relative to the raw dataset folder
     parse: Callable[[Path], Annotations]
+    test_split: str  # what the test split is, as metrics.json names it
 
 
-MSRVTT_FORMAT = Format((MSRVTT_DATA, MSRVTT_TRAIN, MSRVTT_TEST), _msrvtt)
 FORMATS: dict[str, Format] = {
-    "msrvtt": MSRVTT_FORMAT,
-    "synthetic": MSRVTT_FORMAT,
-    "vatex": Format((VATEX_TRAIN, VATEX_TEST, VATEX_CAPTIONS), _vatex),
-    "lsmdc": Format((LSMDC_TRAIN, LSMDC_TEST), _lsmdc),
-    "activitynet": Format((ACTIVITYNET_TRAIN, ACTIVITYNET_TEST), _activitynet),
+    "msrvtt": Format((MSRVTT_DATA, MSRVTT_TRAIN, MSRVTT_TEST), _msrvtt, f"msrvtt 1k-A ({MSRVTT_TEST})"),
+    "synthetic": Format((MSRVTT_DATA, MSRVTT_TRAIN, MSRVTT_TEST), _msrvtt, f"synthetic test ({MSRVTT_TEST})"),
+    "vatex": Format((VATEX_TRAIN, VATEX_TEST, VATEX_CAPTIONS), _vatex, f"vatex {VATEX_TEST}"),
+    "lsmdc": Format((LSMDC_TRAIN, LSMDC_TEST), _lsmdc, f"lsmdc {LSMDC_TEST}"),
+    "activitynet": Format((ACTIVITYNET_TRAIN, ACTIVITYNET_TEST), _activitynet,
+                          f"activitynet {ACTIVITYNET_TEST} (paragraphs)"),
 }
 
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgl.models.prompted import PromptedCLIP, TextPrompts, VideoPrompts
@@ -15,6 +16,12 @@ CLIP_INPUT_EMBEDDINGS = (
     "token_embedding.", "positional_embedding", "visual.conv1.", "visual.class_embedding",
     "visual.positional_embedding", "visual.ln_pre.",
 )
+
+
+def mean_pool(frame_features: Tensor) -> Tensor:
+    """CLIP4Clip's meanP (and VoP's): each frame's feature L2-normalised, then averaged over time.
+    (B, T, E) -> (B, E); unnormalised, a frame with a larger norm would outweigh the others."""
+    return F.normalize(frame_features, dim=-1).mean(dim=1)
 
 
 def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
@@ -52,8 +59,8 @@ class Method(nn.Module):
         return self.encoder.encode_text(tokens, prompts)
 
     def encode_video(self, frames: Tensor, prompts: VideoPrompts | None) -> Tensor:
-        """frames (B, T, 3, H, W) -> video features (B, E); default: mean of frame features (meanP)."""
-        return self.encoder.encode_frames(frames, prompts).mean(dim=1)
+        """frames (B, T, 3, H, W) -> video features (B, E); default: meanP."""
+        return mean_pool(self.encoder.encode_frames(frames, prompts))
 
     def logit_scale(self) -> Tensor:
         return self.clip.logit_scale.exp()

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from dgl.errors import UserError
-from dgl.models.methods.base import Method, register
+from dgl.models.methods.base import Method, mean_pool, register
 from dgl.settings import VoPConfig
 from dgl.models.prompted import TextPrompts, VideoPrompts
 
@@ -109,7 +109,7 @@ class VoP(Method):
             raise ValueError(f"{self.name} was built for {self.num_frames} frames, got {frames.shape[1]}")
         if not self.joint:
             return super().encode_video(frames, prompts)
-        return self.encoder.encode_frames_joint(frames, prompts, self.shallow, self.frame_pos).mean(dim=1)
+        return mean_pool(self.encoder.encode_frames_joint(frames, prompts, self.shallow, self.frame_pos))
 
 
 @register("vop_p")

@@ -1,0 +1,150 @@
+"""The training protocol the papers use: parameter groups at their own rates, every caption once per
+epoch, a random frame per segment in training and the centre in evaluation, frame-normalised
+meanP, and a test gallery that may not shrink unnoticed."""
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import group
+from dgl.cache import CachedSplit, gallery_counts
+from dgl.errors import UserError
+from dgl.models.backbone import build_clip
+from dgl.models.methods import build_method
+from dgl.train import SplitView, encode_view, epoch_samples, into_batches, optimizer_for, train_method
+
+FRAMES, CANDIDATES, SIZE = 4, 3, 64  # the tiny CLIP sees 64 x 64
+
+
+def tiny_method(name: str):
+    torch.manual_seed(0)
+    return build_method(name, build_clip("tiny-synthetic"), group("model", method=name), num_frames=FRAMES)
+
+
+def split_with(captions_per_video: list[int], candidates: int = 1) -> CachedSplit:
+    """Videos whose every frame's pixels say which (segment, candidate) it is: value 10 t + k."""
+    videos = len(captions_per_video)
+    position = np.arange(FRAMES * candidates)
+    label = (position // candidates) * 10 + position % candidates  # (T * K,)
+    frames = np.broadcast_to(label[None, :, None, None, None], (videos, FRAMES * candidates, 3, SIZE, SIZE))
+    caption_video = torch.tensor([v for v, n in enumerate(captions_per_video) for _ in range(n)])
+    texts = [f"caption {i}" for i in range(len(caption_video))]
+    import open_clip
+
+    tokens = open_clip.get_tokenizer("tiny-synthetic")(texts, context_length=16).long()
+    return CachedSplit(frames=np.ascontiguousarray(frames, dtype=np.uint8), tokens=tokens,
+                       caption_video=caption_video, texts=texts, categories=["static"] * len(texts),
+                       twins=torch.full((videos,), -1), video_ids=[f"v{v}" for v in range(videos)],
+                       mean=torch.zeros(3), std=torch.ones(3) / 255, candidates=candidates)
+
+
+@pytest.mark.parametrize("method, groups", [
+    ("full", {"clip"}), ("bias", {"clip"}), ("partial", {"clip"}),
+    ("adapter_attn", {"added"}), ("dgl", {"added"}), ("vop_c", {"added"}),
+])
+def test_parameter_groups_get_their_configured_rates(method, groups):
+    m = tiny_method(method)
+    cfg = group("train", lr=0.01, clip_lr=3e-6)
+    params = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    optimizer = optimizer_for(m, params, cfg)
+    rates = {g["name"]: g["lr"] for g in optimizer.param_groups}
+    assert {name.split("/")[0] for name in rates} == groups
+    assert all(rate == (3e-6 if name.startswith("clip/") else 0.01) for name, rate in rates.items())
+    clip_ids = {id(p) for p in m.clip.parameters()}
+    for g in optimizer.param_groups:  # each parameter is where its owner says
+        assert all((id(p) in clip_ids) == g["name"].startswith("clip/") for p in g["params"])
+        assert (g["weight_decay"] > 0) == g["name"].endswith("/decay")
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(params)
+
+
+def test_captions_all_visits_every_caption_exactly_once_per_epoch():
+    split = split_with([1, 4, 2, 3, 3, 1, 2, 5])  # uneven, as in VATEX
+    view = SplitView(split, np.arange(split.num_videos))
+    rng = np.random.default_rng(0)
+    epochs = []
+    for _ in range(2):
+        batches = into_batches(epoch_samples(view, "all", rng), batch_size=4, parts=1)
+        captions = [c for _, cs in batches for c in cs.tolist()]
+        assert sorted(captions) == list(range(len(split.texts)))  # each caption exactly once
+        for videos, cs in batches:
+            assert len(set(videos.tolist())) == len(videos), "no video twice in a contrastive batch"
+            assert (split.caption_video[cs].numpy() == videos).all()
+        epochs.append(captions)
+    assert epochs[0] != epochs[1], "a new order every epoch"
+
+
+def test_captions_one_shows_every_video_once_with_one_of_its_captions():
+    split = split_with([2, 3, 1, 2, 2, 4])
+    view = SplitView(split, np.arange(1, split.num_videos))  # a view: the validation video 0 left out
+    samples = epoch_samples(view, "one", np.random.default_rng(0))
+    assert sorted(v for v, _ in samples) == list(range(1, 6))
+    assert all(split.caption_video[c].item() == v for v, c in samples)
+
+
+def test_batches_are_trimmed_to_the_process_split():
+    samples = [(v, v) for v in range(10)]
+    assert [len(v) for v, _ in into_batches(samples, batch_size=4, parts=2)] == [4, 4, 2]
+    assert [len(v) for v, _ in into_batches(samples, batch_size=4, parts=4)] == [4, 4]
+
+
+def test_jitter_shows_other_frames_each_epoch_and_evaluation_the_centres(monkeypatch):
+    split = split_with([2] * 8, candidates=CANDIDATES)
+    shown = []
+    original = CachedSplit.video_batch
+
+    def spy(self, indices, picks=None):
+        frames = original(self, indices, picks)
+        shown.append(frames[:, :, 0, 0, 0].round().long())  # (B, T) labels 10 t + k
+        return frames
+
+    monkeypatch.setattr(CachedSplit, "video_batch", spy)
+    method = tiny_method("dgl")
+    view = SplitView(split, np.arange(split.num_videos))
+    cfg = group("train", epochs=2, batch_size=8, captions="one", val_fraction=0.0, device="cpu")
+    train_method(method, view, None, cfg, torch.device("cpu"), on_epoch=lambda *_: None, progress=False)
+    first, second = shown
+    segments = torch.arange(FRAMES) * 10
+    for labels in (first, second):
+        assert ((labels - segments) >= 0).all() and ((labels - segments) < CANDIDATES).all()  # own segment
+    assert not torch.equal(first, second), "another candidate frame in another epoch"
+    assert len(torch.unique(first - segments)) > 1, "candidates drawn per video and segment"
+    shown.clear()
+    encode_view(method, view, torch.device("cpu"), batch_size=8)
+    assert all(torch.equal(labels, (segments + CANDIDATES // 2).expand_as(labels)) for labels in shown)
+
+
+def test_meanp_normalises_each_frame_before_averaging(monkeypatch):
+    method = tiny_method("zeroshot")
+    a, b = torch.tensor([3.0, 4.0]), torch.tensor([0.0, 0.1])  # norms 5 and 0.1
+    monkeypatch.setattr(method.encoder, "encode_frames", lambda frames, prompts: torch.stack([a, b])[None])
+    video = method.encode_video(torch.zeros(1, 2, 3, 8, 8), None)
+    assert torch.allclose(video, ((a / 5 + b / 0.1) / 2)[None])
+
+
+def write_meta(cache, annotated: int, skipped: int) -> None:
+    cache.mkdir(exist_ok=True)
+    splits = {"test": {"videos": annotated - skipped, "captions": 3 * (annotated - skipped), "frames": 4,
+                       "candidates": 1, "annotated_videos": annotated, "skipped_videos": skipped}}
+    (cache / "meta.json").write_text(json.dumps({"splits": splits}))
+
+
+def test_a_test_set_missing_videos_is_refused_naming_the_count(tmp_path):
+    write_meta(tmp_path, annotated=1000, skipped=12)
+    with pytest.raises(UserError, match=r"12 of the 1000 annotated test videos \(1\.2 %\).*skipped\.json.*"
+                                        r"eval\.max_missing >= 0\.0120"):
+        gallery_counts(tmp_path, "test", max_missing=0.0)
+    assert gallery_counts(tmp_path, "test", max_missing=0.012) == {"videos": 988, "captions": 2964,
+                                                                   "skipped_videos": 12}
+    write_meta(tmp_path, annotated=1000, skipped=0)
+    assert gallery_counts(tmp_path, "test", max_missing=0.0)["skipped_videos"] == 0
+
+
+def test_one_epoch_of_all_captions_is_the_scheduled_step_count():
+    split = split_with([3] * 10)
+    view = SplitView(split, np.arange(split.num_videos))
+    batches = into_batches(epoch_samples(view, "all", np.random.default_rng(1)), batch_size=4, parts=1)
+    assert Counter(len(v) for v, _ in batches) == Counter({4: 7, 2: 1})  # ceil(30 / 4) = 8 steps
