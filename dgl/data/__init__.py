@@ -1,0 +1,1 @@
+"""Datasets: annotation adapters, downloads with checks, and the synthetic benchmark."""
