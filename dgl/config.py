@@ -7,6 +7,7 @@ metadata (`choice(...)`, `bounded(...)`), so one loader checks them all and name
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import field
@@ -109,9 +110,19 @@ def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     return out
 
 
+class Yaml12Loader(yaml.SafeLoader):
+    """PyYAML's safe loader, but `1e-06` is a number, as in YAML 1.2. DVC writes `dvc exp run -S`
+    values back to params.yaml as YAML 1.2, and YAML 1.1 would read that float as a string."""
+
+
+Yaml12Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        data = yaml.load(Path(path).read_text(), Loader=Yaml12Loader)
     except FileNotFoundError:
         raise UserError(f"{path}: params file not found; run from the repository root or pass --params") from None
     except yaml.YAMLError as e:

@@ -7,6 +7,7 @@ from pathlib import Path
 from dgl.cli import atomic_dir, entry_point, show_progress
 from dgl.data.sources import prepare_raw
 from dgl.data.synthetic import generate
+from dgl.ffmpeg import ffmpeg_exe
 from dgl.settings import load_params
 
 
@@ -17,8 +18,11 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
+    synthetic = params.data.dataset == "synthetic"
+    if synthetic:
+        ffmpeg_exe(params.ffmpeg)  # a missing ffmpeg is one line before any output exists
     with atomic_dir(args.out) as work:
-        if params.data.dataset == "synthetic":
+        if synthetic:
             generate(work, params.data.synthetic, ffmpeg=params.ffmpeg, workers=params.frames.workers,
                      progress=show_progress())
         else:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from dgl.cli import atomic_dir, entry_point, show_progress
 from dgl.data.adapters import load_annotations
+from dgl.ffmpeg import ffmpeg_exe
 from dgl.settings import load_params
 from dgl.video import extract_frames
 
@@ -19,6 +20,8 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
+    if params.frames.backend == "ffmpeg":
+        ffmpeg_exe(params.ffmpeg)  # a missing ffmpeg is one line before any output exists
     annotations = load_annotations(params.data.dataset, args.raw)
     with atomic_dir(args.out) as work:
         summary = extract_frames(args.raw, annotations, work, params.frames, ffmpeg=params.ffmpeg,

@@ -3,15 +3,17 @@ a real SQLite store, and bad params rejected with one line before any output is 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
+import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, make_project, run, stage_cmd, tiny_params
+from conftest import BIN, ROOT, make_project, run, stage_cmd, tiny_params
 
 
 def mlflow_runs(db: Path) -> list[tuple]:
@@ -80,7 +82,7 @@ def test_same_params_give_identical_outputs_on_a_second_machine_run(first_repro,
 
 def test_dvc_exp_run_with_set_param_reruns_training_only(project):
     before = json.loads((project / "metrics.json").read_text())
-    out = run(["dvc", "exp", "run", "-S", "model.dgl.generator=upt"], project)
+    out = run(["dvc", "exp", "run", "-S", "model.dgl.generator=upt", "-S", "train.clip_lr=1e-6"], project)
     assert "Running stage 'train'" in out.stdout and "Running stage 'download'" not in out.stdout
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
     exps = [e for commit in shown for e in (commit.get("experiments") or [])]
@@ -135,3 +137,29 @@ def test_a_missing_or_unknown_params_key_is_one_line(tmp_path, edit, needle):
     assert out.stderr.strip().splitlines() == [f"error: {out.stderr.strip().removeprefix('error: ')}"]
     assert needle in out.stderr, out.stderr
     assert not (tmp_path / "data").exists()
+
+
+def test_a_system_ffmpeg_that_is_absent_is_one_line_before_any_output(tmp_path):
+    params = tiny_params()
+    params["ffmpeg"] = "system"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    only_the_venv = {"PATH": str(BIN), "PYTHONPATH": str(ROOT)}  # no system ffmpeg, whatever this machine has
+    for stage in ("download", "frames"):
+        out = subprocess.run(stage_cmd(stage), cwd=tmp_path, capture_output=True, text=True,
+                             env={**os.environ, **only_the_venv})
+        assert out.returncode == 2
+        assert out.stderr.strip() == ("error: params: ffmpeg = system but there is no ffmpeg on PATH; "
+                                      "install one or use ffmpeg: pinned")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def test_numbers_as_dvc_writes_them_back_are_numbers(tmp_path):
+    """`dvc exp run -S train.clip_lr=1e-6` leaves `clip_lr: 1e-06` in params.yaml (YAML 1.2)."""
+    from dgl.settings import load_params
+
+    text = (ROOT / "params.yaml").read_text().replace("clip_lr: 1.0e-7", "clip_lr: 1e-06").replace("lr: 0.005", "lr: 5E-3")
+    assert "clip_lr: 1e-06" in text and "lr: 5E-3" in text
+    (tmp_path / "params.yaml").write_text(text)
+    params = load_params(tmp_path / "params.yaml")
+    assert params.train.clip_lr == 1e-6 and params.train.lr == 5e-3 and params.train.epochs == 4
+    assert isinstance(params.train.epochs, int) and params.tracking.uri == ""
