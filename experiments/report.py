@@ -70,8 +70,9 @@ def from_dvc_show(shown: list[dict]) -> tuple[list[Experiment], list[str]]:
             name = exp.get("name") or rev["rev"][:7]
             data = rev.get("data") or {}
             metrics = (data.get("metrics") or {}).get(METRICS_FILE, {}).get("data")
-            if metrics is None:
-                without.append(f"{name} ({(exp.get('executor') or {}).get('state', 'no metrics')})")
+            state = (exp.get("executor") or {}).get("state", "success")
+            if metrics is None or state != "success":  # a running one shows the baseline's metrics.json
+                without.append(f"{name} ({state if state != 'success' else 'no metrics'})")
                 continue
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
             found.append(Experiment(name, flat(params), metrics))

@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT, make_project, run, tiny_params
 from dgl.models.methods import METHODS
 from experiments.queue import Row, load_grid
-from experiments.report import Experiment, table
+from experiments.report import Experiment, from_dvc_show, table
 
 ROWS = ("zeroshot", "dgl_ulp")
 
@@ -183,3 +183,14 @@ def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path):
     assert len(out.stdout.splitlines()) == 5
     bad = outside_repo(tmp_path, "--grid", "grid.yaml", "--seeds", "a,b")
     assert bad.returncode == 2 and "--seeds 'a,b': give integers" in bad.stderr
+
+
+def test_an_experiment_still_running_is_left_out_not_shown_with_the_baselines_numbers():
+    def exp(name, executor):
+        data = {"metrics": {"metrics.json": {"data": {"t2v_R1": 40.7}}}, "params": {"params.yaml": {"data": {}}}}
+        return {"name": name, "executor": executor, "revs": [{"rev": name[0] * 40, "data": data}]}
+
+    shown = [{"experiments": [exp("done", {"state": "success"}), exp("busy", {"state": "running"}),
+                              exp("kept", None)]}]  # a finished experiment from an earlier session has none
+    found, without = from_dvc_show(shown)
+    assert [e.name for e in found] == ["done", "kept"] and without == ["busy (running)"]
