@@ -176,7 +176,9 @@ def spread(values: list[float]) -> float:
 def cell(values: list[float], fmt: Callable[[float], str]) -> str:
     if not values:
         return MISSING
-    return fmt(values[0]) if len(values) == 1 else f"{fmt(mean(values))} ± {fmt(spread(values))}"
+    if len(set(values)) == 1:  # e.g. parameter counts, which no seed changes
+        return fmt(values[0])
+    return f"{fmt(mean(values))} ± {fmt(spread(values))}"
 
 
 def rate_cell(line: Line, key: str, trains: bool) -> str:

@@ -168,7 +168,8 @@ def test_a_sweep_keeps_the_value_best_on_validation_and_seeds_are_averaged():
     assert bias["lr"] == "–" and bias["seeds"] == "2"
     assert bias["t2v R@1"] == "31.0 ± 1.4"
     assert bias["Δ zeroshot"] == "+11.0*"  # 11 points apart, seed spread 1.4 + 0
-    assert rows["zeroshot"]["t2v R@1"] == "20.0 ± 0.0" and rows["zeroshot"]["clip lr"] == "–"
+    assert rows["zeroshot"]["t2v R@1"] == "20.0" and rows["zeroshot"]["clip lr"] == "–"  # no spread, no ±
+    assert bias["Params"] == "10"
 
 
 def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path):
