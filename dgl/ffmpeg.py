@@ -16,19 +16,14 @@ import subprocess
 
 from dgl.errors import UserError
 
-CHOICES = ("pinned", "system")
-
-
 @functools.cache
 def ffmpeg_exe(which: str = "pinned") -> str:
-    """The path of the ffmpeg binary `which` names."""
+    """The path of the ffmpeg binary `which` (`pinned` or `system`, checked by the params schema) names."""
     if which == "system":
         found = shutil.which("ffmpeg")
         if found is None:
             raise UserError("params: ffmpeg = system but there is no ffmpeg on PATH; install one or use ffmpeg: pinned")
         return found
-    if which != "pinned":
-        raise UserError(f"params: ffmpeg = {which!r} is not allowed; use one of: {', '.join(CHOICES)}")
     # Not imageio_ffmpeg.get_ffmpeg_exe(): it prefers $IMAGEIO_FFMPEG_EXE and falls back to a system
     # ffmpeg when the wheel has no binary, which would silently unpin the encoder.
     binaries = importlib.resources.files("imageio_ffmpeg.binaries")

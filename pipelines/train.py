@@ -63,7 +63,8 @@ def main() -> None:
                                    save_checkpoint=lambda state: checkpoint.save({**state, "mlflow_run_id": run_id}))
             if dist.main:  # no run id in the outputs: the same params give the same bytes (dgl/tracking.py)
                 info = {"method": params.model.method, "backbone": backbone["name"],
-                        "backbone_sha256": backbone["sha256"], "parameters": counts, "epochs": len(history)}
+                        "backbone_sha256": backbone["sha256"], "parameters": counts, "epochs": len(history),
+                        "validation": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}}
                 with atomic_dir(args.out) as work:
                     mlflow.set_tag(WEIGHTS_TAG, save_trained(method.cpu(), work, info))
                 atomic_write(args.plot, json.dumps([{"epoch": i + 1, **r} for i, r in enumerate(history)], indent=1))

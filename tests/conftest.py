@@ -1,7 +1,6 @@
 """Shared fixtures: a tiny params file and a copy of the project in a temporary git + DVC repo."""
 from __future__ import annotations
 
-import copy
 import os
 import shlex
 import shutil
@@ -11,6 +10,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from dgl.settings import merge  # noqa: F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -24,13 +25,6 @@ TINY_OVERRIDES = {
     "train": {"epochs": 2, "batch_size": 8, "val_fraction": 0.2},
     "eval": {"batch_size": 8},
 }
-
-
-def merge(base: dict, overrides: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in overrides.items():
-        out[key] = merge(out.get(key, {}), value) if isinstance(value, dict) else value
-    return out
 
 
 def tiny_params() -> dict:
