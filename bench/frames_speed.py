@@ -8,7 +8,14 @@ run and with the same number of parallel workers:
   per process and with ffmpeg's automatic threading; the faster of the two is the limit.
 Ratios are videos per second of a backend over videos per second of the limit. Prints JSON.
 
-Run from the repository root: `python -m bench.frames_speed [--videos 200] [--workers 2]`.
+With `--long-minutes`, the long-video case instead: one video per length given (minutes long, at
+`--resolution`), sampled by each backend for each `--long-frames` count at `--size`, each time in a
+fresh Python process, which reports its seconds, wall and CPU (the fastest of `--long-repeats`
+runs), and peak resident memory (the Python process and, for the ffmpeg backend, the largest
+ffmpeg it ran).
+
+Run from the repository root: `python -m bench.frames_speed [--videos 200] [--workers 2]`, or
+`python -m bench.frames_speed --long-minutes 1 5 --size 224`.
 """
 from __future__ import annotations
 
@@ -16,15 +23,19 @@ import argparse
 import concurrent.futures
 import json
 import os
+import resource
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 from dgl.data.annotations import Annotations, Caption
 from dgl.ffmpeg import ffmpeg_exe
-from dgl.settings import load_group
-from dgl.video import extract_frames
+from dgl.settings import FramesConfig, load_group
+from dgl.video import extract_frames, sample_frames
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def render_videos(folder: Path, count: int, seconds: float, resolution: int, fps: int, workers: int) -> list[Path]:
@@ -66,6 +77,55 @@ def time_backend(raw_dir: Path, paths: list[Path], cfg: FramesConfig) -> float:
     return elapsed
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (the ffmpeg runs)."""
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
+
+
+def measure_here(path: str, backend: str, num_frames: int, size: int) -> dict:
+    """Sample one video in this process: seconds (wall and CPU: the latter does not count waiting for
+    a busy machine), and peak resident memory of this process and of its largest child (the ffmpeg
+    runs), in MiB. Meant for a fresh process (`measure`)."""
+    if backend == "decord":
+        import decord  # noqa: F401  (loaded before the clock starts, as in the frames stage)
+    start, cpu = time.perf_counter(), _cpu_seconds()
+    frames = sample_frames(Path(path), num_frames, size, backend=backend)
+    elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
+    return {"seconds": round(elapsed, 3), "cpu_seconds": round(cpu, 3), "frames": list(frames.shape),
+            "python_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+            "ffmpeg_peak_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+
+
+def measure(path: Path, backend: str, num_frames: int, size: int) -> dict:
+    """`measure_here` in a fresh Python process, so that each peak is this one sampling's."""
+    code = ("import json; from bench.frames_speed import measure_here; "
+            f"print(json.dumps(measure_here({str(path)!r}, {backend!r}, {num_frames}, {size})))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    if result.returncode != 0:
+        raise SystemExit(f"{backend} on {path.name}: the measuring process failed:\n{result.stderr[-2000:]}")
+    return json.loads(result.stdout)
+
+
+def long_videos(args: argparse.Namespace) -> dict:
+    """The long-video case: seconds and peak memory per backend, per length and frame count."""
+    report: dict = {"resolution": args.resolution, "fps": args.fps, "size": args.size, "cpu_cores": os.cpu_count(),
+                    "runs": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        for minutes in args.long_minutes:
+            (path,) = render_videos(Path(tmp), 1, minutes * 60, args.resolution, args.fps, 1)
+            for num_frames in args.long_frames:
+                for backend in ("ffmpeg", "decord"):
+                    # the least time of a few runs (the others waited on a busy machine), the largest peaks
+                    runs = [measure(path, backend, num_frames, args.size) for _ in range(args.long_repeats)]
+                    best = {key: (min if key.endswith("seconds") else max)(run[key] for run in runs)
+                            for key in runs[0] if key != "frames"}
+                    report["runs"].append({"minutes": minutes, "num_frames": num_frames, "backend": backend,
+                                           "frames": runs[0]["frames"], **best})
+            path.unlink()
+    return report
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--videos", type=int, default=200)
@@ -76,7 +136,13 @@ def main() -> None:
     ap.add_argument("--num-frames", type=int, default=defaults.num_frames)
     ap.add_argument("--size", type=int, default=defaults.size)
     ap.add_argument("--workers", type=int, default=2)
+    ap.add_argument("--long-minutes", type=float, nargs="+", help="run the long-video case: video lengths")
+    ap.add_argument("--long-frames", type=int, nargs="+", default=[12, 64], help="frame counts, long-video case")
+    ap.add_argument("--long-repeats", type=int, default=3, help="long-video case: runs of each, the fastest kept")
     args = ap.parse_args()
+    if args.long_minutes:
+        print(json.dumps(long_videos(args), indent=1))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         raw_dir = Path(tmp)

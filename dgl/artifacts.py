@@ -7,33 +7,67 @@ from pathlib import Path
 
 import torch
 
+from dgl.cli import binary_output
 from dgl.errors import UserError
 from dgl.models.backbone import load_backbone, sha256_of
 from dgl.models.methods import Method, build_method
 
 TRAINED_WEIGHTS, TRAINED_INFO = "weights.pt", "model.json"
+INFO_KEYS = ("method", "backbone_sha256", "parameters", "validation")  # what evaluate reads of model.json
+REBUILD = "rebuild it with `dvc repro train`"
 
 
 def save_trained(method: Method, out_dir: Path, info: dict) -> str:
     """Save the trainable weights and `info`; returns the weights' sha256."""
     trainable = {n for n, p in method.named_parameters() if p.requires_grad}
     state = {n: t for n, t in method.state_dict().items() if n in trainable}
-    torch.save(state, out_dir / TRAINED_WEIGHTS)
+    with binary_output(out_dir / TRAINED_WEIGHTS) as f:  # a full disk is an OSError (ENOSPC)
+        torch.save(state, f)
     (out_dir / TRAINED_INFO).write_text(json.dumps(info, indent=2))
     return sha256_of(out_dir / TRAINED_WEIGHTS)
 
 
 def load_trained(trained_dir: Path, backbone_dir: Path, model_cfg, num_frames: int) -> tuple[Method, dict]:
-    """The trained method and its model.json, with the weights' sha256 added (`weights_sha256`)."""
-    info = json.loads((trained_dir / TRAINED_INFO).read_text())
+    """The trained method and its model.json, with the weights' sha256 added (`weights_sha256`).
+    A missing or damaged file is one line naming it and the command that rebuilds it."""
+    info = _read_info(trained_dir / TRAINED_INFO)
     clip, backbone = load_backbone(backbone_dir)
     if backbone["sha256"] != info["backbone_sha256"]:
         raise UserError(f"{trained_dir}: trained on another backbone (sha256 {info['backbone_sha256'][:12]}, "
                         f"now {backbone['sha256'][:12]}); re-run `dvc repro train`")
     method = build_method(info["method"], clip, model_cfg, num_frames)
-    state = torch.load(trained_dir / TRAINED_WEIGHTS, map_location="cpu", weights_only=True)
-    missing, unexpected = method.load_state_dict(state, strict=False)
+    weights = trained_dir / TRAINED_WEIGHTS
+    if not weights.is_file():
+        raise UserError(f"{weights}: missing; {REBUILD}")
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+    except Exception as e:  # empty, truncated, or not tensors
+        raise UserError(f"{weights}: damaged ({_reason(e)}); {REBUILD}") from None
+    if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
+        raise UserError(f"{weights}: not a state dict of tensors; {REBUILD}")
+    own = method.state_dict()
+    unexpected = sorted(set(state) - set(own))
     trainable = {n for n, p in method.named_parameters() if p.requires_grad}
-    if unexpected or trainable - set(state):
-        raise UserError(f"{trained_dir}: weights do not match method {info['method']!r}; re-run `dvc repro train`")
-    return method, {**info, "weights_sha256": sha256_of(trained_dir / TRAINED_WEIGHTS)}
+    wrong = [n for n in sorted(set(state) & set(own)) if state[n].shape != own[n].shape]
+    if unexpected or wrong or trainable - set(state):
+        raise UserError(f"{weights}: weights do not match method {info['method']!r} as params.yaml configures it "
+                        f"(e.g. {(unexpected + wrong + sorted(trainable - set(state)))[0]}); {REBUILD}")
+    method.load_state_dict(state, strict=False)
+    return method, {**info, "weights_sha256": sha256_of(weights)}
+
+
+def _reason(e: Exception) -> str:
+    return f"{type(e).__name__}: {str(e).splitlines()[0][:120]}" if str(e).strip() else type(e).__name__
+
+
+def _read_info(path: Path) -> dict:
+    if not path.is_file():
+        raise UserError(f"{path}: missing; {REBUILD}")
+    try:
+        info = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as e:  # truncated or not JSON
+        raise UserError(f"{path}: damaged ({_reason(e)}); {REBUILD}") from None
+    missing = [k for k in INFO_KEYS if not isinstance(info, dict) or k not in info]
+    if missing:
+        raise UserError(f"{path}: damaged (no {missing[0]!r}); {REBUILD}")
+    return info

@@ -12,8 +12,10 @@ Normalisation (CLIP mean/std) happens when a batch is read: uint8 keeps the cach
 """
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -61,6 +63,9 @@ def _fingerprint(**inputs) -> str:
 def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, backbone: str,
                 context_length: int, progress: bool = True) -> dict:
     """Write the cache into `out_dir`, resuming a previous interrupted run with the same inputs."""
+    for name in ("skipped.json", "sampling.json"):
+        if not (frames_dir / name).is_file():
+            raise UserError(f"{frames_dir}: no sampled frames here ({name} is missing); run `dvc repro frames` first")
     skipped = {s["video_id"]: s["reason"] for s in json.loads((frames_dir / "skipped.json").read_text())["skipped"]}
     sampling = json.loads((frames_dir / "sampling.json").read_text())
     size = image_size_of(backbone)
@@ -124,6 +129,7 @@ def _write_frames(frames_dir: Path, video_ids: list[str], out_dir: Path, split: 
         done = np.load(done_path)
     else:
         frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
+        _reserve(path)
         done = np.zeros(len(video_ids), dtype=bool)
     todo = np.flatnonzero(~done)
     for n, i in enumerate(tqdm(todo, desc=f"preprocess {split}", disable=not progress, unit="video")):
@@ -137,11 +143,24 @@ def _write_frames(frames_dir: Path, video_ids: list[str], out_dir: Path, split: 
     np.save(done_path, done)
 
 
+def _reserve(path: Path) -> None:
+    """Allocate a sparse file's blocks now: a full disk is then an OSError (ENOSPC, one line), not a
+    SIGBUS when a page of the memory map is first written."""
+    if not hasattr(os, "posix_fallocate"):  # macOS
+        return
+    with open(path, "r+b") as f:
+        try:
+            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
+        except OSError as e:
+            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system that cannot say
+                raise
+
+
 def gallery_counts(cache_dir: Path, split: str, max_missing: float) -> dict[str, int]:
     """How many videos and captions `split` holds and how many annotated videos were skipped; refuses
     (UserError) when more than `max_missing` of the annotated videos are missing: retrieval on a
     smaller gallery reports inflated recall."""
-    counts = json.loads((cache_dir / "meta.json").read_text())["splits"][split]
+    counts = _read_json(cache_dir / "meta.json")["splits"][split]
     annotated, skipped = counts["annotated_videos"], counts["skipped_videos"]
     if skipped > max_missing * annotated:
         raise UserError(f"{cache_dir}: {skipped} of the {annotated} annotated {split} videos "
@@ -149,6 +168,29 @@ def gallery_counts(cache_dir: Path, split: str, max_missing: float) -> dict[str,
                         "recall on the rest would be inflated. Add the missing videos, or accept a smaller "
                         f"gallery with eval.max_missing >= {skipped / annotated:.4f}")
     return {"videos": counts["videos"], "captions": counts["captions"], "skipped_videos": skipped}
+
+
+def _missing(path: Path) -> UserError:
+    return UserError(f"{path.parent}: no preprocessed cache here ({path.name} is missing); "
+                     "run `dvc repro preprocess` first")
+
+
+def _read_json(path: Path) -> dict:
+    if not path.is_file():
+        raise _missing(path)
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):  # truncated: the cache was damaged after preprocess wrote it
+        raise UserError(f"{path}: damaged; rebuild the cache with `dvc repro preprocess`") from None
+
+
+def _read_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
+    if not path.is_file():
+        raise _missing(path)
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except (ValueError, OSError, EOFError) as e:  # truncated or not an .npy file
+        raise UserError(f"{path}: damaged ({type(e).__name__}); rebuild the cache with `dvc repro preprocess`") from None
 
 
 @dataclass
@@ -168,11 +210,11 @@ class CachedSplit:
 
     @classmethod
     def load(cls, cache_dir: Path, split: str) -> "CachedSplit":
-        meta = json.loads((cache_dir / "meta.json").read_text())
-        info = json.loads((cache_dir / f"{split}.json").read_text())
+        """One split; a cache that is absent (preprocess has not run) or damaged is one line."""
+        meta, info = _read_json(cache_dir / "meta.json"), _read_json(cache_dir / f"{split}.json")
         return cls(
-            frames=np.load(cache_dir / f"{split}_frames.npy", mmap_mode="r"),
-            tokens=torch.from_numpy(np.load(cache_dir / f"{split}_tokens.npy")).long(),
+            frames=_read_npy(cache_dir / f"{split}_frames.npy", mmap_mode="r"),
+            tokens=torch.from_numpy(_read_npy(cache_dir / f"{split}_tokens.npy")).long(),
             caption_video=torch.tensor(info["caption_video"]),
             texts=info["texts"],
             categories=info["categories"],

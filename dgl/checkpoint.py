@@ -9,7 +9,11 @@ about 1.5 GB with Adam's moments) would stay on disk for good and be cached or c
 
 A checkpoint is used only by a run with the same fingerprint: the params that change what training
 computes (groups data, frames, preprocess, model, train, less the speed-only keys) and the
-backbone's sha256. Anything else is ignored with a one-line notice, never loaded.
+backbone's sha256. Anything else is never loaded: no run will resume it, so the train stage ends
+its MLflow run (KILLED: its process was killed) and removes it, with a one-line notice. The `params`
+stage does the same for a checkpoint of other params whenever params.yaml changes, before DVC reruns
+`train` or restores it from its run cache (pipelines/params.py): so a killed training leaves no
+orphan checkpoint nor a run stuck in RUNNING.
 """
 from __future__ import annotations
 
@@ -23,51 +27,98 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from dgl.cli import binary_output
 from dgl.config import flatten
+from dgl.errors import disk_full
 
 GROUPS = ("ffmpeg", "data", "frames", "preprocess", "model", "train")
 # These change only speed: train.batch_size is the global batch whatever the processes and sub-batches.
 SPEED_ONLY = {"frames.workers", "train.threads", "train.nproc", "train.accum_steps"}
 
 
-def fingerprint(params, backbone_sha256: str) -> str:
+def params_fingerprint(params) -> str:
     relevant = {k: v for k, v in flatten(params).items() if k.split(".")[0] in GROUPS and k not in SPEED_ONLY}
-    text = json.dumps({"params": relevant, "backbone_sha256": backbone_sha256}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(json.dumps(relevant, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def fingerprint(params, backbone_sha256: str) -> str:
+    """`<params_fingerprint>:<backbone sha256>`: the first part alone says whether params could resume it."""
+    return f"{params_fingerprint(params)}:{backbone_sha256}"
 
 
 class Checkpoint:
     def __init__(self, path: Path, fingerprint: str):
         self.path = Path(path)
         self.fingerprint = fingerprint
+        self.abandoned = False  # `load` found a checkpoint that no run will resume
+        self.abandoned_run_id: str | None = None  # and the MLflow run it names
 
     def load(self, verbose: bool = True) -> dict | None:
-        """The saved state when it belongs to this run, else None."""
-        if not self.path.exists():
+        """The saved state when it belongs to this run, else None. A checkpoint of other params or
+        another backbone, or an unreadable one, is `abandoned`: the caller ends its MLflow run
+        (`abandoned_run_id`, dgl.tracking.end_abandoned_run), then removes it."""
+        state, reason = _read(self.path, mmap=False)
+        if state is None and reason is None:
             return None
-        try:
-            state = torch.load(self.path, map_location="cpu", weights_only=True)
-        except Exception as e:  # a foreign or damaged file: never unpickle more than tensors
-            reason = f"unreadable ({type(e).__name__})"
-        else:
-            if state.get("fingerprint") == self.fingerprint:
-                if verbose:
-                    print(f"{self.path}: resuming after epoch {state['epoch']}", file=sys.stderr)
-                return state
-            reason = "made with other params or another backbone"
+        if state is not None and state.get("fingerprint") == self.fingerprint:
+            if verbose:
+                print(f"{self.path}: resuming after epoch {state['epoch']}", file=sys.stderr)
+            return state
+        self.abandoned, self.abandoned_run_id = True, _run_id(state)
         if verbose:
-            print(f"{self.path}: {reason}; ignored, training starts afresh", file=sys.stderr)
+            print(f"{self.path}: {reason or 'made with other params or another backbone'}; ignored, training "
+                  "starts afresh", file=sys.stderr)
         return None
 
     def save(self, state: dict) -> None:
-        """Write to a sibling file, then rename: a kill mid-write leaves the previous checkpoint."""
+        """Write to a sibling file, then rename: a kill mid-write, or a full disk, leaves the previous
+        checkpoint."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         tmp = self.path.with_name(self.path.name + ".partial")
-        torch.save({**state, "fingerprint": self.fingerprint}, tmp)
+        try:
+            with binary_output(tmp) as f:  # a full disk is an OSError (ENOSPC)
+                torch.save({**state, "fingerprint": self.fingerprint}, f)
+        except OSError as e:
+            tmp.unlink(missing_ok=True)
+            full = disk_full(e, self.path, "the previous checkpoint is kept")
+            if full:
+                raise full from None
+            raise
         os.replace(tmp, self.path)
 
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def _read(path: Path, mmap: bool = True) -> tuple[dict | None, str | None]:
+    """(state, None), (None, why it is unreadable), or (None, None) when there is no file. `mmap`
+    maps the tensors instead of reading them: what names a checkpoint costs little even when it is large."""
+    if not path.exists():
+        return None, None
+    try:  # a foreign or damaged file: never unpickle more than tensors
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
+    except Exception as e:
+        return None, f"unreadable ({type(e).__name__})"
+    if not isinstance(state, dict):
+        return None, "unreadable (not a checkpoint)"
+    return state, None
+
+
+def _run_id(state: dict | None) -> str | None:
+    run_id = (state or {}).get("mlflow_run_id")
+    return run_id if isinstance(run_id, str) and run_id else None
+
+
+def abandoned_by(path: Path, params) -> tuple[bool, str | None]:
+    """Whether the checkpoint at `path` is one that `params` cannot resume (made with other params, or
+    unreadable), and the MLflow run it names. One these params may resume is not: whether its
+    backbone still matches, the train stage decides."""
+    state, reason = _read(path)
+    if state is None and reason is None:
+        return False, None
+    if state is not None and str(state.get("fingerprint", "")).split(":")[0] == params_fingerprint(params):
+        return False, None
+    return True, _run_id(state)
 
 
 def rng_state(batches: np.random.Generator) -> dict:

@@ -6,14 +6,16 @@ import functools
 import os
 import shutil
 import sys
+import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from dgl.errors import UserError
+from dgl.errors import DISK_FULL, UserError, disk_full
 
 
 def entry_point(main: Callable[[], None]) -> Callable[[], None]:
-    """Run `main`; a UserError becomes one line on stderr and exit code 2, with no traceback."""
+    """Run `main`; a UserError becomes one line on stderr and exit code 2, with no traceback, and so
+    does a full disk wherever it strikes (the writers below remove their partial output first)."""
 
     @functools.wraps(main)
     def run() -> None:
@@ -22,11 +24,33 @@ def entry_point(main: Callable[[], None]) -> Callable[[], None]:
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except OSError as e:
+            if e.errno not in DISK_FULL:
+                raise
+            print(f"error: {e.filename or 'an output'}: {os.strerror(e.errno)}; free some space and run again",
+                  file=sys.stderr)
+            sys.exit(2)
         except KeyboardInterrupt:
             print("interrupted; outputs were left as they were", file=sys.stderr)
             sys.exit(130)
 
     return run
+
+
+def check_writable(*paths: Path) -> None:
+    """Refuse, in one line and before any work, an output that could not be written: the folder that
+    will hold each path (its nearest existing ancestor) must be a writable folder, and so must the
+    path itself where it is a folder already there (the stage replaces it)."""
+    for path in map(Path, paths):
+        parent = path.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if not parent.is_dir():
+            raise UserError(f"{path}: cannot be written, {parent} is a file, not a folder; move it away")
+        for folder in (parent, path):
+            if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+                raise UserError(f"{path}: cannot be written, {folder} is not writable; "
+                                f"make it writable (chmod u+w {folder}) and run again")
 
 
 def show_progress() -> bool:
@@ -35,6 +59,35 @@ def show_progress() -> bool:
     if os.environ.get("CI"):
         return False
     return sys.stderr is not None and sys.stderr.isatty()
+
+
+def duration(seconds: float) -> str:
+    seconds = round(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    if seconds < 3600:
+        return f"{seconds // 60}m{seconds % 60:02d}s"
+    return f"{seconds // 3600}h{seconds // 60 % 60:02d}m"
+
+
+class EpochLog:
+    """Progress where no bar shows (show_progress() is False: a log file, `dvc queue logs`, a
+    scheduler): one line per epoch on stderr, e.g.
+    `epoch 3/10  loss 1.2345  val R@1 45.0 t2v / 40.0 v2t  12s  ETA 1m26s`.
+    ETA: the mean time of the epochs this process ran, times the epochs left."""
+
+    def __init__(self, epochs: int, first: int = 1, stream=None):
+        self.epochs, self.first, self.stream = epochs, first, stream
+        self.start = self.last = time.monotonic()
+
+    def __call__(self, epoch: int, record: dict[str, float]) -> None:
+        now = time.monotonic()
+        took, self.last = now - self.last, now
+        eta = (now - self.start) / (epoch - self.first + 1) * (self.epochs - epoch)
+        val = (f"  val R@1 {record['val_t2v_R1']:.1f} t2v / {record['val_v2t_R1']:.1f} v2t"
+               if "val_t2v_R1" in record and "val_v2t_R1" in record else "")
+        print(f"epoch {epoch}/{self.epochs}  loss {record['train_loss']:.4f}{val}  {duration(took)}  ETA {duration(eta)}",
+              file=self.stream or sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
@@ -49,18 +102,65 @@ def atomic_dir(target: Path, keep_partial: bool = False) -> Iterator[Path]:
     work.mkdir(parents=True, exist_ok=True)
     try:
         yield work
-    except BaseException:
+    except BaseException as e:
         if not keep_partial:
             shutil.rmtree(work, ignore_errors=True)
+        full = isinstance(e, OSError) and disk_full(
+            e, target, f"{work} is kept for the next run to resume from" if keep_partial
+            else f"the partial output was removed and {target} left as it was")
+        if full:
+            raise full from None
         raise
     if target.exists():
         shutil.rmtree(target)
     work.rename(target)
 
 
+class _KeepsWriteErrors:
+    """A binary file that remembers the OSError of a failed write or flush."""
+
+    def __init__(self, file):
+        self._file, self.error = file, None
+
+    def write(self, data) -> int:
+        try:
+            return self._file.write(data)
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+    def flush(self) -> None:
+        try:
+            self._file.flush()
+        except OSError as e:
+            self.error = self.error or e
+            raise
+
+
+@contextlib.contextmanager
+def binary_output(path: Path) -> Iterator[_KeepsWriteErrors]:
+    """`path` opened for writing. An OSError a write raised (a full disk) leaves the block as that
+    OSError even where the writer swallowed it: torch.save reports ENOSPC as "RuntimeError: unexpected pos"."""
+    with open(path, "wb") as f:
+        sink = _KeepsWriteErrors(f)
+        try:
+            yield sink
+        except Exception:
+            if sink.error is not None:
+                raise sink.error from None
+            raise
+
+
 def atomic_write(path: Path, text: str) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".partial")
-    tmp.write_text(text)
+    try:
+        tmp.write_text(text)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        full = disk_full(e, path, f"{path} was left as it was")
+        if full:
+            raise full from None
+        raise
     tmp.replace(path)

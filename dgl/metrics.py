@@ -29,7 +29,8 @@ CURVE_MAX_K = 50
 
 @dataclass(frozen=True)
 class RetrievalResult:
-    metrics: dict[str, float]  # flat: t2v_R1 ... v2t_MnR, t2v_R1_<category>, pair_acc, pair_acc_<category>
+    metrics: dict[str, float]  # flat: t2v_R1 ... v2t_MnR, t2v_R1_<category>, content_R1 (+ _<category>),
+    #                            pair_acc, pair_acc_<category>, pair_acc_words, pair_acc_order
     curves: dict[str, list[float]]  # "t2v", "v2t": recall@K in %, K = 1 .. min(50, V)
     t2v_ranks: np.ndarray  # (C,) 1-based rank of each caption's video
     v2t_ranks: np.ndarray  # (V,) 1-based rank of each video's caption group
@@ -38,20 +39,23 @@ class RetrievalResult:
 @torch.no_grad()
 def evaluate_retrieval(text_feats: Tensor, video_feats: Tensor, caption_video: Tensor, *,
                        categories: Sequence[str] | None = None, twins: Tensor | None = None,
-                       dsl: bool = False, chunk_size: int = 1024, logit_scale: float = 100.0) -> RetrievalResult:
+                       wordings: Sequence[str] | None = None, dsl: bool = False, chunk_size: int = 1024, logit_scale: float = 100.0) -> RetrievalResult:
     """Retrieval metrics of L2-normalised text (C, D) and video (V, D) features.
 
     caption_video (C,): index of each caption's video; every video needs at least one caption.
     categories (C,): per-category t2v R@1 (`t2v_R1_<category>`); empty strings are left out.
     twins (V,): each video's time-reversed twin, -1 for none; gives `pair_acc` (and per category): the
-        share of captions with a twin whose own video beats the twin on plain cosine (a tie counts 1/2).
+        share of captions with a twin whose own video beats the twin on plain cosine (a tie counts 1/2);
+        and `content_R1` (and per category): t2v R@1 where the twin also counts as a hit, i.e. what a
+        model gets right without telling the order of frames.
+    wordings (C,): `twin_wordings` of each caption; gives `pair_acc_words` and `pair_acc_order`.
     dsl: rank on dual-softmax re-weighted scores, sim * softmax over all queries of sim * logit_scale, in
         each direction over its own queries (t2v: over captions, per video; v2t: over videos, per caption).
         The DGL reference code (where DSL is commented out) re-weights once, over captions, for both.
     """
     device = text_feats.device
     caption_video = caption_video.to(device=device, dtype=torch.long)
-    check_inputs(text_feats, video_feats, caption_video, categories, twins, chunk_size)
+    check_inputs(text_feats, video_feats, caption_video, categories, twins, chunk_size, wordings)
     # DSL's softmax runs over all queries: per video for t2v (V,), per caption for v2t (C,).
     t2v_normaliser = dsl_normaliser(text_feats, video_feats, chunk_size, logit_scale) if dsl else None
     v2t_normaliser = dsl_normaliser(video_feats, text_feats, chunk_size, logit_scale) if dsl else None
@@ -63,15 +67,22 @@ def evaluate_retrieval(text_feats: Tensor, video_feats: Tensor, caption_video: T
     caption_categories = np.asarray(categories if categories is not None else [""] * len(text_feats), dtype=str)
     metrics |= category_means("t2v_R1", 100.0 * (t2v_ranks == 1), caption_categories)
     if twins is not None:
-        metrics |= pair_accuracy(text_feats, video_feats, caption_video,
-                                 twins.to(device=device, dtype=torch.long), caption_categories)
+        twins = twins.to(device=device, dtype=torch.long)
+        content = 100.0 * (content_ranks(text_feats, video_feats, caption_video, twins, chunk_size,
+                                         t2v_normaliser, logit_scale).cpu().numpy() == 1)
+        metrics |= {"content_R1": float(content.mean())} | category_means("content_R1", content, caption_categories)
+        metrics |= pair_accuracy(text_feats, video_feats, caption_video, twins, caption_categories)
+        if wordings is not None:
+            wins = pair_wins(text_feats, video_feats, caption_video, twins)
+            has_twin = (twins[caption_video] >= 0).cpu().numpy()
+            metrics |= category_means("pair_acc", wins, np.asarray(wordings, dtype=str)[has_twin])
     ks = np.arange(1, min(CURVE_MAX_K, len(video_feats)) + 1)
     curves = {"t2v": recall_at(t2v_ranks, ks).tolist(), "v2t": recall_at(v2t_ranks, ks).tolist()}
     return RetrievalResult(metrics, curves, t2v_ranks, v2t_ranks)
 
 
 def check_inputs(text: Tensor, video: Tensor, caption_video: Tensor, categories: Sequence[str] | None,
-                 twins: Tensor | None, chunk_size: int) -> None:
+                 twins: Tensor | None, chunk_size: int, wordings: Sequence[str] | None = None) -> None:
     num_captions, num_videos = len(text), len(video)
     if text.ndim != 2 or video.ndim != 2 or text.shape[1] != video.shape[1]:
         raise ValueError(f"need text (C, D) and video (V, D) features, got {tuple(text.shape)}, {tuple(video.shape)}")
@@ -87,6 +98,8 @@ def check_inputs(text: Tensor, video: Tensor, caption_video: Tensor, categories:
         raise ValueError(f"categories must have one entry per caption ({num_captions}), got {len(categories)}")
     if twins is not None and (twins.shape != (num_videos,) or twins.min() < -1 or twins.max() >= num_videos):
         raise ValueError(f"twins must be ({num_videos},) with video indices or -1")
+    if wordings is not None and (twins is None or len(wordings) != num_captions):
+        raise ValueError(f"wordings need twins and one entry per caption ({num_captions})")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
@@ -139,6 +152,23 @@ def video_to_text_ranks(text: Tensor, video: Tensor, caption_video: Tensor, chun
                       for rows in query_chunks(len(video), chunk_size, video.device)])  # (V,)
 
 
+def content_ranks(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor, chunk_size: int,
+                  log_normaliser: Tensor | None, logit_scale: float) -> Tensor:
+    """1-based rank (C,) of each caption's video and its twin taken as one candidate: how many other
+    videos score >= the better of the two, plus one."""
+    def ranks(rows: Tensor) -> Tensor:
+        scores = query_scores(text[rows], video, log_normaliser, logit_scale)  # (q, V)
+        own, twin = caption_video[rows], twins[caption_video[rows]]
+        best = scores.gather(1, own[:, None])  # (q, 1)
+        has_twin = twin >= 0
+        best[has_twin] = torch.maximum(best[has_twin], scores[has_twin].gather(1, twin[has_twin, None]))
+        scores.scatter_(1, own[:, None], -torch.inf)
+        scores[has_twin] = scores[has_twin].scatter(1, twin[has_twin, None], -torch.inf)
+        return (scores >= best).sum(dim=1, dtype=torch.int32) + 1
+
+    return torch.cat([ranks(rows) for rows in query_chunks(len(text), chunk_size, text.device)])  # (C,)
+
+
 def caption_group_scores(videos: Tensor, text: Tensor, caption_video: Tensor, num_videos: int,
                          log_normaliser: Tensor | None, logit_scale: float) -> Tensor:
     """Each video query's score (q, V) for each caption group: its best caption's score."""
@@ -163,18 +193,39 @@ def category_means(name: str, values: np.ndarray, categories: np.ndarray) -> dic
     return {f"{name}_{c}": float(values[categories == c].mean()) for c in np.unique(categories) if c}
 
 
+def twin_wordings(texts: Sequence[str], caption_video: Sequence[int], twins: Sequence[int]) -> list[str]:
+    """Per caption: `words` where it differs from every caption of its video's twin in its words
+    ("moves up" / "moves down"), `order` where one of the twin's captions has the same words in another
+    order ("from left to right" / "from right to left"), "" for a video without a twin. A text tower
+    that reads words but not their order can tell only the first kind apart."""
+    bags: dict[int, set[tuple[str, ...]]] = {}
+    for text, video in zip(texts, caption_video):
+        bags.setdefault(int(video), set()).add(tuple(sorted(text.split())))
+    wordings = []
+    for text, video in zip(texts, caption_video):
+        twin = int(twins[int(video)])
+        wordings.append("" if twin < 0 else "order" if tuple(sorted(text.split())) in bags.get(twin, set()) else "words")
+    return wordings
+
+
+def pair_wins(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor) -> np.ndarray:
+    """For each caption with a twin: 1 where its own video beats the twin on plain cosine, 1/2 on a tie."""
+    twin = twins[caption_video]  # (C,)
+    has_twin = twin >= 0
+    queries = text[has_twin]  # (n, D)
+    own = torch.linalg.vecdot(queries, video[caption_video[has_twin]])  # (n,)
+    other = torch.linalg.vecdot(queries, video[twin[has_twin]])  # (n,)
+    return ((own > other).double() + 0.5 * (own == other).double()).cpu().numpy()
+
+
 def pair_accuracy(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor,
                   categories: np.ndarray) -> dict[str, float]:
     """Does a caption prefer its own video to its time-reversed twin? Empty when no video has a twin.
 
     Plain cosine, also under DSL: it probes the features, and identical twin features give exactly 1/2.
     """
-    twin = twins[caption_video]  # (C,)
-    has_twin = twin >= 0
+    has_twin = (twins[caption_video] >= 0).cpu().numpy()
     if not has_twin.any():
         return {}
-    queries = text[has_twin]  # (n, D)
-    own = torch.linalg.vecdot(queries, video[caption_video[has_twin]])  # (n,)
-    other = torch.linalg.vecdot(queries, video[twin[has_twin]])  # (n,)
-    wins = ((own > other).double() + 0.5 * (own == other).double()).cpu().numpy()
-    return {"pair_acc": float(wins.mean())} | category_means("pair_acc", wins, categories[has_twin.cpu().numpy()])
+    wins = pair_wins(text, video, caption_video, twins)
+    return {"pair_acc": float(wins.mean())} | category_means("pair_acc", wins, categories[has_twin])

@@ -16,8 +16,10 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from dgl.cache import image_size_of, resize_center_crop
-from dgl.data.synthetic import render_static_images, static_caption_classes, vocab
+from dgl.data.synthetic import order_sensitive, plan_scenes, vocab
+from dgl.data.synthetic_images import render_static_images, static_caption_classes
 from dgl.determinism import seed_everything
+from dgl.metrics import twin_wordings
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw, warmup_cosine
@@ -92,6 +94,49 @@ def zero_shot_image_text_r1(clip: nn.Module, images: Tensor, tokens: Tensor, cap
     return float(np.mean([contents[first[distinct[p]]] == content for p, content in zip(predicted, contents)]))
 
 
+@torch.no_grad()
+def twin_text_report(clip: nn.Module, synthetic: SyntheticConfig, backbone: str, context_length: int) -> dict:
+    """Can the text tower tell a caption from its time-reversed twin's? For every order-sensitive
+    test video, every template of its kind is filled in for the video and for its twin, and split by
+    `dgl.metrics.twin_wordings`. Per split: `own_closer`, the share of captions closer (mean cosine) to the other
+    captions of their own video than to the twin's captions of the same split, and `cosine`, the
+    mean cosine of a caption and the twin's caption from the same template. A text tower that
+    cannot tell the pair apart scores about 0.5 and 1.0; one that can, near 1.0 and lower."""
+    clip.eval()
+    scenes = [s for s in plan_scenes(synthetic) if s.split == "test" and order_sensitive(s.kind)]
+    units = []  # per video and wording: its captions and its twin's, template by template
+    for scene in scenes:
+        spec, look = vocab()["kinds"][scene.kind], scene.look.__dict__
+        own_templates, twin_templates = ((spec["reversed_templates"], spec["templates"]) if scene.reversed
+                                         else (spec["templates"], spec["reversed_templates"]))
+        own = [t.format(**look) for t in own_templates]
+        twin = [t.format(**look) for t in twin_templates]
+        wordings = twin_wordings(own + twin, [0] * len(own) + [1] * len(twin), [1, 0])[: len(own)]
+        for wording in ("words", "order"):
+            keep = [i for i in range(len(own)) if wordings[i] == wording]
+            if len(keep) >= 2:
+                units.append((wording, [own[i] for i in keep], [twin[i] for i in keep]))
+    texts = sorted({t for _, own, twin in units for t in own + twin})
+    index = {t: i for i, t in enumerate(texts)}
+    encoder = PromptedCLIP(clip)
+    tokens = _tokens(texts, backbone, context_length)
+    features = torch.cat([F.normalize(encoder.encode_text(t), dim=-1) for t in tokens.split(512)])
+    closer, cosine = {"words": [], "order": []}, {"words": [], "order": []}
+    for wording, own, twin in units:
+        a, b = features[[index[t] for t in own]], features[[index[t] for t in twin]]
+        own_sim, twin_sim = a @ a.t(), a @ b.t()  # (n, n)
+        n = len(own)
+        paraphrase = (own_sim.sum(1) - own_sim.diagonal()) / (n - 1)
+        closer[wording] += (paraphrase > twin_sim.mean(1)).tolist()
+        cosine[wording] += twin_sim.diagonal().tolist()
+    report = {}
+    for wording in ("words", "order"):
+        if closer[wording]:
+            report[f"text_twin_{wording}_own_closer"] = float(np.mean(closer[wording]))
+            report[f"text_twin_{wording}_cosine"] = float(np.mean(cosine[wording]))
+    return report
+
+
 def shape_warmup(clip: nn.Module, images: Tensor, shape_labels: Tensor, pretrain, progress: bool) -> float:
     """Train the image tower to name the shape of a lone object; returns the last batch's loss."""
     lone = torch.nonzero(shape_labels >= 0)[:, 0]
@@ -150,5 +195,6 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
     report |= {"zeroshot_image_text_R1": zero_shot_image_text_r1(clip, *held_out),
                **zero_shot_class_accuracy(clip, pretrain.eval_images, pretrain.seed + 2_000_003, synthetic, backbone,
                                          context_length),
+               **twin_text_report(clip, synthetic, backbone, context_length),
                "final_loss": losses[-1], "logit_scale": clip.logit_scale.exp().item()}
     return clip, report

@@ -21,6 +21,8 @@ METHOD_NAMES = (
     "vop", "vop_p", "vop_c", "vop_f", "vop_fp", "vop_fc",  # VoP and its video prompts (vop.py)
 )
 VIDEO_POOLS = ("global", "global_mean", "cls_mean", "both")  # dgl/models/prompted.py: VIDEO_POOLS
+SAMPLERS = ("random", "twins")  # train.sampler: dgl/train.py epoch_samples
+SEED_MAX = 2**32 - 1  # numpy's global seed (dgl/determinism.py) takes 32 bits
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -29,7 +31,7 @@ VIDEO_POOLS = ("global", "global_mean", "cls_mean", "both")  # dgl/models/prompt
 class SyntheticConfig:
     """`data.synthetic`: the embedded benchmark (dgl/data/synthetic.py checks it against the vocabulary)."""
 
-    seed: int = bounded(0)
+    seed: int = bounded(0, SEED_MAX)
     train_videos: int = bounded(1, 1_000_000)
     test_videos: int = bounded(2, 100_000)  # even: order-sensitive test videos come in twin pairs
     resolution: int = bounded(16, 512)  # square frames, pixels; even (H.264 4:2:0)
@@ -64,6 +66,7 @@ class SyntheticConfig:
 class DataConfig:
     dataset: str = choice(*DATASETS)
     synthetic: SyntheticConfig
+    max_extract_gb: float = bounded(0.001, 100_000.0)  # real datasets: the most one archive may write (GB)
 
 
 @dataclass(frozen=True)
@@ -103,7 +106,7 @@ class PretrainConfig:
     epochs: int = bounded(1)  # contrastive epochs
     batch_size: int = bounded(2)
     lr: float = bounded(0.0, 1.0)
-    seed: int
+    seed: int = bounded(0, SEED_MAX)
 
 
 @dataclass(frozen=True)
@@ -189,13 +192,14 @@ class TrainConfig:
     epochs: int = bounded(0)
     batch_size: int = bounded(2)
     captions: str = choice("all", "one")  # per epoch: every caption once (the papers), or one per video
+    sampler: str = choice(*SAMPLERS)  # batches: random (the papers), or twin pairs kept together
     lr: float = bounded(0.0, 1.0)  # what a method adds: prompts, generators, adapters
     clip_lr: float = bounded(0.0, 1.0)  # CLIP's own weights, where a method trains them (CLIP4Clip's lr x coef_lr)
     weight_decay: float = bounded(0.0, 10.0)
     warmup_fraction: float = bounded(0.0, 1.0)
     grad_clip: float = bounded(0.0)
     val_fraction: float = bounded(0.0, 0.5)  # train videos held out for per-epoch validation
-    seed: int
+    seed: int = bounded(0, SEED_MAX)
     device: str = choice("auto", "cpu", "cuda")
     threads: int = bounded(0, 256)  # CPU threads for torch; 0 = torch's default
     amp: str = choice("auto", "off", "bf16", "fp16")  # CUDA only; auto = bf16 where supported

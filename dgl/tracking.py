@@ -19,10 +19,27 @@ force the two tracked stages: `dvc exp run -f -s train evaluate` (see experiment
 When evaluate runs alone on a training whose run already holds test metrics (`dvc exp run -S
 eval.dsl=true`), it logs a new run that names the training's in its `train_run_id` tag, and
 leaves the first run's numbers as they were (`evaluation_run`).
+
+What the MLflow UI shows (README, "Comparing runs in MLflow"):
+- Run names: the DVC experiment's name under `dvc exp run`, else `<method>[-<generator>]-<time>`;
+  a name already in the experiment gets `-2`, `-3`, ... (`run_name`).
+- The experiment is tagged as a model-training one (`mlflow.experimentKind`), not a GenAI one.
+- Metric names are grouped by prefix, one chart section each, sections in alphabetical order:
+  `epoch/` (per-epoch train_loss, train_lr, val_*; step = epoch), then `params/` (parameter
+  counts), then `test/` (the evaluation). metrics.json and plots/ keep their own, unprefixed keys;
+  `as_metrics_json` reads either naming back (stores written before the prefixes have
+  `train_loss`, `lr`, `val_*`, `params_*`, `test_*`).
+- Provenance: tags `git_commit` and `git_dirty` of the tree the stage ran in, and when that tree
+  has uncommitted code (anything but params.yaml, dvc.lock and dvc.yaml's outputs) the diff as the
+  artifact `git/<stage>.diff`. dvc.lock is not logged: DVC writes it after the stage has ended.
+- With SQLite, artifacts go beside the database (`<dir of mlflow.db>/mlruns/<experiment>`). MLflow
+  stores that location as an absolute path, so every run checks it and refuses in one line a store
+  that was moved or copied from elsewhere; `python -m dgl.tracking relocate` points it here.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import subprocess
 import sys
@@ -30,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import yaml
 from filelock import FileLock
 
 from dgl.config import flatten
@@ -39,34 +57,144 @@ from dgl.settings import repo_root
 # Fail fast with one clear line when a tracking server is down, instead of minutes of retries.
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
 os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retry warnings: the error says it once
 
 SQLITE = "sqlite:///"
-TEST_PREFIX = "test_"  # the metrics evaluate logs; train logs train_*, val_* and params_*
 WEIGHTS_TAG = "weights_sha256"  # how evaluate finds the training's run
+# The UI's experiment kinds: "custom_model_development" is its "Machine learning" (runs, charts);
+# MLflow 3.17 itself opens whichever workflow its sidebar switch (or ?workflowType=) says.
+KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+UI_VIEW = "workflowType=machine_learning"  # the URL query that opens the model-training view
+# Metric groups (one chart section each in the UI, in alphabetical order: curves first).
+EPOCH, PARAMS, TEST = "epoch/", "params/", "test/"
+LEGACY_TEST = "test_"  # stores written before the groups
 
 
 def tracking_uri(cfg) -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or cfg.uri or f"{SQLITE}{repo_root() / 'mlflow.db'}"
 
 
-def _git_commit(root: Path) -> str:
-    out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True)
-    return out.stdout.strip() if out.returncode == 0 else ""
+def epoch_metrics(record: dict[str, float]) -> dict[str, float]:
+    """One epoch of dgl.train's history (train_loss, lr, lr_clip, val_*) as MLflow names it."""
+    return {EPOCH + (f"train_{k}" if k.startswith("lr") else k): v for k, v in record.items()}
+
+
+def evaluation_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """dgl.metrics' results (t2v_R1, ...) as MLflow names them."""
+    return {TEST + k: v for k, v in metrics.items()}
+
+
+def count_metrics(counts: dict[str, float]) -> dict[str, float]:
+    """count_parameters' counts (trainable, total, trainable_ratio, ...) as MLflow names them."""
+    return {PARAMS + k: v for k, v in counts.items()}
+
+
+def has_test_metrics(metrics) -> bool:
+    return any(k.startswith((TEST, LEGACY_TEST)) for k in metrics)
+
+
+def as_metrics_json(logged: dict[str, float]) -> dict[str, float]:
+    """A run's MLflow metrics under metrics.json's keys (t2v_R1, trainable_params, trainable_ratio,
+    trainable_clip, val_*: the last epoch's), from either naming (grouped, or the older flat one)."""
+    out: dict[str, float] = {}
+    counts = {"trainable": "trainable_params", "trainable_ratio": "trainable_ratio", "trainable_clip": "trainable_clip"}
+    for key, value in logged.items():
+        for prefix in (TEST, LEGACY_TEST):
+            if key.startswith(prefix):
+                out[key.removeprefix(prefix)] = value
+        for prefix in (PARAMS, "params_"):
+            if key.startswith(prefix) and key.removeprefix(prefix) in counts:
+                out[counts[key.removeprefix(prefix)]] = value
+        name = key.removeprefix(EPOCH)
+        if name.startswith("val_"):
+            out[name] = value
+    return out
+
+
+def run_label(model) -> str:
+    """What a training is, for its run's name outside `dvc exp run`: the method (and DGL's generator)."""
+    return f"dgl-{model.dgl.generator}" if model.method == "dgl" else model.method
+
+
+def _git(cwd: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["git", *args], cwd=cwd, capture_output=True, text=True)
+
+
+def not_code(cwd: Path) -> list[str]:
+    """What `dvc exp run` and the pipeline rewrite themselves, so not "dirty" code: params.yaml,
+    dvc.lock and every output dvc.yaml declares (metrics.json, plots/...)."""
+    paths = ["params.yaml", "dvc.lock"]
+    try:
+        stages = (yaml.safe_load((cwd / "dvc.yaml").read_text()) or {}).get("stages") or {}
+    except (OSError, yaml.YAMLError):
+        stages = {}
+    for stage in stages.values():
+        for kind in ("outs", "metrics", "plots"):
+            for entry in stage.get(kind) or []:
+                paths.extend(entry if isinstance(entry, dict) else [entry])
+    return paths
+
+
+def git_state(cwd: Path) -> tuple[str, str] | None:
+    """(commit, diff of the uncommitted code) of the git tree at `cwd`, or None outside git. The
+    diff leaves out `not_code` and covers untracked files that git does not ignore; "" = clean."""
+    head = _git(cwd, "rev-parse", "HEAD")
+    if head.returncode != 0:
+        return None
+    code = ["--", ".", *(f":(exclude,top){p}" for p in not_code(cwd))]
+    diff = _git(cwd, "diff", "HEAD", *code).stdout
+    for name in _git(cwd, "ls-files", "--others", "--exclude-standard", *code).stdout.splitlines():
+        diff += _git(cwd, "diff", "--no-index", "--", "/dev/null", name).stdout  # exit code 1: differs
+    return head.stdout.strip(), diff
 
 
 def _store_lock(uri: str) -> contextlib.AbstractContextManager:
     return FileLock(uri.removeprefix(SQLITE) + ".lock") if uri.startswith(SQLITE) else contextlib.nullcontext()
 
 
+def artifacts_beside(uri: str, experiment: str) -> Path | None:
+    """Where a SQLite store keeps an experiment's artifacts: <dir of the database>/mlruns/<experiment>
+    (the repository's mlruns/ for the default store; not the working directory, which for a queued
+    experiment is a temporary copy). None for a tracking server, which decides itself."""
+    if not uri.startswith(SQLITE):
+        return None
+    return Path(uri.removeprefix(SQLITE)).resolve().parent / "mlruns" / experiment
+
+
+def _stored_path(location: str) -> Path | None:
+    from mlflow.utils.uri import is_local_uri
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    return Path(local_file_uri_to_path(location)).resolve() if is_local_uri(location) else None
+
+
 def _experiment_id(mlflow, uri: str, name: str) -> str:
-    """The experiment's id, created on first use. With SQLite its artifacts go to <repo>/mlruns/<name>,
-    not under the working directory, which for a queued experiment is a temporary copy."""
-    with _store_lock(uri):
-        experiment = mlflow.get_experiment_by_name(name)
-        if experiment is not None:
-            return experiment.experiment_id
-        location = (repo_root() / "mlruns" / name).as_uri() if uri.startswith(SQLITE) else None
-        return mlflow.create_experiment(name, artifact_location=location)
+    """The experiment's id, created on first use as a model-training experiment with its artifacts
+    beside the SQLite store. Call it holding the store's lock."""
+    expected = artifacts_beside(uri, name)
+    experiment = mlflow.get_experiment_by_name(name)
+    if experiment is None:
+        return mlflow.create_experiment(name, artifact_location=expected.as_uri() if expected else None,
+                                        tags={KIND_TAG: MODEL_TRAINING})
+    if KIND_TAG not in experiment.tags:  # made before the tag, or by hand
+        mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, MODEL_TRAINING)
+    stored = _stored_path(experiment.artifact_location)
+    if expected is not None and stored is not None and stored != expected:
+        raise UserError(f"MLflow experiment {name!r} in {uri.removeprefix(SQLITE)} keeps its artifacts in {stored}, "
+                        f"not beside the store ({expected}): the store was moved or copied; run "
+                        f"`python -m dgl.tracking relocate` to point it (and its runs) at {expected}, "
+                        "or set tracking.experiment to a new name")
+    return experiment.experiment_id
+
+
+def run_name(client, experiment_id: str, name: str) -> str:
+    """`name`, or the first of `name-2`, `name-3`, ... that no run of the experiment has (deleted ones included)."""
+    from mlflow.entities import ViewType
+
+    like = name.replace("'", "").replace("%", "")
+    taken = {r.info.run_name for r in client.search_runs([experiment_id], f"attributes.run_name LIKE '{like}%'",
+                                                         run_view_type=ViewType.ALL, max_results=5000)}
+    return next(n for n in (name, *(f"{name}-{i}" for i in range(2, len(taken) + 3))) if n not in taken)
 
 
 @contextlib.contextmanager
@@ -81,34 +209,57 @@ def _reported(uri: str) -> Iterator[None]:
                         "tracking.uri (or MLFLOW_TRACKING_URI)") from None
 
 
+def run_url(uri: str, experiment_id: str, run_id: str) -> str:
+    """Where the UI shows a run, in its model-training view (a SQLite store: under `mlflow ui`'s default address)."""
+    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
+    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
+
+
 @contextlib.contextmanager
-def mlflow_run(cfg, *, run_id: str | None = None, stage: str,
+def mlflow_run(cfg, *, run_id: str | None = None, stage: str, label: str = "run",
                tags: dict[str, str] | None = None) -> Iterator["object"]:
     """Start (or resume, given `run_id`) the MLflow run; yields the mlflow module.
 
-    Tags: the stage that last wrote the run, the git commit, and under DVC the experiment name (also
-    the run name) and the baseline revision it branched from. A new run also gets `created_by_stage`
-    and the given `tags`."""
+    A new run is named after the DVC experiment (`dvc exp run`), else `<label>-<time>` (`run_label`),
+    unique in the experiment (`run_name`). Tags: the stage that last wrote the run, `git_commit` and
+    `git_dirty` (with the uncommitted code as `git/<stage>.diff`), and under DVC the experiment name
+    and the baseline revision it branched from. A new run also gets `created_by_stage` and `tags`."""
     import mlflow
 
     uri = tracking_uri(cfg)
     mlflow.set_tracking_uri(uri)
-    name = os.environ.get("DVC_EXP_NAME") or None
+    dvc_name = os.environ.get("DVC_EXP_NAME") or None
+    git = git_state(Path.cwd())
     tags = {**({} if run_id else {"created_by_stage": stage, **(tags or {})}),
-            "stage": stage, "git_commit": _git_commit(repo_root()),
-            "dvc_exp_name": name, "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
+            "stage": stage, "dvc_exp_name": dvc_name, "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
+    if git is not None:
+        tags["git_commit"] = git[0]
+        if git[1] or not run_id:  # a resumed run stays dirty once a stage ran uncommitted code
+            tags["git_dirty"] = str(bool(git[1])).lower()
     with _reported(uri):
-        experiment_id = None if run_id else _experiment_id(mlflow, uri, cfg.experiment)
-        with mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=name):
+        if run_id:
+            active = mlflow.start_run(run_id=run_id)
+        else:
+            with _store_lock(uri):
+                experiment_id = _experiment_id(mlflow, uri, cfg.experiment)
+                name = run_name(mlflow.MlflowClient(), experiment_id,
+                                dvc_name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+                active = mlflow.start_run(experiment_id=experiment_id, run_name=name)
+        with active:
             mlflow.set_tags({k: v for k, v in tags.items() if v})
+            if git is not None and git[1]:
+                mlflow.log_text(git[1], f"git/{stage}.diff")
             yield mlflow
+        info = active.info
+    print(f"MLflow: run {info.run_name!r} ({stage}) in {uri}: {run_url(uri, info.experiment_id, info.run_id)}",
+          file=sys.stderr)
 
 
 def log_training_setup(mlflow, params, method: str, counts: dict[str, float]) -> None:
     """What identifies a training in its run: every param flattened, the method, the parameter counts."""
     mlflow.log_params(flatten(params))
     mlflow.set_tag("method", method)
-    mlflow.log_metrics({f"params_{k}": v for k, v in counts.items()})
+    mlflow.log_metrics(count_metrics(counts))
 
 
 def _claim_for_evaluation(client, run_id: str, test_metrics: dict[str, float]) -> str | None:
@@ -125,7 +276,7 @@ def _claim_for_evaluation(client, run_id: str, test_metrics: dict[str, float]) -
         raise
     if run.info.lifecycle_stage == "deleted":
         return "is deleted"
-    if any(k.startswith(TEST_PREFIX) for k in run.data.metrics):
+    if has_test_metrics(run.data.metrics):
         return "already has test metrics"
     now = int(time.time() * 1000)
     client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in test_metrics.items()])
@@ -135,7 +286,7 @@ def _claim_for_evaluation(client, run_id: str, test_metrics: dict[str, float]) -
 @contextlib.contextmanager
 def evaluation_run(params, train_run_id: str | None, test_metrics: dict[str, float], *, method: str,
                    counts: dict[str, float]) -> Iterator["object"]:
-    """The run that evaluate writes to, with `test_metrics` (keys test_*) already logged; yields
+    """The run that evaluate writes to, with `test_metrics` (evaluation_metrics) already logged; yields
     the mlflow module, as `mlflow_run` does.
 
     Normally the training's run, `train_run_id`. When that run already holds test metrics, because
@@ -157,7 +308,7 @@ def evaluation_run(params, train_run_id: str | None, test_metrics: dict[str, flo
             yield run
         return
     extra = {"train_run_id": train_run_id} if train_run_id else {}
-    with mlflow_run(cfg, stage="evaluate", tags=extra) as run:
+    with mlflow_run(cfg, stage="evaluate", label=run_label(params.model), tags=extra) as run:
         log_training_setup(run, params, method, counts)
         run.log_metrics(test_metrics)
         print(f"MLflow: the training's run {train_run_id} {why_not}; this evaluation is logged as the new "
@@ -187,7 +338,109 @@ def active_run_id() -> str:
 
 
 def log_files(mlflow, paths) -> None:
-    """Log those of `paths` that exist (dvc.lock is absent before the first `dvc repro`)."""
+    """Log those of `paths` that exist."""
     for path in map(Path, paths):
         if path.is_file():
             mlflow.log_artifact(str(path))
+
+
+def end_abandoned_run(cfg, run_id: str | None) -> None:
+    """End as KILLED the MLflow run of a checkpoint no run will resume (dgl/checkpoint.py), when it is
+    still RUNNING: its process was killed. A run this store lacks, or one that ended, is left alone."""
+    if not run_id:
+        return
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(cfg)
+    with _reported(uri):
+        client = mlflow.MlflowClient(uri)
+        try:
+            run = client.get_run(run_id)
+        except MlflowException as e:
+            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return
+            raise
+        if run.info.status == "RUNNING":
+            client.set_terminated(run_id, status="KILLED")
+            print(f"MLflow: run {run_id} of that checkpoint ended as KILLED", file=sys.stderr)
+
+
+def resumable_run(cfg, run_id: str) -> str | None:
+    """`run_id` when this store holds it (not deleted), so a resumed training goes on in its run;
+    else None, with a notice: the training then logs a new run."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(cfg)
+    with _reported(uri):
+        try:
+            run = mlflow.MlflowClient(uri).get_run(run_id)
+        except MlflowException as e:
+            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
+            run = None
+    if run is not None and run.info.lifecycle_stage != "deleted":
+        return run_id
+    print(f"MLflow: the checkpoint's run {run_id} is not in {uri}; the resumed training logs a new run",
+          file=sys.stderr)
+    return None
+
+
+def log_missing_epochs(mlflow, history: list[dict]) -> None:
+    """Log the epochs of a resumed training's `history` that its run lacks: a run killed after an
+    epoch's checkpoint but before its metrics reached MLflow (or resumed in a new run) gets them here."""
+    client = mlflow.MlflowClient()
+    run_id = active_run_id()
+    logged = {m.step for m in client.get_metric_history(run_id, EPOCH + "train_loss")}
+    for epoch, record in enumerate(history, start=1):
+        if epoch not in logged:
+            mlflow.log_metrics(epoch_metrics(record), step=epoch)
+
+
+def relocate(cfg) -> str:
+    """Point a SQLite store's experiment, and its runs, at the artifacts folder beside the store
+    (`artifacts_beside`): the fix for a project moved or copied with its mlflow.db, whose stored
+    absolute paths still name the old tree. MLflow has no call that changes an experiment's
+    artifact location, so this rewrites the two columns that hold it. Returns what was done."""
+    import sqlite3
+
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    target = artifacts_beside(uri, cfg.experiment)
+    if target is None:
+        raise UserError(f"MLflow at {uri}: only a SQLite store is relocated; a server keeps its own artifact location")
+    with _reported(uri), _store_lock(uri):
+        experiment = mlflow.MlflowClient(uri).get_experiment_by_name(cfg.experiment)
+        if experiment is None:
+            raise UserError(f"MLflow at {uri}: no experiment {cfg.experiment!r} to relocate; check tracking.experiment")
+        old, new = experiment.artifact_location.rstrip("/"), target.as_uri()
+        if old == new:
+            return f"experiment {cfg.experiment!r} already keeps its artifacts in {target}"
+        with contextlib.closing(sqlite3.connect(uri.removeprefix(SQLITE), timeout=20)) as con, con:
+            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                        (new, int(experiment.experiment_id)))
+            runs = con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                               "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                               (new, len(old) + 1, int(experiment.experiment_id), len(old), old)).rowcount
+    return f"experiment {cfg.experiment!r} and {runs} runs now keep their artifacts in {target} (were in {old})"
+
+
+if __name__ == "__main__":
+    from dgl.cli import entry_point
+    from dgl.settings import load_params
+
+    @entry_point
+    def main() -> None:
+        import argparse
+
+        ap = argparse.ArgumentParser(description="Point the MLflow store's experiment at the artifacts "
+                                                 "beside it, after moving or copying the project.")
+        ap.add_argument("command", choices=["relocate"])
+        ap.add_argument("--params", default="params.yaml")
+        args = ap.parse_args()
+        print(relocate(load_params(args.params).tracking))
+
+    main()
+

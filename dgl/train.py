@@ -17,7 +17,7 @@ from dgl.cache import CachedSplit
 from dgl.checkpoint import rng_state, set_rng_state
 from dgl.distributed import Dist, data_parallel, gather
 from dgl.errors import UserError
-from dgl.metrics import evaluate_retrieval
+from dgl.metrics import evaluate_retrieval, twin_wordings
 from dgl.models.methods import Method
 from dgl.models.prompted import contrastive_loss
 from dgl.optim import adamw, warmup_cosine
@@ -45,49 +45,102 @@ class SplitView:
         return keep, torch.tensor([position[self.split.caption_video[c].item()] for c in keep])
 
 
+def twin_units(split: CachedSplit, videos: np.ndarray) -> list[list[int]]:
+    """The videos as units: a video with its time-reversed twin where both are among `videos`, else alone."""
+    present = set(videos.tolist())
+    units, seen = [], set()
+    for v in videos.tolist():
+        if v in seen:
+            continue
+        twin = int(split.twins[v])
+        unit = [v, twin] if twin in present and twin != v else [v]
+        seen.update(unit)
+        units.append(unit)
+    return units
+
+
 def train_val_views(split: CachedSplit, val_fraction: float, seed: int) -> tuple[SplitView, SplitView | None]:
-    order = np.random.default_rng(seed).permutation(split.num_videos)
-    n_val = int(round(split.num_videos * val_fraction))
-    train = SplitView(split, np.sort(order[n_val:]))
-    return train, (SplitView(split, np.sort(order[:n_val])) if n_val >= 2 else None)
+    """Hold out about val_fraction of the training videos for validation, twins together, so that
+    validation holds twin pairs like the test split and no video's reversal trains while it validates."""
+    units = twin_units(split, np.arange(split.num_videos))
+    order = np.random.default_rng(seed).permutation(len(units))
+    target, held = int(round(split.num_videos * val_fraction)), []
+    for i in order:
+        if len(held) >= target:
+            break
+        held += units[i]
+    held = np.array(sorted(held), dtype=np.int64)
+    train = SplitView(split, np.setdiff1d(np.arange(split.num_videos), held))
+    return train, (SplitView(split, held) if len(held) >= 2 else None)
 
 
-def epoch_samples(view: SplitView, captions: str, rng: np.random.Generator) -> list[tuple[int, int]]:
-    """One epoch's (video, caption) pairs in training order (train.captions):
+Sample = tuple[int, int]  # (video index, caption index)
 
-    - `all`, the papers' protocol (CLIP4Clip's expand_msrvtt_sentences; DGL_SPEC "Backbone and
-      input"): every caption once. A video's n captions, in random order, get random times in the
-      n equal parts of the epoch, so a video with many captions is spread over the epoch instead of
-      filling its end (where no batch could hold two of them).
-    - `one`: every video once, with one of its captions drawn at random."""
-    groups = view.split.captions_of()
-    if captions == "one":
-        return [(v, int(rng.choice(groups[v]))) for v in rng.permutation(view.videos)]
+
+def _spread(groups: list[list[Sample]], rng: np.random.Generator) -> list[list[Sample]]:
+    """Order units so that each video's n units get random times in the n equal parts of the epoch,
+    so a video with many captions is spread over the epoch instead of filling its end (where no
+    batch could hold two of them). `groups` holds each video's (or twin pair's) units."""
     timed = []
-    for v in view.videos.tolist():
-        order = rng.permutation(groups[v])
-        times = (np.arange(len(order)) + rng.random(len(order))) / len(order)
-        timed += [(t, v, int(c)) for t, c in zip(times.tolist(), order.tolist())]
-    return [(v, c) for _, v, c in sorted(timed)]
+    for units in groups:
+        times = (np.arange(len(units)) + rng.random(len(units))) / len(units)
+        timed += [(t, k, unit) for k, (t, unit) in enumerate(zip(times.tolist(), units))]
+    return [unit for _, _, unit in sorted(timed, key=lambda x: (x[0], x[1]))]
 
 
-def into_batches(samples: list[tuple[int, int]], batch_size: int, parts: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Cut samples into contrastive batches in order, never a video twice in one batch (the targets
-    are the diagonal): a sample whose video the batch already holds waits for the next batch. The
-    last batch may be smaller, never a lone sample (it takes one from the batch before); every batch
-    is trimmed to a multiple of `parts` (processes x sub-batches), so with one process and no
-    accumulation every sample is used exactly once."""
+def epoch_samples(view: SplitView, captions: str, rng: np.random.Generator,
+                  sampler: str = "random") -> list[list[Sample]]:
+    """One epoch's (video, caption) samples in training order, as units that share a batch.
+
+    train.captions:
+    - `all`, the papers' protocol (CLIP4Clip's expand_msrvtt_sentences; DGL_SPEC "Backbone and
+      input"): every caption once, spread over the epoch (`_spread`).
+    - `one`: every video once, with one of its captions drawn at random.
+    train.sampler:
+    - `random`: every sample is its own unit; batches are random (the papers).
+    - `twins`: a video and its time-reversed twin form one unit (their k-th captions, in random
+      order, paired), so every batch holding one holds the other: each is the other's hard
+      negative, which is what rewards a method for seeing frame order. Videos without a twin in
+      the view stay single."""
+    groups = view.split.captions_of()
+    units = twin_units(view.split, view.videos) if sampler == "twins" else [[v] for v in view.videos.tolist()]
+    units = [units[i] for i in rng.permutation(len(units))]
+    if captions == "one":
+        return [[(v, int(rng.choice(groups[v]))) for v in unit] for unit in units]
+    per_group = []
+    for unit in units:
+        orders = [rng.permutation(groups[v]).tolist() for v in unit]
+        count = max(len(o) for o in orders)
+        per_group.append([[(v, o[k]) for v, o in zip(unit, orders) if k < len(o)] for k in range(count)])
+    return _spread(per_group, rng)
+
+
+def into_batches(units: list[list[Sample]], batch_size: int, parts: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Cut units of samples into contrastive batches in order, never a video twice in one batch (the
+    targets are the diagonal) and never a unit split: a unit that does not fit waits for the next
+    batch. The last batch may be smaller, never a lone sample (it takes one from the batch before);
+    every batch is trimmed to a multiple of `parts` (processes x sub-batches), so with one process
+    and no accumulation every sample is used exactly once."""
     batches, waiting, i = [], [], 0
-    while i < len(samples) or waiting:
+    while i < len(units) or waiting:
         batch, videos, still = [], set(), []
-        for sample in waiting:
-            (still if len(batch) == batch_size or sample[0] in videos else batch).append(sample)
-            videos.add(sample[0])
+
+        def place(unit: list[Sample]) -> bool:
+            unit_videos = {v for v, _ in unit}
+            if len(batch) + len(unit) > batch_size or videos & unit_videos:
+                return False
+            batch.extend(unit)
+            videos.update(unit_videos)
+            return True
+
+        for unit in waiting:
+            if not place(unit):
+                still.append(unit)
         waiting = still
-        while len(batch) < batch_size and i < len(samples):
-            sample, i = samples[i], i + 1
-            (waiting if sample[0] in videos else batch).append(sample)
-            videos.add(sample[0])
+        while len(batch) < batch_size and i < len(units):
+            unit, i = units[i], i + 1
+            if not place(unit):
+                waiting.append(unit)
         batches.append(batch)
     if len(batches) > 1 and len(batches[-1]) == 1:
         lone = batches[-1][0][0]
@@ -262,7 +315,7 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
     for epoch in range(first, cfg.epochs + 1):
         method.train()
         losses = []
-        batches = into_batches(epoch_samples(train, cfg.captions, rng), batch_size, parts)
+        batches = into_batches(epoch_samples(train, cfg.captions, rng, cfg.sampler), batch_size, parts)
         bar = tqdm(batches, desc=f"train epoch {epoch}/{cfg.epochs}", disable=not (progress and dist.main),
                    unit="batch")
         for videos, captions in bar:
@@ -285,8 +338,7 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
             record.update({f"val_{k}": v for k, v in evaluate_view(method, val, device, cfg.batch_size).metrics.items()
                            if k in ("t2v_R1", "v2t_R1", "t2v_R5")})
         history.append(record)
-        if dist.main:
-            on_epoch(epoch, record)
+        if dist.main:  # checkpoint first: a logging failure (tracking server down) then loses no epoch
             if save_checkpoint is not None:
                 trainable = {n for n, _ in params}
                 save_checkpoint({
@@ -295,6 +347,7 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
                     "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
                     "scaler": precision.scaler.state_dict() if precision.scaler else None,
                 })
+            on_epoch(epoch, record)
     return history
 
 
@@ -322,5 +375,6 @@ def evaluate_view(method: Method, view: SplitView, device: torch.device, batch_s
     position = {v: i for i, v in enumerate(view.videos.tolist())}
     twins = torch.tensor([position.get(view.split.twins[v].item(), -1) for v in view.videos])
     categories = [view.split.categories[c] for c in captions]
-    return evaluate_retrieval(text, video, caption_video, categories=categories, twins=twins, dsl=dsl,
-                              chunk_size=chunk_size, logit_scale=float(method.logit_scale()))
+    wordings = twin_wordings([view.split.texts[c] for c in captions], caption_video.tolist(), twins.tolist())
+    return evaluate_retrieval(text, video, caption_video, categories=categories, twins=twins, wordings=wordings,
+                              dsl=dsl, chunk_size=chunk_size, logit_scale=float(method.logit_scale()))

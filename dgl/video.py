@@ -8,12 +8,21 @@ within each segment, as the reference does, from a cache of K x N frames instead
 video (dgl/cache.py: `CachedSplit.jitter`). Frames are stored at short side `size`, aspect ratio
 kept. Two backends:
 
-- `ffmpeg` (default): one ffmpeg process per video decodes the first video stream, resizes every
-  frame (area averaging) and writes PPM images to a pipe; the N frames are picked in numpy.
-  There is no ffprobe to count frames first; the pipe gives the exact count, and the PPM headers
-  the frame size, from one process. Its exit code is checked.
+- `ffmpeg` (default): one ffmpeg process per video decodes the first video stream; a `select`
+  filter lets through only the picked frames, which alone are resized (area averaging) and written
+  to a pipe as PPM images: memory stays the same whatever the video's length, and only the decoding
+  grows with it (every frame is decoded; decord seeks, so it decodes less when a long video gives
+  few frames). The picks need the frame count before decoding: it is read from the
+  mp4 index (other containers: a demux-only ffmpeg run counts the packets), and only trusted once
+  the decoding has counted every frame; should the two differ (e.g. with `reencode_fps`), the
+  video is decoded again with picks from the exact count. A non-zero exit code or any error-level
+  line from ffmpeg (a truncated file, a damaged stream) skips the video with a reason in words.
 - `decord`: reads the frame count from the container index, decodes only up to the picked frames
-  and resizes those (PIL, bilinear with antialiasing). Pixels differ slightly from ffmpeg's.
+  and resizes those (PIL, bilinear with antialiasing). Pixels differ slightly from ffmpeg's. The
+  lines its C++ code prints for an unreadable file are caught, not shown.
+
+Either way a skipped video's reason is a few words (`truncated: ...`, `no video stream`), with the
+decoder's own message in brackets, never a filter graph or an assertion.
 
 `reencode_fps` mimics CLIP4Clip's preprocessing (re-encode every video to N fps) without writing
 a new file: ffmpeg's `fps` filter resamples the decoded stream (and so spares resizing the dropped
@@ -26,13 +35,19 @@ the start-up cost of Python worker processes.
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import json
+import os
 import re
+import struct
 import subprocess
+import sys
+import tempfile
+import threading
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 import ffmpeg
 import numpy as np
@@ -92,6 +107,16 @@ def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
 # --- ffmpeg backend ----------------------------------------------------------------------------
 
 _PPM_HEADER = re.compile(rb"P6\n(\d+) (\d+)\n255\n")
+# level tags tell errors from the rest; verbose adds the per-stream counts printed at the end
+_LOG_ARGS = ("-nostdin", "-hide_banner", "-loglevel", "level+verbose")
+# what ffmpeg says → what it means, checked against every error line in this order
+_FFMPEG_REASONS = (
+    ("partial file", "truncated: the file ends before the frames its index lists"),
+    ("File ended prematurely", "truncated: the file ends in the middle of the video"),
+    ("moov atom not found", "truncated, unfinished or not an mp4: it has no index (moov atom)"),
+    ("matches no streams", "no video stream"),
+    ("Invalid data found when processing input", "not a video file, or a damaged one"),
+)
 
 
 def _ppm_frames(data: bytes) -> np.ndarray:
@@ -107,30 +132,220 @@ def _ppm_frames(data: bytes) -> np.ndarray:
     return frames.reshape(-1, height, width, 3)
 
 
-def _ffmpeg_reason(stderr: bytes, returncode: int) -> str:
-    """ffmpeg's first error line without its `[demuxer @ 0x...]` prefix."""
-    lines = [re.sub(r"^(\[[^]]*\]\s*)+", "", line).strip() for line in stderr.decode(errors="replace").splitlines()]
-    first = next((line for line in lines if line), "no message")
-    return f"ffmpeg exit {returncode}: {first}"
+def _ffmpeg_errors(log: str) -> list[str]:
+    """ffmpeg's error-level messages, without their `[demuxer @ 0x...] [error]` prefixes."""
+    return [re.sub(r"^(\[[^]]*\]\s*)+", "", line).strip() for line in log.splitlines()
+            if re.match(r"^(\[[^]]*\]\s*)*\[(error|fatal|panic)\]", line)]
+
+
+def _ffmpeg_reason(errors: list[str], returncode: int) -> str:
+    """What is wrong with the video, in words: the first known error, else the first one verbatim."""
+    for needle, meaning in _FFMPEG_REASONS:
+        if any(needle in message for message in errors):
+            return f"{meaning} (ffmpeg: {needle})"
+    if not errors:
+        return f"ffmpeg stopped with exit code {returncode} and no message"
+    first = errors[0] if not re.search(r"filter|Parsed_|\[s\d+\]", errors[0], re.IGNORECASE) else "decoding failed"
+    return f"damaged video stream (ffmpeg: {first[:120]})"
+
+
+def _run_ffmpeg(command: list[str]) -> tuple[bytes, str]:
+    """stdout and the log of an ffmpeg run; VideoError on any error-level line or a non-zero exit."""
+    result = subprocess.run(command, capture_output=True)
+    log = result.stderr.decode(errors="replace")
+    errors = _ffmpeg_errors(log)
+    if result.returncode != 0 or errors:
+        raise VideoError(_ffmpeg_reason(errors, result.returncode))
+    return result.stdout, log
+
+
+def _stat(log: str, pattern: str) -> int:
+    """A count from ffmpeg's closing per-stream report (`... 75 packets muxed ...`)."""
+    match = re.search(pattern, log)
+    if match is None:
+        raise VideoError("ffmpeg did not report how many frames it read")
+    return int(match[1])
+
+
+def _count_packets(path: Path, exe: str) -> tuple[int, float]:
+    """Packets of the first video stream (its frames, in a sound file) and its duration in seconds (0 if
+    unknown), from a demux-only run: the whole file is read, nothing is decoded."""
+    command = [exe, *_LOG_ARGS, "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
+    _, log = _run_ffmpeg(command)
+    duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", log)
+    seconds = 3600 * int(duration[1]) + 60 * int(duration[2]) + float(duration[3]) if duration else 0.0
+    return _stat(log, r"Output stream #0:0 \(video\): (\d+) packets muxed"), seconds
+
+
+def _mp4_boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
+    """(type, payload start, payload end) of the mp4 boxes in data[start:end]."""
+    while start + 8 <= end:
+        size, kind = struct.unpack_from(">I4s", data, start)
+        header = 16 if size == 1 else 8
+        size = struct.unpack_from(">Q", data, start + 8)[0] if size == 1 else size or end - start
+        if size < header or start + size > end:
+            return
+        yield kind, start + header, start + size
+        start += size
+
+
+def _mp4_moov(path: Path) -> bytes | None:
+    """The index box (moov) of an mp4/mov file, wherever it lies; None for any other file."""
+    file_size = path.stat().st_size
+    with open(path, "rb") as f:
+        position = 0
+        while position + 8 <= file_size:  # top-level boxes: ftyp, mdat, moov, ... in any order
+            f.seek(position)
+            size, kind = struct.unpack(">I4s", f.read(8))
+            if position == 0 and kind != b"ftyp":
+                return None
+            size = struct.unpack(">Q", f.read(8))[0] if size == 1 else size or file_size - position
+            if kind == b"moov":
+                f.seek(position)
+                return f.read(size)
+            if size < 8:
+                return None
+            position += size
+    return None
+
+
+def _mp4_video_track(path: Path) -> tuple[int, float] | None:
+    """Samples (frames) and seconds of the first video track of an mp4/mov file, from its index; None
+    for any other file or when the index does not say (fragmented or damaged)."""
+    try:
+        moov = _mp4_moov(path)
+        if moov is None:
+            return None
+
+        def children(span: tuple[int, int]) -> dict[bytes, tuple[int, int]]:
+            return {kind: (start, end) for kind, start, end in _mp4_boxes(moov, *span)}
+
+        for kind, *trak in _mp4_boxes(moov, 8, len(moov)):
+            mdia = children(children(trak).get(b"mdia", (0, 0))) if kind == b"trak" else {}
+            if b"hdlr" not in mdia or moov[mdia[b"hdlr"][0] + 8:mdia[b"hdlr"][0] + 12] != b"vide":
+                continue
+            stbl = children(children(mdia.get(b"minf", (0, 0))).get(b"stbl", (0, 0)))
+            sizes, mdhd = stbl.get(b"stsz") or stbl.get(b"stz2"), mdia.get(b"mdhd", (0, 0))[0]
+            if sizes is None or not mdhd:
+                return None
+            samples = struct.unpack_from(">I", moov, sizes[0] + 8)[0]  # after version, flags and one field
+            timescale, duration = (struct.unpack_from(">IQ", moov, mdhd + 20) if moov[mdhd] == 1  # version 1
+                                   else struct.unpack_from(">II", moov, mdhd + 12))
+            return (samples, duration / timescale if timescale else 0.0) if samples else None
+    except (OSError, struct.error):
+        return None
+    return None
+
+
+def _select_expr(frame_count: int, num_frames: int, candidates: int) -> str:
+    """An ffmpeg expression true for frame `n` iff `segment_candidates(frame_count, ...)` picks it.
+
+    With P = num_frames * candidates parts of F frames, part j's centre is floor((2j+1)F / 2P).
+    The first part whose centre is at or after n is j = ceil((2Pn - F) / 2F); n is picked iff that
+    centre comes before n + 1, i.e. (2j+1)F < 2P(n+1). Exact in doubles for any real count.
+    A video with fewer frames than segments gives all of them. One expression of constant length
+    whatever the count, where a list of frame numbers would grow with it.
+    """
+    if frame_count < num_frames:
+        return "1"
+    two_p, f = 2 * num_frames * candidates, frame_count
+    return f"lt((2*ceil(({two_p}*n-{f})/{2 * f})+1)*{f},{two_p}*(n+1))"
+
+
+def _decode_picked(path: Path, exe: str, size: int, reencode_fps: float | None, frame_count: int,
+                   num_frames: int, candidates: int) -> tuple[np.ndarray, int]:
+    """The frames `segment_candidates(frame_count, ...)` picks, each once, in order (U, H, W, 3), and how
+    many frames the video really has (after `reencode_fps`): one decoding run."""
+    video = ffmpeg.input(str(path), threads=1)["v:0"]  # one decoder thread: the workers are the parallelism
+    if reencode_fps is not None:
+        video = video.filter("fps", fps=reencode_fps)
+    every = video.split()
+    picked = every[0].filter("select", _select_expr(frame_count, num_frames, candidates))
+    picked = picked.filter("scale", w=f"if(lte(iw,ih),{size},-1)", h=f"if(lte(iw,ih),-1,{size})", flags="area")
+    command = ffmpeg.merge_outputs(
+        # passthrough: every picked frame exactly once (image2pipe would otherwise resample to a constant rate)
+        picked.output("pipe:", format="image2pipe", vcodec="ppm", fps_mode="passthrough"),
+        every[1].output("-", format="null", fps_mode="passthrough"),  # counts every frame, copying none
+    ).global_args(*_LOG_ARGS, "-filter_complex_threads", "1")
+    stdout, log = _run_ffmpeg(command.compile(cmd=exe))
+    count = _stat(log, r"Output stream #1:0 \(video\): (\d+) frames encoded")
+    if count == 0:
+        raise VideoError("no video frames decoded")
+    return _ppm_frames(stdout), count
 
 
 def _sample_ffmpeg(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str,
                    candidates: int) -> np.ndarray:
-    video = ffmpeg.input(str(path), threads=1)["v:0"]  # one decoder thread: the workers are the parallelism
-    if reencode_fps is not None:
-        video = video.filter("fps", fps=reencode_fps)
-    video = video.filter("scale", w=f"if(lte(iw,ih),{size},-1)", h=f"if(lte(iw,ih),-1,{size})", flags="area")
-    # passthrough: every decoded frame exactly once (image2pipe would otherwise resample to a constant rate)
-    command = video.output("pipe:", format="image2pipe", vcodec="ppm", fps_mode="passthrough")
-    command = command.global_args("-nostdin", "-v", "error", "-filter_complex_threads", "1")
-    result = subprocess.run(command.compile(cmd=ffmpeg_exe(binary)), capture_output=True)
-    if result.returncode != 0:
-        raise VideoError(_ffmpeg_reason(result.stderr, result.returncode))
-    frames = _ppm_frames(result.stdout)
-    return np.ascontiguousarray(frames[segment_candidates(len(frames), num_frames, candidates)])
+    exe = ffmpeg_exe(binary)
+    # the frame count, guessed from the mp4 index without running anything, else from a demux-only run;
+    # only a guess: decoding counts every frame, and the picks are made again should it be wrong
+    frame_count, seconds = _mp4_video_track(path) or _count_packets(path, exe)
+    if frame_count == 0:
+        raise VideoError("no video frames")
+    guess = frame_count if reencode_fps is None or seconds <= 0 else max(1, round(seconds * reencode_fps))
+    frames, count = _decode_picked(path, exe, size, reencode_fps, guess, num_frames, candidates)
+    if count != guess:
+        frames, recount = _decode_picked(path, exe, size, reencode_fps, count, num_frames, candidates)
+        if recount != count:
+            raise VideoError(f"ffmpeg decoded {count} frames, then {recount}: the stream cannot be read reliably")
+    wanted = segment_candidates(count, num_frames, candidates)
+    kept = np.unique(wanted)
+    if len(frames) != len(kept):
+        raise VideoError(f"ffmpeg passed {len(frames)} frames of the {len(kept)} picked")
+    return np.ascontiguousarray(frames[np.searchsorted(kept, wanted)])
 
 
 # --- decord backend ----------------------------------------------------------------------------
+
+# what decord says → what it means; its messages carry a time, a source line and `Check failed: ...`
+_DECORD_REASONS = (
+    ("cannot find video stream", "no video stream"),
+    ("broken metadata", "broken metadata: the frame count cannot be read"),
+    ("av_read_frame failed", "truncated or damaged: a part of the stream cannot be read"),
+    ("Error sending packet", "damaged: the decoder rejects a part of the stream"),
+    ("Invalid data found when processing input", "not a video file, or a damaged one"),
+)
+_DECORD_LOG = re.compile(r"^\[\d\d:\d\d:\d\d\] \S+\.(cc|h):\d+: ")  # a line of decord's own (C++) logging
+_FD2 = threading.Lock()
+
+
+@contextlib.contextmanager
+def _decord_stderr() -> Iterator[list[str]]:
+    """Catch what decord's C++ code writes straight to file descriptor 2 (an `ERROR opening` line for
+    every unreadable file) into the yielded list; whatever else was written meanwhile is passed on.
+    One thread at a time: the descriptor belongs to the whole process."""
+    caught: list[str] = []
+    with _FD2, tempfile.TemporaryFile() as capture:
+        sys.stderr.flush()
+        try:
+            saved = os.dup(2)
+        except OSError:  # no stderr at all: nothing to keep quiet
+            yield caught
+            return
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield caught
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            caught += [line.strip() for line in lines if _DECORD_LOG.match(line)]
+            passed_on = "".join(line for line in lines if not _DECORD_LOG.match(line))
+            if passed_on:
+                sys.stderr.write(passed_on)
+
+
+def _decord_reason(error: Exception, logged: list[str]) -> str:
+    """What is wrong with the video, in words, from decord's exception and the lines it logged."""
+    messages = [_DECORD_LOG.sub("", line) for line in [*logged, str(error)] if line.strip()]
+    for needle, meaning in _DECORD_REASONS:
+        if any(needle in message for message in messages):
+            return f"{meaning} (decord: {needle})"
+    first = messages[-1].splitlines()[0] if messages else type(error).__name__
+    first = re.sub(r"^Check failed: .*?\(-?\d+ vs\. -?\d+\)\s*", "", first)  # keep only the words after the check
+    return f"unreadable video (decord: {first[:120]})"
 
 
 def _resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
@@ -144,9 +359,11 @@ def _sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float |
     del binary  # decord decodes with the FFmpeg libraries it ships, not with an ffmpeg binary
     import decord  # imported here: it loads its own FFmpeg libraries, which only this backend needs
 
-    decord.logging.set_level(decord.logging.QUIET)
+    decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's own messages; decord's are caught below
+    logged: list[str] = []
     try:
-        reader = decord.VideoReader(str(path), num_threads=1)
+        with _decord_stderr() as logged:
+            reader = decord.VideoReader(str(path), num_threads=1)
         frame_count = len(reader)
         if frame_count == 0:
             raise VideoError("no video frames")
@@ -156,7 +373,7 @@ def _sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float |
         picked = timeline[segment_candidates(len(timeline), num_frames, candidates)]
         frames = reader.get_batch(picked.tolist()).asnumpy()
     except (RuntimeError, decord.DECORDError) as e:
-        raise VideoError(f"decord: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise VideoError(_decord_reason(e, logged)) from None
     return _resize_short_side(frames, size)
 
 

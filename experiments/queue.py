@@ -3,12 +3,15 @@
     python -m experiments.queue                          # every row, one worker
     python -m experiments.queue --rows zeroshot,dgl_ulp --jobs 2 --wait
     python -m experiments.queue --seeds 0,1,2            # every row with each training seed
+    python -m experiments.queue --samplers random,twins  # every row with each batch sampler
+    python -m experiments.queue --set train.threads=1 -j 2   # one more override for every experiment
     python -m experiments.queue --dry-run                # print the dvc commands only
 
 Each row becomes `dvc exp run --queue -n <row> -S ...`. A row with a `sweep` (one key, a few values)
 becomes one experiment per value, `<row>-<key><value>`; the report keeps the value with the best
-validation R@1 (never test). `--seeds` repeats every experiment per training seed, `<name>-s<seed>`;
-the report shows mean ± std over them. Stages whose inputs a row shares with an earlier
+validation R@1 (never test). `--samplers` repeats every experiment per train.sampler,
+`<name>-<sampler>`; `--seeds` per training seed, `<name>-s<seed>`; the report shows mean ± std over
+seeds, one line per sampler. Stages whose inputs a row shares with an earlier
 run (download .. backbone, usually) are restored from DVC's run cache, not recomputed. A row whose name
 is already an experiment of this commit is refused unless --force, which overwrites it and, being
 `dvc exp run -f`, reruns every stage.
@@ -16,6 +19,7 @@ is already an experiment of this commit is refused unless --force, which overwri
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import subprocess
 import sys
@@ -27,6 +31,7 @@ import yaml
 
 from dgl.cli import entry_point
 from dgl.errors import UserError
+from dgl.settings import SAMPLERS
 
 GRID = Path(__file__).with_name("grid.yaml")
 POLL_SECONDS = 5
@@ -44,10 +49,12 @@ class Row:
 
 @dataclass(frozen=True)
 class Run:
-    """One DVC experiment of a row: a sweep value (or None) and a training seed (or None: params.yaml's)."""
+    """One DVC experiment of a row: a sweep value (or None), a batch sampler and a training seed (None:
+    params.yaml's)."""
     row: Row
     value: object = None
     seed: int | None = None
+    sampler: str | None = None
 
     @property
     def variant(self) -> str:
@@ -57,11 +64,13 @@ class Run:
 
     @property
     def name(self) -> str:
-        return self.variant if self.seed is None else f"{self.variant}-s{self.seed}"
+        name = self.variant if self.sampler is None else f"{self.variant}-{self.sampler}"
+        return name if self.seed is None else f"{name}-s{self.seed}"
 
     @property
     def overrides(self) -> tuple[str, ...]:
         extra = [f"{self.row.sweep_key}={yaml_value(self.value)}"] if self.row.sweep_key else []
+        extra += [f"train.sampler={self.sampler}"] if self.sampler is not None else []
         return (*self.row.overrides, *extra, *([f"train.seed={self.seed}"] if self.seed is not None else []))
 
 
@@ -70,10 +79,10 @@ def yaml_value(value: object) -> str:
     return yaml.safe_dump(value).strip().removesuffix("...").strip()
 
 
-def expand(rows: list[Row], seeds: list[int] | None = None) -> list[Run]:
-    """Every experiment of `rows`: each sweep value, each seed."""
-    return [Run(row, value, seed) for row in rows for value in (row.sweep_values or (None,))
-            for seed in (seeds or [None])]
+def expand(rows: list[Row], seeds: list[int] | None = None, samplers: list[str] | None = None) -> list[Run]:
+    """Every experiment of `rows`: each sweep value, each sampler, each seed."""
+    return [Run(row, value, seed, sampler) for row in rows for value in (row.sweep_values or (None,))
+            for sampler in (samplers or [None]) for seed in (seeds or [None])]
 
 
 def load_grid(path: Path = GRID) -> list[Row]:
@@ -159,6 +168,10 @@ def main() -> None:
     ap.add_argument("-f", "--force", action="store_true",
                     help="overwrite experiments of the same name (dvc exp run -f: every stage reruns)")
     ap.add_argument("--seeds", help="comma-separated training seeds: every experiment once per seed")
+    ap.add_argument("--samplers", help="comma-separated train.sampler values (random, twins): every experiment "
+                                       "once per sampler")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="an override added to every experiment (repeatable), as dvc exp run -S")
     ap.add_argument("--dry-run", action="store_true", help="print the dvc commands, run nothing")
     args = ap.parse_args()
     if args.jobs < 1:
@@ -167,7 +180,15 @@ def main() -> None:
         seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else None
     except ValueError:
         raise UserError(f"--seeds {args.seeds!r}: give integers separated by commas, e.g. 0,1,2") from None
-    rows = expand(select(load_grid(args.grid), args.rows), seeds)
+    samplers = [s.strip() for s in args.samplers.split(",")] if args.samplers else None
+    unknown = sorted(set(samplers or []) - set(SAMPLERS))
+    if unknown:
+        raise UserError(f"--samplers: unknown {', '.join(unknown)}; choose from {', '.join(SAMPLERS)}")
+    bad = [o for o in args.set if "=" not in o]
+    if bad:
+        raise UserError(f"--set {bad[0]!r}: give KEY=VALUE, e.g. --set train.threads=1")
+    chosen = [dataclasses.replace(r, overrides=r.overrides + tuple(args.set)) for r in select(load_grid(args.grid), args.rows)]
+    rows = expand(chosen, seeds, samplers)
     commands = [queue_command(run, args.force) for run in rows] + [["dvc", "queue", "start", "-j", str(args.jobs)]]
     if args.dry_run:
         print(*map(shlex.join, commands), sep="\n")

@@ -23,23 +23,29 @@ from typing import Callable
 
 from dgl.cli import atomic_write, entry_point
 from dgl.errors import UserError
+from dgl.settings import SAMPLERS
 from experiments.queue import GRID, Row, dvc, expand, load_grid
 
 METRICS_FILE = "metrics.json"
 SEED_SUFFIX = re.compile(r"-s(\d+)$")
 SELECT_BY = "val_t2v_R1"  # a sweep keeps the value with the best mean of this (validation, not test)
 MISSING = "–"
-# metrics.json's parameter counts as the train stage logs them to MLflow (test metrics: `test_<key>`)
-MLFLOW_COUNTS = {"trainable_params": "params_trainable", "trainable_ratio": "params_trainable_ratio",
-                 "trainable_clip": "params_trainable_clip"}
 CAPTION = {"data.dataset": "dataset", "backbone.name": "backbone", "frames.num_frames": "frames",
            "train.epochs": "epochs"}
 LEGEND = ("Params: trainable parameters (% of all). lr: the rate of what a method adds (prompts, "
           "generators, adapters); clip lr: of CLIP's own weights, where they train; a value in brackets "
-          "was chosen on validation R@1 among the others listed. t2v: text-to-video, v2t: video-to-text; R@K in %, "
-          "MdR/MnR: median/mean rank. pair acc: how often a caption prefers its video to the "
-          "time-reversed twin (0.5 = blind to time). With seeds: mean ± sample std over them; "
-          "Δ zeroshot: t2v R@1 minus zero-shot's, marked * where it exceeds the two rows' std summed.")
+          "was chosen on validation R@1 among the others listed. sampler: train.sampler (random batches, or "
+          "twins: a video and its time-reversed twin always in one batch). t2v: text-to-video, v2t: "
+          "video-to-text; R@K in %, MdR/MnR: median/mean rank. With seeds: mean ± sample std over them; "
+          "Δ zeroshot: t2v R@1 minus zero-shot's (same sampler), marked * where it exceeds the two lines' "
+          "std summed.")
+TIME_LEGEND = ("content R@1: t2v R@1 where the time-reversed twin also counts as a hit (what a method "
+               "gets right without the order of frames). pair acc: how often a caption prefers its own "
+               "video to the time-reversed twin (0.5 = blind to time); words: captions whose twin's "
+               "captions differ in words (\"ends on the right\" / \"ends on the left\"), order: only in "
+               "word order (\"from left to right\" / \"from right to left\"). Δ random: pair acc words "
+               "minus the same method's with random batches, * where it exceeds the two lines' std summed.")
+SAMPLER_SUFFIX = re.compile(r"-(" + "|".join(SAMPLERS) + r")$")
 
 
 @dataclass(frozen=True)
@@ -85,7 +91,7 @@ def from_mlflow(params_file: Path) -> list[Experiment]:
     from mlflow.exceptions import MlflowException
 
     from dgl.settings import load_params
-    from dgl.tracking import tracking_uri
+    from dgl.tracking import as_metrics_json, tracking_uri
 
     tracking = load_params(params_file).tracking
     uri = tracking_uri(tracking)
@@ -97,13 +103,10 @@ def from_mlflow(params_file: Path) -> list[Experiment]:
         raise UserError(f"MLflow at {uri}: {str(e).splitlines()[0][:200]}") from None
     newest: dict[str, Experiment] = {}
     for run in runs:
-        logged = run.data.metrics
+        metrics = as_metrics_json(run.data.metrics)  # either MLflow naming, old or grouped (dgl/tracking.py)
         name = run.data.tags.get("dvc_exp_name") or run.info.run_name
-        if "test_t2v_R1" not in logged or name in newest:
+        if "t2v_R1" not in metrics or name in newest:
             continue
-        metrics = {k.removeprefix("test_"): v for k, v in logged.items() if k.startswith("test_")}
-        metrics |= {key: logged[logged_key] for key, logged_key in MLFLOW_COUNTS.items() if logged_key in logged}
-        metrics |= {k: v for k, v in logged.items() if k.startswith("val_")}  # the last epoch's
         newest[name] = Experiment(name, dict(run.data.params), metrics)
     return list(newest.values())
 
@@ -112,19 +115,29 @@ def rate(value: float) -> str:
     return f"{value:.1f}"
 
 
-def columns(experiments: list[Experiment]) -> list[tuple[str, str, Callable[[float], str]]]:
-    """(header, metrics key, format): the papers' columns, then those of the synthetic benchmark that
-    any experiment has."""
+Column = tuple[str, str, Callable[[float], str]]  # (header, metrics key, format)
+
+
+def acc(v: float) -> str:
+    return f"{v:.3f}"
+
+
+def columns(experiments: list[Experiment]) -> tuple[list[Column], list[Column]]:
+    """The papers' retrieval columns, and the time columns of the synthetic benchmark (those any
+    experiment has): content R@1, pair accuracy by twin wording and per category."""
     keys = list(dict.fromkeys(k for e in experiments for k in e.metrics))
     categories = [k.removeprefix("t2v_R1_") for k in keys if k.startswith("t2v_R1_")]
-    cols = [("Params", "trainable_params", lambda v: f"{int(v):,}"),
-            ("Params %", "trainable_ratio", lambda v: f"{100 * v:.3g}"),
-            *[(f"t2v {m}", f"t2v_{m.replace('@', '')}", rate) for m in ("R@1", "R@5", "R@10", "MdR", "MnR")],
-            ("v2t R@1", "v2t_R1", rate),
-            *[(f"R@1 {c}", f"t2v_R1_{c}", rate) for c in categories]]
-    pair = [k for k in keys if k == "pair_acc" or k.startswith("pair_acc_")]
-    cols += [(k.replace("pair_acc", "pair acc").replace("_", " "), k, lambda v: f"{v:.3f}") for k in pair]
-    return cols
+    retrieval = [("Params", "trainable_params", lambda v: f"{int(v):,}"),
+                 ("Params %", "trainable_ratio", lambda v: f"{100 * v:.3g}"),
+                 *[(f"t2v {m}", f"t2v_{m.replace('@', '')}", rate) for m in ("R@1", "R@5", "R@10", "MdR", "MnR")],
+                 ("v2t R@1", "v2t_R1", rate),
+                 *[(f"R@1 {c}", f"t2v_R1_{c}", rate) for c in categories]]
+    time = [("t2v R@1", "t2v_R1", rate), ("content R@1", "content_R1", rate),
+            ("pair acc", "pair_acc", acc), ("pair acc words", "pair_acc_words", acc),
+            ("pair acc order", "pair_acc_order", acc),
+            *[(f"pair acc {c}", f"pair_acc_{c}", acc) for c in categories],
+            *[(f"content R@1 {c}", f"content_R1_{c}", rate) for c in categories]]
+    return retrieval, [c for c in time if c[1] in keys]
 
 
 def caption(experiments: list[Experiment]) -> str:
@@ -143,18 +156,25 @@ class Line:
     seeds: list[Experiment]  # the experiments averaged: one per seed
     swept: tuple[str, list] | None = None  # (key, values tried) when a sweep chose among values
 
+    @property
+    def sampler(self) -> str:
+        return str(self.seeds[0].params.get("train.sampler", "random"))
+
 
 def lines(experiments: list[Experiment], grid: list[Row]) -> list[Line]:
+    """One line per grid row and sampler: a swept row keeps the value with the best mean validation
+    R@1 for that sampler; experiments outside the grid are lines of their own."""
     variants = {run.variant: run for run in expand(grid)}
-    groups: dict[str, dict[object, list[Experiment]]] = {}
+    groups: dict[tuple[str, str], dict[object, list[Experiment]]] = {}
     for e in experiments:
-        base = SEED_SUFFIX.sub("", e.name)
+        base = SAMPLER_SUFFIX.sub("", SEED_SUFFIX.sub("", e.name))
         run = variants.get(base)
         row, value = (run.row.name, run.value) if run else (base, None)
-        groups.setdefault(row, {}).setdefault(value, []).append(e)
+        sampler = str(e.params.get("train.sampler", "random"))
+        groups.setdefault((row, sampler), {}).setdefault(value, []).append(e)
     rows = {row.name: row for row in grid}
     out = []
-    for name, by_value in groups.items():
+    for (name, _), by_value in groups.items():
         row = rows.get(name)
         if row is None or row.sweep_key is None:
             out += [Line(name, seeds) for seeds in by_value.values()]
@@ -162,7 +182,8 @@ def lines(experiments: list[Experiment], grid: list[Row]) -> list[Line]:
         chosen = max(by_value, key=lambda v: mean([e.metrics.get(SELECT_BY, float("-inf")) for e in by_value[v]]))
         out.append(Line(name, by_value[chosen], (row.sweep_key, sorted(by_value))))
     position = {row.name: i for i, row in enumerate(grid)}
-    return sorted(out, key=lambda line: (position.get(line.name, len(grid)), line.name))
+    order = {s: i for i, s in enumerate(SAMPLERS)}
+    return sorted(out, key=lambda line: (position.get(line.name, len(grid)), line.name, order.get(line.sampler, 9)))
 
 
 def mean(values: list[float]) -> float:
@@ -197,33 +218,55 @@ def rates(line: Line) -> list[str]:
     return [rate_cell(line, "train.lr", trainable > clip), rate_cell(line, "train.clip_lr", clip > 0)]
 
 
-def versus_zeroshot(line: Line, zeroshot: Line | None) -> str:
-    if zeroshot is None or line is zeroshot:
+def difference(line: Line, other: Line | None, key: str, fmt: Callable[[float], str]) -> str:
+    """`key` of line minus other's, * where it exceeds the two lines' seed std summed (needs seeds)."""
+    if other is None or line is other:
         return MISSING
-    ours, theirs = ([e.metrics["t2v_R1"] for e in x.seeds if "t2v_R1" in e.metrics] for x in (line, zeroshot))
+    ours, theirs = ([e.metrics[key] for e in x.seeds if key in e.metrics] for x in (line, other))
     if not ours or not theirs:
         return MISSING
     diff = mean(ours) - mean(theirs)
-    real = len(ours) > 1 and abs(diff) > spread(ours) + spread(theirs)
-    return f"{diff:+.1f}{'*' if real else ''}"
+    real = len(ours) > 1 and len(theirs) > 1 and abs(diff) > spread(ours) + spread(theirs)
+    return f"{'+' if diff >= 0 else ''}{fmt(diff)}{'*' if real else ''}"
+
+
+def render(header: list[str], body: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
+            *["| " + " | ".join(cells) + " |" for cells in body]]
 
 
 def table(experiments: list[Experiment], grid: list[Row]) -> str:
+    """Two tables with the same lines: retrieval as the papers report it, then what depends on time."""
     extension = {row.name for row in grid if row.extension}
-    cols = columns(experiments)
+    retrieval, time = columns(experiments)
     table_lines = lines(experiments, grid)
     seeded = any(len(line.seeds) > 1 for line in table_lines)
-    zeroshot = next((line for line in table_lines if line.name == "zeroshot"), None)
-    extra = ["lr", "clip lr"] + (["seeds", "Δ zeroshot"] if seeded else [])
-    out = [caption(experiments), "",
-           "| Method | " + " | ".join([*extra, *(header for header, _, _ in cols)]) + " |",
-           "|---|" + "---:|" * (len(extra) + len(cols))]
-    for line in table_lines:
+    samplers = len({line.sampler for line in table_lines}) > 1
+    by_key = {(line.name, line.sampler): line for line in table_lines}
+
+    def label(line: Line) -> list[str]:
         name = f"{line.name} (extension)" if line.name in extension else line.name
-        cells = rates(line) + ([str(len(line.seeds)), versus_zeroshot(line, zeroshot)] if seeded else [])
-        cells += [cell([e.metrics[key] for e in line.seeds if key in e.metrics], fmt) for _, key, fmt in cols]
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join([*out, "", LEGEND]) + "\n"
+        return [name] + ([line.sampler] if samplers else [])
+
+    def cells(line: Line, cols: list[Column]) -> list[str]:
+        return [cell([e.metrics[key] for e in line.seeds if key in e.metrics], fmt) for _, key, fmt in cols]
+
+    head = ["Method"] + (["sampler"] if samplers else [])
+    extra = ["lr", "clip lr"] + (["seeds", "Δ zeroshot"] if seeded else [])
+    first = render(head + extra + [h for h, _, _ in retrieval], [
+        label(line) + rates(line)
+        + ([str(len(line.seeds)), difference(line, by_key.get(("zeroshot", line.sampler)), "t2v_R1", rate)]
+           if seeded else [])
+        + cells(line, retrieval) for line in table_lines])
+    out = [caption(experiments), "", *first, "", LEGEND]
+    if time:
+        versus = ["Δ random"] if samplers else []
+        second = render(head + versus + [h for h, _, _ in time], [
+            label(line) + ([difference(line, by_key.get((line.name, "random")), "pair_acc_words", acc)]
+                           if samplers else [])
+            + cells(line, time) for line in table_lines])
+        out += ["", *second, "", TIME_LEGEND]
+    return "\n".join(out) + "\n"
 
 
 @entry_point

@@ -6,7 +6,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dgl.cli import atomic_dir, entry_point, show_progress
+from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip, save_backbone
 from dgl.pretrain import pretrain_clip
@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
+    check_writable(args.out)
     cfg = params.backbone
     if cfg.pretrained:
         clip, report = build_clip(cfg.name, cfg.pretrained), {"pretrained": cfg.pretrained}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from dgl.cli import atomic_dir, entry_point, show_progress
+from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
 from dgl.data.sources import prepare_raw
 from dgl.data.synthetic import generate
 from dgl.ffmpeg import ffmpeg_exe
@@ -18,6 +18,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
+    check_writable(args.out)
     synthetic = params.data.dataset == "synthetic"
     if synthetic:
         ffmpeg_exe(params.ffmpeg)  # a missing ffmpeg is one line before any output exists
@@ -26,7 +27,8 @@ def main() -> None:
             generate(work, params.data.synthetic, ffmpeg=params.ffmpeg, workers=params.frames.workers,
                      progress=show_progress())
         else:
-            prepare_raw(params.data.dataset, work, progress=show_progress())
+            prepare_raw(params.data.dataset, work, progress=show_progress(),
+                        max_extract_bytes=round(params.data.max_extract_gb * 1e9))
 
 
 if __name__ == "__main__":

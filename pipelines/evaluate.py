@@ -1,6 +1,8 @@
 """Stage `evaluate`: metrics.json, plots/recall.json and plots/figures/, logged to the training's
-MLflow run together with params.yaml, dvc.lock and every plot; to a new run that names the
-training's (tag `train_run_id`) when that run already holds test metrics (dgl.tracking.evaluation_run)."""
+MLflow run together with params.yaml and every plot; to a new run that names the training's (tag
+`train_run_id`) when that run already holds test metrics (dgl.tracking.evaluation_run). dvc.lock is
+not logged: DVC writes it after this stage ends; the run's `git_commit`, `git_dirty` and params say
+what ran (dgl/tracking.py)."""
 from __future__ import annotations
 
 import argparse
@@ -11,12 +13,12 @@ import numpy as np
 
 from dgl.artifacts import load_trained
 from dgl.cache import CachedSplit, gallery_counts
-from dgl.cli import atomic_dir, atomic_write, entry_point, show_progress
+from dgl.cli import atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.data.adapters import dataset_format
-from dgl.figures import write_figures
+from dgl.figures import method_title, write_figures
 from dgl.metrics import evaluate_retrieval
 from dgl.settings import load_params
-from dgl.tracking import evaluation_run, log_files, training_run_of
+from dgl.tracking import evaluation_metrics, evaluation_run, log_files, training_run_of
 from dgl.train import SplitView, encode_view, pick_device
 
 
@@ -32,6 +34,7 @@ def main() -> None:
     ap.add_argument("--figures", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
+    check_writable(args.metrics, args.recall, args.figures)
     gallery = gallery_counts(args.cache, "test", params.eval.max_missing)
     split = CachedSplit.load(args.cache, "test")
     method, info = load_trained(args.trained, args.backbone, params.model, num_frames=split.num_frames)
@@ -54,11 +57,10 @@ def main() -> None:
     atomic_write(args.metrics, json.dumps(metrics, indent=2))
     atomic_write(args.recall, json.dumps(curves, indent=1))
     with atomic_dir(args.figures) as work:
-        write_figures(work, method, split, text, video, device)
-    test_metrics = {f"test_{k}": v for k, v in result.metrics.items()}
-    with evaluation_run(params, training_run_of(params.tracking, info["weights_sha256"]), test_metrics, method=info["method"],
-                        counts=info["parameters"]) as mlflow:
-        log_files(mlflow, [args.metrics, args.params, "dvc.lock"])
+        write_figures(work, method, split, text, video, device, title=f"{method_title(params.model)} on {metrics['test_split']}")
+    with evaluation_run(params, training_run_of(params.tracking, info["weights_sha256"]), evaluation_metrics(result.metrics),
+                        method=info["method"], counts=info["parameters"]) as mlflow:
+        log_files(mlflow, [args.metrics, args.params])
         mlflow.log_artifact(str(args.recall), artifact_path="plots")
         mlflow.log_artifacts(str(args.figures), artifact_path=f"plots/{args.figures.name}")
     print(json.dumps(metrics))

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from dgl.cli import atomic_dir, entry_point, show_progress
+from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
 from dgl.data.adapters import load_annotations
 from dgl.ffmpeg import ffmpeg_exe
 from dgl.settings import load_params
@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
+    check_writable(args.out)
     if params.frames.backend == "ffmpeg":
         ffmpeg_exe(params.ffmpeg)  # a missing ffmpeg is one line before any output exists
     annotations = load_annotations(params.data.dataset, args.raw)

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 
 from dgl.cache import build_cache
-from dgl.cli import atomic_dir, entry_point, show_progress
+from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
 from dgl.data.adapters import load_annotations
 from dgl.settings import load_params
 
@@ -20,6 +20,7 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
+    check_writable(args.out)
     annotations = load_annotations(params.data.dataset, args.raw)
     with atomic_dir(args.out, keep_partial=True) as work:  # an interrupted run resumes per video
         summary = build_cache(annotations, args.frames, work, backbone=params.backbone.name,

@@ -17,12 +17,13 @@ from dgl import distributed
 from dgl.artifacts import save_trained
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
-from dgl.cli import atomic_dir, atomic_write, entry_point, show_progress
+from dgl.cli import EpochLog, atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.determinism import seed_everything
 from dgl.models.backbone import load_backbone
 from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
-from dgl.tracking import WEIGHTS_TAG, active_run_id, log_training_setup, mlflow_run
+from dgl.tracking import (WEIGHTS_TAG, active_run_id, end_abandoned_run, epoch_metrics, log_missing_epochs,
+                          log_training_setup, mlflow_run, resumable_run, run_label)
 from dgl.train import pick_device, train_method, train_val_views
 
 
@@ -37,6 +38,7 @@ def main() -> None:
     ap.add_argument("--checkpoint", type=Path, required=True)
     args = ap.parse_args()
     params = load_params(args.params)
+    check_writable(args.out, args.plot, args.checkpoint)
     cfg = params.train
     if cfg.nproc > 1 and not distributed.under_torchrun():
         sys.exit(distributed.relaunch(cfg.nproc, "pipelines.train", sys.argv[1:]))
@@ -51,14 +53,26 @@ def main() -> None:
         train_view, val_view = train_val_views(split, cfg.val_fraction, cfg.seed)
         checkpoint = Checkpoint(args.checkpoint, fingerprint(params, backbone["sha256"]))
         resume = checkpoint.load(verbose=dist.main)
-        run_id = resume["mlflow_run_id"] if resume else None
-        tracking = mlflow_run(params.tracking, run_id=run_id, stage="train") if dist.main else contextlib.nullcontext()
+        if dist.main and checkpoint.abandoned:  # no run will resume it: its run, killed with it, ends first
+            end_abandoned_run(params.tracking, checkpoint.abandoned_run_id)
+            checkpoint.remove()
+        run_id = resumable_run(params.tracking, resume["mlflow_run_id"]) if resume and dist.main else None
+        tracking = (mlflow_run(params.tracking, run_id=run_id, stage="train", label=run_label(params.model))
+                    if dist.main else contextlib.nullcontext())
         with tracking as mlflow:
             if dist.main:
                 log_training_setup(mlflow, params, params.model.method, counts)
                 run_id = active_run_id()
-            history = train_method(method, train_view, val_view, cfg, device,
-                                   on_epoch=lambda epoch, record: mlflow.log_metrics(record, step=epoch),
+                if resume:  # the epochs its run may lack: killed between checkpoint and logging
+                    log_missing_epochs(mlflow, resume["history"])
+            log_line = None if show_progress() else EpochLog(cfg.epochs, first=resume["epoch"] + 1 if resume else 1)
+
+            def on_epoch(epoch: int, record: dict) -> None:  # main rank only; off a terminal, one line each
+                mlflow.log_metrics(epoch_metrics(record), step=epoch)
+                if log_line:
+                    log_line(epoch, record)
+
+            history = train_method(method, train_view, val_view, cfg, device, on_epoch=on_epoch,
                                    progress=show_progress(), dist=dist, resume=resume,
                                    save_checkpoint=lambda state: checkpoint.save({**state, "mlflow_run_id": run_id}))
             if dist.main:  # no run id in the outputs: the same params give the same bytes (dgl/tracking.py)

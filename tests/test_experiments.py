@@ -18,13 +18,14 @@ ROWS = ("zeroshot", "dgl_ulp")
 
 
 def report_rows(markdown: str) -> dict[str, dict[str, str]]:
-    """The table's rows as {method: {column header: cell}}."""
-    lines = [line for line in markdown.splitlines() if line.startswith("|")]
-    header = [h.strip() for h in lines[0].strip("|").split("|")]
-    rows = {}
-    for line in lines[2:]:
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = dict(zip(header[1:], cells[1:]))
+    """The tables' rows as {method: {column header: cell}}, both tables' columns merged."""
+    tables = [[line for line in block.splitlines() if line.startswith("|")] for block in markdown.split("\n\n")]
+    rows: dict[str, dict[str, str]] = {}
+    for lines in filter(None, tables):
+        header = [h.strip() for h in lines[0].strip("|").split("|")]
+        for line in lines[2:]:
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            rows.setdefault(cells[0], {}).update(zip(header[1:], cells[1:]))
     return rows
 
 
@@ -184,6 +185,31 @@ def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path):
     assert len(out.stdout.splitlines()) == 5
     bad = outside_repo(tmp_path, "--grid", "grid.yaml", "--seeds", "a,b")
     assert bad.returncode == 2 and "--seeds 'a,b': give integers" in bad.stderr
+
+
+def test_samplers_expand_into_named_experiments_and_report_one_line_each(tmp_path):
+    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"rows": [{"name": "dgl_upt", "set": ["model.method=dgl"]}]}))
+    out = outside_repo(tmp_path, "--grid", "grid.yaml", "--samplers", "random,twins", "--seeds", "0", "--dry-run")
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines()[:2] == [
+        "dvc exp run --queue -n dgl_upt-random-s0 -S model.method=dgl -S train.sampler=random -S train.seed=0",
+        "dvc exp run --queue -n dgl_upt-twins-s0 -S model.method=dgl -S train.sampler=twins -S train.seed=0",
+    ]
+    bad = outside_repo(tmp_path, "--grid", "grid.yaml", "--samplers", "twin")
+    assert bad.returncode == 2 and "--samplers: unknown twin; choose from random, twins" in bad.stderr
+
+    def exp(name, sampler, words):
+        return Experiment(name, {"train.sampler": sampler}, {"t2v_R1": 40.0, "pair_acc_words": words,
+                                                              "content_R1": 90.0, "trainable_params": 1})
+
+    experiments = [exp(f"dgl_upt-{s}-s{i}", s, w) for s, ws in (("random", (0.50, 0.52)), ("twins", (0.90, 0.94)))
+                   for i, w in enumerate(ws)]
+    markdown = table(experiments, load_grid())
+    lines = [line for line in markdown.splitlines() if line.startswith("| dgl_upt")]
+    assert [line.split("|")[2].strip() for line in lines] == ["random", "twins"] * 2  # both tables
+    time_header = next(line for line in markdown.splitlines() if "pair acc words" in line).split("|")
+    twins_cells = dict(zip([h.strip() for h in time_header], [c.strip() for c in lines[3].split("|")]))
+    assert twins_cells["Δ random"] == "+0.410*" and twins_cells["pair acc words"] == "0.920 ± 0.028"
 
 
 def test_an_experiment_still_running_is_left_out_not_shown_with_the_baselines_numbers():

@@ -1,18 +1,24 @@
 """The evaluate stage's pictures from a tiny DGL on random frames: DGL's Figure 5 (global prompts'
-attention over frames) and retrieval examples, as PNGs of the expected size."""
+attention over frames) and retrieval examples, as PNGs of the expected size, frames apart, titled
+with the method and, for the attention, the block, prompts and heads it shows."""
 from __future__ import annotations
 
+import json
+import re
+import shutil
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+import yaml
 from PIL import Image
 
-from conftest import group
+from conftest import ROOT, group, run
 from dgl.cache import CachedSplit
-from dgl.figures import CELL_INCHES, DPI, FRAME_INCHES, TOP_K, write_figures
+from dgl.figures import (ATTENTION_ROW, CELL_INCHES, DPI, FRAME_INCHES, TITLE_INCHES, TOP_K, global_attention_title,
+                         method_title, strip, write_figures)
 from dgl.models.attention import global_local_mask
 from dgl.models.attention_maps import global_attention, global_frame_attention
 from dgl.models.backbone import build_clip
@@ -77,11 +83,64 @@ def test_global_prompt_attention_is_a_distribution_over_frames(dgl_method, split
 def test_figures_are_pngs_of_the_expected_size(dgl_method, split, tmp_path):
     text = F.normalize(torch.randn(2 * VIDEOS, 16), dim=-1)
     video = F.normalize(torch.randn(VIDEOS, 16), dim=-1)
-    write_figures(tmp_path, dgl_method, split, text, video, torch.device("cpu"), count=4)
-    assert png_size(tmp_path / "retrieval.png") == (TOP_K * CELL_INCHES[0] * DPI, 4 * CELL_INCHES[1] * DPI)
-    assert png_size(tmp_path / "attention.png") == (FRAMES * FRAME_INCHES * DPI, 4 * 2 * FRAME_INCHES * DPI)
+    write_figures(tmp_path, dgl_method, split, text, video, torch.device("cpu"), count=4, title="dgl (ULP generator)")
+    # inches x DPI, to the pixel (matplotlib truncates)
+    assert png_size(tmp_path / "retrieval.png") == pytest.approx(
+        (TOP_K * CELL_INCHES[0] * DPI, (4 * CELL_INCHES[1] + TITLE_INCHES) * DPI), abs=1)
+    assert png_size(tmp_path / "attention.png") == pytest.approx(
+        (max(FRAMES, 6) * FRAME_INCHES * DPI, (4 * ATTENTION_ROW * FRAME_INCHES + TITLE_INCHES) * DPI), abs=1)
 
     zeroshot = build_method("zeroshot", dgl_method.clip, SimpleNamespace(), FRAMES)
     (tmp_path / "zeroshot").mkdir()
     write_figures(tmp_path / "zeroshot", zeroshot, split, text, video, torch.device("cpu"), count=2)
     assert sorted(p.name for p in (tmp_path / "zeroshot").iterdir()) == ["retrieval.png"]
+
+
+def test_frames_stand_apart_and_titles_say_what_is_shown(dgl_method):
+    frames = np.zeros((3, 3, SIZE, SIZE), np.uint8)
+    shown = strip(frames)
+    gap = (shown.shape[1] - 3 * SIZE) // 2
+    assert shown.shape == (SIZE, 3 * SIZE + 2 * gap, 3) and gap >= SIZE // 10
+    assert (shown[:, SIZE:SIZE + gap] == 255).all() and (shown[:, :SIZE] == 0).all()  # white between frames
+
+    title = global_attention_title(dgl_method)
+    blocks = len(dgl_method.clip.visual.transformer.resblocks)
+    heads = dgl_method.clip.visual.transformer.resblocks[-1].attn.num_heads
+    n_global = group("model.dgl").global_prompt_len
+    assert f"({blocks} of {blocks})" in title and f"{n_global} global prompts" in title and f"{heads} heads" in title
+    assert method_title(SimpleNamespace(method="dgl", dgl=group("model.dgl", generator="upt"))) == "dgl (UPT generator)"
+    assert method_title(SimpleNamespace(method="vop_f")) == "vop_f"
+
+
+def test_dvc_plots_render_offline_with_the_shipped_template(tmp_path):
+    """`dvc plots show`, and `dvc plots diff` against the committed baseline, with the project's
+    .dvc/config template: vega, vega-lite and vega-embed are in the page, in the versions dvc-render
+    would fetch, and nothing is loaded from another machine."""
+    from dgl.offline_plots import LIBRARIES, TEMPLATE, pinned_versions
+
+    repo = tmp_path / "repo"
+    (repo / "plots" / "figures").mkdir(parents=True)
+    (repo / "plots" / "train.json").write_text(json.dumps([{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.0}]))
+    Image.new("RGB", (8, 8), "red").save(repo / "plots" / "figures" / "retrieval.png")
+    (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": [
+        {"Training loss": {"x": "epoch", "y": {"plots/train.json": "train_loss"}}}, "plots/figures"]}))
+    run(["git", "init", "-q"], repo)
+    run(["dvc", "init", "-q"], repo)
+    (repo / TEMPLATE).parent.mkdir(parents=True)
+    shutil.copy(ROOT / TEMPLATE, repo / TEMPLATE)
+    shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # names the template
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "baseline"], repo)
+    (repo / "plots" / "train.json").write_text(json.dumps([{"epoch": 1, "train_loss": 3.0}, {"epoch": 2, "train_loss": 0.5}]))
+
+    versions = pinned_versions()
+    for command in (["show"], ["diff", "HEAD"]):
+        out = tmp_path / command[0]
+        run(["dvc", "plots", *command, "-o", str(out)], repo)
+        page = (out / "index.html").read_text()
+        assert not re.findall(r"""(?:src|href)\s*=\s*["']?(?:https?:)?//""", page), "a remote load"
+        assert "cdn." not in page and "vegaEmbed('#" in page
+        for name in LIBRARIES:
+            assert f"/* {name}@{versions[name]} */" in page
+        assert re.search(r'<img src="(?!https?:)[^"]*retrieval\.png"', page)
+    assert page.count("vegaEmbed('#") == 1 and "3.0" in page and "2.0" in page  # both revisions in one chart

@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from dgl.metrics import evaluate_retrieval
+from dgl.metrics import evaluate_retrieval, twin_wordings
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -157,6 +157,47 @@ def test_pair_accuracy_is_one_half_when_twins_have_identical_features():
     assert "pair_acc" not in no_twins
 
 
+def test_content_recall_counts_the_twin_as_a_hit():
+    text, video = features_for([[0.5, 0.9, 0.1, 0.0],   # twin 1 first, own second: content hit, R@1 miss
+                                [0.2, 0.3, 0.9, 0.0],   # video 2 beats both: miss either way
+                                [0.0, 0.1, 0.9, 0.0],   # video 2 (no twin) first: hit either way
+                                [0.0, 0.0, 0.2, 0.1]])  # video 3 (no twin) second: a miss either way
+    result = evaluate_retrieval(text, video, torch.tensor([0, 1, 2, 3]), categories=["x", "x", "y", "y"],
+                                twins=torch.tensor([1, 0, -1, -1]))
+    content = {k: v for k, v in result.metrics.items() if k.startswith("content_R1")}
+    assert result.metrics["t2v_R1"] == 25.0
+    assert content == {"content_R1": 50.0, "content_R1_x": 50.0, "content_R1_y": 50.0}
+
+
+@pytest.mark.parametrize("chunk_size", [1, 3, 100])
+def test_content_recall_equals_a_dense_reference(chunk_size):
+    gen = torch.Generator().manual_seed(4)
+    text, video = F.normalize(torch.randn(40, 16, generator=gen), dim=-1), F.normalize(torch.randn(10, 16, generator=gen), dim=-1)
+    caption_video = torch.arange(40) % 10
+    twins = torch.tensor([1, 0, 3, 2, -1, 6, 5, -1, 9, 8])
+    sim = text @ video.T
+    own, twin = caption_video, twins[caption_video]
+    best = torch.where(twin >= 0, torch.maximum(sim[torch.arange(40), own], sim[torch.arange(40), twin.clamp(min=0)]),
+                       sim[torch.arange(40), own])
+    others = sim.clone()
+    others[torch.arange(40), own] = -2
+    others[torch.arange(40)[twin >= 0], twin[twin >= 0]] = -2
+    expected = 100.0 * float(((others >= best[:, None]).sum(1) == 0).double().mean())
+    got = evaluate_retrieval(text, video, caption_video, twins=twins, chunk_size=chunk_size).metrics["content_R1"]
+    assert got == pytest.approx(expected)
+
+
+def test_twin_wordings_tell_word_changes_from_order_changes():
+    texts = ["a dot moves up", "a dot turns from red to blue",   # video 0
+             "a dot moves down", "a dot turns from blue to red",  # video 1, its twin
+             "a still dot"]                                       # video 2, no twin
+    assert twin_wordings(texts, [0, 0, 1, 1, 2], [1, 0, -1]) == ["words", "order", "words", "order", ""]
+    text, video = features_for([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.1, 0.9, 0.0], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]])
+    metrics = evaluate_retrieval(text, video, torch.tensor([0, 0, 1, 1, 2]), twins=torch.tensor([1, 0, -1]),
+                                 wordings=twin_wordings(texts, [0, 0, 1, 1, 2], [1, 0, -1])).metrics
+    assert (metrics["pair_acc_words"], metrics["pair_acc_order"]) == (1.0, 0.5)
+
+
 def test_recall_curves_stop_at_50_or_the_gallery_size():
     gen = torch.Generator().manual_seed(3)
     for num_videos, length in ((60, 50), (20, 20)):
@@ -181,7 +222,7 @@ def test_bad_inputs_are_refused():
 MEMORY_SCRIPT = """
 import torch
 import torch.nn.functional as F
-from dgl.metrics import evaluate_retrieval
+from dgl.metrics import evaluate_retrieval, twin_wordings
 
 n = 20000
 gen = torch.Generator().manual_seed(0)

@@ -14,6 +14,7 @@ from conftest import ROOT
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 SCRATCH_ARGS = {"--checkpoint"}  # a path the stage deletes once it succeeds: neither dep nor out
 PATH_ARGS_EXEMPT = {"--params"}  # DVC's own params file, declared by `params:`
+ORDER_DEPS = {"params.ok"}  # a dep only for order (stage `params` runs first); the stage never reads it
 
 
 def module_file(name: str) -> Path | None:
@@ -66,7 +67,8 @@ def stage_module(stage: dict) -> str:
 
 
 def declared_paths(stage: dict) -> set[str]:
-    entries = stage.get("deps", []) + stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", [])
+    deps = [d for d in stage.get("deps", []) if d not in ORDER_DEPS]
+    entries = deps + stage.get("outs", []) + stage.get("metrics", []) + stage.get("plots", [])
     return {next(iter(e)) if isinstance(e, dict) else e for e in entries}
 
 

@@ -3,9 +3,13 @@ its REST API; an experiment whose stages DVC skips, which logs nothing until for
 re-run alone, which gets a run of its own; and several processes writing one SQLite store at once."""
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import json
 import os
+import re
+import shutil
 import signal
 import socket
 import sqlite3
@@ -16,6 +20,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -57,29 +62,29 @@ class Rest:
         return {f["path"] for f in files}
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory) -> Rest:
-    """`mlflow server` on a free local port: SQLite backend, artifacts uploaded through the server."""
-    root = tmp_path_factory.mktemp("mlflow-server")
+@contextlib.contextmanager
+def mlflow_ui(root: Path, command: str = "server", *options: str) -> Iterator[str]:
+    """`mlflow <command>` (server or ui) on a free loopback port with the SQLite store root/mlflow.db;
+    yields its address once it answers. The server and its workers (one process group) are killed
+    when the block ends, whatever happened in it."""
     port = free_port()
-    log = (root / "server.log").open("w")
+    log = (root / f"{command}.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-         "--serve-artifacts", "--artifacts-destination", str(root / "artifacts")],
+        [str(BIN / "mlflow"), command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", *options],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
         while True:
-            assert proc.poll() is None, f"mlflow server exited:\n{(root / 'server.log').read_text()[-3000:]}"
+            assert proc.poll() is None, f"mlflow {command} exited:\n{(root / f'{command}.log').read_text()[-3000:]}"
             try:
                 with urllib.request.urlopen(url + "/health", timeout=2):
                     break
             except (urllib.error.URLError, ConnectionError):
-                assert time.monotonic() < deadline, "mlflow server did not answer within 90 s"
+                assert time.monotonic() < deadline, f"mlflow {command} did not answer within 90 s"
                 time.sleep(0.5)
-        yield Rest(url, root / "artifacts")
+        yield url
     finally:
         os.killpg(proc.pid, signal.SIGTERM)  # the server's workers are in its process group
         try:
@@ -91,14 +96,26 @@ def server(tmp_path_factory) -> Rest:
 
 
 @pytest.fixture(scope="module")
+def server(tmp_path_factory) -> Iterator[Rest]:
+    """`mlflow server` on a free local port: SQLite backend, artifacts uploaded through the server."""
+    root = tmp_path_factory.mktemp("mlflow-server")
+    with mlflow_ui(root, "server", "--serve-artifacts", "--artifacts-destination", str(root / "artifacts")) as url:
+        yield Rest(url, root / "artifacts")
+
+
+LOGS: dict[str, str] = {}  # what the project's first `dvc repro` printed
+
+
+@pytest.fixture(scope="module")
 def project(tmp_path_factory, server) -> Path:
     root = make_project(tmp_path_factory.mktemp("project"), tiny_params())
-    dvc(root, server, "repro")
+    LOGS["repro"] = dvc(root, server, "repro")
     return root
 
 
 def dvc(project: Path, server: Rest, *args: str) -> str:
-    return run(["dvc", *args], project, env={"MLFLOW_TRACKING_URI": server.url}).stdout
+    """DVC's output and the stages', stdout and stderr in the order printed."""
+    return run(["sh", "-c", 'exec dvc "$@" 2>&1', "dvc", *args], project, env={"MLFLOW_TRACKING_URI": server.url}).stdout
 
 
 def test_pipeline_run_is_complete_on_a_tracking_server(project, server):
@@ -108,16 +125,34 @@ def test_pipeline_run_is_complete_on_a_tracking_server(project, server):
     params = {p["key"]: p["value"] for p in data["params"]}
     assert params["model.dgl.generator"] == "ulp" and params["train.epochs"] == str(EPOCHS)
     metrics = {m["key"]: m["value"] for m in data["metrics"]}
-    assert metrics["params_trainable"] > 0 and metrics["params_total"] > metrics["params_trainable"]
-    assert metrics["params_trainable_ratio"] == pytest.approx(metrics["params_trainable"] / metrics["params_total"],
+    assert metrics["params/trainable"] > 0 and metrics["params/total"] > metrics["params/trainable"]
+    assert metrics["params/trainable_ratio"] == pytest.approx(metrics["params/trainable"] / metrics["params/total"],
                                                               rel=1e-3)
-    assert {"test_t2v_R1", "test_v2t_R1", "val_t2v_R1"} <= metrics.keys()
-    history = server.get("metrics/get-history", run_id=run_id, metric_key="train_loss")["metrics"]
+    assert {"test/t2v_R1", "test/v2t_R1", "epoch/val_t2v_R1", "epoch/train_lr"} <= metrics.keys()
+    assert all(k.startswith(("epoch/", "params/", "test/")) for k in metrics), sorted(metrics)
+    history = server.get("metrics/get-history", run_id=run_id, metric_key="epoch/train_loss")["metrics"]
     assert sorted(m["step"] for m in history) == list(range(1, EPOCHS + 1))
     tags = {t["key"]: t["value"] for t in data["tags"]}
     head = run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert tags["method"] == "dgl" and tags["git_commit"] == head and tags["stage"] == "evaluate"
-    assert {"metrics.json", "params.yaml", "dvc.lock", "plots"} <= server.artifacts(run_id)
+    # Not under `dvc exp run`: named for the method, generator and time. The tree holds only what
+    # the pipeline writes itself (dvc.lock, metrics.json, plots/): not dirty, so no diff.
+    assert re.fullmatch(r"dgl-ulp-\d{8}-\d{6}", found["info"]["run_name"]), found["info"]["run_name"]
+    assert tags["git_dirty"] == "false" and "git" not in server.artifacts(run_id)
+    # dvc.lock is written by DVC after evaluate ends: a copy logged by evaluate would be stale.
+    assert {"metrics.json", "params.yaml", "plots"} <= server.artifacts(run_id)
+    assert "dvc.lock" not in server.artifacts(run_id)
+    experiment = server.get("experiments/get-by-name", experiment_name="dgl")["experiment"]
+    assert values(experiment["tags"])["mlflow.experimentKind"] == "custom_model_development"
+    # Off a terminal (CI=1 here), train prints one line per epoch, and where to see the run.
+    lines = [line for line in LOGS["repro"].splitlines() if line.startswith("epoch ")]
+    assert len(lines) == EPOCHS and all(re.fullmatch(
+        rf"epoch {i}/{EPOCHS}  loss \d+\.\d{{4}}  val R@1 \d+\.\d t2v / \d+\.\d v2t  [\dmh]+s?  ETA [\dmh]+s?", line)
+        for i, line in enumerate(lines, start=1)), lines
+    assert f"/#/experiments/{experiment['experiment_id']}/runs/{run_id}?workflowType=machine_learning" in LOGS["repro"]
+    stages = dict(re.findall(r"Running stage '(\w+)':\n(.*?)(?=Running stage|\Z)", LOGS["repro"], re.S))
+    for stage in ("train", "evaluate"):  # they load the backbone stage's weights: not random
+        assert "No pretrained weights loaded" not in stages[stage], stages[stage]
     assert {"plots/train.json", "plots/recall.json", "plots/figures"} <= server.artifacts(run_id, "plots")
     assert "plots/figures/retrieval.png" in server.artifacts(run_id, "plots/figures")
     # Uploaded through the server, not written beside the project.
@@ -146,7 +181,7 @@ def test_evaluate_alone_logs_a_new_run_and_keeps_the_first(project, server):
     assert len(trained) == 2, "the forced rerun trained the very same weights (training is deterministic)"
     train_run_id = max(trained, key=lambda r: r["info"]["start_time"])["info"]["run_id"]  # evaluate takes the newest
     first = values(before[train_run_id]["data"]["metrics"])
-    assert "test_t2v_R1" in first
+    assert "test/t2v_R1" in first
 
     out = dvc(project, server, "exp", "run", "-S", "eval.dsl=true")
     assert "Stage 'train' didn't change, skipping" in out and "Running stage 'evaluate'" in out
@@ -159,16 +194,29 @@ def test_evaluate_alone_logs_a_new_run_and_keeps_the_first(project, server):
     assert tags["method"] == "dgl" and params["eval.dsl"] == "True" and params["model.dgl.generator"] == "ulp"
     assert values(before[train_run_id]["data"]["params"])["eval.dsl"] == "False"
     metrics, shown = values(new["data"]["metrics"]), json.loads((project / "metrics.json").read_text())
-    assert metrics["test_t2v_R1"] == pytest.approx(shown["t2v_R1"], abs=1e-4)
-    assert metrics["params_trainable"] == first["params_trainable"]
-    assert "train_loss" not in metrics  # the training's curves stay with the training's run
+    assert metrics["test/t2v_R1"] == pytest.approx(shown["t2v_R1"], abs=1e-4)
+    assert metrics["params/trainable"] == first["params/trainable"]
+    assert "epoch/train_loss" not in metrics  # the training's curves stay with the training's run
+    assert len({r["info"]["run_name"] for r in runs.values()}) == len(runs), "run names are unique"
     assert "metrics.json" in server.artifacts(new_id) and "plots/recall.json" in server.artifacts(new_id, "plots")
 
     original = runs[train_run_id]
     assert values(original["data"]["metrics"]) == first
     assert values(original["data"]["tags"])["created_by_stage"] == "train"
-    history = server.get("metrics/get-history", run_id=train_run_id, metric_key="test_t2v_R1")["metrics"]
+    history = server.get("metrics/get-history", run_id=train_run_id, metric_key="test/t2v_R1")["metrics"]
     assert len(history) == 1, "the first evaluation's numbers were not overwritten"
+
+
+def test_temp_experiments_do_not_stack(project, server):
+    """The READMEs' ablations: `dvc exp run --temp` leaves the workspace's params.yaml as it was,
+    so the next experiment changes the baseline, not the previous experiment."""
+    before = (project / "params.yaml").read_text()
+    dvc(project, server, "exp", "run", "--temp", "-n", "upt-temp", "-S", "model.dgl.generator=upt")
+    assert (project / "params.yaml").read_text() == before
+    dvc(project, server, "exp", "run", "--temp", "-n", "global2-temp", "-S", "model.dgl.global_prompt_len=2")
+    runs = {r["info"]["run_name"]: values(r["data"]["params"]) for r in server.runs()}
+    assert runs["upt-temp"]["model.dgl.generator"] == "upt"
+    assert (runs["global2-temp"]["model.dgl.generator"], runs["global2-temp"]["model.dgl.global_prompt_len"]) == ("ulp", "2")
 
 
 def values(entries: list[dict]) -> dict:
@@ -213,3 +261,170 @@ def test_concurrent_processes_share_one_sqlite_store(tmp_path):
     assert statuses == ["FINISHED"] * workers * runs
     assert [s for _, s in per_run] == [",".join(map(str, range(1, steps + 1)))] * workers * runs
     assert pairs == {(str(w), str(r)) for w in range(workers) for r in range(runs)}
+
+
+# ---- names, groups and provenance on a fresh store, without the pipeline ---------------------------
+
+COUNTS = {"trainable": 10, "total": 1000, "trainable_ratio": 0.01, "trainable_clip": 0}
+HISTORY = [{"train_loss": 2.0, "lr": 1e-3, "val_t2v_R1": 10.0, "val_v2t_R1": 12.0},
+           {"train_loss": 1.5, "lr": 5e-4, "val_t2v_R1": 20.0, "val_v2t_R1": 22.0}]
+
+
+@pytest.fixture
+def store(tmp_path, monkeypatch) -> Path:
+    """A folder standing for a repository (DVC_ROOT, the working directory) whose default store
+    mlflow.db is not made yet; not under `dvc exp run`."""
+    for name in ("DVC_EXP_NAME", "DVC_EXP_BASELINE_REV"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")  # unset (mlflow.set_tracking_uri sets it; undone after the test)
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def log_training(stage: str = "train", run_id: str | None = None) -> str:
+    """What the train and evaluate stages log, through the same calls; the run's id."""
+    from dgl.settings import load_params
+    from dgl.tracking import (active_run_id, epoch_metrics, evaluation_metrics, log_training_setup, mlflow_run,
+                              run_label)
+
+    params = load_params(ROOT / "params.yaml")
+    with mlflow_run(params.tracking, run_id=run_id, stage=stage, label=run_label(params.model)) as mlflow:
+        if run_id is None:
+            log_training_setup(mlflow, params, params.model.method, COUNTS)
+            for epoch, record in enumerate(HISTORY, start=1):
+                mlflow.log_metrics(epoch_metrics(record), step=epoch)
+        mlflow.log_metrics(evaluation_metrics({"t2v_R1": 30.0, "v2t_R1": 31.0, "pair_acc": 0.5}))
+        return active_run_id()
+
+
+def test_the_ui_opens_a_training_experiment_with_unique_names_and_grouped_metrics(store):
+    """Two trainings of one method in one store, then `mlflow ui` on that store, read over its REST API."""
+    from dgl.tracking import as_metrics_json
+
+    first, second = log_training(), log_training()
+    with mlflow_ui(store, "ui") as url:
+        rest = Rest(url, store / "mlruns")
+        experiment = rest.get("experiments/get-by-name", experiment_name="dgl")["experiment"]
+        runs = rest.runs()
+        history = rest.get("metrics/get-history", run_id=first, metric_key="epoch/train_loss")["metrics"]
+        with urllib.request.urlopen(url + "/", timeout=10) as page:
+            assert "<html" in page.read().decode().lower()  # the UI itself is served
+    assert values(experiment["tags"])["mlflow.experimentKind"] == "custom_model_development"
+    assert experiment["artifact_location"] == (store / "mlruns" / "dgl").as_uri()
+    names = [r["info"]["run_name"] for r in runs]
+    assert {r["info"]["run_id"] for r in runs} == {first, second}
+    assert len(set(names)) == 2 and all(re.fullmatch(r"dgl-ulp-\d{8}-\d{6}(-2)?", n) for n in names), names
+    for found in runs:
+        metrics = values(found["data"]["metrics"])
+        assert sorted(metrics) == sorted(
+            ["epoch/train_loss", "epoch/train_lr", "epoch/val_t2v_R1", "epoch/val_v2t_R1", "params/trainable",
+             "params/total", "params/trainable_ratio", "params/trainable_clip", "test/t2v_R1", "test/v2t_R1",
+             "test/pair_acc"])
+        # report.py reads them back under metrics.json's keys, as it does an older store's flat names
+        assert as_metrics_json(metrics) == {"t2v_R1": 30.0, "v2t_R1": 31.0, "pair_acc": 0.5, "trainable_params": 10,
+                                            "trainable_ratio": 0.01, "trainable_clip": 0, "val_t2v_R1": 20.0,
+                                            "val_v2t_R1": 22.0}
+    assert [(m["step"], m["value"]) for m in sorted(history, key=lambda m: m["step"])] == [(1, 2.0), (2, 1.5)]
+    old = {"test_t2v_R1": 1.0, "params_trainable": 2, "params_trainable_ratio": 0.1, "val_t2v_R1": 3.0, "lr": 0.1,
+           "train_loss": 4.0}
+    assert as_metrics_json(old) == {"t2v_R1": 1.0, "trainable_params": 2, "trainable_ratio": 0.1, "val_t2v_R1": 3.0}
+
+
+def test_a_taken_name_gets_a_number_and_dvc_names_the_run(store, monkeypatch):
+    import mlflow
+
+    from dgl.tracking import run_name
+
+    monkeypatch.setenv("DVC_EXP_NAME", "upt")
+    first, second = log_training(), log_training()  # `dvc exp run -n upt` twice (the second with -f)
+    client = mlflow.MlflowClient()
+    assert [client.get_run(r).info.run_name for r in (first, second)] == ["upt", "upt-2"]
+    assert client.get_run(second).data.tags["dvc_exp_name"] == "upt"
+    assert run_name(client, client.get_run(first).info.experiment_id, "upt") == "upt-3"
+    assert run_name(client, client.get_run(first).info.experiment_id, "up") == "up"
+
+
+def git(cwd: Path, *args: str) -> None:
+    run(["git", "-c", "user.name=test", "-c", "user.email=test@localhost", *args], cwd)
+
+
+def test_runs_say_whether_the_code_was_committed_and_log_the_diff(store):
+    import mlflow
+
+    git(store, "init", "-q")
+    shutil.copy(ROOT / ".gitignore", store / ".gitignore")  # the store: mlflow.db, mlruns/
+    (store / "model.py").write_text("LAYERS = 4\n")
+    (store / "params.yaml").write_text("lr: 1\n")
+    (store / "dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: python -m evaluate\n    metrics:\n"
+                                    "      - metrics.json:\n          cache: false\n")
+    git(store, "add", "-A")
+    git(store, "commit", "-qm", "code")
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=store, capture_output=True, text=True).stdout.strip()
+    (store / "model.py").write_text("LAYERS = 8\n")  # uncommitted code
+    (store / "extra.py").write_text("NEW = 1\n")  # a new file, not ignored
+    (store / "params.yaml").write_text("lr: 2\n")  # what `dvc exp run -S` does: not code
+    (store / "metrics.json").write_text("{}\n")  # an output dvc.yaml declares: not code
+
+    dirty = log_training()
+    client = mlflow.MlflowClient()
+    tags = client.get_run(dirty).data.tags
+    assert tags["git_commit"] == head and tags["git_dirty"] == "true"
+    diff = mlflow.artifacts.load_text(f"runs:/{dirty}/git/train.diff")
+    assert "+LAYERS = 8" in diff and "+NEW = 1" in diff and "lr: 2" not in diff and "metrics.json" not in diff
+
+    git(store, "add", "model.py", "extra.py")
+    git(store, "commit", "-qm", "more code")
+    log_training("evaluate", run_id=dirty)  # evaluate, clean, resumes the run: it stays dirty
+    assert client.get_run(dirty).data.tags["git_dirty"] == "true"
+    clean = log_training()
+    assert client.get_run(clean).data.tags["git_dirty"] == "false"
+    assert [a.path for a in client.list_artifacts(clean)] == []
+
+
+def test_a_moved_store_is_refused_in_one_line_until_relocated(store, monkeypatch, tmp_path_factory):
+    """A project copied with its mlflow.db: MLflow's stored absolute artifact paths name the old
+    tree, where the copy's runs would write. Every run checks; `python -m dgl.tracking relocate`
+    points the store at the copy's mlruns/."""
+    import mlflow
+
+    from dgl.errors import UserError
+
+    first = log_training()
+    copy = tmp_path_factory.mktemp("moved") / "project"
+    shutil.copytree(store, copy)
+    monkeypatch.setenv("DVC_ROOT", str(copy))
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    monkeypatch.chdir(copy)
+    with pytest.raises(UserError) as refused:
+        log_training()
+    message = str(refused.value)
+    assert "\n" not in message and str(store / "mlruns" / "dgl") in message and str(copy / "mlruns" / "dgl") in message
+    assert "python -m dgl.tracking relocate" in message
+
+    shutil.copy(ROOT / "params.yaml", copy / "params.yaml")
+    out = run([sys.executable, "-m", "dgl.tracking", "relocate"], copy,
+              env={"PYTHONPATH": str(ROOT), "DVC_ROOT": str(copy), "MLFLOW_TRACKING_URI": None})
+    assert f"and 1 runs now keep their artifacts in {copy / 'mlruns' / 'dgl'}" in out.stdout
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    second = log_training()
+    client = mlflow.MlflowClient(f"sqlite:///{copy / 'mlflow.db'}")
+    for run_id in (first, second):
+        assert client.get_run(run_id).info.artifact_uri == (copy / "mlruns" / "dgl" / run_id / "artifacts").as_uri()
+    with mlflow.start_run(run_id=second):
+        mlflow.log_text("x", "probe.txt")
+    assert (copy / "mlruns" / "dgl" / second / "artifacts" / "probe.txt").is_file()
+    assert not (store / "mlruns" / "dgl" / second).exists(), "nothing written into the old tree"
+
+
+def test_one_line_per_epoch_off_a_terminal():
+    from dgl.cli import EpochLog, duration
+
+    log = io.StringIO()  # not a terminal, as a log file or `dvc queue logs`
+    report = EpochLog(epochs=10, first=3, stream=log)
+    report(3, {"train_loss": 1.23456, "lr": 1e-3, "val_t2v_R1": 45.04, "val_v2t_R1": 40.0})
+    report(4, {"train_loss": 1.1, "lr": 1e-3})  # no validation split
+    lines = log.getvalue().splitlines()
+    assert re.fullmatch(r"epoch 3/10  loss 1\.2346  val R@1 45\.0 t2v / 40\.0 v2t  0s  ETA 0s", lines[0]), lines
+    assert re.fullmatch(r"epoch 4/10  loss 1\.1000  0s  ETA 0s", lines[1]), lines
+    assert [duration(s) for s in (7.4, 65, 3725)] == ["7s", "1m05s", "1h02m"]

@@ -15,7 +15,8 @@ from dgl.cache import CachedSplit, gallery_counts
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
-from dgl.train import SplitView, encode_view, epoch_samples, into_batches, optimizer_for, train_method
+from dgl.train import (SplitView, encode_view, epoch_samples, into_batches, optimizer_for, train_method,
+                       train_val_views)
 
 FRAMES, CANDIDATES, SIZE = 4, 3, 64  # the tiny CLIP sees 64 x 64
 
@@ -25,7 +26,7 @@ def tiny_method(name: str):
     return build_method(name, build_clip("tiny-synthetic"), group("model", method=name), num_frames=FRAMES)
 
 
-def split_with(captions_per_video: list[int], candidates: int = 1) -> CachedSplit:
+def split_with(captions_per_video: list[int], candidates: int = 1, twins: list[int] | None = None) -> CachedSplit:
     """Videos whose every frame's pixels say which (segment, candidate) it is: value 10 t + k."""
     videos = len(captions_per_video)
     position = np.arange(FRAMES * candidates)
@@ -38,7 +39,7 @@ def split_with(captions_per_video: list[int], candidates: int = 1) -> CachedSpli
     tokens = open_clip.get_tokenizer("tiny-synthetic")(texts, context_length=16).long()
     return CachedSplit(frames=np.ascontiguousarray(frames, dtype=np.uint8), tokens=tokens,
                        caption_video=caption_video, texts=texts, categories=["static"] * len(texts),
-                       twins=torch.full((videos,), -1), video_ids=[f"v{v}" for v in range(videos)],
+                       twins=torch.tensor(twins) if twins else torch.full((videos,), -1), video_ids=[f"v{v}" for v in range(videos)],
                        mean=torch.zeros(3), std=torch.ones(3) / 255, candidates=candidates)
 
 
@@ -80,15 +81,60 @@ def test_captions_all_visits_every_caption_exactly_once_per_epoch():
 def test_captions_one_shows_every_video_once_with_one_of_its_captions():
     split = split_with([2, 3, 1, 2, 2, 4])
     view = SplitView(split, np.arange(1, split.num_videos))  # a view: the validation video 0 left out
-    samples = epoch_samples(view, "one", np.random.default_rng(0))
+    samples = [s for unit in epoch_samples(view, "one", np.random.default_rng(0)) for s in unit]
     assert sorted(v for v, _ in samples) == list(range(1, 6))
     assert all(split.caption_video[c].item() == v for v, c in samples)
 
 
 def test_batches_are_trimmed_to_the_process_split():
-    samples = [(v, v) for v in range(10)]
+    samples = [[(v, v)] for v in range(10)]
     assert [len(v) for v, _ in into_batches(samples, batch_size=4, parts=2)] == [4, 4, 2]
     assert [len(v) for v, _ in into_batches(samples, batch_size=4, parts=4)] == [4, 4]
+
+
+# videos 0-1, 2-3 and 5-6 are twin pairs; 4 and 7 have no twin
+TWINS = [1, 0, 3, 2, -1, 6, 5, -1]
+
+
+@pytest.mark.parametrize("captions", ["all", "one"])
+def test_the_twins_sampler_puts_every_twin_pair_in_one_batch(captions):
+    split = split_with([3, 3, 2, 3, 1, 4, 4, 2], twins=TWINS)
+    view = SplitView(split, np.arange(split.num_videos))
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+        batches = into_batches(epoch_samples(view, captions, rng, "twins"), batch_size=4, parts=1)
+        shown = [c for _, cs in batches for c in cs.tolist()]
+        if captions == "all":
+            assert sorted(shown) == list(range(len(split.texts)))  # still every caption once
+        for videos, _ in batches:
+            held = set(videos.tolist())
+            assert len(held) == len(videos)
+            assert all(TWINS[v] in held for v in held if TWINS[v] >= 0 and len(videos) > 1), (
+                "a video without its twin in a batch")
+
+
+def test_random_batches_rarely_hold_a_twin_pair_the_twins_sampler_always_does():
+    pairs = 40
+    twins = [v + 1 if v % 2 == 0 else v - 1 for v in range(2 * pairs)]
+    split = split_with([1] * (2 * pairs), twins=twins)
+    view = SplitView(split, np.arange(split.num_videos))
+
+    def together(sampler: str) -> float:
+        batches = into_batches(epoch_samples(view, "one", np.random.default_rng(0), sampler), 8, 1)
+        held = [set(v.tolist()) for v, _ in batches]
+        return np.mean([twins[v] in b for b in held for v in b])
+
+    assert together("twins") == 1.0
+    assert together("random") < 0.3
+
+
+def test_validation_holds_twin_pairs_whole():
+    split = split_with([1] * 8, twins=TWINS)
+    for seed in range(5):
+        train, val = train_val_views(split, 0.25, seed)
+        held = set(val.videos.tolist())
+        assert 2 <= len(held) <= 3 and not held & set(train.videos.tolist())
+        assert all(TWINS[v] in held for v in held if TWINS[v] >= 0)
 
 
 def test_jitter_shows_other_frames_each_epoch_and_evaluation_the_centres(monkeypatch):

@@ -3,6 +3,8 @@ that are reported in skipped.json without stopping the stage."""
 from __future__ import annotations
 
 import json
+import math
+import operator
 import re
 import subprocess
 from pathlib import Path
@@ -14,7 +16,8 @@ from conftest import group
 from dgl.data.annotations import Annotations, Caption
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
-from dgl.video import BACKENDS, VideoError, extract_frames, sample_frames, segment_candidates, uniform_indices
+from dgl.video import (BACKENDS, VideoError, _decode_picked, _select_expr, extract_frames, sample_frames,
+                       segment_candidates, uniform_indices)
 
 GRAY_STEP = 10  # frame i is painted gray level GRAY_STEP * i
 
@@ -48,6 +51,33 @@ def index_video(path: Path, frame_count: int, fps: int = 8, timing: list[str] = 
 def frame_indices(frames: np.ndarray) -> list[int]:
     """Which source frame each sampled frame is, read back from its gray level."""
     return [round(float(frame.mean()) / GRAY_STEP) for frame in frames]
+
+
+def counter_video(path: Path, frame_count: int, fps: int = 25) -> Path:
+    """A 64x48 video of up to 625 frames whose frame i is one colour: red 10 * (i % 25), green 10 * (i // 25)."""
+    i = np.arange(frame_count)
+    colours = np.stack([i % 25, i // 25, np.zeros_like(i)], axis=1).astype(np.uint8) * GRAY_STEP
+    return encode(np.broadcast_to(colours[:, None, None, :], (frame_count, 48, 64, 3)).copy(), path, fps)
+
+
+def counter_indices(frames: np.ndarray) -> list[int]:
+    """Which source frame each frame of a `counter_video` is."""
+    red, green = frames[..., 0].mean(axis=(1, 2)), frames[..., 1].mean(axis=(1, 2))
+    return [round(r / GRAY_STEP) + 25 * round(g / GRAY_STEP) for r, g in zip(red, green, strict=True)]
+
+
+def faststart_testsrc(path: Path, seconds: float = 3, fps: int = 25) -> Path:
+    """A test pattern mp4 with its index (moov) at the front, as streaming sites serve them."""
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi",
+                    "-i", f"testsrc=size=64x48:rate={fps}:duration={seconds}",
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(path)], check=True)
+    return path
+
+
+def cut(source: Path, dest: Path, fraction: float = 0.5) -> Path:
+    data = source.read_bytes()
+    dest.write_bytes(data[: int(len(data) * fraction)])
+    return dest
 
 
 def test_segment_candidates_split_each_segment_and_keep_its_centre_in_the_middle():
@@ -150,10 +180,85 @@ def test_extract_frames_skips_bad_videos_and_samples_the_rest(tmp_path, raw_with
         assert len(toolchain["sha256"]) == 64 and ffmpeg_exe() not in json.dumps(toolchain)
 
 
-def test_sample_frames_raises_video_error_for_a_non_video(tmp_path):
-    (tmp_path / "x.mp4").write_text("hello")
-    with pytest.raises(VideoError, match="ffmpeg exit"):
-        sample_frames(tmp_path / "x.mp4", 4, 32)
+def test_the_select_expression_picks_exactly_the_segment_candidates():
+    # ffmpeg's expression language is Python's here (doubles, `/` is true division)
+    names = {"lt": operator.lt, "ceil": math.ceil}
+    for frame_count in [*range(1, 80), 99, 100, 101, 250, 1001, 7500]:
+        for num_frames, candidates in ((1, 1), (4, 3), (8, 1), (8, 3), (12, 1), (64, 1), (12, 15)):
+            code = compile(_select_expr(frame_count, num_frames, candidates), "select", "eval")
+            picked = [n for n in range(frame_count) if eval(code, names | {"n": n})]  # noqa: S307 (our own text)
+            assert picked == sorted(set(segment_candidates(frame_count, num_frames, candidates).tolist()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("container", ["mp4", "mkv"])  # the frame count from the mp4 index / from a demux run
+def test_a_long_video_gives_the_candidates_of_each_segment(tmp_path, backend, container):
+    video = counter_video(tmp_path / f"counter.{container}", 400)
+    frames = sample_frames(video, num_frames=12, size=32, backend=backend, candidates=3)
+    assert counter_indices(frames) == segment_candidates(400, 12, 3).tolist()
+
+
+def test_the_ffmpeg_backend_passes_only_the_picked_frames_out_of_ffmpeg(tmp_path):
+    video = counter_video(tmp_path / "counter.mp4", 400)
+    frames, count = _decode_picked(video, ffmpeg_exe(), 32, None, 400, num_frames=4, candidates=1)
+    assert count == 400 and frames.shape == (4, 32, 43, 3)  # memory does not grow with the video's length
+    assert counter_indices(frames) == uniform_indices(400, 4).tolist()
+
+
+def test_a_wrong_frame_count_guess_is_corrected_by_decoding_again(tmp_path, monkeypatch):
+    video = counter_video(tmp_path / "counter.mp4", 100)
+    monkeypatch.setattr("dgl.video._mp4_video_track", lambda path: (60, 2.4))  # an index that lies
+    assert counter_indices(sample_frames(video, 4, 32)) == uniform_indices(100, 4).tolist()
+
+
+def _bad_videos(folder: Path) -> dict[str, Path]:
+    """Hand-made broken files, by what is wrong with them."""
+    folder.mkdir(parents=True, exist_ok=True)
+    whole = faststart_testsrc(folder / "whole.mp4")
+    (folder / "text.mp4").write_text("this is not a video\n")
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=1",
+                    str(folder / "audio.mp4")], check=True)
+    return {
+        "not a video": folder / "text.mp4",
+        "truncated, index at the end": cut(make_testsrc(folder / "plain.mp4", seconds=3), folder / "cut_plain.mp4"),
+        "truncated, index at the front": cut(whole, folder / "cut_faststart.mp4"),
+        "no video stream": folder / "audio.mp4",
+    }
+
+
+# what each backend says, in words (decord does not tell a cut file without its index from a non-video)
+REASONS = {
+    "ffmpeg": {"not a video": "not an mp4", "truncated, index at the end": "truncated",
+               "truncated, index at the front": "truncated", "no video stream": "no video stream"},
+    "decord": {"not a video": "not a video file", "truncated, index at the end": "not a video file, or a damaged",
+               "truncated, index at the front": "truncated or damaged", "no video stream": "no video stream"},
+}
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_broken_videos_raise_a_reason_in_words_and_decord_stays_quiet(tmp_path, backend, capfd):
+    for what, path in _bad_videos(tmp_path).items():
+        with pytest.raises(VideoError) as caught:
+            sample_frames(path, 4, 32, backend=backend)
+        reason = caught.value.reason
+        assert REASONS[backend][what] in reason, (what, reason)
+        assert len(reason) < 160 and "\n" not in reason
+        assert not re.search(r"Check failed|0x[0-9a-f]{6}|\.cc:\d|filter|\[s\d\]|Parsed_", reason), (what, reason)
+    assert capfd.readouterr().err == ""  # decord's own `ERROR opening ...` lines are caught
+
+
+def test_a_truncated_video_with_its_index_at_the_front_is_skipped_not_sampled_from_what_is_left(tmp_path):
+    raw = tmp_path / "raw"
+    (raw / "videos").mkdir(parents=True)
+    cut(faststart_testsrc(tmp_path / "whole.mp4"), raw / "videos" / "cut.mp4")
+    annotations = Annotations(videos={"cut": "videos/cut.mp4"}, train=(Caption("cut", "a test pattern"),), test=())
+    out = tmp_path / "frames"
+    out.mkdir()
+    cfg = group("frames", num_frames=4, size=32, backend="ffmpeg", workers=1, train_candidates=1)
+    assert extract_frames(raw, annotations, out, cfg, ffmpeg="pinned", progress=False)["skipped"] == 1
+    (skip,) = json.loads((out / "skipped.json").read_text())["skipped"]
+    assert skip["reason"].startswith("videos/cut.mp4: truncated: the file ends before the frames its index lists")
+    assert not (out / "cut.npy").exists()
 
 
 @pytest.mark.parametrize("raw,needle", [

@@ -1,18 +1,25 @@
 """Fetching and unpacking, safely: HTTP(S) downloads that resume, checksums, guarded extraction.
 
-- `download` writes to `<dest>.part`, resumes it with a Range request (a server that ignores
-  Range sends the whole file and the part restarts), retries a dropped connection a few times,
-  checks the sha256 and renames to `dest` only when complete and verified.
+- `download` writes to `<dest>.part`, and beside it `<dest>.part.json`: the address, the server's
+  validator (a strong ETag, else Last-Modified) and the full length. It resumes the part with a
+  Range request carrying `If-Range`, so a file changed on the server since is sent whole and the
+  part restarts instead of being spliced onto (as does a server that ignores Range, or a 206 whose
+  validator or length differ); a part with neither a validator nor a known length is never
+  continued. A body of unknown length (no Content-Length) cannot tell a cut from an end: a chunked
+  one cut short fails to parse, and after any other the server is asked for what follows (416: the
+  end; 206: it was cut, and the part resumes). A dropped connection is retried a few times; the
+  file is renamed to `dest` only when complete and its sha256 checked.
 - `extract` unpacks a zip or tar archive, refusing any entry that would land outside the target
-  (`../`, absolute paths) and any link or special file, before writing anything; it writes into a
-  temporary sibling folder and moves the result into place at the end, so a refused or failed
-  extraction leaves nothing behind.
+  (`../`, absolute paths), any link or special file, and selected entries that would write more
+  than a cap in all, before writing anything; it writes into a temporary sibling folder and moves
+  the result into place at the end, so a refused or failed extraction leaves nothing behind.
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
 import http.client
+import json
 import os
 import re
 import shutil
@@ -24,6 +31,7 @@ import urllib.request
 import zipfile
 import zlib
 from dataclasses import dataclass
+from email.message import Message
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
 
@@ -50,38 +58,91 @@ class _Interrupted(Exception):
     """The transfer stopped early; what arrived is kept in the .part file."""
 
 
+class ChecksumMismatch(UserError):
+    """The downloaded file is not the one expected; the download was removed."""
+
+    def __init__(self, message: str, expected: str, actual: str):
+        super().__init__(message)
+        self.expected, self.actual = expected, actual
+
+
 def _part_path(dest: Path) -> Path:
     return dest.with_name(dest.name + ".part")
 
 
-def _open(url: str, offset: int, timeout: float) -> http.client.HTTPResponse:
-    headers = {"User-Agent": USER_AGENT} | ({"Range": f"bytes={offset}-"} if offset else {})
+def _about_path(part: Path) -> Path:
+    """What the part file is a part of: its address, the server's validator and the full length."""
+    return part.with_name(part.name + ".json")
+
+
+def _read_about(part: Path) -> dict:
+    try:
+        about = json.loads(_about_path(part).read_text())
+    except (OSError, ValueError):
+        return {}
+    return about if isinstance(about, dict) else {}
+
+
+def _discard(part: Path) -> None:
+    part.unlink(missing_ok=True)
+    _about_path(part).unlink(missing_ok=True)
+
+
+def _validator(headers: Message) -> str | None:
+    """What `If-Range` can send back: a strong ETag, else the Last-Modified date (a weak ETag cannot)."""
+    etag = headers.get("ETag")
+    if etag and not etag.startswith("W/"):
+        return etag
+    return headers.get("Last-Modified")
+
+
+def _resumable(about: dict, url: str) -> bool:
+    """A part can be continued only if it is known what it is a part of: the same address, and a
+    validator for `If-Range` or at least the full length to compare against."""
+    return about.get("url") == url and (about.get("validator") is not None or about.get("length") is not None)
+
+
+def _open(url: str, offset: int, validator: str | None, timeout: float) -> http.client.HTTPResponse:
+    headers = {"User-Agent": USER_AGENT}
+    if offset:
+        # If-Range: the rest if the file is still the one the part came from, else all of it (a 200)
+        headers |= {"Range": f"bytes={offset}-"} | ({"If-Range": validator} if validator else {})
     return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
 
 
-def _range_start(response: http.client.HTTPResponse) -> int | None:
-    """Where a 206 response's body starts (`Content-Range: bytes START-END/TOTAL`)."""
-    match = re.match(r"bytes (\d+)-", response.headers.get("Content-Range", ""))
-    return int(match[1]) if match else None
+def _content_range(headers: Message | None) -> tuple[int | None, int | None]:
+    """(first byte, full length) of `Content-Range: bytes START-END/TOTAL` or `bytes */TOTAL`."""
+    match = re.match(r"bytes (?:(\d+)-\d+|\*)/(\d+|\*)", headers.get("Content-Range", "") if headers else "")
+    if match is None:
+        return None, None
+    return (int(match[1]) if match[1] else None), (int(match[2]) if match[2] != "*" else None)
 
 
-def _already_complete(error: urllib.error.HTTPError, offset: int) -> bool:
-    """A 416 whose `Content-Range: bytes */TOTAL` says the part already holds the whole file."""
-    match = re.match(r"bytes \*/(\d+)", error.headers.get("Content-Range", "") if error.headers else "")
-    return match is not None and int(match[1]) == offset
+def _same_file(about: dict, headers: Message, total: int | None) -> bool:
+    """Does a 206 come from the file the part came from (for servers that ignore If-Range)?"""
+    if about.get("length") is not None and total is not None and total != about["length"]:
+        return False
+    return about.get("validator") is None or _validator(headers) in (None, about["validator"])
 
 
-def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:
-    """Append the rest of `url` to `part` (or restart it when the server cannot resume)."""
+def _transfer(url: str, part: Path, progress: bool, timeout: float) -> bool:
+    """Append the rest of `url` to `part`, or start it over when it cannot be continued. Returns
+    whether the part is known to be complete: False after a body of unknown length, which reads the
+    same whether it was whole or cut short."""
     name = part.name.removesuffix(".part")
+    about = _read_about(part)
     offset = part.stat().st_size if part.exists() else 0
+    if offset and not _resumable(about, url):
+        _discard(part)  # unknown what it is a part of: splicing onto it could make a file that never existed
+        offset, about = 0, {}
     try:
-        response = _open(url, offset, timeout)
+        response = _open(url, offset, about.get("validator"), timeout)
     except urllib.error.HTTPError as e:
         if e.code == 416 and offset:
-            if _already_complete(e, offset):
-                return
-            part.unlink()  # the part is not a prefix of what the server has now: start over
+            total = _content_range(e.headers)[1]
+            if total == offset and about.get("length") in (None, offset):
+                return True  # the part already holds the whole file
+            _discard(part)  # the part is not a prefix of what the server has now: start over
             return _transfer(url, part, progress, timeout)
         raise UserError(
             f"{name}: HTTP {e.code} ({e.reason}) from {url}; the address may have moved: "
@@ -90,13 +151,16 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:
     except (urllib.error.URLError, OSError) as e:
         raise _Interrupted(str(getattr(e, "reason", e))) from None
     with response:
-        if response.status == 206 and _range_start(response) != offset:
-            part.unlink(missing_ok=True)
-            raise _Interrupted("the server sent another byte range than the one asked for; restarting")
+        start, total = _content_range(response.headers)
         resumed = response.status == 206
-        offset = offset if resumed else 0  # a server that ignores Range sends everything: restart
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length is not None else None
+        if resumed and (start != offset or not _same_file(about, response.headers, total)):
+            _discard(part)
+            raise _Interrupted("the server sent another byte range or another version of the file; restarting")
+        if not resumed:  # a 200: the whole file, either asked for or because it changed since the part began
+            length = response.headers.get("Content-Length")
+            offset, total = 0, int(length) if length is not None else None
+            about = {"url": url, "validator": _validator(response.headers), "length": total}
+            _about_path(part).write_text(json.dumps(about) + "\n")
         bar = tqdm(total=total, initial=offset, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
                    disable=not progress)
         with bar, open(part, "ab" if resumed else "wb") as out:
@@ -104,27 +168,57 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> None:
                 while chunk := response.read(CHUNK):
                     out.write(chunk)
                     bar.update(len(chunk))
+            except http.client.IncompleteRead as e:  # a chunked body cut short: keep what did arrive
+                out.write(e.partial)
+                raise _Interrupted(f"connection closed after {out.tell()} bytes") from None
             except (OSError, http.client.HTTPException) as e:
                 raise _Interrupted(f"{type(e).__name__}: {e}") from None
     size = part.stat().st_size
     if total is not None and size < total:
         raise _Interrupted(f"connection closed at {size} of {total} bytes")
+    return total is not None
+
+
+def _check_end(url: str, part: Path, timeout: float) -> None:
+    """After a body of unknown length: ask for what follows it. A server that knows ranges answers 416
+    at the end of the file, or sends the rest (the body was cut: _Interrupted, and the part resumes);
+    one that does not sends the whole file again, which is closed unread: then nothing can tell."""
+    about, size = _read_about(part), part.stat().st_size
+    try:
+        response = _open(url, size, about.get("validator"), timeout)
+    except urllib.error.HTTPError as e:
+        if e.code == 416 and _content_range(e.headers)[1] not in (None, size):
+            _discard(part)
+            raise _Interrupted("the file on the server has another length now; restarting") from None
+        return
+    except (urllib.error.URLError, OSError):
+        return
+    with response:
+        if response.status == 206:
+            raise _Interrupted(f"the body ended at {size} bytes but the server has more; resuming")
 
 
 def _transfer_with_retries(url: str, part: Path, progress: bool, timeout: float, retries: int) -> None:
-    """`_transfer`, resumed at once after each of up to `retries` interruptions."""
-    for _ in range(retries):
-        with contextlib.suppress(_Interrupted):
-            return _transfer(url, part, progress, timeout)
-    _transfer(url, part, progress, timeout)
+    """`_transfer` (and `_check_end` after a body of unknown length), resumed at once after each of
+    up to `retries` interruptions."""
+    for attempt in range(retries + 1):
+        try:
+            if not _transfer(url, part, progress, timeout):
+                _check_end(url, part, timeout)
+            return
+        except _Interrupted:
+            if attempt == retries:
+                raise
 
 
 def download(url: str, dest: Path, sha256: str | None, progress: bool = True, retries: int = 3,
              timeout: float = 60.0) -> str:
     """Fetch `url` to `dest` (resuming `dest.part`), check `sha256` if given; returns the file's sha256.
 
-    A dropped connection is resumed up to `retries` times; after that the part file stays for the
-    next run to resume. On a checksum mismatch the part file is removed and nothing is written.
+    A dropped connection is resumed up to `retries` times, with `If-Range` so that a file changed on
+    the server meanwhile starts over instead of being spliced; after that the part file (and
+    `dest.part.json`, what it is a part of) stays for the next run. On a checksum mismatch the part
+    file is removed, nothing is written and ChecksumMismatch is raised.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -132,6 +226,10 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, re
     try:
         _transfer_with_retries(url, part, progress, timeout, retries)
     except _Interrupted as e:
+        if part.exists() and part.stat().st_size and not _resumable(_read_about(part), url):
+            _discard(part)  # the next run could not continue it anyway
+            raise UserError(f"{dest.name}: download from {url} interrupted ({e}) and the server gives no way to "
+                            "resume it: run again to start over") from None
         if not part.exists() or part.stat().st_size == 0:
             raise UserError(f"{dest.name}: cannot download {url} ({e}); check the network, or fetch the file "
                             f"by hand and put it at {dest}") from None
@@ -139,12 +237,14 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, re
                         f"in {part}: run again to resume") from None
     digest = sha256_of(part)
     if sha256 is not None and digest != sha256:
-        part.unlink()
-        raise UserError(
+        _discard(part)
+        raise ChecksumMismatch(
             f"{dest.name}: sha256 mismatch (expected {sha256}, got {digest}); the download was removed: run "
-            f"again, and if it happens again the file at {url} has changed: check it before trusting it"
+            f"again, and if it happens again the file at {url} has changed: check it before trusting it",
+            sha256, digest,
         )
     part.replace(dest)
+    _about_path(part).unlink(missing_ok=True)
     return digest
 
 
@@ -155,6 +255,7 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, re
 class _Entry:
     name: str  # path inside the archive
     kind: str  # "file", "dir", "link" or "special"
+    size: int  # bytes once extracted, as the archive declares it (zip and tar readers stop there)
     open: Callable[[], IO[bytes]]
 
 
@@ -164,7 +265,7 @@ def _zip_entries(archive: Path) -> Iterator[list[_Entry]]:
         yield [
             _Entry(info.filename,
                    "dir" if info.is_dir() else "link" if stat.S_ISLNK(info.external_attr >> 16) else "file",
-                   lambda info=info: zf.open(info))
+                   info.file_size, lambda info=info: zf.open(info))
             for info in zf.infolist()
         ]
 
@@ -180,7 +281,7 @@ def _tar_kind(member: tarfile.TarInfo) -> str:
 @contextlib.contextmanager
 def _tar_entries(archive: Path) -> Iterator[list[_Entry]]:
     with tarfile.open(archive) as tf:
-        yield [_Entry(m.name, _tar_kind(m), lambda m=m: tf.extractfile(m)) for m in tf.getmembers()]
+        yield [_Entry(m.name, _tar_kind(m), m.size, lambda m=m: tf.extractfile(m)) for m in tf.getmembers()]
 
 
 ArchiveReader = Callable[[Path], contextlib.AbstractContextManager[list[_Entry]]]
@@ -237,30 +338,53 @@ def _plan(archive: Path, entries: list[_Entry], select: Callable[[str], str | No
     return plan
 
 
-def _write(plan: list[tuple[_Entry, str]], folder: Path) -> None:
+def _size(n: int) -> str:
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if n >= scale:
+            return f"{n / scale:.3g} {unit}"
+    return f"{n} bytes"
+
+
+def _too_large(archive: Path, size: int, max_bytes: int) -> UserError:
+    return UserError(f"{archive}: extracting it would write {_size(size)}, more than the cap of {_size(max_bytes)} "
+                     "(data.max_extract_gb in params.yaml); if the archive is the one expected, raise the cap and "
+                     "run again")
+
+
+def _write(archive: Path, plan: list[tuple[_Entry, str]], folder: Path, max_bytes: int | None) -> None:
+    written = 0
     for entry, destination in plan:
         out_path = folder / destination
         out_path.parent.mkdir(parents=True, exist_ok=True)
         with entry.open() as source, open(out_path, "wb") as out:
-            shutil.copyfileobj(source, out, CHUNK)
+            while chunk := source.read(CHUNK):
+                written += len(chunk)
+                if max_bytes is not None and written > max_bytes:  # should an archive understate its sizes
+                    raise _too_large(archive, written, max_bytes)
+                out.write(chunk)
 
 
-def extract(archive: Path, target_dir: Path, select: Callable[[str], str | None] | None = None) -> list[str]:
+def extract(archive: Path, target_dir: Path, select: Callable[[str], str | None] | None = None,
+            max_bytes: int | None = None) -> list[str]:
     """Unpack `archive` into `target_dir` (created if missing); returns the files written (relative paths).
 
     `select` maps an entry's path to where it goes under target_dir (None: skip it); by default
     every entry keeps its path. Skipped entries are never written, so only the selected ones are
     checked: one that is a link, a special file or would escape the target is refused with a
-    UserError before anything is written.
+    UserError before anything is written, and so are selected entries that would write more than
+    `max_bytes` in all (an archive bomb, or a cap set too low).
     """
     archive, target_dir = Path(archive), Path(target_dir)
     try:
         with _archive_reader(archive)(archive) as entries:
             plan = _plan(archive, entries, select or (lambda name: name))
+            size = sum(entry.size for entry, _ in plan)
+            if max_bytes is not None and size > max_bytes:
+                raise _too_large(archive, size, max_bytes)
             target_dir.parent.mkdir(parents=True, exist_ok=True)
             staging = Path(tempfile.mkdtemp(prefix=f".{target_dir.name}.extracting-", dir=target_dir.parent))
             try:
-                _write(plan, staging)
+                _write(archive, plan, staging, max_bytes)
                 _merge(staging, target_dir)
             finally:
                 shutil.rmtree(staging, ignore_errors=True)

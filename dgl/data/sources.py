@@ -22,8 +22,12 @@ Addresses and checksums: the URLs below are the ones the datasets' authors and t
 reference code publish. They could not be checked from the machine this was written on (no
 network), so a moved file gets an error that says where to put a hand-fetched copy. A sha256 is
 pinned only where one is known; everywhere else the first download is trusted and its sha256
-recorded next to it (`<file>.sha256` in the downloads folder), and every later run is checked
-against that record (trust on first use). No hash here is made up.
+recorded next to it (`<file>.sha256` in the downloads folder), once it has been extracted and the
+annotation files parse (a truncated or wrong file is never recorded), and every later run is
+checked against that record (trust on first use). No hash here is made up.
+
+Every archive is extracted under a size cap (`data.max_extract_gb`): an archive that would write
+more is refused before anything is written.
 """
 from __future__ import annotations
 
@@ -39,10 +43,10 @@ from tqdm import tqdm
 
 from dgl.data.adapters import (VATEX_CAPTIONS, VATEX_TEST, VATEX_TRAIN, VIDEO_EXTENSIONS, dataset_format,
                                load_annotations)
-from dgl.data.download import download, extract, sha256_of
+from dgl.data.download import ChecksumMismatch, download, extract, sha256_of
 from dgl.errors import UserError
 
-Installer = Callable[[Path, Path], None]  # (downloaded file, raw folder)
+Installer = Callable[[Path, Path, int | None], None]  # (downloaded file, raw folder, extraction cap in bytes)
 
 
 def _link_or_copy(source: Path, dest: Path) -> None:
@@ -57,15 +61,15 @@ def _link_or_copy(source: Path, dest: Path) -> None:
 def unpack(select: Callable[[str], str | None]) -> Installer:
     """Install an archive: the entries `select` maps to raw paths."""
 
-    def install(archive: Path, raw_dir: Path) -> None:
-        extract(archive, raw_dir, select)
+    def install(archive: Path, raw_dir: Path, max_bytes: int | None) -> None:
+        extract(archive, raw_dir, select, max_bytes)
 
     return install
 
 
 def copy_as(name: str) -> Installer:
     """Install a plain file under `name` in the raw folder."""
-    return lambda file, raw_dir: _link_or_copy(file, raw_dir / name)
+    return lambda file, raw_dir, max_bytes: _link_or_copy(file, raw_dir / name)
 
 
 def files_named(*names: str) -> Callable[[str], str | None]:
@@ -97,7 +101,7 @@ class Remote:
 class Source:
     remotes: tuple[Remote, ...]
     by_hand: str  # one line: what to fetch yourself, from where, and where to put it ({manual}, {downloads})
-    derive: Callable[[Path], None] | None = None  # builds the annotation files from what was fetched
+    derive: Callable[[Path, Path], None] | None = None  # (raw, downloads folder): annotation files from the fetched
 
 
 # --- VATEX: the official caption files → the split lists and caption map the adapter reads -----
@@ -105,7 +109,7 @@ class Source:
 VATEX_OFFICIAL = {VATEX_TRAIN: "vatex_training_v1.0.json", VATEX_TEST: "vatex_validation_v1.0.json"}
 
 
-def _vatex_from_official(raw_dir: Path) -> None:
+def _vatex_from_official(raw_dir: Path, downloads_dir: Path) -> None:
     """train_list.txt / test_list.txt / ref_captions.json from VATEX's official English captions.
 
     Train = the official training set, test = the official validation set (3,000 videos). The
@@ -120,8 +124,8 @@ def _vatex_from_official(raw_dir: Path) -> None:
             entries = json.loads((raw_dir / name).read_text(encoding="utf-8"))
             split_captions = {str(e["videoID"]): [str(c) for c in e["enCap"]] for e in entries}
         except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{raw_dir / name}: not VATEX's official caption format ({type(e).__name__}: {e}); "
-                            "delete it from the downloads folder and run again") from None
+            raise UserError(f"{name}: not VATEX's official caption format ({type(e).__name__}: {e}); delete "
+                            f"{downloads_dir / name} (or your copy in the manual folder) and run again") from None
         (raw_dir / list_name).write_text("".join(f"{v}\n" for v in split_captions))
         captions |= split_captions
     (raw_dir / VATEX_CAPTIONS).write_text(json.dumps(captions) + "\n")
@@ -186,8 +190,9 @@ def _source(dataset: str) -> Source:
 # --- fetching with checksums -------------------------------------------------------------------
 
 
-def _fetch(remote: Remote, downloads_dir: Path, progress: bool) -> tuple[Path, dict]:
-    """The verified archive in the downloads folder, and how it was checked."""
+def _fetch(remote: Remote, downloads_dir: Path, progress: bool) -> tuple[Path, dict, Path | None]:
+    """The checked archive in the downloads folder, how it was checked, and the record to write once
+    it has proved good (None: pinned, or already recorded)."""
     path = downloads_dir / remote.filename
     record = downloads_dir / f"{remote.filename}.sha256"
     recorded = record.read_text().strip() if record.exists() else None
@@ -195,14 +200,23 @@ def _fetch(remote: Remote, downloads_dir: Path, progress: bool) -> tuple[Path, d
     if path.exists():
         digest = sha256_of(path)
         if expected is not None and digest != expected:
-            raise UserError(f"{path}: sha256 {digest} does not match the expected {expected}; delete it "
-                            "(and its .sha256 record if the source really changed) and run again")
+            forget = "" if remote.sha256 else f" (and the record {record}, if the file really changed at the source)"
+            raise UserError(f"{path}: sha256 {digest} does not match the expected {expected}; delete it{forget} "
+                            "and run again")
     else:
-        digest = download(remote.url, path, expected, progress)
-    if expected is None:
-        record.write_text(digest + "\n")
+        try:
+            digest = download(remote.url, path, expected, progress)
+        except ChecksumMismatch as e:
+            if remote.sha256:
+                raise UserError(f"{remote.filename}: sha256 {e.actual} from {remote.url} is not the {e.expected} "
+                                "pinned in dgl/data/sources.py; the download was removed: run again, and if it happens "
+                                "again the file has changed at the source: check it before changing the pin") from None
+            raise UserError(f"{remote.filename}: sha256 {e.actual} from {remote.url} differs from the {e.expected} "
+                            f"recorded at its first download; the download was removed: run again, and if it happens "
+                            f"again the file has changed at the source: if you trust it, delete {record} and run "
+                            "again") from None
     checked = "pinned" if remote.sha256 else "recorded on first use" if recorded else "first use (now recorded)"
-    return path, {"url": remote.url, "sha256": digest, "checked": checked}
+    return path, {"url": remote.url, "sha256": digest, "checked": checked}, None if expected else record
 
 
 def _place_by_hand(manual_dir: Path, raw_dir: Path) -> int:
@@ -221,11 +235,13 @@ def _write_manifest(raw_dir: Path, downloads: dict[str, dict], progress: bool) -
 
 
 def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_dir: Path | None = None,
-                manual_dir: Path | None = None) -> dict:
+                manual_dir: Path | None = None, max_extract_bytes: int | None = None) -> dict:
     """Assemble `raw_dir` for a real dataset: place, download, extract, check, write the manifest.
 
     `downloads_dir` defaults to <raw_dir's parent>/downloads/<dataset>, `manual_dir` to
-    <raw_dir's parent>/manual/<dataset>. Returns a summary (counts).
+    <raw_dir's parent>/manual/<dataset>; each archive may write at most `max_extract_bytes`.
+    First-use checksums are recorded only once everything has been extracted and the annotation
+    files parse. Returns a summary (counts).
     """
     source = _source(dataset)
     raw_dir = Path(raw_dir)
@@ -235,18 +251,29 @@ def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_di
     by_hand = source.by_hand.format(manual=manual_dir, downloads=downloads_dir)
 
     placed = _place_by_hand(manual_dir, raw_dir)
-    downloads = {}
+    downloads, records = {}, {}
     for remote in source.remotes:
         if not (raw_dir / remote.unless_present).exists():
-            path, downloads[remote.filename] = _fetch(remote, downloads_dir, progress)
-            remote.install(path, raw_dir)
+            path, downloads[remote.filename], record = _fetch(remote, downloads_dir, progress)
+            remote.install(path, raw_dir, max_extract_bytes)
+            if record is not None:
+                records[record] = downloads[remote.filename]["sha256"]
     if source.derive is not None:
-        source.derive(raw_dir)
+        source.derive(raw_dir, downloads_dir)
 
     missing_files = [f for f in dataset_format(dataset).files if not (raw_dir / f).is_file()]
     if missing_files:
         raise UserError(f"{dataset}: annotation files missing: {', '.join(missing_files)}; {by_hand}")
-    annotations = load_annotations(dataset, raw_dir)
+    try:
+        annotations = load_annotations(dataset, raw_dir)
+    except UserError as e:  # its advice is about the raw folder, which this stage rebuilds from the sources
+        origins = [str(downloads_dir / name) for name in downloads] + ([str(manual_dir)] if placed else [])
+        if not origins:
+            raise
+        raise UserError(f"{str(e).rsplit('; ', 1)[0]}; it came from {' or '.join(origins)}: replace it there "
+                        "(a deleted download is fetched anew) and run again") from None
+    for record, digest in records.items():  # the downloads proved good: trust them from now on
+        record.write_text(digest + "\n")
     absent = [v for v, relative in annotations.videos.items() if not (raw_dir / relative).is_file()]
     if absent:
         print(f"{dataset}: {len(absent)} of {len(annotations.videos)} videos named by the annotations are absent "

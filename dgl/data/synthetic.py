@@ -1,9 +1,10 @@
 """The synthetic text-video benchmark: coloured shapes that stay, move, change, appear and pass.
 
-An image-text model knows colours and shapes but not time. In the test split every
-order-sensitive video has a time-reversed twin (the same frames backwards) whose captions say the
-opposite ("from left to right" / "from right to left"), so a model that ignores frame order cannot
-tell the pair apart. Videos are drawn with PIL, encoded to H.264 mp4 by ffmpeg and annotated in
+An image-text model knows colours and shapes but not time. Every order-sensitive video of the
+test split, and of the training split, has a time-reversed twin (the same frames backwards) whose
+captions say the opposite ("ends on the right" / "ends on the left"), so a model that ignores
+frame order cannot tell the pair apart, and training can use each twin as the other's hard
+negative (train.sampler=twins). Videos are drawn with PIL, encoded to H.264 mp4 by ffmpeg and annotated in
 MSR-VTT's own format, so every later stage reads them exactly as it reads real data.
 
 Words, caption templates and layout numbers live in synthetic_vocab.yaml. This module holds
@@ -120,7 +121,7 @@ def order_sensitive(kind: str) -> bool:
     return "reversed_templates" in vocab()["kinds"][kind]
 
 
-def _slot_values(slots: str) -> list[dict[str, str]]:
+def slot_values(slots: str) -> list[dict[str, str]]:
     colours, shapes = list(vocab()["colours"]), list(vocab()["shapes"])
     if slots == "one_object":
         return [dict(colour=c, shape=s) for c, s in itertools.product(colours, shapes)]
@@ -138,8 +139,8 @@ def _slot_values(slots: str) -> list[dict[str, str]]:
 @functools.cache
 def looks(kind: str) -> tuple[Look, ...]:
     """Every distinguishable look of a kind; a test split draws from these without replacement."""
-    slot_values = _slot_values(vocab()["kinds"][kind]["slots"])
-    return tuple(Look(background=b, **v) for v, b in itertools.product(slot_values, vocab()["backgrounds"]))
+    values = slot_values(vocab()["kinds"][kind]["slots"])
+    return tuple(Look(background=b, **v) for v, b in itertools.product(values, vocab()["backgrounds"]))
 
 
 def held_out_combos(cfg: SyntheticConfig) -> frozenset[tuple[str, str, str]]:
@@ -207,21 +208,23 @@ def _scene(
     )
 
 
-def _plan_train(cfg: SyntheticConfig, rng: np.random.Generator) -> list[Scene]:
-    """Train scenes: any look whose combos are not held out; repeats allowed; both directions."""
+def _plan_train(cfg: SyntheticConfig, rng: np.random.Generator) -> list[list[Scene]]:
+    """Train units: an order-sensitive scene with its reversed twin (so that training can reward
+    order: train.sampler=twins puts both in one batch), or one order-blind scene. Any look whose
+    combos are not held out; repeats allowed. A category's odd last video has no twin."""
     held_out = held_out_combos(cfg)
-    counts = _largest_remainder(cfg.train_videos, _category_weights())
-    categories = [name for name, count in counts.items() for _ in range(count)]
-    scenes = []
-    for i in rng.permutation(len(categories)):
-        category = categories[i]
+    units: list[list[Scene]] = []
+    for category, count in _largest_remainder(cfg.train_videos, _category_weights()).items():
         kinds = vocab()["categories"][category]["kinds"]
-        kind = kinds[rng.integers(len(kinds))]
-        allowed = [look for look in looks(kind) if not _combos(look, category) & held_out]
-        look = allowed[rng.integers(len(allowed))]
-        reversed_ = order_sensitive(kind) and bool(rng.integers(2))
-        scenes.append(_scene(category, kind, reversed_, look, rng, cfg))
-    return scenes
+        while count > 0:
+            kind = kinds[rng.integers(len(kinds))]
+            allowed = [look for look in looks(kind) if not _combos(look, category) & held_out]
+            look = allowed[rng.integers(len(allowed))]
+            first = _scene(category, kind, order_sensitive(kind) and bool(rng.integers(2)), look, rng, cfg)
+            pair = order_sensitive(kind) and count >= 2
+            units.append([first, dataclasses.replace(first, reversed=not first.reversed)] if pair else [first])
+            count -= len(units[-1])
+    return [units[i] for i in rng.permutation(len(units))]
 
 
 def _plan_test(cfg: SyntheticConfig, rng: np.random.Generator) -> list[list[Scene]]:
@@ -245,13 +248,12 @@ def plan_scenes(cfg: SyntheticConfig) -> list[Scene]:
     """All scenes, train then test, with ids video0, video1, ... and twins pointing at each other."""
     check_vocabulary(cfg)
     rng = np.random.default_rng([cfg.seed, PLAN_STREAM])
-    train = [dataclasses.replace(s, split="train", video_id=f"video{i}") for i, s in enumerate(_plan_train(cfg, rng))]
-    scenes, next_id = train, len(train)
-    for unit in _plan_test(cfg, rng):
-        ids = [f"video{next_id + i}" for i in range(len(unit))]
-        twins = ids[::-1] if order_sensitive(unit[0].kind) else [None] * len(unit)
-        scenes += [dataclasses.replace(s, split="test", video_id=v, twin=t) for s, v, t in zip(unit, ids, twins)]
-        next_id += len(unit)
+    scenes: list[Scene] = []
+    for split, units in (("train", _plan_train(cfg, rng)), ("test", _plan_test(cfg, rng))):
+        for unit in units:
+            ids = [f"video{len(scenes) + i}" for i in range(len(unit))]
+            twins = ids[::-1] if len(unit) == 2 and order_sensitive(unit[0].kind) else [None] * len(unit)
+            scenes += [dataclasses.replace(s, split=split, video_id=v, twin=t) for s, v, t in zip(unit, ids, twins)]
     return scenes
 
 
@@ -485,71 +487,3 @@ def generate(out_dir: Path, cfg: SyntheticConfig, *, ffmpeg: str, workers: int =
     _render_all(scenes, cfg, out_dir / "videos", workers, progress, ffmpeg)
     _write_annotations(scenes, out_dir)
     _write_manifest(out_dir, ffmpeg)
-
-
-# --- static images for the image-text backbone -------------------------------------------------
-
-
-def _random_look(kind: str, background: str, rng: np.random.Generator) -> Look:
-    slot_values = _slot_values(vocab()["kinds"][kind]["slots"])
-    return Look(background=background, **slot_values[rng.integers(len(slot_values))])
-
-
-def _random_frame(rng: np.random.Generator, two_objects: bool) -> tuple[str, list[Sprite]]:
-    """A background and the sprites of one moment of a random video (one object, or two)."""
-    images = vocab()["images"]
-    kinds = images["two_object_kinds"] if two_objects else images["one_object_kinds"]
-    kind = kinds[rng.integers(len(kinds))]
-    backgrounds = list(vocab()["backgrounds"])
-    look = _random_look(kind, backgrounds[rng.integers(len(backgrounds))], rng)
-    (sprites,) = RENDERERS[kind](look, vocab()["layout"], rng, rng.uniform(0.0, 1.0, size=1))
-    return look.background, sprites
-
-
-def _static_caption(background: str, sprites: list[Sprite], rng: np.random.Generator) -> str:
-    """A caption naming each sprite (in random order) and the background, from an image template."""
-    images = vocab()["images"]
-    templates = images["two_objects"] if len(sprites) == 2 else images["one_object"]
-    words = {"background": background}
-    for suffix, i in zip(("", "2"), rng.permutation(len(sprites))):
-        words |= {f"colour{suffix}": sprites[i].colour, f"shape{suffix}": sprites[i].shape}
-    return templates[rng.integers(len(templates))].format(**words)
-
-
-def render_static_images(n: int, seed: int, resolution: int,
-                         progress: bool = False) -> tuple[np.ndarray, list[str], list[tuple]]:
-    """n single frames (n, S, S, 3) uint8 of random video moments, each with a static caption, and
-    what each frame shows: (background, ((colour, shape), ...)) with the objects sorted.
-
-    The captions name colours, shapes and background only (the appearance words of the video
-    captions), never time: they pretrain the image-text backbone of the synthetic benchmark.
-    """
-    rng = np.random.default_rng([seed, IMAGE_STREAM])
-    images = np.empty((n, resolution, resolution, 3), dtype=np.uint8)
-    captions, contents = [], []
-    for i in tqdm(range(n), desc="static images", unit="image", disable=not progress, mininterval=0.5):
-        background, sprites = _random_frame(rng, two_objects=rng.random() < vocab()["images"]["two_objects_share"])
-        images[i] = paint(background, sprites, resolution)
-        captions.append(_static_caption(background, sprites, rng))
-        contents.append((background, tuple(sorted((s.colour, s.shape) for s in sprites))))
-    return images, captions, contents
-
-
-def static_caption_classes(n: int, seed: int, resolution: int) -> tuple[np.ndarray, np.ndarray, list[str], list[tuple]]:
-    """A zero-shot check for the backbone: n one-object frames, their class, and the class captions.
-
-    Returns images (n, S, S, 3) uint8, labels (n,) int64 indexing classes, classes: one caption
-    per (colour, shape, background), from the first one-object image template, and keys: each
-    class's (colour, shape, background).
-    """
-    template = vocab()["images"]["one_object"][0]
-    keys = list(itertools.product(vocab()["colours"], vocab()["shapes"], vocab()["backgrounds"]))
-    classes = [template.format(colour=c, shape=s, background=b) for c, s, b in keys]
-    rng = np.random.default_rng([seed, IMAGE_STREAM])
-    images = np.empty((n, resolution, resolution, 3), dtype=np.uint8)
-    labels = np.empty(n, dtype=np.int64)
-    for i in range(n):
-        background, (sprite,) = _random_frame(rng, two_objects=False)
-        images[i] = paint(background, [sprite], resolution)
-        labels[i] = keys.index((sprite.colour, sprite.shape, background))
-    return images, labels, classes, keys

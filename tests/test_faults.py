@@ -1,0 +1,430 @@
+"""Nothing breaks, nothing is lost: every fault a user can cause is one line on stderr and exit code 2,
+and what the user had is left as it was. All on real files: a tiny project after a real `dvc repro`,
+damaged model files, a read-only folder and a full disk (in a private mount namespace), a killed
+`dvc exp run` that DVC later restores from its run cache, a tracking server killed mid-run."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+
+from conftest import BIN, ROOT, make_project, merge, run, stage_cmd, tiny_params
+
+GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+SEED_RANGE = "is out of range; use a value in [0, 4294967295]"
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Path:
+    """The tiny project after one `dvc repro`, committed as a user would."""
+    root = make_project(tmp_path_factory.mktemp("project"), tiny_params())
+    run(["dvc", "repro"], root)
+    run(GIT + ["add", "-A"], root)
+    run(GIT + ["commit", "-qm", "repro"], root)
+    return root
+
+
+def digests(root: Path, *paths: str) -> dict[str, str]:
+    """sha256 of every file under `paths` (files or folders), by path: what the user has there."""
+    out = {}
+    for path in paths:
+        files = [root / path] if (root / path).is_file() else sorted(p for p in (root / path).rglob("*") if p.is_file())
+        out.update({str(f.relative_to(root)): hashlib.sha256(f.read_bytes()).hexdigest() for f in files})
+    assert out, f"nothing under {paths}"
+    return out
+
+
+def one_line(out: subprocess.CompletedProcess, *needles: str) -> str:
+    """The stage failed with exit code 2 and exactly one line on stderr that holds every needle."""
+    assert out.returncode == 2, (out.returncode, out.stderr[-3000:])
+    assert "Traceback" not in out.stderr, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), out.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+    return lines[0]
+
+
+def stage(name: str, cwd: Path, code: Path = ROOT) -> subprocess.CompletedProcess:
+    """The stage's own command, as dvc.yaml runs it, in `cwd` with the code under `code` (the
+    project's copy where the inputs come from the project: what made them reads them)."""
+    return run(stage_cmd(name), cwd, check=False, env={"PYTHONPATH": str(code), "DVC_ROOT": str(cwd)})
+
+
+def write_params(path: Path, overrides: dict, base: Path | None = None) -> None:
+    """Tiny params (or those of the params file `base`) with `overrides`."""
+    params = yaml.safe_load(base.read_text()) if base else tiny_params()
+    path.write_text(yaml.safe_dump(merge(params, overrides), sort_keys=False))
+
+
+def mlflow_runs(db: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(db) as con:
+        return con.execute("SELECT run_uuid, status FROM runs ORDER BY start_time").fetchall()
+
+
+def link_inputs(project: Path, dest: Path, *paths: str) -> None:
+    """`paths` of the project (stage inputs) as symbolic links under `dest`, read where they lie."""
+    for path in paths:
+        (dest / path).parent.mkdir(parents=True, exist_ok=True)
+        (dest / path).symlink_to(project / path)
+
+
+# ---- damaged or missing files ----------------------------------------------------------------------
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("name,damage,what", [
+    ("weights.pt", _truncate, "damaged"),
+    ("weights.pt", lambda p: p.write_bytes(b""), "damaged"),
+    ("weights.pt", Path.unlink, "missing"),
+    ("model.json", Path.unlink, "missing"),
+    ("model.json", _truncate, "damaged"),
+])
+def test_evaluate_with_a_damaged_or_missing_model_file_names_it_and_the_command_that_rebuilds_it(
+        project, tmp_path, name, damage, what):
+    link_inputs(project, tmp_path, "data/cache", "models/backbone")
+    shutil.copytree(project / "models/trained", tmp_path / "models/trained")
+    shutil.copytree(project / "plots", tmp_path / "plots")
+    for path in ("params.yaml", "metrics.json"):
+        shutil.copy(project / path, tmp_path / path)
+    damage(tmp_path / "models/trained" / name)
+    before = digests(tmp_path, "metrics.json", "plots", "models/trained")
+    out = stage("evaluate", tmp_path, code=project)
+    one_line(out, f"models/trained/{name}: {what}", "rebuild it with `dvc repro train`")
+    assert digests(tmp_path, "metrics.json", "plots", "models/trained") == before
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("name", ["train", "evaluate"])
+def test_train_or_evaluate_before_preprocess_says_to_run_it(tmp_path, name):
+    write_params(tmp_path / "params.yaml", {})
+    out = stage(name, tmp_path)
+    one_line(out, "data/cache: no preprocessed cache here", "run `dvc repro preprocess` first")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+def _tiny_clip_state() -> dict[str, torch.Tensor]:
+    from dgl.models.backbone import build_clip
+
+    return build_clip("tiny-synthetic").state_dict()
+
+
+def _wider(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The tiny backbone's weights with one tensor a row longer than the architecture's."""
+    pos = state["positional_embedding"]
+    return {**state, "positional_embedding": torch.zeros(pos.shape[0] + 1, *pos.shape[1:])}
+
+
+@pytest.mark.parametrize("case", ["tensor-only", "wrong-shapes"])
+def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case):
+    checkpoint = tmp_path / "pretrained.pt"
+    state = _tiny_clip_state()
+    if case == "tensor-only":
+        torch.save(torch.zeros(3, 4), checkpoint)
+        needle = "holds a Tensor, not a state dict of named tensors; save it with torch.save(model.state_dict())"
+    else:
+        torch.save(_wider(state), checkpoint)
+        rows, width = state["positional_embedding"].shape
+        needle = (f"1 tensors have other shapes than the backbone's, e.g. positional_embedding ({rows + 1}, {width}) "
+                  f"where ({rows}, {width}) is needed; check backbone.name")
+    write_params(tmp_path / "params.yaml", {"backbone": {"pretrained": str(checkpoint)}})
+    (tmp_path / "models/backbone").mkdir(parents=True)
+    (tmp_path / "models/backbone/backbone.json").write_text('{"kept": 1}')
+    out = stage("backbone", tmp_path)
+    one_line(out, f"error: {checkpoint}: {needle}")
+    assert (tmp_path / "models/backbone/backbone.json").read_text() == '{"kept": 1}'
+    assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["backbone"]
+
+
+# ---- params out of range, checked by the params stage and by the stage that reads them ---------------
+
+@pytest.mark.parametrize("key,value,reader", [
+    ("train.seed", -1, "train"),
+    ("train.seed", 2**32, None),
+    ("backbone.pretrain.seed", -1, "backbone"),
+    ("data.synthetic.seed", -1, "download"),
+    ("data.synthetic.seed", 2**32, None),
+])
+def test_a_seed_out_of_range_is_one_line(tmp_path, key, value, reader):
+    *parents, last = key.split(".")
+    override: dict = {last: value}
+    for part in reversed(parents):
+        override = {part: override}
+    write_params(tmp_path / "params.yaml", override)
+    for name in ("params", reader) if reader else ("params",):
+        one_line(stage(name, tmp_path), f"params: {key} = {value} {SEED_RANGE}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
+
+
+# ---- an unwritable output folder: refused before any work ---------------------------------------------
+
+def with_mounts(setup: str, cmd: list[str], after: str = "") -> list[str]:
+    """`cmd` in a private mount namespace (`unshare`, no privileges needed) after the shell `setup`;
+    `after` runs once it exits (its output goes to stdout), and the exit code is the command's."""
+    script = f'{setup} || exit 97; "$@"; rc=$?; {after or ":"}; exit $rc'
+    return ["unshare", "-rm", "sh", "-c", script, "sh", *cmd]
+
+
+def namespaces_work() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    return subprocess.run(with_mounts("true", ["true"]), capture_output=True).returncode == 0
+
+
+needs_namespaces = pytest.mark.skipif(not namespaces_work(), reason="no unprivileged mount namespaces (unshare -rm)")
+
+
+def run_read_only(folder: Path, cmd: list[str], cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    """`cmd` with `folder` read-only. Root is not stopped by file modes, so for root (and for
+    everyone where namespaces work) the folder becomes a read-only bind mount instead."""
+    if namespaces_work():
+        bind = f'mount --bind "{folder}" "{folder}" && mount -o remount,bind,ro "{folder}"'
+        return run(with_mounts(bind, cmd), cwd, check=False, env=env)
+    if os.geteuid() == 0:
+        pytest.skip("root ignores file modes and mount namespaces are not available")
+    mode = folder.stat().st_mode
+    folder.chmod(0o555)
+    try:
+        return run(cmd, cwd, check=False, env=env)
+    finally:
+        folder.chmod(mode)
+
+
+@pytest.mark.parametrize("name,folder,output", [
+    ("train", "models", "models/trained"),
+    ("evaluate", "plots", "plots/recall.json"),
+    ("preprocess", "data", "data/cache"),
+])
+def test_an_unwritable_output_folder_is_refused_before_any_work(project, tmp_path, name, folder, output):
+    before = digests(project, "models/trained", "plots", "metrics.json", "data/cache")
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "DVC_ROOT": str(tmp_path)}
+    out = run_read_only(project / folder, stage_cmd(name), project, env)
+    one_line(out, f"{output}: cannot be written, {folder} is not writable; make it writable (chmod u+w {folder})")
+    assert not (tmp_path / "mlflow.db").exists()  # stopped before training started a run
+    assert not (project / "models/checkpoints/train.pt").exists()
+    assert digests(project, "models/trained", "plots", "metrics.json", "data/cache") == before
+
+
+# ---- a full disk: one line, the partial output removed ------------------------------------------------
+
+@needs_namespaces
+@pytest.mark.parametrize("full_one,needle", [
+    ("out", "trained: No space left on device while writing it; the partial output was removed and"),
+    ("checkpoint", "train.pt: No space left on device while writing it; the previous checkpoint is kept"),
+])
+def test_a_full_disk_is_one_line_and_leaves_no_partial_output(project, tmp_path, full_one, needle):
+    full, spare = tmp_path / "full", tmp_path / "spare"  # a 64 kB file system, and the ordinary disk
+    full.mkdir()
+    paths = {"out": spare / "trained", "plot": spare / "train.json", "checkpoint": spare / "ckpt/train.pt"}
+    paths[full_one] = full / ("trained" if full_one == "out" else "ckpt/train.pt")
+    cmd = stage_cmd("train")
+    for flag, path in paths.items():
+        cmd[cmd.index(f"--{flag}") + 1] = str(path)
+    setup = f'mount -t tmpfs -o size=64k tmpfs "{full}" && mkdir "{full}/trained" && echo mine > "{full}/trained/kept.txt"'
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "DVC_ROOT": str(tmp_path)}
+    out = run(with_mounts(setup, cmd, after=f'cd "{full}" && find . | sort && cat trained/kept.txt'), project,
+              check=False, env=env)
+    one_line(out, needle, "Free some space and run again")
+    left = out.stdout.split()
+    assert left[-1] == "mine", out.stdout  # the user's file on the full disk is kept
+    assert ".partial" not in out.stdout and left[:-1] == sorted(
+        [".", "./trained", "./trained/kept.txt"] + (["./ckpt"] if full_one == "checkpoint" else [])), out.stdout
+    assert not (spare / "trained").exists()
+    assert [status for _, status in mlflow_runs(tmp_path / "mlflow.db")] == ["FAILED"]
+
+
+# ---- through DVC: the params stage runs first, so a bad value deletes nothing --------------------------
+
+OUTPUTS = ("models/trained", "plots", "metrics.json", "data/cache", "models/backbone")
+
+
+def test_every_stage_runs_after_the_params_check():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    outs = {next(iter(o)) if isinstance(o, dict) else o: name for name, s in stages.items()
+            for o in s.get("outs", []) + s.get("metrics", []) + s.get("plots", [])}
+
+    def upstream(name: str) -> set[str]:
+        parents = {outs[d] for d in stages[name]["deps"] if d in outs}
+        return parents.union(*(upstream(p) for p in parents))
+
+    assert stages["params"]["params"] == [{"params.yaml": None}]  # the whole file
+    assert all("params" in upstream(name) for name in stages if name != "params")
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["exp", "run", "-S", "train.lr=-1"], "params: train.lr = -1.0 is out of range"),
+    (["exp", "run", "-S", "train.seed=-1"], f"params: train.seed = -1 {SEED_RANGE}"),
+    (["repro"], "params: unknown key trian; known keys here:"),
+])
+def test_a_bad_params_value_or_key_fails_before_dvc_deletes_any_output(project, args, needle):
+    before = digests(project, *OUTPUTS)
+    params = (project / "params.yaml").read_text()
+    if args == ["repro"]:
+        (project / "params.yaml").write_text(params + "trian:\n  lr: 0.01\n")
+    try:
+        out = run(["dvc", *args], project, check=False)
+        assert out.returncode != 0
+        assert "Traceback" not in out.stdout + out.stderr
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error: ")]
+        assert len(errors) == 1 and needle in errors[0], out.stdout + out.stderr
+        assert "Running stage 'train'" not in out.stdout
+        assert digests(project, *OUTPUTS) == before
+    finally:
+        (project / "params.yaml").write_text(params)
+    assert "changed" not in run(["dvc", "status", "params", "train", "evaluate"], project).stdout
+
+
+# ---- tracking: no epoch lost, no run left RUNNING, no orphan checkpoint --------------------------------
+
+def test_a_killed_experiment_restored_from_the_run_cache_leaves_no_orphan(project):
+    """`dvc exp run` killed mid-training, then an experiment whose `train` DVC restores from its run
+    cache (so train never runs): the params stage ends the killed run and removes its checkpoint."""
+    checkpoint = project / "models/checkpoints/train.pt"
+    before = digests(project, *OUTPUTS)
+    db = project / "mlflow.db"
+    runs_before = mlflow_runs(db)
+    params = tiny_params()["train"]
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1"}
+    proc = subprocess.Popen(["dvc", "exp", "run", "-S", "train.lr=0.01", "-S", "train.epochs=50"], cwd=project,
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not checkpoint.exists():
+            assert proc.poll() is None, proc.communicate()[0][-3000:]
+            assert time.monotonic() < deadline, "no checkpoint within 300 s"
+            time.sleep(0.05)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # DVC and the stage under it, as a closed terminal would
+        proc.communicate()
+    killed = [r for r in mlflow_runs(db) if r not in runs_before]
+    assert [status for _, status in killed] == ["RUNNING"]
+
+    out = run(["dvc", "exp", "run", "-S", f"train.lr={params['lr']}", "-S", f"train.epochs={params['epochs']}"],
+              project)
+    assert "Stage 'train' is cached - skipping run" in out.stdout, out.stdout
+    assert f"{checkpoint.relative_to(project)}: left by a killed training" in out.stderr + out.stdout
+    assert not checkpoint.exists()
+    assert dict(mlflow_runs(db))[killed[0][0]] == "KILLED"
+    assert "RUNNING" not in dict(mlflow_runs(db)).values()
+    assert digests(project, *OUTPUTS) == before
+
+
+def test_a_training_with_other_params_ends_the_killed_runs_checkpoint(project, tmp_path):
+    """The train stage itself, on a checkpoint another training left when it was killed: that run
+    ends KILLED, the checkpoint is removed, and the new run is the only one left open until it ends."""
+    link_inputs(project, tmp_path, "data/cache", "models/backbone")
+    write_params(tmp_path / "params.yaml", {"train": {"epochs": 50}}, base=project / "params.yaml")
+    checkpoint = tmp_path / "models/checkpoints/train.pt"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1", "PYTHONPATH": str(project),
+           "DVC_ROOT": str(tmp_path)}
+    proc = subprocess.Popen(stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while not checkpoint.exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.05)
+    finally:
+        proc.kill()
+        proc.communicate()
+    write_params(tmp_path / "params.yaml", {"train": {"lr": 0.01}}, base=project / "params.yaml")
+    out = stage("train", tmp_path, code=project)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "ignored, training starts afresh" in out.stderr and "ended as KILLED" in out.stderr
+    assert not checkpoint.exists()
+    assert [status for _, status in mlflow_runs(tmp_path / "mlflow.db")] == ["KILLED", "FINISHED"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_server(store: Path, port: int) -> subprocess.Popen:
+    """`mlflow server` on `store` (SQLite), answering on `port`."""
+    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
+                             "--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
+                             "--serve-artifacts", "--artifacts-destination", str(store / "artifacts")],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while True:
+        assert proc.poll() is None, "mlflow server exited"
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc
+        except (urllib.error.URLError, ConnectionError):
+            assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
+            time.sleep(0.5)
+
+
+def stop_server(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)  # the server and its workers: a crash, not a shutdown
+    proc.wait()
+
+
+def train_loss_steps(store: Path) -> dict[str, list[int]]:
+    with sqlite3.connect(store / "mlflow.db") as con:
+        rows = con.execute("SELECT run_uuid, step FROM metrics WHERE key = 'epoch/train_loss' ORDER BY step").fetchall()
+    out: dict[str, list[int]] = {}
+    for run_id, step in rows:
+        out.setdefault(run_id, []).append(step)
+    return out
+
+
+def test_a_tracking_server_killed_mid_run_loses_no_epoch(project, tmp_path):
+    """The server dies while train runs: train stops in one line when logging fails, with that epoch
+    already checkpointed; once the server is back the rerun resumes after it, in the same run, and
+    the run ends FINISHED holding every epoch exactly once."""
+    epochs = 8
+    link_inputs(project, tmp_path, "data/cache", "models/backbone")
+    write_params(tmp_path / "params.yaml", {"train": {"epochs": epochs}}, base=project / "params.yaml")
+    store, port = tmp_path / "store", free_port()
+    store.mkdir()
+    uri = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1", "PYTHONPATH": str(project),
+           "DVC_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": uri}
+    checkpoint = tmp_path / "models/checkpoints/train.pt"
+    server = start_server(store, port)
+    try:
+        proc = subprocess.Popen(stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        while not checkpoint.exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.02)
+        stop_server(server)
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 2, err[-3000:]
+        lines = err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(f"error: MLflow at {uri}: "), err
+        saved = torch.load(checkpoint, weights_only=True)["epoch"]
+        assert saved < epochs
+        server = start_server(store, port)
+        (run_id, logged), = train_loss_steps(store).items()
+        assert logged == list(range(1, saved)) or logged == list(range(1, saved + 1)), (logged, saved)
+
+        out = run(stage_cmd("train"), tmp_path, env={k: env[k] for k in ("PYTHONPATH", "DVC_ROOT", "MLFLOW_TRACKING_URI")})
+        assert f"resuming after epoch {saved}" in out.stderr
+        assert train_loss_steps(store) == {run_id: list(range(1, epochs + 1))}  # the lost epoch is logged once
+        with sqlite3.connect(store / "mlflow.db") as con:
+            assert con.execute("SELECT status FROM runs").fetchall() == [("FINISHED",)]
+        assert not checkpoint.exists()
+    finally:
+        stop_server(server)
