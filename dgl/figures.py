@@ -49,9 +49,9 @@ def global_attention_title(method: Method) -> str:
     """Which attention attention_maps.global_frame_attention shows: block, prompts and heads."""
     blocks = method.clip.visual.transformer.resblocks
     _, prompts = method.prompts()
-    return (f"last vision block ({len(blocks)} of {len(blocks)}): attention of its {prompts.global_.shape[0]} global "
-            f"prompts, averaged over them and over {blocks[-1].attn.num_heads} heads, summed per frame; "
-            "dashed: uniform")
+    return (f"last vision block ({len(blocks)} of {len(blocks)}): its {prompts.global_.shape[0]} global prompts' "
+            f"attention, averaged over them and {blocks[-1].attn.num_heads} heads\n"
+            "summed over each frame's tokens; dashed line: uniform")
 
 
 def draw_frame_attention(frames: np.ndarray, weights: np.ndarray, titles: list[str], title: str, path: Path) -> None:

@@ -2,10 +2,13 @@
 captions only, so the backbone knows colours, shapes and backgrounds but never sees time.
 
 Two phases. Contrastive learning from scratch at this scale learns colour and background within
-a hundred steps and shape only after thousands (the easy factors already separate most pairs of a
-batch), so the image tower first learns to name the shape of a lone object (a linear head,
-discarded after), then the whole CLIP trains contrastively on image-caption pairs."""
+a hundred steps and shape, size and place only after thousands (the easy factors already separate
+most pairs of a batch), so the image tower first learns to name the shape, size and place of a
+lone object (linear heads, discarded after), then the whole CLIP trains contrastively on
+image-caption pairs."""
 from __future__ import annotations
+
+import dataclasses
 
 import numpy as np
 import open_clip
@@ -40,15 +43,27 @@ def _tokens(captions: list[str], backbone: str, context_length: int) -> Tensor:
 
 
 def _images_and_tokens(n: int, seed: int, synthetic: SyntheticConfig, backbone: str, context_length: int,
-                       progress: bool = False) -> tuple[Tensor, Tensor, list[str], list[tuple]]:
-    images, captions, contents = render_static_images(n, seed, synthetic.resolution, progress)  # (N, H, W, 3) uint8
+                       frames_per_video: int = 1, progress: bool = False) -> tuple[Tensor, Tensor, list[str], list[tuple]]:
+    images, captions, contents = render_static_images(n, seed, synthetic.resolution, frames_per_video,
+                                                      progress)  # (N, H, W, 3) uint8
     return _clip_input(images, backbone), _tokens(captions, backbone, context_length), captions, contents
 
 
-def _lone_shape_labels(contents: list[tuple]) -> Tensor:
-    """Index of the lone object's shape in the vocabulary; -1 where a frame shows two objects."""
-    shapes = list(vocab()["shapes"])
-    return torch.tensor([shapes.index(objects[0][1]) if len(objects) == 1 else -1 for _, objects in contents])
+WARMUP_FACTORS = ("shape", "size", "vertical", "horizontal")  # what the warm-up heads name of a lone object
+
+
+def _lone_object_labels(contents: list[tuple]) -> Tensor:
+    """(N, 4): for a frame with one object, the index of its shape, size class, vertical and
+    horizontal place (dgl.data.synthetic_images.object_words); -1 everywhere for other frames."""
+    classes = [list(vocab()["shapes"]), ["small", "", "large"], ["top", "middle", "bottom"], ["left", "middle", "right"]]
+    rows = []
+    for _, objects in contents:
+        if len(objects) == 1:
+            _, shape, size, vertical, horizontal = objects[0]
+            rows.append([c.index(v) for c, v in zip(classes, (shape, size, vertical, horizontal))])
+        else:
+            rows.append([-1] * len(classes))
+    return torch.tensor(rows)
 
 
 def _duplicate_aware_loss(image: Tensor, text: Tensor, content_id: Tensor, scale: Tensor) -> Tensor:
@@ -58,6 +73,13 @@ def _duplicate_aware_loss(image: Tensor, text: Tensor, content_id: Tensor, scale
     same = (content_id[:, None] == content_id[None, :]).float()
     target = same / same.sum(1, keepdim=True)
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
+
+
+def grouped_order(n: int, group: int, generator: torch.Generator) -> Tensor:
+    """A random order of n items that keeps each run of `group` consecutive items together, so a
+    batch holds several moments of one video: hard negatives that differ only in place or size."""
+    starts = torch.randperm(-(-n // group), generator=generator) * group
+    return torch.cat([torch.arange(s, min(s + group, n)) for s in starts.tolist()])
 
 
 def _image_features(clip: nn.Module, images: Tensor) -> Tensor:
@@ -98,15 +120,20 @@ def zero_shot_image_text_r1(clip: nn.Module, images: Tensor, tokens: Tensor, cap
 def twin_text_report(clip: nn.Module, synthetic: SyntheticConfig, backbone: str, context_length: int) -> dict:
     """Can the text tower tell a caption from its time-reversed twin's? For every order-sensitive
     test video, every template of its kind is filled in for the video and for its twin, and split by
-    `dgl.metrics.twin_wordings`. Per split: `own_closer`, the share of captions closer (mean cosine) to the other
-    captions of their own video than to the twin's captions of the same split, and `cosine`, the
-    mean cosine of a caption and the twin's caption from the same template. A text tower that
-    cannot tell the pair apart scores about 0.5 and 1.0; one that can, near 1.0 and lower."""
+    `dgl.metrics.twin_wordings`: `words` where the two differ in words, `order` where only in order.
+
+    Per split, `own_closer`: over pairs of templates i != j of one video, the share where the
+    video's caption i is closer to the video's caption j than to the twin's caption j. Template j
+    is the same on both sides, so what decides is whether the caption carries the direction that
+    separates j from its twin: exactly what a video feature can align with. (Comparing with the
+    twin's caption i too would mostly measure template identity, which retrieval never compares.)
+    `cosine`: the mean cosine of a caption and the twin's caption from the same template. A text
+    tower that cannot tell twins apart scores 0 (ties) to 0.5 and a cosine near 1."""
     clip.eval()
     scenes = [s for s in plan_scenes(synthetic) if s.split == "test" and order_sensitive(s.kind)]
     units = []  # per video and wording: its captions and its twin's, template by template
     for scene in scenes:
-        spec, look = vocab()["kinds"][scene.kind], scene.look.__dict__
+        spec, look = vocab()["kinds"][scene.kind], dataclasses.asdict(scene.look)
         own_templates, twin_templates = ((spec["reversed_templates"], spec["templates"]) if scene.reversed
                                          else (spec["templates"], spec["reversed_templates"]))
         own = [t.format(**look) for t in own_templates]
@@ -124,10 +151,9 @@ def twin_text_report(clip: nn.Module, synthetic: SyntheticConfig, backbone: str,
     closer, cosine = {"words": [], "order": []}, {"words": [], "order": []}
     for wording, own, twin in units:
         a, b = features[[index[t] for t in own]], features[[index[t] for t in twin]]
-        own_sim, twin_sim = a @ a.t(), a @ b.t()  # (n, n)
-        n = len(own)
-        paraphrase = (own_sim.sum(1) - own_sim.diagonal()) / (n - 1)
-        closer[wording] += (paraphrase > twin_sim.mean(1)).tolist()
+        own_sim, twin_sim = a @ a.t(), a @ b.t()  # (n, n): caption i vs the video's / the twin's caption j
+        off_diagonal = ~torch.eye(len(own), dtype=torch.bool)
+        closer[wording] += (own_sim > twin_sim)[off_diagonal].tolist()
         cosine[wording] += twin_sim.diagonal().tolist()
     report = {}
     for wording in ("words", "order"):
@@ -137,17 +163,20 @@ def twin_text_report(clip: nn.Module, synthetic: SyntheticConfig, backbone: str,
     return report
 
 
-def shape_warmup(clip: nn.Module, images: Tensor, shape_labels: Tensor, pretrain, progress: bool) -> float:
-    """Train the image tower to name the shape of a lone object; returns the last batch's loss."""
-    lone = torch.nonzero(shape_labels >= 0)[:, 0]
-    head = nn.Linear(clip.visual.output_dim, len(vocab()["shapes"]))
-    optimizer = adamw(list(clip.visual.named_parameters()) + list(head.named_parameters()), pretrain.lr, 0.1)
-    scheduler = warmup_cosine(optimizer, pretrain.shape_steps, 0.1)
+def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: bool) -> float:
+    """Train the image tower to name a lone object's shape, size and place (one linear head per
+    factor, discarded after); returns the last batch's loss."""
+    lone = torch.nonzero(labels[:, 0] >= 0)[:, 0]
+    sizes = [len(vocab()["shapes"]), 3, 3, 3]
+    heads = nn.ModuleList(nn.Linear(clip.visual.output_dim, n) for n in sizes)
+    optimizer = adamw(list(clip.visual.named_parameters()) + list(heads.named_parameters()), pretrain.lr, 0.1)
+    scheduler = warmup_cosine(optimizer, pretrain.warmup_steps, 0.1)
     generator = torch.Generator().manual_seed(pretrain.seed)
     clip.train()
-    for _ in tqdm(range(pretrain.shape_steps), desc="shape warm-up", disable=not progress, unit="step"):
+    for _ in tqdm(range(pretrain.warmup_steps), desc="warm-up", disable=not progress, unit="step"):
         batch = lone[torch.randint(len(lone), (pretrain.batch_size,), generator=generator)]
-        loss = F.cross_entropy(head(clip.encode_image(images[batch])), shape_labels[batch])
+        feature = clip.encode_image(images[batch])
+        loss = sum(F.cross_entropy(head(feature), labels[batch, i]) for i, head in enumerate(heads))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -161,10 +190,10 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
     clip = build_clip(backbone)
     encoder = PromptedCLIP(clip)  # encodes text of any length up to the context (no prompts here)
     images, tokens, _, contents = _images_and_tokens(pretrain.images, pretrain.seed, synthetic, backbone,
-                                                     context_length, progress)
+                                                     context_length, pretrain.frames_per_video, progress)
     report = {}
-    if pretrain.shape_steps:
-        report["shape_warmup_loss"] = shape_warmup(clip, images, _lone_shape_labels(contents), pretrain, progress)
+    if pretrain.warmup_steps:
+        report["warmup_loss"] = warmup(clip, images, _lone_object_labels(contents), pretrain, progress)
     content_id = torch.tensor(np.unique([repr(c) for c in contents], return_inverse=True)[1])
     optimizer = adamw(list(clip.named_parameters()), pretrain.lr, weight_decay=0.1)
     steps_per_epoch = len(images) // pretrain.batch_size
@@ -174,7 +203,7 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
     bar = tqdm(total=pretrain.epochs * steps_per_epoch, desc="pretrain backbone", disable=not progress, unit="step")
     for epoch in range(pretrain.epochs):
         clip.train()
-        order = torch.randperm(len(images), generator=generator)
+        order = grouped_order(len(images), pretrain.frames_per_video, generator)
         for step in range(steps_per_epoch):
             batch = order[step * pretrain.batch_size : (step + 1) * pretrain.batch_size]
             image = F.normalize(clip.encode_image(images[batch]), dim=-1)

@@ -102,7 +102,8 @@ class PretrainConfig:
     """Pretraining of the small CLIP on single synthetic frames with static captions."""
     images: int = bounded(64)
     eval_images: int = bounded(16)
-    shape_steps: int = bounded(0)  # steps of the image tower's shape warm-up; 0 = contrastive only
+    frames_per_video: int = bounded(1, 64)  # moments of one video per batch: hard negatives in place and size
+    warmup_steps: int = bounded(0)  # steps of the image tower's warm-up (shape, size, place); 0 = contrastive only
     epochs: int = bounded(1)  # contrastive epochs
     batch_size: int = bounded(2)
     lr: float = bounded(0.0, 1.0)

@@ -41,6 +41,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import subprocess
 import sys
 import time
@@ -251,7 +252,8 @@ def mlflow_run(cfg, *, run_id: str | None = None, stage: str, label: str = "run"
                 mlflow.log_text(git[1], f"git/{stage}.diff")
             yield mlflow
         info = active.info
-    print(f"MLflow: run {info.run_name!r} ({stage}) in {uri}: {run_url(uri, info.experiment_id, info.run_id)}",
+    shown = re.sub(r"//[^/@]*@", "//", uri)  # no password from a database URI in a log
+    print(f"MLflow: run {info.run_name!r} ({stage}) in {shown}: {run_url(shown, info.experiment_id, info.run_id)}",
           file=sys.stderr)
 
 

@@ -16,7 +16,7 @@ from dgl.cache import CachedSplit, gallery_counts
 from dgl.cli import atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.data.adapters import dataset_format
 from dgl.figures import method_title, write_figures
-from dgl.metrics import evaluate_retrieval
+from dgl.metrics import evaluate_retrieval, twin_wordings
 from dgl.settings import load_params
 from dgl.tracking import evaluation_metrics, evaluation_run, log_files, training_run_of
 from dgl.train import SplitView, encode_view, pick_device
@@ -41,8 +41,9 @@ def main() -> None:
     device = pick_device(params.train.device)
     text, video, _, caption_video = encode_view(method, SplitView(split, np.arange(split.num_videos)), device,
                                                        params.eval.batch_size, progress=show_progress())
+    wordings = twin_wordings(split.texts, caption_video.tolist(), split.twins.tolist())
     result = evaluate_retrieval(text, video, caption_video, categories=split.categories, twins=split.twins,
-                                dsl=params.eval.dsl, chunk_size=params.eval.chunk_size,
+                                wordings=wordings, dsl=params.eval.dsl, chunk_size=params.eval.chunk_size,
                                 logit_scale=float(method.logit_scale()))
     metrics = {k: round(v, 4) for k, v in result.metrics.items()}
     # R@1 on the training videos train held out, measured by train on the final weights: what a

@@ -1,29 +1,34 @@
-"""Pretraining of the synthetic CLIP: the shape warm-up trains the image tower only, on lone objects."""
+"""Pretraining of the synthetic CLIP: the warm-up trains the image tower only, on lone objects; the text
+diagnostic tells a text tower that knows the words of twins from one that does not."""
 from __future__ import annotations
 
 import types
+
+import pytest
 
 import torch
 
 from conftest import group
 from dgl.data.synthetic import vocab
 from dgl.models.backbone import build_clip
-from dgl.pretrain import _images_and_tokens, _lone_shape_labels, shape_warmup, zero_shot_image_text_r1
+from dgl.pretrain import _images_and_tokens, _lone_object_labels, twin_text_report, warmup, zero_shot_image_text_r1
 
 
-def test_lone_shape_labels_index_the_vocabulary_and_skip_pairs():
+def test_lone_object_labels_index_each_factor_and_skip_other_frames():
     shapes = list(vocab()["shapes"])
-    contents = [("grey", (("red", shapes[2]),)), ("black", (("blue", shapes[0]), ("red", shapes[1])))]
-    assert _lone_shape_labels(contents).tolist() == [2, -1]
+    contents = [("grey", (("red", shapes[2], "large", "top", "middle"),)),
+                ("black", (("blue", shapes[0], "", "middle", "left"), ("red", shapes[1], "small", "top", "right"))),
+                ("grey", ())]
+    assert _lone_object_labels(contents).tolist() == [[2, 2, 0, 1], [-1] * 4, [-1] * 4]
 
 
-def test_shape_warmup_trains_the_image_tower_only():
+def test_warmup_trains_the_image_tower_only():
     torch.manual_seed(0)
     clip = build_clip("tiny-synthetic")
     images, _, _, contents = _images_and_tokens(64, 0, group("data.synthetic"), "tiny-synthetic", 32)
     before = {name: p.detach().clone() for name, p in clip.named_parameters()}
-    pretrain = types.SimpleNamespace(shape_steps=3, batch_size=16, lr=1e-3, seed=0)
-    loss = shape_warmup(clip, images, _lone_shape_labels(contents), pretrain, progress=False)
+    pretrain = types.SimpleNamespace(warmup_steps=3, batch_size=16, lr=1e-3, seed=0)
+    loss = warmup(clip, images, _lone_object_labels(contents), pretrain, progress=False)
     assert torch.isfinite(torch.tensor(loss))
     changed = {name for name, p in clip.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(name.startswith("visual.") for name in changed)
@@ -38,3 +43,46 @@ def test_image_text_r1_counts_any_paraphrase_of_the_frame_as_a_hit():
     same = [contents[0]] * len(contents)
     assert zero_shot_image_text_r1(clip, images, tokens, captions, same) == 1.0
     assert 0.0 <= zero_shot_image_text_r1(clip, images, tokens, captions, contents) < 1.0
+
+
+def test_twin_text_report_tells_a_text_tower_that_reads_the_words_from_one_that_does_not(monkeypatch):
+    """A bag-of-words text tower tells word-differing twins apart and sees order-only twins as one
+    (ties: never closer); a constant one sees nothing."""
+    from dgl.models.prompted import PromptedCLIP
+
+    torch.manual_seed(0)
+    clip = build_clip("tiny-synthetic")
+    synthetic = group("data.synthetic", test_videos=40)
+    report = twin_text_report(clip, synthetic, "tiny-synthetic", 32)
+    assert set(report) == {"text_twin_words_own_closer", "text_twin_words_cosine",
+                           "text_twin_order_own_closer", "text_twin_order_cosine"}
+    monkeypatch.setattr(PromptedCLIP, "encode_text", lambda self, tokens: torch.ones(len(tokens), 8))
+    blind = twin_text_report(clip, synthetic, "tiny-synthetic", 32)
+    assert blind["text_twin_words_own_closer"] == 0.0 and blind["text_twin_words_cosine"] == pytest.approx(1.0)
+
+    vocabulary: dict[int, int] = {}
+
+    def bag_of_words(self, tokens):  # (N, L) -> (N, 512): counts of each token id
+        out = torch.zeros(len(tokens), 512)
+        for row, ids in zip(out, tokens.tolist()):
+            for i in ids:
+                row[vocabulary.setdefault(i, len(vocabulary) % 512)] += 1
+        return out
+
+    monkeypatch.setattr(PromptedCLIP, "encode_text", bag_of_words)
+    reads = twin_text_report(clip, synthetic, "tiny-synthetic", 32)
+    assert reads["text_twin_words_cosine"] < 0.99 and reads["text_twin_words_own_closer"] > 0.5
+    assert reads["text_twin_order_own_closer"] == 0.0 and reads["text_twin_order_cosine"] > 0.999
+
+
+def test_grouped_order_keeps_each_run_of_frames_in_one_batch():
+    from dgl.pretrain import grouped_order
+
+    order = grouped_order(10, 4, torch.Generator().manual_seed(0)).tolist()
+    assert sorted(order) == list(range(10))
+    for start in (i for i, v in enumerate(order) if v % 4 == 0):  # each run (0-3, 4-7, 8-9) contiguous, in order
+        first = order[start]
+        length = min(4, 10 - first)
+        assert order[start : start + length] == list(range(first, first + length))
+    assert grouped_order(10, 4, torch.Generator().manual_seed(1)).tolist() != order or \
+        grouped_order(10, 4, torch.Generator().manual_seed(2)).tolist() != order  # the runs' order is random

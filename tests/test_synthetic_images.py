@@ -74,3 +74,16 @@ def test_static_captions_fit_the_tiny_clip_context():
     tokenizer = open_clip.get_tokenizer("ViT-B-32")
     _, captions, _ = render_static_images(2000, seed=2, resolution=32)
     assert max(len(tokenizer.encode(c)) + 2 for c in captions) <= 32
+
+
+def test_frames_of_one_video_come_in_runs_that_differ_only_in_place_size_or_presence():
+    _, _, contents = render_static_images(400, seed=3, resolution=32, frames_per_video=4)
+    runs = [contents[i : i + 4] for i in range(0, 400, 4)]
+    differ = 0
+    for run in runs:
+        backgrounds = {background for background, _ in run}
+        looks = {(colour, shape) for _, objects in run for colour, shape, *_ in objects}
+        assert len(backgrounds) == 1
+        assert len(looks) <= 4  # at most two objects, or one shape in two colours (recolour)
+        differ += len(set(run)) > 1
+    assert differ > len(runs) // 2  # most runs hold hard negatives

@@ -1,6 +1,9 @@
 """MLflow as the researcher sees it: the pipeline logging to a real `mlflow server`, read back over
 its REST API; an experiment whose stages DVC skips, which logs nothing until forced; an evaluation
-re-run alone, which gets a run of its own; and several processes writing one SQLite store at once."""
+re-run alone, which gets a run of its own; `--temp` experiments that do not stack; several
+processes writing one SQLite store at once. On fresh stores: `mlflow ui` serving a model-training
+experiment with unique run names and grouped metrics, `git_dirty` and the diff, a moved store
+refused until relocated, and the per-epoch log line."""
 from __future__ import annotations
 
 import contextlib

@@ -26,15 +26,21 @@ def _random_look(kind: str, background: str, rng: np.random.Generator) -> Look:
     return Look(background=background, **values[rng.integers(len(values))])
 
 
-def _random_frame(rng: np.random.Generator, two_objects: bool) -> tuple[str, list[Sprite]]:
-    """A background and the sprites of one moment of a random video (none, one object, or two)."""
+def _random_moments(rng: np.random.Generator, two_objects: bool, count: int) -> tuple[str, list[list[Sprite]]]:
+    """A background and the sprites of `count` random moments of one random video (each none, one
+    object, or two): the same look in other places, sizes or colours."""
     images = vocab()["images"]
     kinds = images["two_object_kinds"] if two_objects else images["one_object_kinds"]
     kind = kinds[rng.integers(len(kinds))]
     backgrounds = list(vocab()["backgrounds"])
     look = _random_look(kind, backgrounds[rng.integers(len(backgrounds))], rng)
-    (sprites,) = RENDERERS[kind](look, vocab()["layout"], rng, rng.uniform(0.0, 1.0, size=1))
-    return look.background, sprites
+    return look.background, RENDERERS[kind](look, vocab()["layout"], rng, rng.uniform(0.0, 1.0, size=count))
+
+
+def _random_frame(rng: np.random.Generator, two_objects: bool) -> tuple[str, list[Sprite]]:
+    """A background and the sprites of one moment of a random video (none, one object, or two)."""
+    background, (sprites,) = _random_moments(rng, two_objects, 1)
+    return background, sprites
 
 
 def _band(value: float, bounds: list[float], names: tuple[str, str, str]) -> str:
@@ -81,19 +87,28 @@ def static_caption(background: str, sprites: list[Sprite], rng: np.random.Genera
     return _tidy(templates[rng.integers(len(templates))].format(**words))
 
 
-def render_static_images(n: int, seed: int, resolution: int,
+def render_static_images(n: int, seed: int, resolution: int, frames_per_video: int = 1,
                          progress: bool = False) -> tuple[np.ndarray, list[str], list[tuple]]:
     """n single frames (n, S, S, 3) uint8 of random video moments, each with a static caption, and
     what each caption says: (background, (ObjectWords, ...)) with the objects sorted; frames with
-    the same content are paraphrases of each other."""
+    the same content are paraphrases of each other.
+
+    Frames come in runs of `frames_per_video` moments of one video (random moments, in random
+    order: never a clip), so that a batch made of whole runs holds the same objects in other
+    places and sizes, and only the words for place and size tell their captions apart."""
     rng = np.random.default_rng([seed, IMAGE_STREAM])
     images = np.empty((n, resolution, resolution, 3), dtype=np.uint8)
     captions, contents = [], []
-    for i in tqdm(range(n), desc="static images", unit="image", disable=not progress, mininterval=0.5):
-        background, sprites = _random_frame(rng, two_objects=rng.random() < vocab()["images"]["two_objects_share"])
-        images[i] = paint(background, sprites, resolution)
-        captions.append(static_caption(background, sprites, rng))
-        contents.append((background, tuple(sorted(object_words(s) for s in sprites))))
+    bar = tqdm(total=n, desc="static images", unit="image", disable=not progress, mininterval=0.5)
+    while len(captions) < n:
+        two_objects = rng.random() < vocab()["images"]["two_objects_share"]
+        background, moments = _random_moments(rng, two_objects, min(frames_per_video, n - len(captions)))
+        for sprites in moments:
+            images[len(captions)] = paint(background, sprites, resolution)
+            captions.append(static_caption(background, sprites, rng))
+            contents.append((background, tuple(sorted(object_words(s) for s in sprites))))
+            bar.update()
+    bar.close()
     return images, captions, contents
 
 
