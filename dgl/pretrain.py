@@ -42,10 +42,10 @@ def _tokens(captions: list[str], backbone: str, context_length: int) -> Tensor:
     return tokens[:, :longest]
 
 
-def _images_and_tokens(n: int, seed: int, synthetic: SyntheticConfig, backbone: str, context_length: int,
+def _images_and_tokens(n: int, seed: int, synthetic: SyntheticConfig, backbone: str, context_length: int, *,
                        frames_per_video: int = 1, progress: bool = False) -> tuple[Tensor, Tensor, list[str], list[tuple]]:
-    images, captions, contents = render_static_images(n, seed, synthetic.resolution, frames_per_video,
-                                                      progress)  # (N, H, W, 3) uint8
+    images, captions, contents = render_static_images(n, seed, synthetic.resolution,  # (N, H, W, 3) uint8
+                                                      frames_per_video=frames_per_video, progress=progress)
     return _clip_input(images, backbone), _tokens(captions, backbone, context_length), captions, contents
 
 
@@ -190,7 +190,8 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
     clip = build_clip(backbone)
     encoder = PromptedCLIP(clip)  # encodes text of any length up to the context (no prompts here)
     images, tokens, _, contents = _images_and_tokens(pretrain.images, pretrain.seed, synthetic, backbone,
-                                                     context_length, pretrain.frames_per_video, progress)
+                                                     context_length, frames_per_video=pretrain.frames_per_video,
+                                                     progress=progress)
     report = {}
     if pretrain.warmup_steps:
         report["warmup_loss"] = warmup(clip, images, _lone_object_labels(contents), pretrain, progress)
@@ -220,7 +221,7 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
         bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
     bar.close()
     held_out = _images_and_tokens(pretrain.eval_images, pretrain.seed + 1_000_003, synthetic, backbone, context_length,
-                                  progress)
+                                  progress=progress)
     report |= {"zeroshot_image_text_R1": zero_shot_image_text_r1(clip, *held_out),
                **zero_shot_class_accuracy(clip, pretrain.eval_images, pretrain.seed + 2_000_003, synthetic, backbone,
                                          context_length),

@@ -4,15 +4,14 @@ damaged model files, a read-only folder and a full disk (in a private mount name
 `dvc exp run` that DVC later restores from its run cache, a tracking server killed mid-run."""
 from __future__ import annotations
 
+import functools
 import hashlib
-import json
 import os
 import shutil
 import signal
 import socket
 import sqlite3
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
@@ -182,6 +181,7 @@ def with_mounts(setup: str, cmd: list[str], after: str = "") -> list[str]:
     return ["unshare", "-rm", "sh", "-c", script, "sh", *cmd]
 
 
+@functools.cache
 def namespaces_work() -> bool:
     if shutil.which("unshare") is None:
         return False
@@ -300,7 +300,7 @@ def test_a_killed_experiment_restored_from_the_run_cache_leaves_no_orphan(projec
     before = digests(project, *OUTPUTS)
     db = project / "mlflow.db"
     runs_before = mlflow_runs(db)
-    params = tiny_params()["train"]
+    params = yaml.safe_load((project / "params.yaml").read_text())["train"]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1"}
     proc = subprocess.Popen(["dvc", "exp", "run", "-S", "train.lr=0.01", "-S", "train.epochs=50"], cwd=project,
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,

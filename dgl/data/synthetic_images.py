@@ -87,7 +87,7 @@ def static_caption(background: str, sprites: list[Sprite], rng: np.random.Genera
     return _tidy(templates[rng.integers(len(templates))].format(**words))
 
 
-def render_static_images(n: int, seed: int, resolution: int, frames_per_video: int = 1,
+def render_static_images(n: int, seed: int, resolution: int, *, frames_per_video: int = 1,
                          progress: bool = False) -> tuple[np.ndarray, list[str], list[tuple]]:
     """n single frames (n, S, S, 3) uint8 of random video moments, each with a static caption, and
     what each caption says: (background, (ObjectWords, ...)) with the objects sorted; frames with
