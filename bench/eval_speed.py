@@ -11,35 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
+from bench.memory import device_name, peak_memory, pick_device, reset_peak_memory
 from dgl.metrics import evaluate_retrieval
-
-PROC_STATUS = Path("/proc/self/status")
-
-
-def proc_status_mib(key: str) -> float:
-    line = next(line for line in PROC_STATUS.read_text().splitlines() if line.startswith(key + ":"))
-    return int(line.split()[1]) / 1024  # kB
-
-
-def reset_peak_memory(device: torch.device) -> float:
-    """Start a new peak-memory window; returns the memory in use now (MiB)."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return torch.cuda.memory_allocated(device) / 2**20
-    Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident size
-    return proc_status_mib("VmRSS")
-
-
-def peak_memory(device: torch.device) -> float:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20
-    return proc_status_mib("VmHWM")
-
 
 def random_features(num_videos: int, captions_per_video: int, dim: int, device: torch.device):
     """Normalised video (V, D) features, captions (C, D) near their video's, and caption_video (C,)."""
@@ -70,12 +47,10 @@ def main() -> None:
     ap.add_argument("--dsl", action="store_true", help="time the dual-softmax re-weighting too")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     time_one(100, args, device)  # warm up: kernels, threads, CUDA context
     runs = [time_one(v, args, device) for v in args.videos]
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
-    print(json.dumps({"device": name, "dim": args.dim, "chunk_size": args.chunk_size, "dsl": args.dsl,
+    print(json.dumps({"device": device_name(device), "dim": args.dim, "chunk_size": args.chunk_size, "dsl": args.dsl,
                       "runs": runs}))
 
 

@@ -27,6 +27,7 @@ from pathlib import Path
 import open_clip
 import torch
 
+from bench.memory import device_name, peak_memory, pick_device, reset_peak_memory
 from dgl.artifacts import TRAINED_WEIGHTS, save_trained
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
@@ -37,12 +38,6 @@ from dgl.train import contrastive_step, parallel_features, pick_precision
 
 BACKBONE, FRAMES, SIZE = "ViT-B-32", 12, 224
 METHODS = ("dgl", "full")
-PROC_STATUS = Path("/proc/self/status")
-
-
-def proc_status_mib(key: str) -> float:
-    line = next(line for line in PROC_STATUS.read_text().splitlines() if line.startswith(key + ":"))
-    return int(line.split()[1]) / 1024  # kB
 
 
 def method_on(name: str, clip: torch.nn.Module):
@@ -70,18 +65,14 @@ def measure(name: str, batch: int, steps: int, device: torch.device) -> dict:
     step()  # warm-up: kernels, allocator, optimizer state
     if device.type == "cuda":
         torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(device)
-        before = torch.cuda.memory_allocated(device) / 2**20
-    else:
-        Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM, the peak resident size
-        before = proc_status_mib("VmRSS")
+    before = reset_peak_memory(device)
     start = time.perf_counter()
     for _ in range(steps):
         step()
     if device.type == "cuda":
         torch.cuda.synchronize()
     seconds = time.perf_counter() - start
-    peak = torch.cuda.max_memory_allocated(device) / 2**20 if device.type == "cuda" else proc_status_mib("VmHWM")
+    peak = peak_memory(device)
     return {"videos_per_s": round(batch * steps / seconds, 3), "peak_mib": round(peak, 1),
             "peak_mib_per_video": round((peak - before) / batch, 1)}
 
@@ -106,8 +97,7 @@ def main() -> None:
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ap.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     args = ap.parse_args()
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          "cpu" if args.device == "auto" else args.device)
+    device = pick_device(args.device)
     batch = args.batch or (32 if device.type == "cuda" else 2)
     if args.child:
         print(json.dumps(measure(args.child, batch, args.steps, device)))
@@ -122,9 +112,8 @@ def main() -> None:
         if out.returncode != 0:
             sys.exit(f"{name}: {out.stderr.strip().splitlines()[-1]}")
         runs[name] = json.loads(out.stdout.splitlines()[-1])
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu ({torch.get_num_threads()} threads)"
     print(json.dumps({
-        "device": name, "backbone": BACKBONE, "batch": batch, "frames": FRAMES, "size": SIZE,
+        "device": device_name(device), "backbone": BACKBONE, "batch": batch, "frames": FRAMES, "size": SIZE,
         "amp": str(pick_precision("auto", device).dtype or "off"), "runs": runs,
         "speedup_dgl_over_full": round(runs["dgl"]["videos_per_s"] / runs["full"]["videos_per_s"], 2),
         "memory_ratio_full_over_dgl": round(runs["full"]["peak_mib_per_video"] / runs["dgl"]["peak_mib_per_video"], 2),

@@ -56,6 +56,18 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
+def normalise(pixels: np.ndarray, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD) -> torch.Tensor:
+    """uint8 (..., 3, S, S) -> float (..., 3, S, S): x / 255, then CLIP's per-channel mean and std."""
+    x = torch.from_numpy(pixels).float().div_(255)
+    mean, std = torch.as_tensor(mean), torch.as_tensor(std)
+    return (x - mean[:, None, None]) / std[:, None, None]
+
+
+def clip_input(images: np.ndarray, backbone: str) -> torch.Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, S, S) float: resized, centre-cropped and normalised as CLIP expects."""
+    return normalise(resize_center_crop(images, image_size_of(backbone)))
+
+
 def _fingerprint(**inputs) -> str:
     return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
 
@@ -246,8 +258,7 @@ class CachedSplit:
         if picks is None:
             picks = np.full((len(indices), self.num_frames), self.candidates // 2)
         frame = np.arange(self.num_frames) * self.candidates + picks  # (B, T) positions in the cache
-        x = torch.from_numpy(np.ascontiguousarray(self.frames[indices[:, None], frame])).float().div_(255)
-        return (x - self.mean[:, None, None]) / self.std[:, None, None]
+        return normalise(np.ascontiguousarray(self.frames[indices[:, None], frame]), self.mean, self.std)
 
     def captions_of(self) -> list[list[int]]:
         """For every video, the indices of its captions."""

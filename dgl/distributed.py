@@ -20,6 +20,8 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 
+from dgl.errors import UserError
+
 
 @dataclass(frozen=True)
 class Dist:
@@ -73,6 +75,25 @@ def gather(x: Tensor) -> Tensor:
     return torch.cat(parts)
 
 
+def _ignore_in_ddp(module: nn.Module, names: list[str]) -> None:
+    """Have DDP leave the parameters `names` of `module` out of its gradient reduction.
+
+    torch 2.x has no public API for this: `DistributedDataParallel._set_params_and_buffers_to_ignore_for_model`
+    is the one torch itself documents for it, as a stop-gap until pytorch/pytorch#43690 settles an API
+    (FSDP's `ignored_states` has no DDP counterpart). The public alternatives change the numbers:
+    `delay_all_reduce_named_params` still all-reduces (averages) those gradients, and keeping the
+    parameter outside the wrapped module would need the logit scale taken out of CLIP. If a future
+    torch drops the method, this says so in one line (a UserError) instead of an AttributeError."""
+    if not names:
+        return
+    setter = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
+    if setter is None:
+        raise UserError(f"torch {torch.__version__}: DistributedDataParallel no longer offers "
+                        "_set_params_and_buffers_to_ignore_for_model, which multi-process training of "
+                        f"{', '.join(names)} relies on (dgl/distributed.py); use train.nproc: 1 or an older torch")
+    setter(module, names)
+
+
 def _allreduce_sum(_, bucket):  # no return annotation: DDP checks it, and it would be a string here
     return dist.all_reduce(bucket.buffer(), async_op=True).get_future().then(lambda fut: fut.value()[0])
 
@@ -88,7 +109,7 @@ def data_parallel(module: nn.Module, device: torch.device, ignore: list[str]) ->
     out of the sum."""
     if not dist.is_initialized():
         return module
-    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(module, ignore)
+    _ignore_in_ddp(module, ignore)
     ddp = DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
     ddp.register_comm_hook(None, _allreduce_sum)
     return ddp

@@ -9,11 +9,11 @@ record which binary made them (`toolchain()`), so a lock made with another build
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.resources
 import shutil
 import subprocess
 
+from dgl.checksums import sha256_of
 from dgl.errors import UserError
 
 @functools.cache
@@ -42,6 +42,4 @@ def toolchain(which: str = "pinned") -> dict[str, str]:
         result = subprocess.run([exe, "-hide_banner", "-version"], capture_output=True, text=True, check=True)
     except (OSError, subprocess.CalledProcessError) as e:
         raise UserError(f"{exe}: this ffmpeg does not run ({e}); reinstall it or set `ffmpeg` in params.yaml") from None
-    with open(exe, "rb") as f:
-        digest = hashlib.file_digest(f, "sha256").hexdigest()
-    return {"ffmpeg": which, "version": result.stdout.splitlines()[0], "sha256": digest}
+    return {"ffmpeg": which, "version": result.stdout.splitlines()[0], "sha256": sha256_of(exe)}

@@ -1,5 +1,5 @@
 """The reference scripts' optimisation: AdamW (0.9, 0.98, eps 1e-6), weight decay on non-bias
-parameters, linear warm-up then cosine decay to 0 (DGL_SPEC "Training"), and CLIP4Clip's two
+parameters, linear warm-up then cosine decay to 0 (docs/method.md, "Optimisation"), and CLIP4Clip's two
 learning rates: pretrained weights at their own, smaller rate (its `--coef_lr`)."""
 from __future__ import annotations
 

@@ -14,11 +14,10 @@ import numpy as np
 import open_clip
 import torch
 import torch.nn.functional as F
-from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dgl.cache import image_size_of, resize_center_crop
+from dgl.cache import clip_input
 from dgl.data.synthetic import order_sensitive, plan_scenes, vocab
 from dgl.data.synthetic_images import render_static_images, static_caption_classes
 from dgl.determinism import seed_everything
@@ -27,13 +26,6 @@ from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw, warmup_cosine
 from dgl.settings import SyntheticConfig
-
-
-def _clip_input(images: np.ndarray, backbone: str) -> Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, S, S) resized, cropped and normalised as CLIP expects."""
-    x = torch.from_numpy(resize_center_crop(images, image_size_of(backbone))).float().div_(255)
-    mean, std = torch.tensor(OPENAI_DATASET_MEAN), torch.tensor(OPENAI_DATASET_STD)
-    return (x - mean[:, None, None]) / std[:, None, None]
 
 
 def _tokens(captions: list[str], backbone: str, context_length: int) -> Tensor:
@@ -46,7 +38,7 @@ def _images_and_tokens(n: int, seed: int, synthetic: SyntheticConfig, backbone: 
                        frames_per_video: int = 1, progress: bool = False) -> tuple[Tensor, Tensor, list[str], list[tuple]]:
     images, captions, contents = render_static_images(n, seed, synthetic.resolution,  # (N, H, W, 3) uint8
                                                       frames_per_video=frames_per_video, progress=progress)
-    return _clip_input(images, backbone), _tokens(captions, backbone, context_length), captions, contents
+    return clip_input(images, backbone), _tokens(captions, backbone, context_length), captions, contents
 
 
 WARMUP_FACTORS = ("shape", "size", "vertical", "horizontal")  # what the warm-up heads name of a lone object
@@ -94,7 +86,7 @@ def zero_shot_class_accuracy(clip: nn.Module, n: int, seed: int, synthetic: Synt
     clip.eval()
     images, labels, classes, keys = static_caption_classes(n, seed, synthetic.resolution)
     text = F.normalize(PromptedCLIP(clip).encode_text(_tokens(classes, backbone, context_length)), dim=-1)
-    image = _image_features(clip, _clip_input(images, backbone))
+    image = _image_features(clip, clip_input(images, backbone))
     predicted = (image @ text.t()).argmax(1).tolist()
     report = {"zeroshot_class_acc": float(np.mean([p == t for p, t in zip(predicted, labels)]))}
     for i, factor in enumerate(("colour", "shape", "background")):

@@ -55,11 +55,6 @@ from dgl.config import flatten
 from dgl.errors import UserError
 from dgl.settings import repo_root
 
-# Fail fast with one clear line when a tracking server is down, instead of minutes of retries.
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
-os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
-logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retry warnings: the error says it once
-
 SQLITE = "sqlite:///"
 WEIGHTS_TAG = "weights_sha256"  # how evaluate finds the training's run
 # The UI's experiment kinds: "custom_model_development" is its "Machine learning" (runs, charts);
@@ -198,11 +193,22 @@ def run_name(client, experiment_id: str, name: str) -> str:
     return next(n for n in (name, *(f"{name}-{i}" for i in range(2, len(taken) + 3))) if n not in taken)
 
 
+def fail_fast() -> None:
+    """Fail with one clear line when a tracking server is down, instead of minutes of retries: at most
+    one retry and 10 s per request, unless the environment sets them (MLflow reads both at every
+    request). Set here, where the store is first reached, rather than when this module is imported."""
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+    os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+    logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retry warnings: the error says it once
+
+
 @contextlib.contextmanager
 def _reported(uri: str) -> Iterator[None]:
-    """An MLflow error (server down, store unreadable) becomes one line naming the store."""
+    """Every call that reaches the store runs inside this: the fail-fast settings (`fail_fast`) hold,
+    and an MLflow error (server down, store unreadable) becomes one line naming the store."""
     from mlflow.exceptions import MlflowException
 
+    fail_fast()
     try:
         yield
     except MlflowException as e:
@@ -264,18 +270,26 @@ def log_training_setup(mlflow, params, method: str, counts: dict[str, float]) ->
     mlflow.log_metrics(count_metrics(counts))
 
 
+def _get_run(client, run_id: str):
+    """The run `run_id` of this store, or None when the store lacks it (any other MLflow error is raised)."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_run(run_id)
+    except MlflowException as e:
+        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
+            return None
+        raise
+
+
 def _claim_for_evaluation(client, run_id: str, test_metrics: dict[str, float]) -> str | None:
     """Log `test_metrics` to the training's run and return None; or, when that run already holds
     test metrics or is absent from this store or deleted, write nothing and return why not."""
     from mlflow.entities import Metric
-    from mlflow.exceptions import MlflowException
 
-    try:
-        run = client.get_run(run_id)
-    except MlflowException as e:
-        if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-            return "is not in this store"
-        raise
+    run = _get_run(client, run_id)
+    if run is None:
+        return "is not in this store"
     if run.info.lifecycle_stage == "deleted":
         return "is deleted"
     if has_test_metrics(run.data.metrics):
@@ -352,18 +366,12 @@ def end_abandoned_run(cfg, run_id: str | None) -> None:
     if not run_id:
         return
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(cfg)
     with _reported(uri):
         client = mlflow.MlflowClient(uri)
-        try:
-            run = client.get_run(run_id)
-        except MlflowException as e:
-            if e.error_code == "RESOURCE_DOES_NOT_EXIST":
-                return
-            raise
-        if run.info.status == "RUNNING":
+        run = _get_run(client, run_id)
+        if run is not None and run.info.status == "RUNNING":
             client.set_terminated(run_id, status="KILLED")
             print(f"MLflow: run {run_id} of that checkpoint ended as KILLED", file=sys.stderr)
 
@@ -372,16 +380,10 @@ def resumable_run(cfg, run_id: str) -> str | None:
     """`run_id` when this store holds it (not deleted), so a resumed training goes on in its run;
     else None, with a notice: the training then logs a new run."""
     import mlflow
-    from mlflow.exceptions import MlflowException
 
     uri = tracking_uri(cfg)
     with _reported(uri):
-        try:
-            run = mlflow.MlflowClient(uri).get_run(run_id)
-        except MlflowException as e:
-            if e.error_code != "RESOURCE_DOES_NOT_EXIST":
-                raise
-            run = None
+        run = _get_run(mlflow.MlflowClient(uri), run_id)
     if run is not None and run.info.lifecycle_stage != "deleted":
         return run_id
     print(f"MLflow: the checkpoint's run {run_id} is not in {uri}; the resumed training logs a new run",

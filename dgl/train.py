@@ -19,7 +19,7 @@ from dgl.distributed import Dist, data_parallel, gather
 from dgl.errors import UserError
 from dgl.metrics import evaluate_retrieval, twin_wordings
 from dgl.models.methods import Method
-from dgl.models.prompted import contrastive_loss
+from dgl.models.loss import contrastive_loss
 from dgl.optim import adamw, warmup_cosine
 
 
@@ -93,8 +93,7 @@ def epoch_samples(view: SplitView, captions: str, rng: np.random.Generator,
     """One epoch's (video, caption) samples in training order, as units that share a batch.
 
     train.captions:
-    - `all`, the papers' protocol (CLIP4Clip's expand_msrvtt_sentences; DGL_SPEC "Backbone and
-      input"): every caption once, spread over the epoch (`_spread`).
+    - `all`, the papers' protocol (CLIP4Clip's expand_msrvtt_sentences; docs/method.md, "Input"): every caption once, spread over the epoch (`_spread`).
     - `one`: every video once, with one of its captions drawn at random.
     train.sampler:
     - `random`: every sample is its own unit; batches are random (the papers).

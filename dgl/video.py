@@ -1,8 +1,8 @@
 """Frame sampling: N frames per video, uniformly, at a fixed short side.
 
 Uniform sampling takes the centre frame of each of N equal segments of the video; a video with
-fewer than N frames gives all its frames and then repeats the last (DGL_SPEC.md, "Backbone and
-input"). Training videos also keep `train_candidates` frames per segment, the centres of K equal
+fewer than N frames gives all its frames and then repeats the last (docs/method.md,
+"Input"). Training videos also keep `train_candidates` frames per segment, the centres of K equal
 parts of it (the middle one is the segment's centre), so that training can draw a random frame
 within each segment, as the reference does, from a cache of K x N frames instead of the whole
 video (dgl/cache.py: `CachedSplit.jitter`). Frames are stored at short side `size`, aspect ratio

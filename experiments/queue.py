@@ -98,13 +98,24 @@ def load_grid(path: Path = GRID) -> list[Row]:
 
 
 def select(grid: list[Row], names: str | None) -> list[Row]:
+    """The rows named, in grid order; a sweep variant's name (`full-clip_lr0.001`) keeps that row
+    with that one value."""
     if names is None:
         return grid
     wanted = [n.strip() for n in names.split(",") if n.strip()]
-    unknown = [n for n in wanted if n not in {r.name for r in grid}]
+    variants = {run.variant: run for run in expand(grid)}
+    unknown = [n for n in wanted if n not in {r.name for r in grid} and n not in variants]
     if unknown:
-        raise UserError(f"unknown grid row(s): {', '.join(unknown)}; the grid has: {', '.join(r.name for r in grid)}")
-    return [r for r in grid if r.name in wanted]
+        raise UserError(f"unknown grid row(s): {', '.join(unknown)}; the grid has: {', '.join(r.name for r in grid)}"
+                        " (or a sweep value of one, e.g. full-clip_lr0.001)")
+    chosen = []
+    for row in grid:
+        values = [variants[n].value for n in wanted if n in variants and variants[n].row is row]
+        if row.name in wanted:
+            chosen.append(row)
+        elif values:
+            chosen.append(dataclasses.replace(row, sweep_values=tuple(values)))
+    return chosen
 
 
 def queue_command(run: Run, force: bool) -> list[str]:

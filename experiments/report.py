@@ -91,11 +91,12 @@ def from_mlflow(params_file: Path) -> list[Experiment]:
     from mlflow.exceptions import MlflowException
 
     from dgl.settings import load_params
-    from dgl.tracking import as_metrics_json, tracking_uri
+    from dgl.tracking import as_metrics_json, fail_fast, tracking_uri
 
     tracking = load_params(params_file).tracking
     uri = tracking_uri(tracking)
     mlflow.set_tracking_uri(uri)
+    fail_fast()
     try:
         runs = mlflow.search_runs(experiment_names=[tracking.experiment], output_format="list",
                                   filter_string="attributes.status = 'FINISHED'", order_by=["start_time DESC"])

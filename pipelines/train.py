@@ -80,7 +80,7 @@ def main() -> None:
                         "backbone_sha256": backbone["sha256"], "parameters": counts, "epochs": len(history),
                         "validation": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}}
                 with atomic_dir(args.out) as work:
-                    mlflow.set_tag(WEIGHTS_TAG, save_trained(method.cpu(), work, info))
+                    mlflow.set_tag(WEIGHTS_TAG, save_trained(method.cpu(), work, info, params.model))
                 atomic_write(args.plot, json.dumps([{"epoch": i + 1, **r} for i, r in enumerate(history)], indent=1))
                 mlflow.log_artifact(str(args.plot), artifact_path="plots")
     if not dist.main:

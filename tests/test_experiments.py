@@ -185,6 +185,9 @@ def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path):
     assert len(out.stdout.splitlines()) == 5
     bad = outside_repo(tmp_path, "--grid", "grid.yaml", "--seeds", "a,b")
     assert bad.returncode == 2 and "--seeds 'a,b': give integers" in bad.stderr
+    one_value = outside_repo(tmp_path, "--grid", "grid.yaml", "--rows", "bias-clip_lr0.001", "--dry-run")
+    assert one_value.stdout.splitlines() == [  # a sweep variant's name queues that value alone
+        "dvc exp run --queue -n bias-clip_lr0.001 -S model.method=bias -S train.clip_lr=0.001", "dvc queue start -j 1"]
 
 
 def test_samplers_expand_into_named_experiments_and_report_one_line_each(tmp_path):

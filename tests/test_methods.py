@@ -15,7 +15,7 @@ from dgl.models.backbone import build_clip
 from dgl.models.methods import METHODS, build_method, count_parameters
 from dgl.params import PAPER_MODEL
 from dgl.settings import METHOD_NAMES, ModelConfig, merge
-from dgl.models.prompted import contrastive_loss
+from dgl.models.loss import contrastive_loss
 
 
 def model_cfg(method: str, **groups) -> ModelConfig:

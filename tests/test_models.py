@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from conftest import group
 from dgl.models.attention import global_local_block, global_local_mask
 from dgl.models.backbone import build_clip
+from dgl.models.loss import contrastive_loss
 from dgl.models.methods import build_method, count_parameters
-from dgl.models.prompted import PromptedCLIP, TextPrompts, contrastive_loss
+from dgl.models.prompted import PromptedCLIP, TextPrompts
 
 
 def dgl_cfg(**kw):
@@ -31,7 +32,7 @@ def tiny():
     return build_clip("tiny-synthetic")
 
 
-# The paper's Table: ULP 0.83M, UPT 9.57M (DGL_SPEC.md derives both exactly).
+# The paper's Table: ULP 0.83M, UPT 9.57M (docs/method.md, "Trainable parameters", derives both exactly).
 @pytest.mark.parametrize("backbone", ["ViT-B-32", "ViT-B-16"])
 @pytest.mark.parametrize("generator,expected,generator_part", [
     ("ulp", 827_392, 36_864 + 787_456),

@@ -32,7 +32,7 @@ def test_a_recipe_applies_exactly_the_keys_it_lists(recipe, method):
 
 
 def test_the_paper_table_is_what_the_recipes_set():
-    """DGL_SPEC "Training": generator, lr, epochs, global batch, frames / words per dataset."""
+    """docs/method.md, "Optimisation": generator, lr, epochs, global batch, frames / words per dataset."""
     table = {"msrvtt": ("upt", 2e-3, 5, 512, 12, 32), "vatex": ("ulp", 5e-3, 10, 512, 12, 32),
              "lsmdc": ("ulp", 1e-2, 10, 512, 12, 32), "activitynet": ("upt", 1e-2, 10, 128, 64, 64)}
     for recipe, row in table.items():

@@ -17,7 +17,6 @@
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import http.client
 import json
 import os
@@ -37,18 +36,11 @@ from typing import IO, Callable, Iterator
 
 from tqdm import tqdm
 
+from dgl.checksums import sha256_of
 from dgl.errors import UserError
 
 CHUNK = 1 << 20
 USER_AGENT = "dgl-dataset-download (python urllib)"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 # --- download ----------------------------------------------------------------------------------

@@ -39,11 +39,10 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
-from tqdm import tqdm
-
+from dgl.checksums import file_checksums, sha256_of, write_manifest
 from dgl.data.adapters import (VATEX_CAPTIONS, VATEX_TEST, VATEX_TRAIN, VIDEO_EXTENSIONS, dataset_format,
                                load_annotations)
-from dgl.data.download import ChecksumMismatch, download, extract, sha256_of
+from dgl.data.download import ChecksumMismatch, download, extract
 from dgl.errors import UserError
 
 Installer = Callable[[Path, Path, int | None], None]  # (downloaded file, raw folder, extraction cap in bytes)
@@ -227,13 +226,6 @@ def _place_by_hand(manual_dir: Path, raw_dir: Path) -> int:
     return len(files)
 
 
-def _write_manifest(raw_dir: Path, downloads: dict[str, dict], progress: bool) -> None:
-    files = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.name != "manifest.json")
-    bar = tqdm(files, desc="checksums", unit="file", disable=not progress)
-    manifest = {"files": {p.relative_to(raw_dir).as_posix(): sha256_of(p) for p in bar}, "downloads": downloads}
-    (raw_dir / "manifest.json").write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
-
-
 def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_dir: Path | None = None,
                 manual_dir: Path | None = None, max_extract_bytes: int | None = None) -> dict:
     """Assemble `raw_dir` for a real dataset: place, download, extract, check, write the manifest.
@@ -278,6 +270,6 @@ def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_di
     if absent:
         print(f"{dataset}: {len(absent)} of {len(annotations.videos)} videos named by the annotations are absent "
               f"(first: {absent[0]}); the frames stage lists them in skipped.json. {by_hand}", file=sys.stderr)
-    _write_manifest(raw_dir, downloads, progress)
+    write_manifest(raw_dir, {"files": file_checksums(raw_dir, progress), "downloads": downloads}, sort_keys=True)
     return {"dataset": dataset, "placed_by_hand": placed, "downloaded": sorted(downloads),
             "videos": len(annotations.videos), "videos_absent": len(absent)}

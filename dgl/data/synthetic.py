@@ -17,7 +17,6 @@ import concurrent.futures
 import csv
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 import multiprocessing
@@ -31,6 +30,7 @@ import yaml
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from dgl.checksums import file_checksums, write_manifest
 from dgl.config import build
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe, toolchain
@@ -464,16 +464,6 @@ def _write_annotations(scenes: list[Scene], out_dir: Path) -> None:
             writer.writerow([f"ret{i}", video_id.replace("video", "msr"), video_id, caption])
 
 
-def sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _write_manifest(out_dir: Path, ffmpeg: str) -> None:
-    files = sorted(p for p in out_dir.rglob("*") if p.is_file())
-    manifest = {"toolchain": toolchain(ffmpeg), "files": {p.relative_to(out_dir).as_posix(): sha256(p) for p in files}}
-    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
-
-
 def generate(out_dir: Path, cfg: SyntheticConfig, *, ffmpeg: str, workers: int = 2, progress: bool = True) -> None:
     """Render the benchmark into the empty folder `out_dir`: videos/, annotations, manifest.json
     (every file's sha256 and the ffmpeg that encoded the videos)."""
@@ -486,4 +476,4 @@ def generate(out_dir: Path, cfg: SyntheticConfig, *, ffmpeg: str, workers: int =
     (out_dir / "videos").mkdir()
     _render_all(scenes, cfg, out_dir / "videos", workers, progress, ffmpeg)
     _write_annotations(scenes, out_dir)
-    _write_manifest(out_dir, ffmpeg)
+    write_manifest(out_dir, {"toolchain": toolchain(ffmpeg), "files": file_checksums(out_dir)})

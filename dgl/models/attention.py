@@ -1,7 +1,8 @@
-"""DGL's global-local video attention, and CLIP's causal text mask.
+"""DGL's global-local video attention (DGL Eqs. (5)-(7) of docs/method.md), and CLIP's causal text mask.
 
 Video sequence: [G global prompts] + T x [F frame tokens], S = G + T*F. Global rows see every token
-(global attention); the rows of frame t see the global prompts and frame t only (local attention).
+(global attention, Eq. (5)); the rows of frame t see the global prompts and frame t only (local
+attention, Eq. (6)).
 `global_local_mask` states this as one block mask over the whole sequence (the specification; the
 tests compare against it); `global_local_block` computes the same block output with two attention calls
 (global queries; each frame's queries) that skip the T*(T-1)*F^2 masked-out query-key pairs.
@@ -16,7 +17,8 @@ from torch import Tensor, nn
 
 
 def global_local_mask(num_global: int, num_frames: int, frame_len: int) -> Tensor:
-    """Additive mask (S, S), S = G + T*F: 0 where a query may attend to a key, -inf elsewhere."""
+    """DGL Eq. (7): additive mask (S, S), S = G + T*F: 0 where a query may attend to a key (either is a
+    global prompt, or both are in the same frame), -inf elsewhere."""
     size = num_global + num_frames * frame_len
     frame_of = torch.full((size,), -1, dtype=torch.long)  # -1 marks a global prompt
     frame_of[num_global:] = torch.arange(num_frames).repeat_interleave(frame_len)
@@ -43,7 +45,8 @@ def global_attention_weights(attn: nn.MultiheadAttention, h: Tensor, num_global:
 
 
 def global_local_block(block: nn.Module, g: Tensor, x: Tensor) -> tuple[Tensor, Tensor]:
-    """One open_clip ResidualAttentionBlock with DGL's global-local attention, in its own weights.
+    """One open_clip ResidualAttentionBlock with DGL's global-local attention (DGL Eqs. (5)-(6)), in
+    its own frozen weights.
 
     g (B, G, D) global prompts, x (B, T, F, D) frame tokens -> (g, x) after the block. Equals
     block(cat([g, x.flatten(1, 2)], 1), attn_mask=global_local_mask(G, T, F)) up to float rounding,
@@ -59,7 +62,7 @@ def global_local_block(block: nn.Module, g: Tensor, x: Tensor) -> tuple[Tensor, 
     per_frame = torch.cat([h[:, None, :n_global].expand(-1, num_frames, -1, -1),
                            h[:, n_global:].unflatten(1, (num_frames, frame_len))], dim=2)  # (B, T, G+F, D)
     q, k, v = qkv_heads(block.attn, per_frame.flatten(0, 1))  # (B*T, H, G+F, d) each
-    out_local = F.scaled_dot_product_attention(q[:, :, n_global:], k, v)  # (B*T, H, F, d)
+    out_local = F.scaled_dot_product_attention(q[:, :, n_global:], k, v)  # (B*T, H, F, d), DGL Eq. (6)
 
     def video(t: Tensor) -> Tensor:  # (B*T, H, G+F, d) -> (B, H, T*(G+F), d)
         return t.unflatten(0, (batch, num_frames)).transpose(1, 2).flatten(2, 3)
@@ -67,7 +70,7 @@ def global_local_block(block: nn.Module, g: Tensor, x: Tensor) -> tuple[Tensor, 
     pos = torch.arange(num_frames * (n_global + frame_len), device=x.device)
     keys = (pos < n_global) | (pos % (n_global + frame_len) >= n_global)  # frame 0's globals, every frame token
     out_global = F.scaled_dot_product_attention(q[::num_frames, :, :n_global], video(k), video(v),
-                                                attn_mask=keys[None])  # (B, H, G, d)
+                                                attn_mask=keys[None])  # (B, H, G, d), DGL Eq. (5)
     out_local = out_local.unflatten(0, (batch, num_frames)).permute(0, 1, 3, 2, 4).reshape(batch, -1, width)
     out = torch.cat([out_global.transpose(1, 2).flatten(2), out_local], dim=1)  # (B, S, D), heads merged
     seq = seq + block.ls_1(block.attn.out_proj(out))

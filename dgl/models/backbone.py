@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 from pathlib import Path
@@ -11,6 +10,7 @@ import open_clip
 import torch
 from torch import nn
 
+from dgl.checksums import sha256_of
 from dgl.cli import binary_output
 from dgl.errors import UserError
 
@@ -86,11 +86,6 @@ def load_checkpoint(model: nn.Module, path: Path, fix: str = "") -> None:
                         f"{tuple(state[k].shape)} where {tuple(own[k].shape)} is needed; "
                         f"{fix or 'check backbone.name'}")
     model.load_state_dict(state)
-
-
-def sha256_of(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def save_backbone(clip: nn.Module, name: str, out_dir: Path, info: dict) -> None:

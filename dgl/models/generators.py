@@ -1,7 +1,9 @@
-"""DGL's local-prompt generators: one shared latent space -> text prompts and frame prompts.
+"""DGL's local-prompt generators: one shared latent space -> text prompts and frame prompts
+(the paper's local prompt generation; ULP is DGL Eq. (3), UPT DGL Eq. (4) of docs/method.md).
 
 Prompts do not depend on the input sample, so a generator runs once per step and its output is
-broadcast over the batch. Shapes: K prompted layers, Dv vision width, Dt text width, T frames.
+broadcast over the batch. Shapes: K prompted layers, Dv vision width, Dt text width, T frames,
+Nl frame prompts per frame, Nt text prompts (half prefix, half postfix).
 """
 from __future__ import annotations
 
@@ -21,8 +23,9 @@ def vpt_uniform_(tensor: Tensor, patch_size: int, width: int) -> Tensor:
 
 
 class ULP(nn.Module):
-    """Unified Linear Projection: the latent tokens ARE the frame prompts (the same for every
-    frame); two linear maps Dv -> Dt turn them into the prefix and postfix text prompts."""
+    """Unified Linear Projection, DGL Eq. (3): the latent tokens ARE the frame prompts (the same for
+    every frame), P_f^l = latent^l; two linear maps Dv -> Dt turn them into the prefix and postfix
+    text prompts, P_pre^l = latent^l W_pre + b_pre and P_post^l = latent^l W_post + b_post."""
 
     def __init__(self, layers: int, n_local: int, vision_width: int, text_width: int, patch_size: int):
         super().__init__()
@@ -39,9 +42,10 @@ class ULP(nn.Module):
 
 
 class UPT(nn.Module):
-    """Unified Prompt Transformer: an embedding table of (Nt + Nl*T) latent tokens per layer goes
-    through one shared pre-LN transformer block; the first Nt outputs pass an MLP Dv -> 2Dv -> Dt
-    to become text prompts, the rest become Nl *different* prompts for each frame index."""
+    """Unified Prompt Transformer, DGL Eq. (4): an embedding table of (Nt + Nl*T) latent tokens per
+    layer goes through one shared pre-LN transformer block, Z^l = Block(E^l); the first Nt outputs
+    pass an MLP Dv -> 2Dv -> Dt to become text prompts, the rest become Nl *different* prompts for
+    each frame index, P_f^l(t) = Z^l[Nt + t*Nl : Nt + (t+1)*Nl]."""
 
     def __init__(self, layers: int, n_text: int, n_local: int, num_frames: int, vision_width: int,
                  text_width: int, heads: int):
@@ -60,7 +64,7 @@ class UPT(nn.Module):
         if num_frames != self.num_frames:
             raise ValueError(f"UPT was built for {self.num_frames} frames, got {num_frames}")
         tokens = self.latent.view(-1, self.layers, self.vision_width).transpose(0, 1)  # (K, Nt + Nl*T, Dv)
-        out = self.block(tokens)  # layers are the batch: one shared block for every layer
+        out = self.block(tokens)  # Z^l = Block(E^l); layers are the batch: one shared block for every layer
         text = self.to_text(out[:, : self.n_text])  # (K, Nt, Dt)
         half = self.n_text // 2
         frame = out[:, self.n_text :].unflatten(1, (num_frames, self.n_local))  # (K, T, Nl, Dv)

@@ -4,10 +4,12 @@ A method only declares which prompts exist (`TextPrompts`, `VideoPrompts`); this
 them into open_clip's own modules (token embedding, residual blocks, final norms, projections)
 without re-implementing them.
 
-Text sequence:  [SOT, prefix prompts, word slots (incl. EOT and padding), postfix prompts]
+Text sequence (DGL Eq. (1) of docs/method.md):
+  [SOT, prefix prompts, word slots (incl. EOT and padding), postfix prompts]
   With `postfix_before_eot` (our option, off by default) the postfix prompts sit right before EOT,
-  where the causal mask lets them influence the text feature (see DGL_SPEC.md, "Quirk").
-Video sequence (global-local): [global prompts] + T x [CLS, frame prompts, patches]
+  where the causal mask lets them influence the text feature (docs/method.md, "Reference-code
+  behaviour": as placed by default they never reach the EOT token).
+Video sequence (global-local, DGL Eq. (2)): [global prompts] + T x [CLS, frame prompts, patches]
 Video sequence (per frame):    each frame alone: [CLS, frame prompts, patches]
 Video sequence (joint, VoP^F):  the first K layers per frame as above; the later layers see one
   sequence per video, [video prompts] + T x [CLS, patches], with full attention
@@ -22,10 +24,10 @@ from dataclasses import dataclass
 from typing import Callable, Union
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgl.models.attention import causal_mask, global_local_block
+from dgl.models.loss import contrastive_loss  # noqa: F401  (its home until it moved to loss.py)
 
 
 @dataclass
@@ -80,7 +82,8 @@ class PromptedCLIP(nn.Module):
 
     # ---- text ----------------------------------------------------------------------------
     def encode_text(self, tokens: Tensor, prompts: TextPrompts | None = None) -> Tensor:
-        """tokens (B, L) -> text features (B, E), not normalised."""
+        """tokens (B, L) -> text features (B, E), not normalised: DGL Eq. (1), the EOT token's output
+        (shifted by the prefix prompts) after ln_final and the projection."""
         clip = self.clip
         length = tokens.shape[1]
         x = clip.token_embedding(tokens) + clip.positional_embedding[:length]  # (B, L, Dt)
@@ -173,7 +176,9 @@ class PromptedCLIP(nn.Module):
 
     def encode_video_global_local(self, frames: Tensor, prompts: VideoPrompts, temporal: Tensor | None = None,
                                   pool: str = "global") -> tuple[Tensor, Tensor]:
-        """DGL's video encoder. Returns (video features (B, E), per-frame CLS features (B, T, E))."""
+        """DGL's video encoder: the sequence of DGL Eq. (2), every block with the global-local attention of
+        Eqs. (5)-(6), the video feature of Eq. (8). Returns (video features (B, E), per-frame CLS
+        features (B, T, E))."""
         x = self.frame_tokens(frames, temporal)  # (B, T, 1+P, Dv)
         g = prompts.global_.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, Ng, Dv)
         for layer, block in enumerate(self.visual.transformer.resblocks):
@@ -185,15 +190,8 @@ class PromptedCLIP(nn.Module):
 
 
 VIDEO_POOLS = {
-    "global": lambda g, cls: g[:, 0],  # the paper: the first global prompt
+    "global": lambda g, cls: g[:, 0],  # the paper, DGL Eq. (8): the first global prompt
     "global_mean": lambda g, cls: g.mean(1),
     "cls_mean": lambda g, cls: cls.mean(1),
     "both": lambda g, cls: torch.cat([g, cls], dim=1).mean(1),
 }
-
-
-def contrastive_loss(text: Tensor, video: Tensor, logit_scale: Tensor | float) -> Tensor:
-    """Symmetric InfoNCE over the batch: text (B, E), video (B, E), both L2-normalised."""
-    logits = logit_scale * text @ video.t()  # (B, B)
-    target = torch.arange(logits.shape[0], device=logits.device)
-    return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
