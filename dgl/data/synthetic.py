@@ -407,12 +407,15 @@ def render_frames(scene: Scene, cfg: SyntheticConfig) -> np.ndarray:
 
 def encode_mp4(frames: np.ndarray, fps: int, path: Path, ffmpeg: str = "pinned") -> None:
     """Encode (T, H, W, 3) uint8 RGB frames to an H.264 mp4, byte-identical run to run for one ffmpeg
-    build: one encoder thread (x264's output depends on its thread count) and no timestamps."""
+    build: one encoder thread (x264's output depends on its thread count) and no timestamps.
+    Lossless (-qp 0, on the 4:2:0 frames): a time-reversed twin then decodes to exactly its video's
+    frames backwards, so a method blind to frame order gives the twins one feature, not two that
+    differ by codec noise (lossy x264 frames of a twin pair differ by up to 45 levels)."""
     _, height, width, _ = frames.shape
     command = [
         ffmpeg_exe(ffmpeg), "-hide_banner", "-loglevel", "error", "-y",
         "-f", "rawvideo", "-pix_fmt", "rgb24", "-s", f"{width}x{height}", "-r", str(fps), "-i", "-",
-        "-an", "-c:v", "libx264", "-preset", "veryfast", "-crf", "18", "-pix_fmt", "yuv420p", "-threads", "1",
+        "-an", "-c:v", "libx264", "-preset", "veryfast", "-qp", "0", "-pix_fmt", "yuv420p", "-threads", "1",
         "-fflags", "+bitexact", "-flags:v", "+bitexact", "-map_metadata", "-1",
         str(path),
     ]  # fmt: skip
