@@ -45,7 +45,8 @@ def evaluate_retrieval(text_feats: Tensor, video_feats: Tensor, caption_video: T
     caption_video (C,): index of each caption's video; every video needs at least one caption.
     categories (C,): per-category t2v R@1 (`t2v_R1_<category>`); empty strings are left out.
     twins (V,): each video's time-reversed twin, -1 for none; gives `pair_acc` (and per category): the
-        share of captions with a twin whose own video beats the twin on plain cosine (a tie counts 1/2);
+        share of captions with a twin whose own video beats the twin on plain cosine (a tie, within
+        float rounding, counts 1/2);
         and `content_R1` (and per category): t2v R@1 where the twin also counts as a hit, i.e. what a
         model gets right without telling the order of frames.
     wordings (C,): `twin_wordings` of each caption; gives `pair_acc_words` and `pair_acc_order`.
@@ -208,21 +209,27 @@ def twin_wordings(texts: Sequence[str], caption_video: Sequence[int], twins: Seq
     return wordings
 
 
+TIE = 1e-6  # cosines closer than this are a tie: float rounding, e.g. attention summing frames in another order
+
+
 def pair_wins(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor) -> np.ndarray:
-    """For each caption with a twin: 1 where its own video beats the twin on plain cosine, 1/2 on a tie."""
+    """For each caption with a twin: 1 where its own video beats the twin on plain cosine, 1/2 on a
+    tie (within TIE, so a method blind to frame order scores exactly 1/2 on exact twins)."""
     twin = twins[caption_video]  # (C,)
     has_twin = twin >= 0
     queries = text[has_twin]  # (n, D)
     own = torch.linalg.vecdot(queries, video[caption_video[has_twin]])  # (n,)
     other = torch.linalg.vecdot(queries, video[twin[has_twin]])  # (n,)
-    return ((own > other).double() + 0.5 * (own == other).double()).cpu().numpy()
+    tie = (own - other).abs() <= TIE
+    return torch.where(tie, 0.5, (own > other).double()).cpu().numpy()
 
 
 def pair_accuracy(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor,
                   categories: np.ndarray) -> dict[str, float]:
     """Does a caption prefer its own video to its time-reversed twin? Empty when no video has a twin.
 
-    Plain cosine, also under DSL: it probes the features, and identical twin features give exactly 1/2.
+    Plain cosine, also under DSL: it probes the features, and twin features equal up to float
+    rounding give exactly 1/2 (`pair_wins`).
     """
     has_twin = (twins[caption_video] >= 0).cpu().numpy()
     if not has_twin.any():

@@ -256,3 +256,11 @@ def test_large_gallery_stays_within_a_small_memory_cap():
     assert out.returncode == 0, out.stderr[-3000:]
     extra = int(out.stdout.split()[-1])
     assert extra < 384 * 2**20, f"peak extra memory {extra / 2**20:.0f} MiB"
+
+
+def test_pair_accuracy_counts_a_float_rounding_difference_as_a_tie():
+    """A method blind to frame order gives exact twins features that differ only by float rounding
+    (attention sums the frames in another order): that is no preference, and scores exactly 1/2."""
+    text, video = features_for([[0.5, 0.5 + 3e-7], [0.5 - 3e-7, 0.5], [0.9, 0.1]])
+    metrics = evaluate_retrieval(text, video, torch.tensor([0, 1, 0]), twins=torch.tensor([1, 0])).metrics
+    assert metrics["pair_acc"] == (0.5 + 0.5 + 1.0) / 3

@@ -141,7 +141,7 @@ def test_every_order_sensitive_video_has_a_reversed_twin_in_its_split(dataset):
 
         decoded = decode(dataset / "videos" / f"{video_id}.mp4", TINY.resolution).astype(int)
         decoded_twin = decode(dataset / "videos" / f"{twin.video_id}.mp4", TINY.resolution).astype(int)
-        assert np.abs(decoded - decoded_twin[::-1]).mean() < 4  # equal up to codec error
+        assert np.array_equal(decoded, decoded_twin[::-1])  # lossless: exactly the frames backwards
     assert len(lone) == len(set(lone))
     train = [s for s in plan_scenes(DEFAULT) if s.split == "train" and order_sensitive(s.kind)]
     assert sum(s.twin is not None for s in train) >= len(train) - len(vocab()["categories"])  # hundreds of pairs
