@@ -208,7 +208,7 @@ def rate_cell(line: Line, key: str, trains: bool) -> str:
     if not trains or key not in line.seeds[0].params:
         return MISSING
     value = float(line.seeds[0].params[key])
-    if line.swept and line.swept[0] == key:
+    if line.swept and line.swept[0] == key and len(line.swept[1]) > 1:  # one value ran: nothing was chosen here
         return f"[{value:g}] of " + ", ".join(f"{v:g}" for v in line.swept[1])
     return f"{value:g}"
 
@@ -219,15 +219,18 @@ def rates(line: Line) -> list[str]:
     return [rate_cell(line, "train.lr", trainable > clip), rate_cell(line, "train.clip_lr", clip > 0)]
 
 
-def difference(line: Line, other: Line | None, key: str, fmt: Callable[[float], str]) -> str:
-    """`key` of line minus other's, * where it exceeds the two lines' seed std summed (needs seeds)."""
+def difference(line: Line, other: Line | None, key: str, fmt: Callable[[float], str], *,
+               other_seeded: bool = True) -> str:
+    """`key` of line minus other's, * where it exceeds the two lines' seed std summed: needs seeds
+    on this line, and on the other unless `other_seeded` is False (zero-shot trains nothing, so no
+    seed changes its test numbers)."""
     if other is None or line is other:
         return MISSING
     ours, theirs = ([e.metrics[key] for e in x.seeds if key in e.metrics] for x in (line, other))
     if not ours or not theirs:
         return MISSING
     diff = mean(ours) - mean(theirs)
-    real = len(ours) > 1 and len(theirs) > 1 and abs(diff) > spread(ours) + spread(theirs)
+    real = len(ours) > 1 and (len(theirs) > 1 or not other_seeded) and abs(diff) > spread(ours) + spread(theirs)
     return f"{'+' if diff >= 0 else ''}{fmt(diff)}{'*' if real else ''}"
 
 
@@ -256,7 +259,8 @@ def table(experiments: list[Experiment], grid: list[Row]) -> str:
     extra = ["lr", "clip lr"] + (["seeds", "Δ zeroshot"] if seeded else [])
     first = render(head + extra + [h for h, _, _ in retrieval], [
         label(line) + rates(line)
-        + ([str(len(line.seeds)), difference(line, by_key.get(("zeroshot", line.sampler)), "t2v_R1", rate)]
+        + ([str(len(line.seeds)), difference(line, by_key.get(("zeroshot", line.sampler)), "t2v_R1", rate,
+                                                       other_seeded=False)]
            if seeded else [])
         + cells(line, retrieval) for line in table_lines])
     out = [caption(experiments), "", *first, "", LEGEND]
