@@ -41,13 +41,15 @@ def _images_and_tokens(n: int, seed: int, synthetic: SyntheticConfig, backbone: 
     return clip_input(images, backbone), _tokens(captions, backbone, context_length), captions, contents
 
 
-WARMUP_FACTORS = ("shape", "size", "vertical", "horizontal")  # what the warm-up heads name of a lone object
+def warmup_classes() -> list[list[str]]:
+    """What the warm-up heads name of a lone object: its shape, size class, vertical and horizontal place."""
+    return [list(vocab()["shapes"]), ["small", "", "large"], ["top", "middle", "bottom"], ["left", "middle", "right"]]
 
 
 def _lone_object_labels(contents: list[tuple]) -> Tensor:
     """(N, 4): for a frame with one object, the index of its shape, size class, vertical and
     horizontal place (dgl.data.synthetic_images.object_words); -1 everywhere for other frames."""
-    classes = [list(vocab()["shapes"]), ["small", "", "large"], ["top", "middle", "bottom"], ["left", "middle", "right"]]
+    classes = warmup_classes()
     rows = []
     for _, objects in contents:
         if len(objects) == 1:
@@ -159,8 +161,7 @@ def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: 
     """Train the image tower to name a lone object's shape, size and place (one linear head per
     factor, discarded after); returns the last batch's loss."""
     lone = torch.nonzero(labels[:, 0] >= 0)[:, 0]
-    sizes = [len(vocab()["shapes"]), 3, 3, 3]
-    heads = nn.ModuleList(nn.Linear(clip.visual.output_dim, n) for n in sizes)
+    heads = nn.ModuleList(nn.Linear(clip.visual.output_dim, len(c)) for c in warmup_classes())
     optimizer = adamw(list(clip.visual.named_parameters()) + list(heads.named_parameters()), pretrain.lr, 0.1)
     scheduler = warmup_cosine(optimizer, pretrain.warmup_steps, 0.1)
     generator = torch.Generator().manual_seed(pretrain.seed)
