@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test clean
+.PHONY: setup repro test test-quick rehearse clean
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -20,6 +20,12 @@ repro: setup
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
+
+test-quick: $(BIN)/.installed  # for development: leaves out the tests marked slow (tests/conftest.py)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+rehearse: setup  # the real-data recipes at the paper's shapes on CPU, in a temporary folder (README, "Real data")
+	$(BIN)/python -m experiments.rehearse
 
 clean:
 	rm -rf data models plots/*.partial mlflow.db

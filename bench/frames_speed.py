@@ -6,13 +6,16 @@ run and with the same number of parallel workers:
   writing .npy files), as frames sampled per second;
 - `ffmpeg -i x -f null -` on every file (decode only: the physical limit), with one decoder thread
   per process and with ffmpeg's automatic threading; the faster of the two is the limit.
-Ratios are videos per second of a backend over videos per second of the limit. Prints JSON.
+Ratios are videos per second of a backend over videos per second of the limit; CPU seconds
+(this process and its ffmpeg runs) beside wall seconds, as a busy machine stretches only the
+latter; and the ffmpeg backend's seconds over decord's, beside the limit (2). Prints JSON.
 
 With `--long-minutes`, the long-video case instead: one video per length given (minutes long, at
 `--resolution`), sampled by each backend for each `--long-frames` count at `--size`, each time in a
 fresh Python process, which reports its seconds, wall and CPU (the fastest of `--long-repeats`
 runs), and peak resident memory (the Python process and, for the ffmpeg backend, the largest
-ffmpeg it ran).
+ffmpeg it ran). Beside them: the ffmpeg backend's seconds over decord's (the limit: 2), its peak
+memory per video length (flat: it does not grow), and plain decoding of each whole video (CPU).
 
 Run from the repository root: `python -m bench.frames_speed [--videos 200] [--workers 2]`, or
 `python -m bench.frames_speed --long-minutes 1 5 --size 224`.
@@ -53,28 +56,30 @@ def render_videos(folder: Path, count: int, seconds: float, resolution: int, fps
     return paths
 
 
-def time_plain_decode(paths: list[Path], workers: int, threads: str) -> float:
+def time_plain_decode(paths: list[Path], workers: int, threads: str) -> tuple[float, float]:
+    """Wall and CPU seconds of `ffmpeg -i x -f null -` on every file."""
     def decode(path: Path) -> None:
         subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", threads, "-i", str(path),
                         "-f", "null", "-"], check=True)
 
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), _cpu_seconds()
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
         list(pool.map(decode, paths))
-    return time.perf_counter() - start
+    return time.perf_counter() - start, _cpu_seconds() - cpu
 
 
-def time_backend(raw_dir: Path, paths: list[Path], cfg: FramesConfig) -> float:
+def time_backend(raw_dir: Path, paths: list[Path], cfg: FramesConfig) -> tuple[float, float]:
+    """Wall and CPU seconds (this process and its ffmpeg runs) of the frames stage's code."""
     ids = [p.stem for p in paths]
     annotations = Annotations(videos={v: f"videos/{v}.mp4" for v in ids},
                               train=tuple(Caption(v, "a video") for v in ids), test=())
     with tempfile.TemporaryDirectory() as out:
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), _cpu_seconds()
         summary = extract_frames(raw_dir, annotations, Path(out), cfg, ffmpeg="pinned", progress=False)
-        elapsed = time.perf_counter() - start
+        elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if summary["skipped"]:
         raise SystemExit(f"{cfg.backend}: {summary['skipped']} videos skipped; the benchmark is invalid")
-    return elapsed
+    return elapsed, cpu
 
 
 def _cpu_seconds() -> float:
@@ -107,13 +112,24 @@ def measure(path: Path, backend: str, num_frames: int, size: int) -> dict:
     return json.loads(result.stdout)
 
 
+def plain_decode_cpu(path: Path) -> float:
+    """CPU seconds of `ffmpeg -threads 1 -i x -f null -`: decoding every frame, nothing else."""
+    start = resource.getrusage(resource.RUSAGE_CHILDREN)
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", "1", "-i", str(path), "-f", "null", "-"],
+                   check=True)
+    end = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return end.ru_utime + end.ru_stime - start.ru_utime - start.ru_stime
+
+
 def long_videos(args: argparse.Namespace) -> dict:
-    """The long-video case: seconds and peak memory per backend, per length and frame count."""
+    """The long-video case: seconds and peak memory per backend, per length and frame count; then the
+    ffmpeg backend's time over decord's beside the limit (2), and its peak memory per length."""
     report: dict = {"resolution": args.resolution, "fps": args.fps, "size": args.size, "cpu_cores": os.cpu_count(),
                     "runs": []}
     with tempfile.TemporaryDirectory() as tmp:
         for minutes in args.long_minutes:
             (path,) = render_videos(Path(tmp), 1, minutes * 60, args.resolution, args.fps, 1)
+            report.setdefault("plain_decode_cpu_seconds", {})[str(minutes)] = round(plain_decode_cpu(path), 3)
             for num_frames in args.long_frames:
                 for backend in ("ffmpeg", "decord"):
                     # the least time of a few runs (the others waited on a busy machine), the largest peaks
@@ -123,6 +139,14 @@ def long_videos(args: argparse.Namespace) -> dict:
                     report["runs"].append({"minutes": minutes, "num_frames": num_frames, "backend": backend,
                                            "frames": runs[0]["frames"], **best})
             path.unlink()
+    by = {(r["minutes"], r["num_frames"], r["backend"]): r for r in report["runs"]}
+    report["ffmpeg_over_decord"] = [
+        {"minutes": m, "num_frames": n, "limit": 2.0,
+         **{key: round(by[m, n, "ffmpeg"][key] / by[m, n, "decord"][key], 2) for key in ("cpu_seconds", "seconds")}}
+        for m in args.long_minutes for n in args.long_frames]
+    report["ffmpeg_peak_mib_by_minutes"] = {  # the larger of Python's and ffmpeg's: flat if it does not grow
+        str(n): {str(m): max(by[m, n, "ffmpeg"]["python_peak_mib"], by[m, n, "ffmpeg"]["ffmpeg_peak_mib"])
+                 for m in args.long_minutes} for n in args.long_frames}
     return report
 
 
@@ -155,20 +179,23 @@ def main() -> None:
             for b in ("ffmpeg", "decord")
         }
 
-    limit = min(plain.values())
+    limit = min(wall for wall, _ in plain.values())
     report = {
         "videos": args.videos, "seconds": args.seconds, "resolution": args.resolution, "fps": args.fps,
         "num_frames": args.num_frames, "size": args.size, "workers": args.workers, "cpu_cores": os.cpu_count(),
-        "plain_decode": {k: {"wall_s": round(v, 3), "videos_per_s": round(args.videos / v, 1)}
-                         for k, v in plain.items()},
+        "plain_decode": {k: {"wall_s": round(wall, 3), "cpu_s": round(cpu, 3),
+                             "videos_per_s": round(args.videos / wall, 1)} for k, (wall, cpu) in plain.items()},
     }  # fmt: skip
-    for name, elapsed in backends.items():
+    for name, (elapsed, cpu) in backends.items():
         report[name] = {
             "wall_s": round(elapsed, 3),
+            "cpu_s": round(cpu, 3),
             "videos_per_s": round(args.videos / elapsed, 1),
             "frames_sampled_per_s": round(args.videos * args.num_frames / elapsed, 1),
             "ratio_to_plain_decode": round(limit / elapsed, 3),
         }
+    report["ffmpeg_over_decord"] = {"wall": round(backends["ffmpeg"][0] / backends["decord"][0], 2),
+                                    "cpu": round(backends["ffmpeg"][1] / backends["decord"][1], 2), "limit": 2.0}
     print(json.dumps(report, indent=1))
 
 

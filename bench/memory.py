@@ -1,10 +1,14 @@
-"""What the benchmarks share: the device to run on, its name, and a peak-memory window.
+"""What the benchmarks share: the device to run on, its name, a peak-memory window, and the bytes
+autograd keeps for the backward pass.
 
 CPU memory is the process's resident size from Linux /proc (VmRSS now, VmHWM the peak, reset by
-writing 5 to /proc/self/clear_refs); CUDA memory is what torch has allocated on the device."""
+writing 5 to /proc/self/clear_refs); CUDA memory is what torch has allocated on the device.
+`saved_for_backward` counts what autograd saves (saved_tensors_hooks), exactly and on any device."""
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterable, Iterator
 
 import torch
 
@@ -41,3 +45,27 @@ def peak_memory(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return proc_status_mib("VmHWM")
+
+
+@contextlib.contextmanager
+def saved_for_backward(exclude: Iterable[torch.Tensor] = ()) -> Iterator[dict]:
+    """While active, every tensor autograd saves for the backward pass is counted by its storage,
+    once (a view or a repeat of a storage adds nothing), leaving out the storages of `exclude` (the
+    parameters: weights are memory a model holds anyway). Yields a dict whose "bytes" is set on exit.
+
+    Activation checkpointing (torch.utils.checkpoint, non-reentrant) saves a checkpointed region's
+    inputs through these hooks and nothing of what the region computes: the count is what stays
+    in memory between the forward and the backward pass. Enter it around the forward pass only."""
+    skip = {(t.device, t.untyped_storage().data_ptr()) for t in exclude}
+    storages: dict[tuple, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        key = (t.device, t.untyped_storage().data_ptr())
+        if key not in skip:
+            storages[key] = t.untyped_storage().nbytes()
+        return t  # the graph keeps the tensor itself: the storage stays alive, its address unique
+
+    result: dict = {}
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        yield result
+    result["bytes"] = sum(storages.values())

@@ -8,17 +8,24 @@ Layout of a cache folder, per split (`train`, `test`):
   <split>.json         video ids, each caption's video index, text and category, each video's twin
   meta.json            image size, frames and candidates, context length, normalisation, what was
                        dropped, and per split how many annotated videos the frames stage skipped
-Normalisation (CLIP mean/std) happens when a batch is read: uint8 keeps the cache 4x smaller.
+Normalisation (CLIP mean/std) happens when a batch is read, on the device that trains: uint8 keeps
+the cache 4x smaller and moves 4x fewer bytes to a GPU. `device_batches` reads the next batch in a
+background thread while the current one trains.
 """
 from __future__ import annotations
 
 import errno
+import functools
 import hashlib
 import json
 import os
+import queue
 import shutil
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Generic, Iterable, TypeVar
 
 import numpy as np
 import open_clip
@@ -56,16 +63,18 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     return x.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
-def normalise(pixels: np.ndarray, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD) -> torch.Tensor:
-    """uint8 (..., 3, S, S) -> float (..., 3, S, S): x / 255, then CLIP's per-channel mean and std."""
-    x = torch.from_numpy(pixels).float().div_(255)
-    mean, std = torch.as_tensor(mean), torch.as_tensor(std)
-    return (x - mean[:, None, None]) / std[:, None, None]
+def normalise(pixels: np.ndarray | torch.Tensor, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD) -> torch.Tensor:
+    """uint8 (..., 3, S, S) -> float32 (..., 3, S, S): x / 255, then CLIP's per-channel mean and std.
 
-
-def clip_input(images: np.ndarray, backbone: str) -> torch.Tensor:
-    """(N, H, W, 3) uint8 -> (N, 3, S, S) float: resized, centre-cropped and normalised as CLIP expects."""
-    return normalise(resize_center_crop(images, image_size_of(backbone)))
+    A tensor is normalised on its device (give `mean` and `std` there too); a NumPy array, memory-
+    mapped or not, on the CPU, read where it lies. The same float operations in the same order on
+    every path (uint8 -> float32 is exact), so on one device the same pixels give the same bits."""
+    if isinstance(pixels, torch.Tensor):
+        x = pixels.float()
+    else:  # a read-only array (a memory map) is converted by NumPy: torch.from_numpy wants it writable
+        x = torch.from_numpy(pixels).float() if pixels.flags.writeable else torch.from_numpy(pixels.astype(np.float32))
+    mean, std = torch.as_tensor(mean, device=x.device), torch.as_tensor(std, device=x.device)
+    return x.div_(255).sub_(mean[:, None, None]).div_(std[:, None, None])  # in place: one float array, not three
 
 
 def _fingerprint(**inputs) -> str:
@@ -251,14 +260,35 @@ class CachedSplit:
             return None
         return rng.integers(self.candidates, size=(count, self.num_frames))
 
-    def video_batch(self, indices, picks: np.ndarray | None = None) -> torch.Tensor:
-        """Normalised float frames (B, T, 3, S, S) of the given videos: the candidates `picks` names
-        (from `jitter`, training), else each segment's centre (evaluation)."""
-        indices = np.asarray(indices)
+    def video_pixels(self, indices, picks: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
+        """uint8 frames (B, T, 3, S, S) of the given videos: the candidates `picks` names (from `jitter`,
+        training), else each segment's centre (evaluation). Consecutive videos' centres are a view of
+        the memory map (no copy); anything else is gathered from it in one copy, into `out` if given
+        (e.g. pinned memory for an asynchronous copy to a GPU)."""
+        indices = np.asarray(indices, dtype=np.int64)
+        count, per_video = len(indices), self.frames.shape[1]
+        if picks is None and count and (np.diff(indices) == 1).all():  # a run: a view
+            view = self.frames[indices[0] : indices[0] + count, self.candidates // 2 :: self.candidates]
+            if out is None:
+                return view
+            np.copyto(out, view)
+            return out
         if picks is None:
-            picks = np.full((len(indices), self.num_frames), self.candidates // 2)
+            picks = np.full((count, self.num_frames), self.candidates // 2)
         frame = np.arange(self.num_frames) * self.candidates + picks  # (B, T) positions in the cache
-        return normalise(np.ascontiguousarray(self.frames[indices[:, None], frame]), self.mean, self.std)
+        rows = (indices[:, None] * per_video + frame).ravel()  # rows of the cache seen as (V * T * K, 3, S, S)
+        if count and (indices.min() < 0 or indices.max() >= self.num_videos or frame.min() < 0
+                      or frame.max() >= per_video):
+            raise IndexError(f"video or frame index out of range for {self.num_videos} videos x {per_video} frames")
+        if out is None:
+            out = np.empty((count, self.num_frames, *self.frames.shape[2:]), dtype=np.uint8)
+        np.take(self.frames.reshape(-1, *self.frames.shape[2:]), rows, axis=0,
+                out=out.reshape(-1, *self.frames.shape[2:]), mode="clip")  # checked above; "raise" would buffer
+        return out
+
+    def video_batch(self, indices, picks: np.ndarray | None = None) -> torch.Tensor:
+        """Normalised float frames (B, T, 3, S, S) on the CPU: `video_pixels`, then `normalise`."""
+        return normalise(self.video_pixels(indices, picks), self.mean, self.std)
 
     def captions_of(self) -> list[list[int]]:
         """For every video, the indices of its captions."""
@@ -266,3 +296,149 @@ class CachedSplit:
         for caption, video in enumerate(self.caption_video.tolist()):
             groups[video].append(caption)
         return groups
+
+
+J, T = TypeVar("J"), TypeVar("T")
+_END = object()
+
+
+class Prefetcher(Generic[J, T]):
+    """`make(job)` for every job in order, computed up to `depth` jobs ahead of the consumer by one
+    background thread (depth 0: in the consumer's thread, when it asks: the synchronous path).
+
+    Use it in a `with` block (or call `close`): closing stops and joins the thread, whether the loop
+    ended, broke off or raised; a Prefetcher dropped unclosed stops its thread too. An exception in
+    `make` is raised in the consumer at the job that raised it. `finish(item)`, if given, runs in the
+    consumer's thread on every item before it is handed out. `waited`: seconds the consumer spent
+    blocked on the next item. Jobs are taken from `jobs` in the background thread: give a list (or
+    anything that draws no random numbers)."""
+
+    def __init__(self, make: Callable[[J], T], jobs: Iterable[J], depth: int = 1,
+                 finish: Callable[[T], T] | None = None):
+        self.depth, self.waited = depth, 0.0
+        self._make, self._finish, self._jobs = make, finish, iter(jobs)
+        self._done = False
+        self._thread: threading.Thread | None = None
+        if depth > 0:
+            self._queue: queue.Queue = queue.Queue()
+            self._slots = threading.Semaphore(depth)  # items made and not yet handed out
+            self._stop = threading.Event()
+            # The thread holds the queue, the slots and the stop flag, never `self`: an unclosed
+            # Prefetcher is still garbage, and __del__ stops the thread.
+            self._thread = threading.Thread(target=_produce, name="dgl-prefetch", daemon=True,
+                                            args=(make, self._jobs, self._queue, self._slots, self._stop))
+            self._thread.start()
+
+    def __iter__(self) -> "Prefetcher[J, T]":
+        return self
+
+    def __next__(self) -> T:
+        if self._done:
+            raise StopIteration
+        start = time.perf_counter()
+        if self._thread is None:
+            job = next(self._jobs, _END)
+            ok, item = (True, self._make(job)) if job is not _END else (False, None)
+        else:
+            ok, item = self._queue.get()
+            self._slots.release()
+        self.waited += time.perf_counter() - start
+        if not ok:
+            self.close()
+            if item is None:
+                raise StopIteration
+            raise item
+        return self._finish(item) if self._finish else item
+
+    def close(self) -> None:
+        """Stop the background thread and drop what it prepared; safe to call more than once."""
+        self._done = True
+        if self._thread is not None:
+            self._stop.set()
+            self._slots.release()  # wakes a thread waiting for a free slot
+            self._thread.join()
+            self._thread = None
+            while not self._queue.empty():
+                self._queue.get_nowait()
+
+    def __enter__(self) -> "Prefetcher[J, T]":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        if getattr(self, "_thread", None) is not None:
+            self.close()
+
+
+def _produce(make, jobs, out: queue.Queue, slots: threading.Semaphore, stop: threading.Event) -> None:
+    """Prefetcher's thread: (True, make(job)) per job while slots allow, then (False, None) at the
+    end or (False, exception)."""
+    try:
+        for job in jobs:
+            slots.acquire()
+            if stop.is_set():
+                return
+            out.put((True, make(job)))
+        out.put((False, None))
+    except BaseException as e:  # handed to the consumer, raised there
+        out.put((False, e))
+
+
+# One batch to read: video indices (B,), candidate picks (B, T) or None for the centres, caption indices or None.
+Job = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
+
+
+def device_batches(split: CachedSplit, jobs: Iterable[Job], device: torch.device,
+                   prefetch: int = 1) -> Prefetcher[Job, tuple[torch.Tensor, "torch.Tensor | None"]]:
+    """The batches `jobs` name, read from a cached split and ready on `device`: frames (B, T, 3, S, S)
+    float32, normalised there, and tokens (b, L) (None for a job without captions), `prefetch`
+    batches ahead of the one in use (0 = each read when asked, in the caller's thread).
+
+    CPU: `split.video_batch` (normalised where it is read). CUDA: uint8 frames gathered from the
+    memory map into pinned memory, copied to the GPU (non_blocking) on a side stream and normalised
+    there; the consumer's stream waits for that stream's event before it uses them, so the copy of
+    batch k + 1 overlaps the step on batch k."""
+    device = torch.device(device)
+    if device.type != "cuda":
+        return Prefetcher(functools.partial(_read_batch, split, device), jobs, prefetch)
+    stream = torch.cuda.Stream(device)
+    mean, std = split.mean.to(device), split.std.to(device)
+    stream.wait_stream(torch.cuda.current_stream(device))  # mean and std are there first
+    return Prefetcher(functools.partial(_read_batch_cuda, split, device, stream, mean, std), jobs, prefetch,
+                      finish=functools.partial(_on_current_stream, device))
+
+
+def _read_batch(split: CachedSplit, device: torch.device, job: Job) -> tuple[torch.Tensor, torch.Tensor | None]:
+    videos, picks, captions = job
+    frames = split.video_batch(videos, picks).to(device)
+    return frames, None if captions is None else split.tokens[captions].to(device)
+
+
+def _read_batch_cuda(split: CachedSplit, device: torch.device, stream, mean: torch.Tensor, std: torch.Tensor,
+                     job: Job) -> tuple[torch.Tensor, torch.Tensor | None, "torch.cuda.Event"]:
+    videos, picks, captions = job
+    with torch.cuda.stream(stream):
+        pixels = torch.empty((len(videos), split.num_frames, *split.frames.shape[2:]), dtype=torch.uint8,
+                             pin_memory=True)
+        split.video_pixels(videos, picks, out=pixels.numpy())
+        # `pixels` may be freed when this returns: the caching host allocator keeps a pinned block
+        # until the copies that read it have run
+        frames = normalise(pixels.to(device, non_blocking=True), mean, std)
+        tokens = None if captions is None else split.tokens[captions].pin_memory().to(device, non_blocking=True)
+        ready = torch.cuda.Event()
+        ready.record(stream)
+    return frames, tokens, ready
+
+
+def _on_current_stream(device: torch.device, item) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """In the consumer's thread: its stream waits for the side stream's copy and normalisation; the
+    tensors, made on the side stream, are marked as used on this one (for the allocator)."""
+    frames, tokens, ready = item
+    stream = torch.cuda.current_stream(device)
+    stream.wait_event(ready)
+    for t in (frames, tokens):
+        if t is not None:
+            t.record_stream(stream)
+    return frames, tokens

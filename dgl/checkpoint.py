@@ -33,7 +33,7 @@ from dgl.errors import disk_full
 
 GROUPS = ("ffmpeg", "data", "frames", "preprocess", "model", "train")
 # These change only speed: train.batch_size is the global batch whatever the processes and sub-batches.
-SPEED_ONLY = {"frames.workers", "train.threads", "train.nproc", "train.accum_steps"}
+SPEED_ONLY = {"frames.workers", "train.threads", "train.nproc", "train.accum_steps", "train.activation_checkpointing"}
 
 
 def params_fingerprint(params) -> str:

@@ -17,11 +17,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dgl.cache import clip_input
+from dgl.cache import image_size_of, normalise, resize_center_crop
 from dgl.data.synthetic import order_sensitive, plan_scenes, vocab
 from dgl.data.synthetic_images import render_static_images, static_caption_classes
+from dgl.data.twins import twin_wordings
 from dgl.determinism import seed_everything
-from dgl.metrics import twin_wordings
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw, warmup_cosine
@@ -34,11 +34,19 @@ def _tokens(captions: list[str], backbone: str, context_length: int) -> Tensor:
     return tokens[:, :longest]
 
 
+def _pixels(images: np.ndarray, backbone: str) -> Tensor:
+    """(N, H, W, 3) uint8 -> (N, 3, S, S) uint8, resized and centre-cropped as CLIP expects; batches are
+    normalised as they are drawn (dgl.cache.normalise), so all of them stay 4x smaller in memory."""
+    return torch.from_numpy(resize_center_crop(images, image_size_of(backbone)))
+
+
 def _images_and_tokens(n: int, seed: int, synthetic: SyntheticConfig, backbone: str, context_length: int, *,
                        frames_per_video: int = 1, progress: bool = False) -> tuple[Tensor, Tensor, list[str], list[tuple]]:
+    """n rendered frames as uint8 CLIP input (N, 3, S, S) (`_pixels`), their captions' tokens, the
+    captions and what each frame shows."""
     images, captions, contents = render_static_images(n, seed, synthetic.resolution,  # (N, H, W, 3) uint8
                                                       frames_per_video=frames_per_video, progress=progress)
-    return clip_input(images, backbone), _tokens(captions, backbone, context_length), captions, contents
+    return _pixels(images, backbone), _tokens(captions, backbone, context_length), captions, contents
 
 
 def warmup_classes() -> list[list[str]]:
@@ -77,7 +85,8 @@ def grouped_order(n: int, group: int, generator: torch.Generator) -> Tensor:
 
 
 def _image_features(clip: nn.Module, images: Tensor) -> Tensor:
-    return torch.cat([F.normalize(clip.encode_image(b), dim=-1) for b in images.split(512)])
+    """uint8 (N, 3, S, S) -> L2-normalised image features (N, E)."""
+    return torch.cat([F.normalize(clip.encode_image(normalise(b)), dim=-1) for b in images.split(512)])
 
 
 @torch.no_grad()
@@ -88,7 +97,7 @@ def zero_shot_class_accuracy(clip: nn.Module, n: int, seed: int, synthetic: Synt
     clip.eval()
     images, labels, classes, keys = static_caption_classes(n, seed, synthetic.resolution)
     text = F.normalize(PromptedCLIP(clip).encode_text(_tokens(classes, backbone, context_length)), dim=-1)
-    image = _image_features(clip, clip_input(images, backbone))
+    image = _image_features(clip, _pixels(images, backbone))
     predicted = (image @ text.t()).argmax(1).tolist()
     report = {"zeroshot_class_acc": float(np.mean([p == t for p, t in zip(predicted, labels)]))}
     for i, factor in enumerate(("colour", "shape", "background")):
@@ -114,7 +123,7 @@ def zero_shot_image_text_r1(clip: nn.Module, images: Tensor, tokens: Tensor, cap
 def twin_text_report(clip: nn.Module, synthetic: SyntheticConfig, backbone: str, context_length: int) -> dict:
     """Can the text tower tell a caption from its time-reversed twin's? For every order-sensitive
     test video, every template of its kind is filled in for the video and for its twin, and split by
-    `dgl.metrics.twin_wordings`: `words` where the two differ in words, `order` where only in order.
+    `dgl.data.twins.twin_wordings`: `words` where the two differ in words, `order` where only in order.
 
     Per split, `own_closer`: over pairs of templates i != j of one video, the share where the
     video's caption i is closer to the video's caption j than to the twin's caption j. Template j
@@ -168,7 +177,7 @@ def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: 
     clip.train()
     for _ in tqdm(range(pretrain.warmup_steps), desc="warm-up", disable=not progress, unit="step"):
         batch = lone[torch.randint(len(lone), (pretrain.batch_size,), generator=generator)]
-        feature = clip.encode_image(images[batch])
+        feature = clip.encode_image(normalise(images[batch]))
         loss = sum(F.cross_entropy(head(feature), labels[batch, i]) for i, head in enumerate(heads))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -200,7 +209,7 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
         order = grouped_order(len(images), pretrain.frames_per_video, generator)
         for step in range(steps_per_epoch):
             batch = order[step * pretrain.batch_size : (step + 1) * pretrain.batch_size]
-            image = F.normalize(clip.encode_image(images[batch]), dim=-1)
+            image = F.normalize(clip.encode_image(normalise(images[batch])), dim=-1)
             text = F.normalize(encoder.encode_text(tokens[batch]), dim=-1)
             loss = _duplicate_aware_loss(image, text, content_id[batch], clip.logit_scale.exp())
             optimizer.zero_grad(set_to_none=True)

@@ -6,6 +6,7 @@ Reading params imports neither torch nor open_clip (each stage's deps start here
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,11 +111,29 @@ class PretrainConfig:
     seed: int = bounded(0, SEED_MAX)
 
 
+OUR_BACKBONES = Path(__file__).parent / "models" / "configs"  # open_clip architecture configs of our own
+
+
+def backbone_names() -> set[str]:
+    """What backbone.name may be: an architecture config of open_clip's (in its package) or of ours,
+    found without importing open_clip and torch, so that stage `params` rejects a wrong name before
+    DVC deletes the backbone it would rebuild."""
+    spec = importlib.util.find_spec("open_clip")
+    theirs = [Path(folder) / "model_configs" for folder in spec.submodule_search_locations or []] if spec else []
+    return {config.stem for folder in [*theirs, OUR_BACKBONES] for config in folder.glob("*.json")}
+
+
 @dataclass(frozen=True)
 class BackboneConfig:
     name: str  # an open_clip model name (ViT-B-32, ViT-B-16) or one of dgl/models/configs
     pretrained: str  # open_clip pretrained tag (e.g. openai) or a local checkpoint; "" = pretrain here
     pretrain: PretrainConfig
+
+    def validate(self) -> None:
+        if self.name not in backbone_names():
+            ours = ", ".join(sorted(config.stem for config in OUR_BACKBONES.glob("*.json")))
+            raise UserError(f"params: backbone.name = {self.name!r} is not an open_clip model; "
+                            f"use e.g. ViT-B-32, ViT-B-16 or one of {ours}")
 
 
 # --- model: one group per method family ------------------------------------------------------------
@@ -206,6 +225,7 @@ class TrainConfig:
     amp: str = choice("auto", "off", "bf16", "fp16")  # CUDA only; auto = bf16 where supported
     nproc: int = bounded(1, 1024)  # processes on this machine (torchrun, DDP); batch_size stays global
     accum_steps: int = bounded(1, 1024)  # sub-batches per step (GradCache): same loss, less memory
+    activation_checkpointing: bool  # recompute each transformer block in the backward pass: less memory, more time
 
     def validate(self) -> None:
         if self.batch_size % (self.nproc * self.accum_steps):

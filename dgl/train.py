@@ -13,14 +13,18 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dgl.cache import CachedSplit
+from dgl.cache import CachedSplit, device_batches
 from dgl.checkpoint import rng_state, set_rng_state
+from dgl.data.twins import twin_wordings
 from dgl.distributed import Dist, data_parallel, gather
 from dgl.errors import UserError
-from dgl.metrics import evaluate_retrieval, twin_wordings
+from dgl.metrics import evaluate_retrieval
 from dgl.models.methods import Method
 from dgl.models.loss import contrastive_loss
 from dgl.optim import adamw, warmup_cosine
+
+
+PREFETCH = 1  # batches read ahead of the one in use (dgl.cache.device_batches)
 
 
 def pick_device(name: str) -> torch.device:
@@ -300,6 +304,7 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
     optimizer = optimizer_for(method, params, cfg)
     scheduler = warmup_cosine(optimizer, cfg.epochs * steps_per_epoch, cfg.warmup_fraction)
     method.to(device)
+    method.encoder.activation_checkpointing = cfg.activation_checkpointing
     precision = pick_precision(cfg.amp, device)
     model = parallel_features(method, device)
     first = 1
@@ -315,23 +320,25 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
         method.train()
         losses = []
         batches = into_batches(epoch_samples(train, cfg.captions, rng, cfg.sampler), batch_size, parts)
-        bar = tqdm(batches, desc=f"train epoch {epoch}/{cfg.epochs}", disable=not (progress and dist.main),
-                   unit="batch")
-        for videos, captions in bar:
+        jobs = []  # this rank's slice of every batch; the draws in the order the synchronous loop made them
+        for videos, captions in batches:
             picks = train.split.jitter(len(videos), rng)  # drawn for the global batch: every rank agrees
             local = slice(dist.rank * len(videos) // dist.world, (dist.rank + 1) * len(videos) // dist.world)
-            frames = train.split.video_batch(videos[local], None if picks is None else picks[local]).to(device)
-            tokens = train.split.tokens[captions[local]].to(device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = contrastive_step(model, tokens, frames, method.logit_scale, accum_steps=cfg.accum_steps,
-                                    precision=precision).item()
-            if not math.isfinite(loss):
-                raise UserError(f"training diverged at epoch {epoch} (loss {loss}); "
-                                "lower train.lr or raise train.warmup_fraction")
-            precision.step(optimizer, [p for _, p in params], cfg.grad_clip)
-            scheduler.step()
-            losses.append(loss)
-            bar.set_postfix(loss=f"{loss:.3f}")
+            jobs.append((videos[local], None if picks is None else picks[local], captions[local]))
+        with device_batches(train.split, jobs, device, PREFETCH) as loader:  # reads batch k + 1 during step k
+            bar = tqdm(loader, total=len(jobs), desc=f"train epoch {epoch}/{cfg.epochs}",
+                       disable=not (progress and dist.main), unit="batch")
+            for frames, tokens in bar:
+                optimizer.zero_grad(set_to_none=True)
+                loss = contrastive_step(model, tokens, frames, method.logit_scale, accum_steps=cfg.accum_steps,
+                                        precision=precision).item()
+                if not math.isfinite(loss):
+                    raise UserError(f"training diverged at epoch {epoch} (loss {loss}); "
+                                    "lower train.lr or raise train.warmup_fraction")
+                precision.step(optimizer, [p for _, p in params], cfg.grad_clip)
+                scheduler.step()
+                losses.append(loss)
+                bar.set_postfix(loss=f"{loss:.3f}")
         record = {"train_loss": float(np.mean(losses)), **current_rates(optimizer, cfg)}
         if val is not None:  # on every rank: cheaper than making the others wait for rank 0
             record.update({f"val_{k}": v for k, v in evaluate_view(method, val, device, cfg.batch_size).metrics.items()
@@ -360,11 +367,11 @@ def encode_view(method: Method, view: SplitView, device: torch.device, batch_siz
     tokens = view.split.tokens[captions]
     text = torch.cat([F.normalize(method.encode_text(t.to(device), text_prompts), dim=-1).cpu()
                       for t in tokens.split(batch_size)])
-    video = torch.cat([
-        F.normalize(method.encode_video(view.split.video_batch(v).to(device), video_prompts), dim=-1).cpu()
-        for v in tqdm(np.array_split(view.videos, max(1, math.ceil(len(view.videos) / batch_size))),
-                      desc="encode videos", disable=not progress, unit="batch")
-    ])
+    parts = np.array_split(view.videos, max(1, math.ceil(len(view.videos) / batch_size)))
+    with device_batches(view.split, [(v, None, None) for v in parts], device, PREFETCH) as loader:
+        video = torch.cat([F.normalize(method.encode_video(frames, video_prompts), dim=-1).cpu()
+                           for frames, _ in tqdm(loader, total=len(parts), desc="encode videos",
+                                                 disable=not progress, unit="batch")])
     return text, video, captions, caption_video
 
 

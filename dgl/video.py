@@ -10,12 +10,18 @@ kept. Two backends:
 
 - `ffmpeg` (default): one ffmpeg process per video decodes the first video stream; a `select`
   filter lets through only the picked frames, which alone are resized (area averaging) and written
-  to a pipe as PPM images: memory stays the same whatever the video's length, and only the decoding
-  grows with it (every frame is decoded; decord seeks, so it decodes less when a long video gives
-  few frames). The picks need the frame count before decoding: it is read from the
-  mp4 index (other containers: a demux-only ffmpeg run counts the packets), and only trusted once
-  the decoding has counted every frame; should the two differ (e.g. with `reencode_fps`), the
-  video is decoded again with picks from the exact count. A non-zero exit code or any error-level
+  to a pipe as PPM images: memory stays the same whatever the video's length. The picks need the
+  frame count before decoding: it is read from the mp4 index (other containers: a demux-only
+  ffmpeg run counts the packets), and only trusted once the decoding has counted every frame;
+  should the two differ (e.g. with `reencode_fps`), the video is decoded again with picks from the
+  exact count. A video with more keyframes than picks (a long one, few frames) is not decoded
+  whole: a demux-only run lists its packets (reading the whole file, so a truncated one fails
+  there), frame n is the one with the n-th smallest timestamp, and each pick is decoded from the
+  last clean keyframe before it (at most 4 seeks per ffmpeg process) and let through by its exact
+  timestamp. These are the single pass's frames, byte for byte (tests/test_video.py seeks to every
+  frame of B-frame, variable-rate, edit-list, scene-cut and mkv videos); where a picked frame does
+  not come out, ffmpeg reports an error (e.g. an open GOP's keyframe), or seeking would decode over
+  3/4 of the video, the single pass decodes it instead. A non-zero exit code or any error-level
   line from ffmpeg (a truncated file, a damaged stream) skips the video with a reason in words.
 - `decord`: reads the frame count from the container index, decodes only up to the picked frames
   and resizes those (PIL, bilinear with antialiasing). Pixels differ slightly from ffmpeg's. The
@@ -46,8 +52,9 @@ import sys
 import tempfile
 import threading
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable, Iterator, NamedTuple
 
 import ffmpeg
 import numpy as np
@@ -167,14 +174,46 @@ def _stat(log: str, pattern: str) -> int:
     return int(match[1])
 
 
-def _count_packets(path: Path, exe: str) -> tuple[int, float]:
-    """Packets of the first video stream (its frames, in a sound file) and its duration in seconds (0 if
-    unknown), from a demux-only run: the whole file is read, nothing is decoded."""
-    command = [exe, *_LOG_ARGS, "-i", str(path), "-map", "0:v:0", "-c", "copy", "-f", "null", "-"]
-    _, log = _run_ffmpeg(command)
+@dataclass(frozen=True)
+class _Packets:
+    """The first video stream's packets in decode order, from a demux-only run (nothing decoded)."""
+
+    pts: np.ndarray | None  # (P,) int64 presentation times in time_base units; None if one has none
+    key: np.ndarray  # (P,) bool: decoding can start here
+    shown: np.ndarray  # (P,) bool: decoded and shown (not cut by an edit list)
+    time_base: Fraction
+    seconds: float  # the container's duration (0 if unknown)
+
+    @property
+    def frames(self) -> int:
+        return int(self.shown.sum())
+
+
+# a line of ffmpeg's framecrc output: stream, dts, pts, duration, size, checksum[, F=flags]
+_PACKET = re.compile(r"^0, *(?:-?\d+|NOPTS), *(-?\d+|NOPTS), *-?\d+, *\d+, 0x[0-9a-f]+(?:, F=0x([0-9a-f]+))?",
+                     re.IGNORECASE | re.MULTILINE)
+_KEY, _DISCARD = 0x1, 0x4  # AV_PKT_FLAG_KEY, AV_PKT_FLAG_DISCARD
+
+
+def _read_packets(path: Path, exe: str) -> _Packets:
+    """Every packet of the first video stream, from a demux-only run: the whole file is read (so a
+    truncated one fails here), nothing is decoded. Timestamps as the demuxer gives them (`-copyts`)."""
+    command = [exe, *_LOG_ARGS, "-copyts", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-copyinkf",
+               "-f", "framecrc", "-"]
+    stdout, log = _run_ffmpeg(command)
+    text = stdout.decode(errors="replace")
+    rows = _PACKET.findall(text)
+    if not rows:
+        raise VideoError("no video frames")
+    pts, flags = zip(*rows)
+    flag = np.array([int(f, 16) if f else _KEY for f in flags])  # framecrc leaves out a lone key flag
+    time_base = re.search(r"^#tb 0: (\d+)/(\d+)$", text, re.MULTILINE)
     duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", log)
-    seconds = 3600 * int(duration[1]) + 60 * int(duration[2]) + float(duration[3]) if duration else 0.0
-    return _stat(log, r"Output stream #0:0 \(video\): (\d+) packets muxed"), seconds
+    return _Packets(
+        pts=None if "NOPTS" in pts else np.array(pts, np.int64),
+        key=(flag & _KEY) > 0, shown=(flag & _DISCARD) == 0,
+        time_base=Fraction(int(time_base[1]), int(time_base[2])) if time_base else Fraction(0),
+        seconds=3600 * int(duration[1]) + 60 * int(duration[2]) + float(duration[3]) if duration else 0.0)
 
 
 def _mp4_boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
@@ -209,9 +248,15 @@ def _mp4_moov(path: Path) -> bytes | None:
     return None
 
 
-def _mp4_video_track(path: Path) -> tuple[int, float] | None:
-    """Samples (frames) and seconds of the first video track of an mp4/mov file, from its index; None
-    for any other file or when the index does not say (fragmented or damaged)."""
+class _Track(NamedTuple):
+    frames: int
+    seconds: float
+    keyframes: int  # where decoding can start (sync samples)
+
+
+def _mp4_video_track(path: Path) -> _Track | None:
+    """Samples (frames), seconds and sync samples (keyframes) of the first video track of an mp4/mov
+    file, from its index; None for any other file or when the index does not say (fragmented or damaged)."""
     try:
         moov = _mp4_moov(path)
         if moov is None:
@@ -231,7 +276,9 @@ def _mp4_video_track(path: Path) -> tuple[int, float] | None:
             samples = struct.unpack_from(">I", moov, sizes[0] + 8)[0]  # after version, flags and one field
             timescale, duration = (struct.unpack_from(">IQ", moov, mdhd + 20) if moov[mdhd] == 1  # version 1
                                    else struct.unpack_from(">II", moov, mdhd + 12))
-            return (samples, duration / timescale if timescale else 0.0) if samples else None
+            sync = stbl.get(b"stss")  # no sync sample table: every sample is one
+            keyframes = struct.unpack_from(">I", moov, sync[0] + 4)[0] if sync else samples
+            return _Track(samples, duration / timescale if timescale else 0.0, keyframes) if samples else None
     except (OSError, struct.error):
         return None
     return None
@@ -274,12 +321,106 @@ def _decode_picked(path: Path, exe: str, size: int, reencode_fps: float | None, 
     return _ppm_frames(stdout), count
 
 
+# Seeking (see the module docstring): frame n is the shown packet with the n-th smallest pts, and
+# `select` lets through only the frame with exactly that pts; whatever goes unexpectedly (a pick
+# that does not come out, an error line) leaves the video to the single pass.
+_SEEKS_PER_RUN = 4  # inputs one ffmpeg opens at once: each holds a decoder (about 9 MB at 720p)
+_PICKS_PER_SEEK = 16  # frames one seek may give (bounds the length of its select expression)
+
+
+class _Seek(NamedTuple):
+    start: int | None  # the keyframe's pts (time_base units), where it seeks to; None: from the first packet
+    pts: list[int]  # of the frames it gives, in order
+    decoded: int  # packets it decodes
+
+
+def _seek_plan(packets: _Packets, picks: np.ndarray) -> list[_Seek] | None:
+    """The seeks that give the frames `picks` (sorted frame numbers), or None where seeking cannot be
+    trusted (a packet without a pts, two with the same, a stream that does not start at a keyframe).
+
+    A pick is decoded from the last clean keyframe K before it in decode order: one that no packet
+    after it, up to the next keyframe or the pick, shows earlier. An open GOP's keyframe is not
+    clean: its leading frames, decoded after it and shown before, need the frames before it."""
+    pts = packets.pts
+    if pts is None or not packets.frames or not packets.key[0] or not packets.time_base:
+        return None
+    shown = np.flatnonzero(packets.shown)
+    by_time = shown[np.argsort(pts[shown], kind="stable")]  # frame n is packet by_time[n]
+    if np.any(np.diff(pts[by_time]) == 0):
+        return None
+    keys = np.flatnonzero(packets.key)
+    gop_ends = np.append(keys[1:], len(pts))
+    clean = keys[[pts[k:end].min() >= pts[k] for k, end in zip(keys, gop_ends)]]
+    seeks: list[_Seek] = []
+    for packet in by_time[picks]:
+        i = np.searchsorted(clean, packet, side="right") - 1
+        while i >= 0 and pts[clean[i]:packet + 1].min() < pts[clean[i]]:
+            i -= 1
+        k = clean[i] if i >= 0 else 0  # else from the first packet, as the single pass
+        start = None if k == 0 else int(pts[k])
+        last = seeks[-1] if seeks else None
+        if last is not None and last.start == start and len(last.pts) < _PICKS_PER_SEEK:
+            seeks[-1] = _Seek(start, [*last.pts, int(pts[packet])], max(last.decoded, packet - k + 1))
+        else:
+            seeks.append(_Seek(start, [int(pts[packet])], packet - k + 1))
+    return seeks
+
+
+def _decode_seeks(path: Path, exe: str, size: int, seeks: list[_Seek], time_base: Fraction) -> np.ndarray:
+    """The frames of `seeks` (one ffmpeg input each, `-copyts`: timestamps as demuxed), in order."""
+    command, branches = [exe, *_LOG_ARGS, "-copyts"], []
+    for i, seek in enumerate(seeks):
+        if seek.start is not None:  # to the keyframe's own pts (not offset by the file's start time);
+            # no accurate seek, which would drop frames by time: `select` picks by the exact pts
+            micros = round(seek.start * time_base * 1_000_000)  # ffmpeg rounds it back to the same pts
+            command += ["-seek_timestamp", "1", "-noaccurate_seek", "-ss", f"{micros}us"]
+        command += ["-threads", "1", "-i", str(path)]
+        wanted = "+".join(f"eq(pts,{p})" for p in seek.pts)
+        branches.append(f"[{i}:v:0]trim=end_pts={seek.pts[-1] + 1},select='{wanted}',"
+                        f"scale=w='if(lte(iw,ih),{size},-1)':h='if(lte(iw,ih),-1,{size})':flags=area[v{i}]")
+    inputs = "".join(f"[v{i}]" for i in range(len(seeks)))
+    graph = ";".join([*branches, f"{inputs}concat=n={len(seeks)}:v=1:a=0[out]"])
+    command += ["-filter_complex", graph, "-filter_complex_threads", "1", "-map", "[out]",
+                "-fps_mode", "passthrough", "-f", "image2pipe", "-vcodec", "ppm", "pipe:"]
+    stdout, _ = _run_ffmpeg(command)
+    return _ppm_frames(stdout)
+
+
+def _sample_seeking(path: Path, exe: str, size: int, packets: _Packets, num_frames: int,
+                    candidates: int) -> np.ndarray | None:
+    """The sampled frames by seeking, or None where the single pass is to decode them."""
+    wanted = segment_candidates(packets.frames, num_frames, candidates)
+    kept = np.unique(wanted)
+    seeks = _seek_plan(packets, kept)
+    if seeks is None or 4 * sum(seek.decoded for seek in seeks) > 3 * len(packets.key):  # little to spare
+        return None
+    runs = [seeks[i:i + _SEEKS_PER_RUN] for i in range(0, len(seeks), _SEEKS_PER_RUN)]
+    try:
+        parts = [_decode_seeks(path, exe, size, run, packets.time_base) for run in runs]
+    except VideoError:  # the single pass says what is wrong, if anything is
+        return None
+    if len({part.shape[1:] for part in parts}) > 1 or sum(map(len, parts)) != len(kept):  # or a pts no frame has
+        return None
+    return np.concatenate(parts)[np.searchsorted(kept, wanted)]
+
+
 def _sample_ffmpeg(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str,
                    candidates: int) -> np.ndarray:
     exe = ffmpeg_exe(binary)
     # the frame count, guessed from the mp4 index without running anything, else from a demux-only run;
     # only a guess: decoding counts every frame, and the picks are made again should it be wrong
-    frame_count, seconds = _mp4_video_track(path) or _count_packets(path, exe)
+    track = _mp4_video_track(path)
+    # seeking may pay off where there are more keyframes than picks (known before decoding, for an mp4)
+    seeking = reencode_fps is None and (track is None or track.keyframes >= len(np.unique(
+        segment_candidates(track.frames, num_frames, candidates))))
+    if track is None or seeking:
+        packets = _read_packets(path, exe)
+        frames = _sample_seeking(path, exe, size, packets, num_frames, candidates) if seeking else None
+        if frames is not None:
+            return frames
+        frame_count, seconds = packets.frames, packets.seconds
+    else:
+        frame_count, seconds = track.frames, track.seconds
     if frame_count == 0:
         raise VideoError("no video frames")
     guess = frame_count if reencode_fps is None or seconds <= 0 else max(1, round(seconds * reencode_fps))

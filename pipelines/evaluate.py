@@ -15,8 +15,9 @@ from dgl.artifacts import load_trained
 from dgl.cache import CachedSplit, gallery_counts
 from dgl.cli import atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.data.adapters import dataset_format
+from dgl.data.twins import twin_wordings
 from dgl.figures import method_title, write_figures
-from dgl.metrics import evaluate_retrieval, twin_wordings
+from dgl.metrics import evaluate_retrieval
 from dgl.settings import load_params
 from dgl.tracking import evaluation_metrics, evaluation_run, log_files, training_run_of
 from dgl.train import SplitView, encode_view, pick_device

@@ -7,17 +7,61 @@ mark never changes, so passing the check reruns nothing downstream.
 
 It also settles what a killed `train` left behind that these params will not resume: the checkpoint
 is removed and its MLflow run, still RUNNING, ends as KILLED (dgl/checkpoint.py). DVC may restore
-`train` from its run cache instead of running it; then this is the only code that runs."""
+`train` from its run cache instead of running it; then this is the only code that runs.
+
+`dvc exp run -S key=value` writes the value into the workspace's params.yaml before any stage runs
+and leaves it there when the run fails (DVC has no option to undo it; `--temp` and `--queue` runs
+leave the workspace alone). So under a workspace `dvc exp run` the error also says which values
+differ from the experiment's baseline commit, what they were, and how to put them back."""
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
+from typing import Any
+
+import yaml
 
 from dgl.cli import atomic_write, check_writable, entry_point
+from dgl.config import Yaml12Loader, read_yaml
+from dgl.errors import UserError
 from dgl.settings import load_params
 
 MARK = "params.yaml passed the checks of dgl/settings.py (stage `params` in dvc.yaml)\n"
+SHOWN = 3  # changed values a restore hint names
+_ABSENT = object()
+
+
+def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
+    """`a.b.c: value` for every leaf of nested mappings."""
+    if not isinstance(tree, dict) or not tree:
+        return {prefix: tree}
+    leaves: dict[str, Any] = {}
+    for name, sub in tree.items():
+        leaves.update(_leaves(sub, f"{prefix}.{name}" if prefix else str(name)))
+    return leaves
+
+
+def restore_hint(path: str) -> str:
+    """What a failed workspace `dvc exp run` left in params file `path` and how to undo it; "" elsewhere."""
+    baseline, root = os.environ.get("DVC_EXP_BASELINE_REV"), os.environ.get("DVC_ROOT")
+    if not baseline or root is None or Path(root).resolve() != Path.cwd().resolve():
+        return ""  # not `dvc exp run`, or one in a temporary copy (--temp, --queue)
+    restore = f"`git checkout {path}` restores the committed file"
+    try:
+        show = subprocess.run(["git", "show", f"{baseline}:./{path}"], capture_output=True, text=True, check=True)
+        old = _leaves(yaml.load(show.stdout, Loader=Yaml12Loader))
+    except (OSError, subprocess.CalledProcessError, yaml.YAMLError):
+        return f"; `dvc exp run` left the value in {path}: {restore}"
+    new = _leaves(read_yaml(Path(path)))
+    changed = [key for key in sorted(old.keys() | new.keys()) if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
+    if not changed:
+        return ""
+    was = ", ".join(f"{key}: {old[key]!r}" if key in old else f"no {key}" for key in changed[:SHOWN])
+    more = f" and {len(changed) - SHOWN} more" if len(changed) > SHOWN else ""
+    return f"; `dvc exp run` left the new value in {path} (the last commit has {was}{more}): {restore}"
 
 
 @entry_point
@@ -27,7 +71,10 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--checkpoint", type=Path, required=True)
     args = ap.parse_args()
-    params = load_params(args.params)
+    try:
+        params = load_params(args.params)
+    except UserError as e:
+        raise UserError(f"{e}{restore_hint(args.params)}") from None
     check_writable(args.out)
     if args.checkpoint.exists():  # torch and MLflow are imported only then: the check stays cheap
         from dgl.checkpoint import abandoned_by

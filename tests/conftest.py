@@ -1,4 +1,9 @@
-"""Shared fixtures: a tiny params file and a copy of the project in a temporary git + DVC repo."""
+"""Shared test helpers: tiny params, the project in a temporary git + DVC repo, and one session-wide
+`dvc repro` of that tiny project (`tiny_repro`) for every test that needs its data, cache or models.
+
+Tests that take more than a few seconds (a `dvc` run, a stage or an MLflow server in a subprocess,
+a ViT-B backbone) are marked `slow`: explicitly, or here for every test that uses `tiny_repro`, so
+`make test-quick` (`-m "not slow"`) never builds it. `make test` runs them all."""
 from __future__ import annotations
 
 import os
@@ -25,6 +30,12 @@ TINY_OVERRIDES = {
     "train": {"epochs": 2, "batch_size": 8, "val_fraction": 0.2},
     "eval": {"batch_size": 8},
 }
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tiny_repro" in item.fixturenames:  # directly or through a fixture of its module
+            item.add_marker(pytest.mark.slow)
 
 
 def tiny_params() -> dict:
@@ -70,8 +81,22 @@ def make_project(dest: Path, params: dict) -> Path:
     return dest
 
 
-@pytest.fixture
-def tiny_params_file(tmp_path: Path) -> Path:
-    path = tmp_path / "params.yaml"
-    path.write_text(yaml.safe_dump(tiny_params(), sort_keys=False))
-    return path
+def copy_project(source: Path, dest: Path) -> Path:
+    """A copy of a project made by make_project, git, DVC and MLflow state included, that runs as the
+    original would: its mlflow.db is pointed at the copy's mlruns/ (`python -m dgl.tracking relocate`),
+    since a copied store still names the original's folder and every run refuses it until relocated."""
+    shutil.copytree(source, dest, symlinks=True)
+    if (dest / "mlflow.db").exists():
+        run([sys.executable, "-m", "dgl.tracking", "relocate"], dest,
+            env={"PYTHONPATH": str(dest), "DVC_ROOT": str(dest), "MLFLOW_TRACKING_URI": None})
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_repro(tmp_path_factory) -> Path:
+    """The tiny project after one `dvc repro`: data, cache, backbone, trained model, metrics.json,
+    plots and mlflow.db, built once per session. Read it, never change it: a test that runs DVC or
+    a stage in it, or changes any file, works on `copy_project(tiny_repro, ...)` instead."""
+    root = make_project(tmp_path_factory.mktemp("tiny_repro"), tiny_params())
+    run(["dvc", "repro"], root)
+    return root

@@ -50,6 +50,7 @@ def project(tmp_path_factory) -> tuple[Path, str]:
     return root, out.stdout
 
 
+@pytest.mark.slow
 def test_queue_runs_the_rows_and_report_shows_each_experiments_numbers(project):
     root, queue_out = project
     assert all(f"{name}: Success" in queue_out for name in ROWS), queue_out
@@ -72,6 +73,7 @@ def test_queue_runs_the_rows_and_report_shows_each_experiments_numbers(project):
     assert rows["zeroshot"]["Params"] == "0" and metrics["dgl_ulp"]["trainable_params"] > 0
 
 
+@pytest.mark.slow
 def test_report_from_mlflow_agrees_with_dvc(project):
     root, _ = project
     from_dvc = run(["python", "-m", "experiments.report"], root).stdout
@@ -79,6 +81,7 @@ def test_report_from_mlflow_agrees_with_dvc(project):
     assert report_rows(from_mlflow) == report_rows(from_dvc)
 
 
+@pytest.mark.slow
 def test_queueing_an_existing_experiment_again_is_refused_in_one_line(project):
     root, _ = project
     out = run(["python", "-m", "experiments.queue", "--rows", "zeroshot"], root, check=False)
@@ -87,6 +90,7 @@ def test_queueing_an_existing_experiment_again_is_refused_in_one_line(project):
     assert "Queued" not in run(["dvc", "queue", "status"], root).stdout
 
 
+@pytest.mark.slow
 def test_a_failing_row_is_reported_with_its_log_and_left_out_of_the_table(project):
     root, _ = project
     (root / "broken.yaml").write_text(yaml.safe_dump({"rows": [{"name": "broken", "set": ["model.method=nope"]}]}))

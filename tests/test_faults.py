@@ -21,17 +21,17 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, ROOT, make_project, merge, run, stage_cmd, tiny_params
+from conftest import BIN, ROOT, copy_project, merge, run, stage_cmd, tiny_params
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 SEED_RANGE = "is out of range; use a value in [0, 4294967295]"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    """The tiny project after one `dvc repro`, committed as a user would."""
-    root = make_project(tmp_path_factory.mktemp("project"), tiny_params())
-    run(["dvc", "repro"], root)
+def project(tmp_path_factory, tiny_repro) -> Path:
+    """The tiny project after one `dvc repro` (a copy of the session's: these tests change it),
+    committed as a user would."""
+    root = copy_project(tiny_repro, tmp_path_factory.mktemp("faults") / "project")
     run(GIT + ["add", "-A"], root)
     run(GIT + ["commit", "-qm", "repro"], root)
     return root
@@ -111,6 +111,7 @@ def test_evaluate_with_a_damaged_or_missing_model_file_names_it_and_the_command_
     assert not (tmp_path / "mlflow.db").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["train", "evaluate"])
 def test_train_or_evaluate_before_preprocess_says_to_run_it(tmp_path, name):
     write_params(tmp_path / "params.yaml", {})
@@ -131,6 +132,7 @@ def _wider(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**state, "positional_embedding": torch.zeros(pos.shape[0] + 1, *pos.shape[1:])}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["tensor-only", "wrong-shapes"])
 def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case):
     checkpoint = tmp_path / "pretrained.pt"
@@ -161,6 +163,7 @@ def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case
     ("data.synthetic.seed", -1, "download"),
     ("data.synthetic.seed", 2**32, None),
 ])
+@pytest.mark.slow
 def test_a_seed_out_of_range_is_one_line(tmp_path, key, value, reader):
     *parents, last = key.split(".")
     override: dict = {last: value}
@@ -268,11 +271,37 @@ def test_every_stage_runs_after_the_params_check():
     assert all("params" in upstream(name) for name in stages if name != "params")
 
 
+def test_the_params_check_knows_the_backbones_open_clip_builds():
+    """Stage `params` reads the architecture names from the config files, without importing open_clip:
+    the same names as open_clip's own list once ours are registered."""
+    import open_clip
+
+    from dgl.models.backbone import register_configs
+    from dgl.settings import backbone_names
+
+    register_configs()
+    assert backbone_names() == set(open_clip.list_models())
+
+
+def committed(project: Path, key: str) -> str:
+    """`key: value` as the project's committed params.yaml has it (repr of the value)."""
+    value = yaml.safe_load(run(["git", "show", "HEAD:params.yaml"], project).stdout)
+    for part in key.split("."):
+        value = value[part]
+    return f"{key}: {value!r}"
+
+
+def stages_run(out: subprocess.CompletedProcess) -> list[str]:
+    return [line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage '")]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["exp", "run", "-S", "train.lr=-1"], "params: train.lr = -1.0 is out of range"),
     (["exp", "run", "-S", "train.seed=-1"], f"params: train.seed = -1 {SEED_RANGE}"),
+    (["exp", "run", "-S", "backbone.name=bogus"], "params: backbone.name = 'bogus' is not an open_clip model; "
+                                                  "use e.g. ViT-B-32, ViT-B-16 or one of tiny-synthetic"),
     (["repro"], "params: unknown key trian; known keys here:"),
-])
+], ids=["train.lr", "train.seed", "backbone.name", "unknown key"])
 def test_a_bad_params_value_or_key_fails_before_dvc_deletes_any_output(project, args, needle):
     before = digests(project, *OUTPUTS)
     params = (project / "params.yaml").read_text()
@@ -284,11 +313,43 @@ def test_a_bad_params_value_or_key_fails_before_dvc_deletes_any_output(project, 
         assert "Traceback" not in out.stdout + out.stderr
         errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error: ")]
         assert len(errors) == 1 and needle in errors[0], out.stdout + out.stderr
-        assert "Running stage 'train'" not in out.stdout
+        assert stages_run(out) == ["params"], out.stdout
         assert digests(project, *OUTPUTS) == before
+        if args[:2] == ["exp", "run"]:  # DVC leaves the value in params.yaml; the line says what was there
+            key = args[-1].split("=")[0]
+            assert (project / "params.yaml").read_text() != params
+            assert errors[0].endswith(f"; `dvc exp run` left the new value in params.yaml (the last commit has "
+                                      f"{committed(project, key)}): `git checkout params.yaml` restores the "
+                                      "committed file"), errors[0]
+            run(["git", "checkout", "params.yaml"], project)  # as the line says
+            assert (project / "params.yaml").read_text() == params
     finally:
         (project / "params.yaml").write_text(params)
     assert "changed" not in run(["dvc", "status", "params", "train", "evaluate"], project).stdout
+
+
+def test_a_single_stage_run_rejects_a_bad_value_itself_before_any_work(project):
+    """`dvc repro -s train` runs train alone, without stage `params`: train rejects the value in its
+    one line before training starts, but DVC removed train's outputs before running it (it always
+    does); `dvc checkout` and git bring them back, as README says."""
+    before, params = digests(project, *OUTPUTS), (project / "params.yaml").read_text()
+    runs_before = mlflow_runs(project / "mlflow.db")
+    write_params(project / "params.yaml", {"train": {"lr": -1}}, base=project / "params.yaml")
+    try:
+        out = run(["dvc", "repro", "-s", "train"], project, check=False)
+        assert out.returncode != 0 and "Traceback" not in out.stdout + out.stderr
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error: ")]
+        assert errors == ["error: params: train.lr = -1.0 is out of range; use a value in [0.0, 1.0]"], out.stderr
+        assert stages_run(out) == ["train"], out.stdout
+        assert mlflow_runs(project / "mlflow.db") == runs_before  # no training started
+        assert not (project / "models/checkpoints/train.pt").exists()
+        assert not (project / "models/trained").exists()  # DVC's doing, before the stage ran
+    finally:
+        (project / "params.yaml").write_text(params)
+    run(["dvc", "checkout", "models/trained"], project)
+    run(["git", "checkout", "plots"], project)
+    assert digests(project, *OUTPUTS) == before
+    assert "changed" not in run(["dvc", "status", "train"], project).stdout
 
 
 # ---- tracking: no epoch lost, no run left RUNNING, no orphan checkpoint --------------------------------
@@ -370,7 +431,7 @@ def start_server(store: Path, port: int) -> subprocess.Popen:
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                 return proc
-        except (urllib.error.URLError, ConnectionError):
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # starting, or slow on a busy machine
             assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
             time.sleep(0.5)
 

@@ -112,6 +112,7 @@ def test_frames_stand_apart_and_titles_say_what_is_shown(dgl_method):
     assert method_title(SimpleNamespace(method="vop_f")) == "vop_f"
 
 
+@pytest.mark.slow
 def test_dvc_plots_render_offline_with_the_shipped_template(tmp_path):
     """`dvc plots show`, and `dvc plots diff` against the committed baseline, with the project's
     .dvc/config template: vega, vega-lite and vega-embed are in the page, in the versions dvc-render

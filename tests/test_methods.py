@@ -160,6 +160,7 @@ def test_vop_c_prompts_depend_on_the_video():
     assert not torch.allclose(prompts[0, :, 4:], prompts[1, :, 4:])  # generated part: per video
 
 
+@pytest.mark.slow
 def test_params_cli_prints_dgl_ulp_count():
     out = subprocess.run([sys.executable, "-m", "dgl.params", "--backbone", "ViT-B-32", "--method", "dgl",
                           "--generator", "ulp"], cwd=ROOT, capture_output=True, text=True, timeout=120)

@@ -1,6 +1,7 @@
 """DGL as published: parameter counts, prompt placement, global-local attention, frozen CLIP."""
 from __future__ import annotations
 
+import copy
 from types import SimpleNamespace
 
 import open_clip
@@ -33,6 +34,7 @@ def tiny():
 
 
 # The paper's Table: ULP 0.83M, UPT 9.57M (docs/method.md, "Trainable parameters", derives both exactly).
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["ViT-B-32", "ViT-B-16"])
 @pytest.mark.parametrize("generator,expected,generator_part", [
     ("ulp", 827_392, 36_864 + 787_456),
@@ -49,6 +51,7 @@ def test_trainable_counts_match_the_paper(backbone, generator, expected, generat
         assert round(100 * counts["trainable_ratio_clip4clip"], 2) == {"ulp": 0.67, "upt": 7.75}[generator]
 
 
+@pytest.mark.slow
 def test_dgl_vit_b32_forward_backward_trains_only_dgl(vit_b32):
     method = build_method("dgl", vit_b32, dgl_cfg(generator="ulp"), num_frames=12)
     tokens = open_clip.get_tokenizer("ViT-B-32")(["a man is cooking", "a dog runs on grass"], context_length=32)
@@ -80,8 +83,9 @@ def test_postfix_quirk_and_its_fix(tiny):
 def test_unprompted_text_equals_open_clip(tiny):
     tokens = open_clip.get_tokenizer("tiny-synthetic")(["a red circle on a grey background"], context_length=32)
     ours = PromptedCLIP(tiny).encode_text(tokens)
-    tiny.attn_mask = tiny.attn_mask[:32, :32]
-    reference = tiny.encode_text(tokens)
+    clip = copy.deepcopy(tiny)  # open_clip's causal mask cut to 32 tokens on a copy: tiny is shared by the module
+    clip.attn_mask = clip.attn_mask[:32, :32]
+    reference = clip.encode_text(tokens)
     torch.testing.assert_close(ours, reference)
 
 
@@ -193,3 +197,14 @@ def test_the_params_schema_names_every_video_pool():
     from dgl.settings import VIDEO_POOLS as ALLOWED
 
     assert set(ALLOWED) == set(VIDEO_POOLS)
+
+
+@pytest.mark.parametrize("tag, quick_gelu", [("openai", True), ("laion2b_s34b_b79k", False)])
+def test_a_pretrained_tag_gets_the_activation_its_weights_were_trained_with(monkeypatch, tag, quick_gelu):
+    """open_clip's ViT-B-32 config uses GELU and only warns for OpenAI's QuickGELU weights; built
+    with the wrong one, every real-data number would be off. The weights cannot download here, so
+    the model is built without them, with the activation build_clip asked for."""
+    real_create = open_clip.create_model
+    monkeypatch.setattr(open_clip, "create_model", lambda name, pretrained=None, **kw: real_create(name, None, **kw))
+    activation = type(build_clip("ViT-B-32", tag).visual.transformer.resblocks[0].mlp.gelu)
+    assert (activation is open_clip.transformer.QuickGELU) == quick_gelu

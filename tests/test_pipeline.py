@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, make_project, run, stage_cmd, tiny_params
+from conftest import BIN, ROOT, copy_project, make_project, run, stage_cmd, tiny_params
 
 
 def mlflow_runs(db: Path) -> list[tuple]:
@@ -21,24 +20,8 @@ def mlflow_runs(db: Path) -> list[tuple]:
         return con.execute("SELECT run_uuid, status FROM runs ORDER BY start_time").fetchall()
 
 
-@pytest.fixture(scope="module")
-def first_repro(tmp_path_factory) -> tuple[Path, Path]:
-    """The tiny project after one `dvc repro`, and a copy of what that repro wrote (later tests
-    change the project's workspace)."""
-    root = make_project(tmp_path_factory.mktemp("project"), tiny_params())
-    run(["dvc", "repro"], root)
-    snapshot = tmp_path_factory.mktemp("first_repro")
-    for name in ("metrics.json", "dvc.lock"):
-        shutil.copy(root / name, snapshot / name)
-    return root, snapshot
-
-
-@pytest.fixture(scope="module")
-def project(first_repro) -> Path:
-    return first_repro[0]
-
-
-def test_dvc_repro_runs_every_stage_and_logs_one_mlflow_run(project):
+def test_dvc_repro_runs_every_stage_and_logs_one_mlflow_run(tiny_repro):
+    project = tiny_repro
     metrics = json.loads((project / "metrics.json").read_text())
     for key in ("t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "t2v_MnR", "v2t_R1", "pair_acc", "trainable_params",
                 "val_t2v_R1", "val_v2t_R1"):
@@ -66,21 +49,22 @@ def lock_outputs(lock: Path) -> dict[str, str]:
     return {out["path"]: out["md5"] for stage in stages.values() for out in stage.get("outs", [])}
 
 
-def test_same_params_give_identical_outputs_on_a_second_machine_run(first_repro, tmp_path):
+def test_same_params_give_identical_outputs_on_a_second_machine_run(tiny_repro, tmp_path):
     """A second clone of the same project, run with Python's bytecode caching on (a user's default):
     every stage output, the weights and metrics.json are bit-identical, and dvc status is clean."""
-    first, snapshot = first_repro
+    first = tiny_repro
     second = make_project(tmp_path, tiny_params())
     bytecode_on = {"PYTHONDONTWRITEBYTECODE": None}
     run(["dvc", "repro"], second, env=bytecode_on)
     assert list((second / "dgl").rglob("__pycache__")), "the stages wrote bytecode caches"
-    assert (second / "metrics.json").read_text() == (snapshot / "metrics.json").read_text()
-    assert lock_outputs(second / "dvc.lock") == lock_outputs(snapshot / "dvc.lock")
+    assert (second / "metrics.json").read_text() == (first / "metrics.json").read_text()
+    assert lock_outputs(second / "dvc.lock") == lock_outputs(first / "dvc.lock")
     status = run(["dvc", "status"], second, env=bytecode_on).stdout
     assert "up to date" in status and "changed" not in status, status
 
 
-def test_dvc_exp_run_with_set_param_reruns_training_only(project):
+def test_dvc_exp_run_with_set_param_reruns_training_only(tiny_repro, tmp_path):
+    project = copy_project(tiny_repro, tmp_path / "project")
     before = json.loads((project / "metrics.json").read_text())
     out = run(["dvc", "exp", "run", "-S", "model.dgl.generator=upt", "-S", "train.clip_lr=1e-6"], project)
     assert "Running stage 'train'" in out.stdout and "Running stage 'download'" not in out.stdout
@@ -103,6 +87,7 @@ def test_dvc_exp_run_with_set_param_reruns_training_only(project):
     ("model.dgl.generator=xyz", "model.dgl.generator = 'xyz' is not allowed; use one of: ulp, upt"),
     ("train.lr=-1", "train.lr = -1.0 is out of range"),
 ])
+@pytest.mark.slow
 def test_bad_params_fail_with_one_line_and_touch_nothing(tmp_path, override, needle):
     key, value = override.split("=")
     params = tiny_params()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shutil
 import signal
 import socket
 import sqlite3
@@ -27,7 +28,7 @@ from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.config import build
 from dgl.distributed import process_group
 from dgl.errors import UserError
-from dgl.models.backbone import build_clip, save_backbone
+from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
 from dgl.settings import Params, TrainConfig
 from dgl.train import contrastive_step, parallel_features, pick_precision, train_method, train_val_views
@@ -95,6 +96,7 @@ def assert_same(got: tuple[float, dict], want: tuple[float, dict]) -> None:
         torch.testing.assert_close(got[1][name], grad, rtol=RTOL, atol=ATOL, msg=name)
 
 
+@pytest.mark.slow
 def test_ddp_on_two_processes_equals_one_process_on_the_global_batch(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -175,21 +177,11 @@ def test_amp_is_off_on_cpu_and_explicit_half_precision_needs_cuda():
 # ---- the stage entry point: kill and resume in one MLflow run; torchrun with 2 processes ----------
 
 @pytest.fixture
-def stage_inputs(tmp_path) -> Path:
-    """A cache and a backbone as the earlier stages would leave them, and tiny params."""
-    split = tiny_split()
-    cache = tmp_path / "data/cache"
-    cache.mkdir(parents=True)
-    np.save(cache / "train_frames.npy", split.frames)
-    np.save(cache / "train_tokens.npy", split.tokens.numpy().astype(np.int32))
-    (cache / "train.json").write_text(json.dumps({
-        "video_ids": split.video_ids, "caption_video": split.caption_video.tolist(), "texts": split.texts,
-        "categories": split.categories, "twins": split.twins.tolist()}))
-    (cache / "meta.json").write_text(json.dumps({"mean": split.mean.tolist(), "std": split.std.tolist(),
-                                                 "splits": {"train": {"candidates": 1}}}))
-    (tmp_path / "models/backbone").mkdir(parents=True)
-    torch.manual_seed(0)
-    save_backbone(build_clip("tiny-synthetic"), "tiny-synthetic", tmp_path / "models/backbone", {})
+def stage_inputs(tmp_path, tiny_repro) -> Path:
+    """The cache and the backbone the earlier stages wrote (copies of the session's tiny repro), and
+    tiny params."""
+    for path in ("data/cache", "models/backbone"):
+        shutil.copytree(tiny_repro / path, tmp_path / path)
     params = merge(tiny_params(), {"train": {"epochs": 4, "batch_size": 4, "device": "cpu", "threads": 1}})
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     return tmp_path

@@ -2,6 +2,7 @@
 that are reported in skipped.json without stopping the stage."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import operator
@@ -16,8 +17,8 @@ from conftest import group
 from dgl.data.annotations import Annotations, Caption
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
-from dgl.video import (BACKENDS, VideoError, _decode_picked, _select_expr, extract_frames, sample_frames,
-                       segment_candidates, uniform_indices)
+from dgl.video import (BACKENDS, VideoError, _decode_picked, _decode_seeks, _read_packets, _seek_plan, _select_expr,
+                       _Track, extract_frames, sample_frames, segment_candidates, uniform_indices)
 
 GRAY_STEP = 10  # frame i is painted gray level GRAY_STEP * i
 
@@ -53,11 +54,13 @@ def frame_indices(frames: np.ndarray) -> list[int]:
     return [round(float(frame.mean()) / GRAY_STEP) for frame in frames]
 
 
-def counter_video(path: Path, frame_count: int, fps: int = 25) -> Path:
-    """A 64x48 video of up to 625 frames whose frame i is one colour: red 10 * (i % 25), green 10 * (i // 25)."""
+def counter_video(path: Path, frame_count: int, fps: int = 25, gop: int = 250) -> Path:
+    """A 64x48 video of up to 625 frames whose frame i is one colour: red 10 * (i % 25), green 10 * (i // 25);
+    a keyframe every `gop` frames."""
     i = np.arange(frame_count)
     colours = np.stack([i % 25, i // 25, np.zeros_like(i)], axis=1).astype(np.uint8) * GRAY_STEP
-    return encode(np.broadcast_to(colours[:, None, None, :], (frame_count, 48, 64, 3)).copy(), path, fps)
+    return encode(np.broadcast_to(colours[:, None, None, :], (frame_count, 48, 64, 3)).copy(), path, fps,
+                  ["-g", str(gop)])
 
 
 def counter_indices(frames: np.ndarray) -> list[int]:
@@ -207,8 +210,104 @@ def test_the_ffmpeg_backend_passes_only_the_picked_frames_out_of_ffmpeg(tmp_path
 
 def test_a_wrong_frame_count_guess_is_corrected_by_decoding_again(tmp_path, monkeypatch):
     video = counter_video(tmp_path / "counter.mp4", 100)
-    monkeypatch.setattr("dgl.video._mp4_video_track", lambda path: (60, 2.4))  # an index that lies
+    monkeypatch.setattr("dgl.video._mp4_video_track", lambda path: _Track(60, 2.4, 1))  # an index that lies
     assert counter_indices(sample_frames(video, 4, 32)) == uniform_indices(100, 4).tolist()
+
+
+# ---- seeking: a long video's few picks are decoded from the keyframe before each ----------------------
+
+def pattern_video(path: Path, frame_count: int, *options: str, vf: str | None = None) -> Path:
+    """A moving test pattern (each frame differs from the last), 64x48 at 25 fps, H.264 with `options`."""
+    filters = ["-vf", vf] if vf else []
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi",
+                    "-i", f"testsrc2=size=64x48:rate=25:duration={frame_count / 25}", *filters,
+                    "-c:v", "libx264", "-pix_fmt", "yuv420p", *options, str(path)], check=True)
+    return path
+
+
+def remux(source: Path, dest: Path, *input_options: str) -> Path:
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *input_options, "-i", str(source), "-c", "copy",
+                    str(dest)], check=True)
+    return dest
+
+
+SEEK_CASES = {
+    "B-frames, 8 references": lambda d: pattern_video(d / "b.mp4", 120, "-g", "12", "-bf", "3", "-refs", "8"),
+    "variable frame rate": lambda d: pattern_video(d / "vfr.mp4", 120, "-g", "12", "-fps_mode", "vfr",
+                                                   vf="setpts='if(lt(N,60),N,60+3*(N-60))/25/TB'"),
+    # a hard cut every 17 frames: x264 puts an I frame there, a keyframe (IDR) only 30 frames after the last
+    "I frames that are not keyframes": lambda d: pattern_video(d / "cuts.mp4", 120, "-g", "60", "-x264-params",
+                                                               "min-keyint=30", vf="negate=enable='lt(mod(n,34),17)'"),
+    "an edit list that hides the first frames": lambda d: remux(pattern_video(d / "b.mp4", 120, "-g", "12"),
+                                                                d / "cut.mp4", "-ss", "1.3"),
+    "mkv": lambda d: remux(pattern_video(d / "b.mp4", 120, "-g", "12"), d / "b.mkv"),
+}
+
+
+@pytest.mark.parametrize("case", SEEK_CASES)
+def test_seeking_to_any_frame_gives_the_single_pass_frame_byte_for_byte(tmp_path, case):
+    """Frame n by its timestamp, decoded from the keyframe before it, is frame n of decoding every frame."""
+    video, exe = SEEK_CASES[case](tmp_path), ffmpeg_exe()
+    packets = _read_packets(video, exe)
+    every, count = _decode_picked(video, exe, 32, None, packets.frames, packets.frames, 1)
+    assert count == packets.frames and len(every) == count
+    if case.startswith("an edit list"):
+        assert count < len(packets.key)  # packets decoded but not shown
+    seeks = [seek for n in range(count) for seek in _seek_plan(packets, np.array([n]))]
+    assert len(seeks) == count and len({seek.start for seek in seeks}) > 3  # one seek per frame, from several keyframes
+    seeked = np.concatenate([_decode_seeks(video, exe, 32, seeks[i:i + 8], packets.time_base)
+                             for i in range(0, count, 8)])
+    assert seeked.shape == every.shape and np.array_equal(seeked, every)
+
+
+def single_pass(video: Path, monkeypatch, **kwargs) -> np.ndarray:
+    """sample_frames without seeking."""
+    with monkeypatch.context() as patch:
+        patch.setattr("dgl.video._sample_seeking", lambda *args: None)
+        return sample_frames(video, **kwargs)
+
+
+def forbid_the_single_pass(monkeypatch) -> None:
+    def forbidden(*args):
+        raise AssertionError("the single pass ran")
+
+    monkeypatch.setattr("dgl.video._decode_picked", forbidden)
+
+
+def test_a_long_video_is_sampled_by_seeking_with_the_single_pass_frames(tmp_path, monkeypatch):
+    pattern = pattern_video(tmp_path / "pattern.mp4", 400, "-g", "10")  # 40 keyframes for 36 picks
+    counter = counter_video(tmp_path / "counter.mp4", 400, gop=10)
+    expected = single_pass(pattern, monkeypatch, num_frames=12, size=32, candidates=3)
+    forbid_the_single_pass(monkeypatch)
+    assert np.array_equal(sample_frames(pattern, num_frames=12, size=32, candidates=3), expected)
+    frames = sample_frames(counter, num_frames=12, size=32, candidates=3)
+    assert counter_indices(frames) == segment_candidates(400, 12, 3).tolist()
+
+
+@pytest.mark.parametrize("fault", ["an open GOP (keyframes with leading frames)", "timestamps no frame has"])
+def test_where_seeking_fails_the_single_pass_gives_the_frames(tmp_path, monkeypatch, fault):
+    if fault.startswith("an open GOP"):
+        video = pattern_video(tmp_path / "open.mp4", 400, "-g", "10", "-x264-params", "open-gop=1")
+    else:
+        video = pattern_video(tmp_path / "long.mp4", 400, "-g", "10")
+
+        def shifted(path: Path, exe: str):
+            packets = _read_packets(path, exe)
+            return dataclasses.replace(packets, pts=packets.pts + 1)
+
+        monkeypatch.setattr("dgl.video._read_packets", shifted)
+    expected = single_pass(video, monkeypatch, num_frames=4, size=32)
+    passes = []
+    monkeypatch.setattr("dgl.video._decode_picked", lambda *args: passes.append(args) or _decode_picked(*args))
+    assert np.array_equal(sample_frames(video, num_frames=4, size=32), expected)
+    assert len(passes) == 1  # seeking was tried, and left it to the single pass
+
+
+def test_a_truncated_long_video_is_skipped_where_it_would_be_seeked(tmp_path):
+    whole = pattern_video(tmp_path / "whole.mp4", 500, "-g", "25", "-movflags", "+faststart")
+    assert sample_frames(whole, num_frames=4, size=32).shape == (4, 32, 43, 3)
+    with pytest.raises(VideoError, match="^truncated: the file ends before the frames its index lists"):
+        sample_frames(cut(whole, tmp_path / "cut.mp4"), num_frames=4, size=32)
 
 
 def _bad_videos(folder: Path) -> dict[str, Path]:

@@ -92,7 +92,7 @@ class Remote:
     url: str
     filename: str  # name in the downloads folder
     install: Installer
-    unless_present: str  # raw path this remote supplies: if you placed it by hand, nothing is fetched
+    unless_present: tuple[str, ...]  # raw paths this remote supplies: if you placed any by hand, nothing is fetched
     sha256: str | None = None  # pinned checksum where known; None: trust on first use
 
 
@@ -139,9 +139,9 @@ SOURCES: dict[str, Source] = {
         remotes=(
             Remote("https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip", "msrvtt_data.zip",
                    unpack(files_named("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv")),
-                   unless_present="MSRVTT_data.json"),
+                   unless_present=("MSRVTT_data.json",)),
             Remote("https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip", "MSRVTT.zip",
-                   unpack(videos_in("videos/all")), unless_present="videos"),
+                   unpack(videos_in("videos/all")), unless_present=("videos",)),
         ),
         by_hand="MSR-VTT downloads by itself; if an address fails, fetch CLIP4Clip's msrvtt_data.zip and "
                 "Frozen-in-Time's MSRVTT.zip yourself into {downloads}/, or place MSRVTT_data.json, "
@@ -150,7 +150,7 @@ SOURCES: dict[str, Source] = {
     "vatex": Source(
         remotes=tuple(
             Remote(f"https://eric-xw.github.io/vatex-website/data/{name}", name, copy_as(name),
-                   unless_present=VATEX_CAPTIONS)
+                   unless_present=(name, VATEX_CAPTIONS))  # the official file, or the paper's split derived from it
             for name in VATEX_OFFICIAL.values()
         ),
         by_hand="VATEX videos are YouTube clips: fetch each <videoID> (= <YouTube id>_<start>_<end>, seconds) "
@@ -170,7 +170,7 @@ SOURCES: dict[str, Source] = {
             # sha256 pinned by a public third-party project that checks this archive on every use
             # (found by code search); we could not download it ourselves to confirm.
             Remote("https://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip", "captions.zip",
-                   unpack(files_named("train.json", "val_1.json")), unless_present="train.json",
+                   unpack(files_named("train.json", "val_1.json")), unless_present=("train.json",),
                    sha256="7ed4f4d613d965683fbdbb9f01baad4fe2a439b99fc39cfd2f6fa6cf9201fd2b"),
         ),
         by_hand="ActivityNet videos are not freely downloadable: request them with the form on "
@@ -245,7 +245,7 @@ def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_di
     placed = _place_by_hand(manual_dir, raw_dir)
     downloads, records = {}, {}
     for remote in source.remotes:
-        if not (raw_dir / remote.unless_present).exists():
+        if not any((raw_dir / path).exists() for path in remote.unless_present):
             path, downloads[remote.filename], record = _fetch(remote, downloads_dir, progress)
             remote.install(path, raw_dir, max_extract_bytes)
             if record is not None:

@@ -49,8 +49,11 @@ def build_clip(name: str, pretrained: str = "", fix: str = "") -> nn.Module:
             logging.getLogger().removeFilter(quiet)
         load_checkpoint(model, local, fix)
         return model
+    # OpenAI's weights were trained with QuickGELU; open_clip's `ViT-B-32` config uses nn.GELU and only
+    # warns, so the tag's own config decides (a local file cannot tell: name `ViT-B-32-quickgelu`).
+    quick_gelu = bool(pretrained and open_clip.get_pretrained_cfg(name, pretrained).get("quick_gelu"))
     try:
-        return open_clip.create_model(name, pretrained=pretrained or None)
+        return open_clip.create_model(name, pretrained=pretrained or None, force_quick_gelu=quick_gelu)
     except RuntimeError as e:  # unknown tag or failed download
         raise UserError(f"backbone {name!r} with pretrained={pretrained!r}: {str(e).splitlines()[0]}; "
                         "use a tag from open_clip.list_pretrained() or a local checkpoint path") from None

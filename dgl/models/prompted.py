@@ -17,14 +17,22 @@ Prompts carry no position embedding; visual prompts are inserted after `ln_pre`.
 overwrite their slots at the input of every prompted layer; global prompts are shallow.
 Frame prompts are either fixed tensors or a function of (layer, the frame tokens entering that
 layer), for prompts generated from the video itself (VoP^C).
+
+Activation checkpointing (`activation_checkpointing`, train.activation_checkpointing): every
+transformer block of both towers keeps only its input for the backward pass and recomputes its
+activations there (torch.utils.checkpoint, non-reentrant). With frozen blocks only the prompts
+train, yet their gradients flow back through every block after them, so each block's activations
+would otherwise stay in memory until the backward pass reaches it.
 """
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass
 from typing import Callable, Union
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from dgl.models.attention import causal_mask, global_local_block
 from dgl.models.loss import contrastive_loss  # noqa: F401  (its home until it moved to loss.py)
@@ -68,6 +76,15 @@ def _text_slots(tokens: Tensor, n_prefix: int, n_postfix: int, postfix_before_eo
     return source, prompt_id, eot
 
 
+def _unpinned(arg):
+    """A tensor that is a view into a larger storage (DGL's global prompts: the first G rows of the last
+    block's output) as a copy of its own: a checkpoint keeps its inputs, and a view would keep the
+    whole storage. Same values; anything else as it is."""
+    if isinstance(arg, Tensor) and arg.untyped_storage().nbytes() > arg.numel() * arg.element_size():
+        return arg.clone()
+    return arg
+
+
 class PromptedCLIP(nn.Module):
     """open_clip's CLIP with prompt slots in its text and vision transformers."""
 
@@ -75,10 +92,24 @@ class PromptedCLIP(nn.Module):
         super().__init__()
         self.clip = clip
         self.postfix_before_eot = postfix_before_eot
+        self.activation_checkpointing = False  # set by training (train.activation_checkpointing)
+        # what a recomputation runs inside: whatever the forward pass had around the blocks that
+        # changes what they compute (the adapters' hooks, peft.py)
+        self.recompute_context: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext
 
     @property
     def visual(self) -> nn.Module:
         return self.clip.visual
+
+    def _block(self, fn: Callable[..., Tensor], *args, **kwargs):
+        """fn(*args, **kwargs), one transformer block; under activation checkpointing while autograd
+        records, only its inputs are kept and its activations recomputed in the backward pass (same
+        operations: the same values; no block draws random numbers)."""
+        if self.activation_checkpointing and torch.is_grad_enabled():
+            args = tuple(_unpinned(a) for a in args)
+            return checkpoint(fn, *args, use_reentrant=False,
+                              context_fn=lambda: (contextlib.nullcontext(), self.recompute_context()), **kwargs)
+        return fn(*args, **kwargs)
 
     # ---- text ----------------------------------------------------------------------------
     def encode_text(self, tokens: Tensor, prompts: TextPrompts | None = None) -> Tensor:
@@ -101,7 +132,7 @@ class PromptedCLIP(nn.Module):
             if slots is not None and layer < prompt_bank.shape[0]:
                 layer_prompts = prompt_bank[layer][prompt_id.clamp(min=0)]  # (B, S, Dt)
                 x = torch.where((prompt_id >= 0)[..., None], layer_prompts.to(x.dtype), x)
-            x = block(x, attn_mask=mask)
+            x = self._block(block, x, attn_mask=mask)
         x = clip.ln_final(x)
         x = x[torch.arange(x.shape[0], device=x.device), eot]  # (B, Dt)
         return x @ clip.text_projection
@@ -142,7 +173,7 @@ class PromptedCLIP(nn.Module):
         batch, num_frames = x.shape[:2]
         for layer, block in enumerate(self.visual.transformer.resblocks):
             x = self._with_frame_prompts(x, frame_prompts, layer, inserted=layer > 0)
-            x = block(x.flatten(0, 1)).unflatten(0, (batch, num_frames))
+            x = self._block(block, x.flatten(0, 1)).unflatten(0, (batch, num_frames))
         cls = self.visual.ln_post(x[:, :, 0])  # (B, T, Dv)
         return cls @ self.visual.proj
 
@@ -158,7 +189,7 @@ class PromptedCLIP(nn.Module):
         blocks = self.visual.transformer.resblocks
         for layer, block in enumerate(blocks[:joint_from]):
             x = self._with_frame_prompts(x, prompts.frame, layer, inserted=layer > 0)
-            x = block(x.flatten(0, 1)).unflatten(0, (batch, num_frames))
+            x = self._block(block, x.flatten(0, 1)).unflatten(0, (batch, num_frames))
         n_frame_prompts = x.shape[2] - frame_len
         x = torch.cat([x[:, :, :1], x[:, :, 1 + n_frame_prompts:]], dim=2)  # (B, T, 1+P, Dv)
         if frame_pos is not None:
@@ -167,10 +198,10 @@ class PromptedCLIP(nn.Module):
         video = prompts.video
         for layer in range(joint_from, len(blocks)):
             if video is None or layer - joint_from >= video.shape[0]:
-                x = blocks[layer](x)
+                x = self._block(blocks[layer], x)
                 continue
             p = video[layer - joint_from].to(x.dtype).expand(batch, -1, -1)  # (B, Nv, Dv)
-            x = blocks[layer](torch.cat([p, x], dim=1))[:, p.shape[1]:]  # prompt outputs discarded
+            x = self._block(blocks[layer], torch.cat([p, x], dim=1))[:, p.shape[1]:]  # prompt outputs discarded
         cls = self.visual.ln_post(x.unflatten(1, (num_frames, frame_len))[:, :, 0])  # (B, T, Dv)
         return cls @ self.visual.proj
 
@@ -183,7 +214,7 @@ class PromptedCLIP(nn.Module):
         g = prompts.global_.to(x.dtype).expand(x.shape[0], -1, -1)  # (B, Ng, Dv)
         for layer, block in enumerate(self.visual.transformer.resblocks):
             x = self._with_frame_prompts(x, prompts.frame, layer, inserted=layer > 0)  # (B, T, F, Dv)
-            g, x = global_local_block(block, g, x)
+            g, x = self._block(global_local_block, block, g, x)
         global_feats = self.visual.ln_post(g) @ self.visual.proj  # (B, Ng, E)
         cls_feats = self.visual.ln_post(x[:, :, 0]) @ self.visual.proj  # (B, T, E)
         return VIDEO_POOLS[pool](global_feats, cls_feats), cls_feats

@@ -94,6 +94,7 @@ class _Adapters(Method):
         blocks = [*clip.transformer.resblocks, *clip.visual.transformer.resblocks]
         self.adapters = nn.ModuleList(Adapter(b.ln_1.normalized_shape[0], c.hidden, c.scale) for b in blocks)
         self._sublayers = [getattr(b, self.sublayer) for b in blocks]  # open_clip's modules, not owned here
+        self.encoder.recompute_context = self._attached  # activation checkpointing recomputes with them
 
     def _attached(self):
         return attached(zip(self._sublayers, self.adapters))
