@@ -59,7 +59,7 @@ from dgl.models.backbone import build_clip
 from dgl.models.loss import contrastive_loss
 from dgl.models.methods import build_method
 from dgl.optim import adamw
-from dgl.params import PAPER_MODEL
+from dgl.param_counts import PAPER_MODEL
 from dgl.settings import METHOD_NAMES, load_group
 from dgl.train import contrastive_step, parallel_features, pick_precision
 

@@ -15,7 +15,7 @@ import torch
 
 from dgl.checksums import sha256_of
 from dgl.cli import binary_output
-from dgl.config import build
+from dgl.typed_yaml import build
 from dgl.errors import UserError
 from dgl.models.backbone import load_backbone
 from dgl.models.methods import Method, build_method

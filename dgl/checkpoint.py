@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from dgl.cli import binary_output
-from dgl.config import flatten
+from dgl.typed_yaml import flatten
 from dgl.errors import disk_full
 
 GROUPS = ("ffmpeg", "data", "frames", "preprocess", "model", "train")

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dgl.config import bounded, build, choice, read_yaml
+from dgl.typed_yaml import bounded, build, choice, read_yaml
 from dgl.errors import UserError
 
 DATASETS = ("synthetic", "msrvtt", "vatex", "lsmdc", "activitynet")

@@ -51,7 +51,7 @@ from typing import Iterator
 import yaml
 from filelock import FileLock
 
-from dgl.config import flatten
+from dgl.typed_yaml import flatten
 from dgl.errors import UserError
 from dgl.settings import repo_root
 

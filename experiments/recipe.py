@@ -20,7 +20,7 @@ from pathlib import Path
 import yaml
 
 from dgl.cli import entry_point
-from dgl.config import build, read_yaml
+from dgl.typed_yaml import build, read_yaml
 from dgl.errors import UserError
 from dgl.settings import METHOD_NAMES, Params
 from experiments.queue import yaml_value

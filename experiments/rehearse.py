@@ -33,7 +33,7 @@ from typing import Callable
 import numpy as np
 
 from dgl.cli import entry_point
-from dgl.config import build, flatten, read_yaml
+from dgl.typed_yaml import build, flatten, read_yaml
 from dgl.data.adapters import dataset_format
 from dgl.data.synthetic import Scene, encode_mp4, plan_scenes, render_frames
 from dgl.errors import UserError

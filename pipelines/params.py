@@ -25,7 +25,7 @@ from typing import Any
 import yaml
 
 from dgl.cli import atomic_write, check_writable, entry_point
-from dgl.config import Yaml12Loader, read_yaml
+from dgl.typed_yaml import Yaml12Loader, read_yaml
 from dgl.errors import UserError
 from dgl.settings import load_params
 

@@ -13,13 +13,13 @@ from conftest import ROOT, group
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip
 from dgl.models.methods import METHODS, build_method, count_parameters
-from dgl.params import PAPER_MODEL
+from dgl.param_counts import PAPER_MODEL
 from dgl.settings import METHOD_NAMES, ModelConfig, merge
 from dgl.models.loss import contrastive_loss
 
 
 def model_cfg(method: str, **groups) -> ModelConfig:
-    """params.yaml's model group at the papers' ViT-B sizes (dgl.params.PAPER_MODEL), with `groups`."""
+    """params.yaml's model group at the papers' ViT-B sizes (dgl.param_counts.PAPER_MODEL), with `groups`."""
     return group("model", **merge(PAPER_MODEL, {"method": method, **groups}))
 
 
@@ -162,7 +162,7 @@ def test_vop_c_prompts_depend_on_the_video():
 
 @pytest.mark.slow
 def test_params_cli_prints_dgl_ulp_count():
-    out = subprocess.run([sys.executable, "-m", "dgl.params", "--backbone", "ViT-B-32", "--method", "dgl",
+    out = subprocess.run([sys.executable, "-m", "dgl.param_counts", "--backbone", "ViT-B-32", "--method", "dgl",
                           "--generator", "ulp"], cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert "827,392" in out.stdout

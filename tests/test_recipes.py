@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from dgl.config import build, flatten
+from dgl.typed_yaml import build, flatten
 from dgl.errors import UserError
 from dgl.settings import Params
 from experiments.recipe import applied, names, overrides

@@ -25,7 +25,7 @@ import yaml
 from conftest import ROOT, group, merge, stage_cmd, tiny_params
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
-from dgl.config import build
+from dgl.typed_yaml import build
 from dgl.distributed import process_group
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip

@@ -31,7 +31,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from dgl.checksums import file_checksums, write_manifest
-from dgl.config import build
+from dgl.typed_yaml import build
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe, toolchain
 from dgl.settings import SyntheticConfig

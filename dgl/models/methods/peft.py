@@ -3,7 +3,7 @@
 Each trains a small part of CLIP (or small modules beside it) and pools frames by their mean,
 like CLIP4Clip-meanP. Counts below are for ViT-B/32; the VoP paper prints them with one decimal
 in M and as a percentage of its "Full" denominator (119.8M, which we cannot reproduce from CLIP's
-parameters: see dgl/params.py).
+parameters: see dgl/param_counts.py).
 """
 from __future__ import annotations
 

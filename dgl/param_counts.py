@@ -3,9 +3,9 @@
 Counts need only the architecture: the backbone is built with random weights, nothing is
 downloaded.
 
-    python -m dgl.params --backbone ViT-B-32 --method dgl --generator ulp
-    python -m dgl.params --backbone ViT-B-32 --method vop_fc --frames 12
-    python -m dgl.params --backbone ViT-B-16 --all          # a markdown table of every method
+    python -m dgl.param_counts --backbone ViT-B-32 --method dgl --generator ulp
+    python -m dgl.param_counts --backbone ViT-B-32 --method vop_fc --frames 12
+    python -m dgl.param_counts --backbone ViT-B-16 --all          # a markdown table of every method
 
 Ratios are given to the whole model and to CLIP4Clip's fine-tuned set (CLIP minus its input
 embeddings: 123,540,993 at ViT-B/32, the DGL paper's denominator). The VoP paper's own "Full"

@@ -1,8 +1,9 @@
-"""Typed, validated params: `params.yaml` is the single source of configuration.
+"""YAML into frozen dataclasses, typed and validated: the machinery under params.yaml.
 
-Every group of params is a frozen dataclass (dgl/settings.py) that holds types and bounds, never
-a second set of defaults: every key must be in the file. A field's allowed values live in its
-metadata (`choice(...)`, `bounded(...)`), so one loader checks them all and names the bad key.
+`dgl/settings.py` declares the params schema with it; recipes, the rehearsal and the tests read
+their own YAML through the same `build`. A dataclass holds types and bounds, never a second set of
+defaults: every key must be in the file. A field's allowed values live in its metadata
+(`choice(...)`, `bounded(...)`), so one loader checks them all and names the bad key.
 """
 from __future__ import annotations
 
