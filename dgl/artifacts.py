@@ -15,11 +15,11 @@ import torch
 
 from dgl.checksums import sha256_of
 from dgl.cli import binary_output
-from dgl.typed_yaml import build
 from dgl.errors import UserError
 from dgl.models.backbone import load_backbone
 from dgl.models.methods import Method, build_method
 from dgl.settings import ModelConfig, merge
+from dgl.typed_yaml import build
 
 TRAINED_WEIGHTS, TRAINED_INFO = "weights.pt", "model.json"
 MODEL_KEY = "model"  # model.json: the params' `model` group the weights were trained with

@@ -28,8 +28,8 @@ import numpy as np
 import torch
 
 from dgl.cli import binary_output
-from dgl.typed_yaml import flatten
 from dgl.errors import disk_full
+from dgl.typed_yaml import flatten
 
 GROUPS = ("ffmpeg", "data", "frames", "preprocess", "model", "train")
 # These change only speed: train.batch_size is the global batch whatever the processes and sub-batches.

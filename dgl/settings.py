@@ -12,8 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from dgl.typed_yaml import bounded, build, choice, read_yaml
 from dgl.errors import UserError
+from dgl.typed_yaml import bounded, build, choice, read_yaml
 
 DATASETS = ("synthetic", "msrvtt", "vatex", "lsmdc", "activitynet")
 METHOD_NAMES = (

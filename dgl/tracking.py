@@ -51,9 +51,9 @@ from typing import Iterator
 import yaml
 from filelock import FileLock
 
-from dgl.typed_yaml import flatten
 from dgl.errors import UserError
 from dgl.settings import repo_root
+from dgl.typed_yaml import flatten
 
 SQLITE = "sqlite:///"
 WEIGHTS_TAG = "weights_sha256"  # how evaluate finds the training's run
@@ -158,8 +158,8 @@ def artifacts_beside(uri: str, experiment: str) -> Path | None:
 
 
 def _stored_path(location: str) -> Path | None:
-    from mlflow.utils.uri import is_local_uri
     from mlflow.utils.file_utils import local_file_uri_to_path
+    from mlflow.utils.uri import is_local_uri
 
     return Path(local_file_uri_to_path(location)).resolve() if is_local_uri(location) else None
 

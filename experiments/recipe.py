@@ -20,9 +20,9 @@ from pathlib import Path
 import yaml
 
 from dgl.cli import entry_point
-from dgl.typed_yaml import build, read_yaml
 from dgl.errors import UserError
 from dgl.settings import METHOD_NAMES, Params
+from dgl.typed_yaml import build, read_yaml
 from experiments.queue import yaml_value
 
 RECIPES = Path(__file__).with_name("recipes")

@@ -33,11 +33,11 @@ from typing import Callable
 import numpy as np
 
 from dgl.cli import entry_point
-from dgl.typed_yaml import build, flatten, read_yaml
 from dgl.data.adapters import dataset_format
 from dgl.data.synthetic import Scene, encode_mp4, plan_scenes, render_frames
 from dgl.errors import UserError
 from dgl.settings import Params, SyntheticConfig
+from dgl.typed_yaml import build, flatten, read_yaml
 from experiments.recipe import applied, command, overrides
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -25,9 +25,9 @@ from typing import Any
 import yaml
 
 from dgl.cli import atomic_write, check_writable, entry_point
-from dgl.typed_yaml import Yaml12Loader, read_yaml
 from dgl.errors import UserError
 from dgl.settings import load_params
+from dgl.typed_yaml import Yaml12Loader, read_yaml
 
 MARK = "params.yaml passed the checks of dgl/settings.py (stage `params` in dvc.yaml)\n"
 SHOWN = 3  # changed values a restore hint names

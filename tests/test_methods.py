@@ -12,10 +12,10 @@ import torch.nn.functional as F
 from conftest import ROOT, group
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip
+from dgl.models.loss import contrastive_loss
 from dgl.models.methods import METHODS, build_method, count_parameters
 from dgl.param_counts import PAPER_MODEL
 from dgl.settings import METHOD_NAMES, ModelConfig, merge
-from dgl.models.loss import contrastive_loss
 
 
 def model_cfg(method: str, **groups) -> ModelConfig:

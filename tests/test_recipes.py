@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from dgl.typed_yaml import build, flatten
 from dgl.errors import UserError
 from dgl.settings import Params
+from dgl.typed_yaml import build, flatten
 from experiments.recipe import applied, names, overrides
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())

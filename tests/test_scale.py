@@ -25,13 +25,13 @@ import yaml
 from conftest import ROOT, group, merge, stage_cmd, tiny_params
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
-from dgl.typed_yaml import build
 from dgl.distributed import process_group
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
 from dgl.settings import Params, TrainConfig
 from dgl.train import contrastive_step, parallel_features, pick_precision, train_method, train_val_views
+from dgl.typed_yaml import build
 
 # Sub-batches and ranks change only the float rounding of the encoders (smaller matmuls), not the maths.
 RTOL, ATOL = 1e-4, 1e-6

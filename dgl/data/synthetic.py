@@ -31,10 +31,10 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from dgl.checksums import file_checksums, write_manifest
-from dgl.typed_yaml import build
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe, toolchain
 from dgl.settings import SyntheticConfig
+from dgl.typed_yaml import build
 
 VOCAB_PATH = Path(__file__).with_name("synthetic_vocab.yaml")
 KEY = "data.synthetic"

@@ -12,8 +12,8 @@ from torch import Tensor, nn
 from dgl.errors import UserError
 from dgl.models.adapters import Adapter, attached
 from dgl.models.methods.base import Method, register
-from dgl.settings import BiasConfig, PartialConfig, AdapterConfig
 from dgl.models.prompted import TextPrompts, VideoPrompts
+from dgl.settings import AdapterConfig, BiasConfig, PartialConfig
 
 
 def _linear_biases(module: nn.Module, layer_norm: bool) -> set[str]:
