@@ -82,11 +82,7 @@ def evaluate_retrieval(text_feats: Tensor, video_feats: Tensor, caption_video: T
         content = 100.0 * (content_ranks(text_feats, video_feats, caption_video, twins, chunk_size,
                                          t2v_normaliser, logit_scale).cpu().numpy() == 1)
         metrics |= {"content_R1": float(content.mean())} | category_means("content_R1", content, caption_categories)
-        metrics |= pair_accuracy(text_feats, video_feats, caption_video, twins, caption_categories)
-        if wordings is not None:
-            wins = pair_wins(text_feats, video_feats, caption_video, twins)
-            has_twin = (twins[caption_video] >= 0).cpu().numpy()
-            metrics |= category_means("pair_acc", wins, np.asarray(wordings, dtype=str)[has_twin])
+        metrics |= pair_accuracy(text_feats, video_feats, caption_video, twins, caption_categories, wordings)
     ks = np.arange(1, min(CURVE_MAX_K, len(video_feats)) + 1)
     curves = {"t2v": recall_at(t2v_ranks, ks).tolist(), "v2t": recall_at(v2t_ranks, ks).tolist()}
     return RetrievalResult(metrics, curves, t2v_ranks, v2t_ranks)
@@ -335,9 +331,10 @@ def pair_wins(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor)
     return torch.where(tie, 0.5, (own > other).double()).cpu().numpy()
 
 
-def pair_accuracy(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor,
-                  categories: np.ndarray) -> dict[str, float]:
-    """Does a caption prefer its own video to its time-reversed twin? Empty when no video has a twin.
+def pair_accuracy(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor, categories: np.ndarray,
+                  wordings: Sequence[str] | None = None) -> dict[str, float]:
+    """Does a caption prefer its own video to its time-reversed twin? `pair_acc`, per category and, with
+    wordings, per wording; empty when no video has a twin.
 
     Plain cosine, also under DSL: it probes the features, and twin features equal up to float
     rounding give exactly 1/2 (`pair_wins`).
@@ -346,4 +343,7 @@ def pair_accuracy(text: Tensor, video: Tensor, caption_video: Tensor, twins: Ten
     if not has_twin.any():
         return {}
     wins = pair_wins(text, video, caption_video, twins)
-    return {"pair_acc": float(wins.mean())} | category_means("pair_acc", wins, categories[has_twin])
+    metrics = {"pair_acc": float(wins.mean())} | category_means("pair_acc", wins, categories[has_twin])
+    if wordings is not None:
+        metrics |= category_means("pair_acc", wins, np.asarray(wordings, dtype=str)[has_twin])
+    return metrics

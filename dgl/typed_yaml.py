@@ -99,12 +99,13 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
-    """Flatten a dataclass tree to dotted keys (`model.dgl.generator`), as MLflow logs them."""
+    """Flatten a dataclass tree, or nested mappings as YAML reads them, to dotted keys
+    (`model.dgl.generator`), as MLflow logs them; an empty mapping is a leaf."""
+    items = obj.items() if isinstance(obj, dict) else ((f.name, getattr(obj, f.name)) for f in dataclasses.fields(obj))
     out: dict[str, Any] = {}
-    for f in dataclasses.fields(obj):
-        key = f"{prefix}{f.name}"
-        value = getattr(obj, f.name)
-        if dataclasses.is_dataclass(value):
+    for name, value in items:
+        key = f"{prefix}{name}"
+        if dataclasses.is_dataclass(value) or (isinstance(value, dict) and value):
             out.update(flatten(value, key + "."))
         else:
             out[key] = value

@@ -24,6 +24,7 @@ from typing import Callable
 from dgl.cli import atomic_write, entry_point
 from dgl.errors import UserError
 from dgl.settings import SAMPLERS
+from dgl.typed_yaml import flatten
 from experiments.queue import GRID, Row, dvc, expand, load_grid
 
 METRICS_FILE = "metrics.json"
@@ -55,16 +56,6 @@ class Experiment:
     metrics: dict[str, float]  # metrics.json's keys: t2v_R1, ..., trainable_params, trainable_ratio
 
 
-def flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out |= flat(value, f"{prefix}{key}.")
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def from_dvc_show(shown: list[dict]) -> tuple[list[Experiment], list[str]]:
     """`dvc exp show --json` (DVC 3): a list of baseline commits, each with `experiments`, each with
     `revs` whose first entry is the experiment's commit and its `data` (params, metrics). Returns the
@@ -81,7 +72,7 @@ def from_dvc_show(shown: list[dict]) -> tuple[list[Experiment], list[str]]:
                 without.append(f"{name} ({state if state != 'success' else 'no metrics'})")
                 continue
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
-            found.append(Experiment(name, flat(params), metrics))
+            found.append(Experiment(name, flatten(params), metrics))
     return found, without
 
 

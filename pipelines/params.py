@@ -20,28 +20,17 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any
 
 import yaml
 
 from dgl.cli import atomic_write, check_writable, entry_point
 from dgl.errors import UserError
 from dgl.settings import load_params
-from dgl.typed_yaml import Yaml12Loader, read_yaml
+from dgl.typed_yaml import Yaml12Loader, flatten, read_yaml
 
 MARK = "params.yaml passed the checks of dgl/settings.py (stage `params` in dvc.yaml)\n"
 SHOWN = 3  # changed values a restore hint names
 _ABSENT = object()
-
-
-def _leaves(tree: Any, prefix: str = "") -> dict[str, Any]:
-    """`a.b.c: value` for every leaf of nested mappings."""
-    if not isinstance(tree, dict) or not tree:
-        return {prefix: tree}
-    leaves: dict[str, Any] = {}
-    for name, sub in tree.items():
-        leaves.update(_leaves(sub, f"{prefix}.{name}" if prefix else str(name)))
-    return leaves
 
 
 def restore_hint(path: str) -> str:
@@ -52,10 +41,12 @@ def restore_hint(path: str) -> str:
     restore = f"`git checkout {path}` restores the committed file"
     try:
         show = subprocess.run(["git", "show", f"{baseline}:./{path}"], capture_output=True, text=True, check=True)
-        old = _leaves(yaml.load(show.stdout, Loader=Yaml12Loader))
+        committed = yaml.load(show.stdout, Loader=Yaml12Loader)
     except (OSError, subprocess.CalledProcessError, yaml.YAMLError):
+        committed = None
+    if not isinstance(committed, dict):
         return f"; `dvc exp run` left the value in {path}: {restore}"
-    new = _leaves(read_yaml(Path(path)))
+    old, new = flatten(committed), flatten(read_yaml(Path(path)))
     changed = [key for key in sorted(old.keys() | new.keys()) if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
     if not changed:
         return ""

@@ -35,7 +35,6 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from dgl.models.attention import causal_mask, global_local_block
-from dgl.models.loss import contrastive_loss  # noqa: F401  (its home until it moved to loss.py)
 
 
 @dataclass
