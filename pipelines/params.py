@@ -44,9 +44,10 @@ def restore_hint(path: str) -> str:
         committed = yaml.load(show.stdout, Loader=Yaml12Loader)
     except (OSError, subprocess.CalledProcessError, yaml.YAMLError):
         committed = None
-    if not isinstance(committed, dict):
+    current = read_yaml(Path(path))
+    if not (isinstance(committed, dict) and isinstance(current, dict)):  # nothing to compare key by key
         return f"; `dvc exp run` left the value in {path}: {restore}"
-    old, new = flatten(committed), flatten(read_yaml(Path(path)))
+    old, new = flatten(committed), flatten(current)
     changed = [key for key in sorted(old.keys() | new.keys()) if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
     if not changed:
         return ""

@@ -328,6 +328,25 @@ def test_a_bad_params_value_or_key_fails_before_dvc_deletes_any_output(project, 
     assert "changed" not in run(["dvc", "status", "params", "train", "evaluate"], project).stdout
 
 
+def test_the_restore_hint_survives_a_params_file_that_is_not_a_mapping(tmp_path, monkeypatch):
+    """A workspace `dvc exp run` over a params.yaml whose top level is a list: the hint cannot name
+    keys, so it says only how to restore the file (it used to fail inside the error's own message)."""
+    from pipelines.params import restore_hint
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.01\n")
+    run(["git", "init", "-q"], tmp_path)
+    run(["git", "add", "params.yaml"], tmp_path)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "params"], tmp_path)
+    (tmp_path / "params.yaml").write_text("- train\n- lr\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("DVC_EXP_BASELINE_REV", "HEAD")
+    monkeypatch.setenv("DVC_ROOT", str(tmp_path))
+    assert restore_hint("params.yaml") == ("; `dvc exp run` left the value in params.yaml: "
+                                           "`git checkout params.yaml` restores the committed file")
+    (tmp_path / "params.yaml").write_text("train:\n  lr: 0.02\n")
+    assert restore_hint("params.yaml").startswith("; `dvc exp run` left the new value in params.yaml "
+                                                  "(the last commit has train.lr: 0.01)")
+
+
 def test_a_single_stage_run_rejects_a_bad_value_itself_before_any_work(project):
     """`dvc repro -s train` runs train alone, without stage `params`: train rejects the value in its
     one line before training starts, but DVC removed train's outputs before running it (it always
