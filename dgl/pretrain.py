@@ -4,8 +4,12 @@ captions only, so the backbone knows colours, shapes and backgrounds but never s
 Two phases. Contrastive learning from scratch at this scale learns colour and background within
 a hundred steps and shape, size and place only after thousands (the easy factors already separate
 most pairs of a batch), so the image tower first learns to name the shape, size and place of a
-lone object (linear heads, discarded after), then the whole CLIP trains contrastively on
-image-caption pairs."""
+lone object (one linear head per factor), then the whole CLIP trains contrastively on
+image-caption pairs, with the heads' loss kept beside the contrastive one (without it the
+contrastive phase lets shape fade: it is rarely what separates a batch's pairs). The heads are
+discarded after. In the contrastive phase half the captions get a few words they never use
+(`with_unknown_words`), as web captions are full of words no image shows: the text tower learns to
+read the words it knows and pass over the others, such as a video caption's verbs."""
 from __future__ import annotations
 
 import dataclasses
@@ -26,6 +30,9 @@ from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw, warmup_cosine
 from dgl.settings import SyntheticConfig
+
+
+UNKNOWN_WORDS = 3  # at most this many unknown words inserted into a caption (`with_unknown_words`)
 
 
 def _tokens(captions: list[str], backbone: str, context_length: int) -> Tensor:
@@ -66,6 +73,42 @@ def _lone_object_labels(contents: list[tuple]) -> Tensor:
         else:
             rows.append([-1] * len(classes))
     return torch.tensor(rows)
+
+
+def with_unknown_words(tokens: Tensor, unknown: Tensor, generator: torch.Generator, *, most: int = 3,
+                       share: float = 0.5) -> Tensor:
+    """Tokens (N, L) of captions (start token, words, end token, padding) -> (N, L + most) where a
+    `share` of the captions have 1..`most` tokens drawn from `unknown` inserted at random places
+    between their start and end tokens; every other token keeps its order."""
+    n, length = tokens.shape
+    end = tokens.argmax(1)  # the end token has the largest id
+    count = torch.randint(1, most + 1, (n,), generator=generator) * (torch.rand(n, generator=generator) < share)
+    inserted = unknown[torch.randint(len(unknown), (n, most), generator=generator)]
+    used = torch.arange(most)[None] < count[:, None]
+    # Sort keys: a kept token's position; an inserted word goes into one of the gaps after the start
+    # token 0 .. before the end token (gap g: key g + 0.5); unused slots go last, as padding.
+    gap = (torch.rand(n, most, generator=generator) * end[:, None]).floor() + 0.5
+    keys = torch.cat([torch.arange(length, dtype=torch.float).expand(n, -1),
+                      torch.where(used, gap, torch.tensor(float("inf")))], dim=1)
+    values = torch.cat([tokens, torch.where(used, inserted, torch.zeros_like(inserted))], dim=1)
+    return values.gather(1, keys.argsort(dim=1, stable=True))
+
+
+def _unknown_tokens(clip: nn.Module, tokens: Tensor) -> Tensor:
+    """Every token id of the text tower's vocabulary that no caption in `tokens` uses (0 is padding)."""
+    unused = torch.ones(clip.token_embedding.num_embeddings, dtype=torch.bool)
+    unused[tokens.unique()] = False
+    unused[0] = False
+    return torch.nonzero(unused)[:, 0]
+
+
+def factor_loss(heads: nn.ModuleList, feature: Tensor, labels: Tensor) -> Tensor:
+    """Cross-entropy of each head naming its factor (`warmup_classes`) of the lone-object frames
+    among `feature`'s (labels -1: not a lone object); 0 when the batch has none."""
+    lone = labels[:, 0] >= 0
+    if not lone.any():
+        return feature.new_zeros(())
+    return sum(F.cross_entropy(head(feature[lone]), labels[lone, i]) for i, head in enumerate(heads))
 
 
 def _duplicate_aware_loss(image: Tensor, text: Tensor, content_id: Tensor, scale: Tensor) -> Tensor:
@@ -166,9 +209,9 @@ def twin_text_report(clip: nn.Module, synthetic: SyntheticConfig, backbone: str,
     return report
 
 
-def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: bool) -> float:
+def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: bool) -> tuple[nn.ModuleList, float]:
     """Train the image tower to name a lone object's shape, size and place (one linear head per
-    factor, discarded after); returns the last batch's loss."""
+    factor); returns the heads and the last batch's loss."""
     lone = torch.nonzero(labels[:, 0] >= 0)[:, 0]
     heads = nn.ModuleList(nn.Linear(clip.visual.output_dim, len(c)) for c in warmup_classes())
     optimizer = adamw(list(clip.visual.named_parameters()) + list(heads.named_parameters()), pretrain.lr, 0.1)
@@ -178,12 +221,12 @@ def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: 
     for _ in tqdm(range(pretrain.warmup_steps), desc="warm-up", disable=not progress, unit="step"):
         batch = lone[torch.randint(len(lone), (pretrain.batch_size,), generator=generator)]
         feature = clip.encode_image(normalise(images[batch]))
-        loss = sum(F.cross_entropy(head(feature), labels[batch, i]) for i, head in enumerate(heads))
+        loss = factor_loss(heads, feature, labels[batch])
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         scheduler.step()
-    return loss.item()
+    return heads, loss.item()
 
 
 def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_length: int,
@@ -195,13 +238,17 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
                                                      context_length, frames_per_video=pretrain.frames_per_video,
                                                      progress=progress)
     report = {}
+    labels = _lone_object_labels(contents)
+    heads = nn.ModuleList()
     if pretrain.warmup_steps:
-        report["warmup_loss"] = warmup(clip, images, _lone_object_labels(contents), pretrain, progress)
+        heads, report["warmup_loss"] = warmup(clip, images, labels, pretrain, progress)
     content_id = torch.tensor(np.unique([repr(c) for c in contents], return_inverse=True)[1])
-    optimizer = adamw(list(clip.named_parameters()), pretrain.lr, weight_decay=0.1)
+    optimizer = adamw(list(clip.named_parameters()) + list(heads.named_parameters()), pretrain.lr, weight_decay=0.1)
     steps_per_epoch = len(images) // pretrain.batch_size
     scheduler = warmup_cosine(optimizer, pretrain.epochs * steps_per_epoch, 0.1)
     generator = torch.Generator().manual_seed(pretrain.seed)
+    unknown = _unknown_tokens(clip, tokens)
+    most_unknown = min(UNKNOWN_WORDS, context_length - tokens.shape[1])
     losses = []
     bar = tqdm(total=pretrain.epochs * steps_per_epoch, desc="pretrain backbone", disable=not progress, unit="step")
     for epoch in range(pretrain.epochs):
@@ -209,9 +256,11 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
         order = grouped_order(len(images), pretrain.frames_per_video, generator)
         for step in range(steps_per_epoch):
             batch = order[step * pretrain.batch_size : (step + 1) * pretrain.batch_size]
-            image = F.normalize(clip.encode_image(normalise(images[batch])), dim=-1)
-            text = F.normalize(encoder.encode_text(tokens[batch]), dim=-1)
-            loss = _duplicate_aware_loss(image, text, content_id[batch], clip.logit_scale.exp())
+            feature = clip.encode_image(normalise(images[batch]))
+            text = encoder.encode_text(with_unknown_words(tokens[batch], unknown, generator, most=most_unknown))
+            loss = (_duplicate_aware_loss(F.normalize(feature, dim=-1), F.normalize(text, dim=-1), content_id[batch],
+                                          clip.logit_scale.exp())
+                    + factor_loss(heads, feature, labels[batch]))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -26,20 +26,31 @@ def _random_look(kind: str, background: str, rng: np.random.Generator) -> Look:
     return Look(background=background, **values[rng.integers(len(values))])
 
 
-def _random_moments(rng: np.random.Generator, two_objects: bool, count: int) -> tuple[str, list[list[Sprite]]]:
+def _random_kind(rng: np.random.Generator, two_objects: bool, weighted: bool) -> str:
+    """A kind of video to take frames from: drawn by the vocabulary's weights, or uniformly (the
+    zero-shot check, whose frame mix should not move with the pretraining's emphasis)."""
+    kinds = vocab()["images"]["two_object_kinds" if two_objects else "one_object_kinds"]
+    names = list(kinds)
+    if not weighted:
+        return names[rng.integers(len(names))]
+    weights = np.array([kinds[k] for k in names], dtype=float)
+    return names[rng.choice(len(names), p=weights / weights.sum())]
+
+
+def _random_moments(rng: np.random.Generator, two_objects: bool, count: int,
+                    weighted: bool = True) -> tuple[str, list[list[Sprite]]]:
     """A background and the sprites of `count` random moments of one random video (each none, one
     object, or two): the same look in other places, sizes or colours."""
-    images = vocab()["images"]
-    kinds = images["two_object_kinds"] if two_objects else images["one_object_kinds"]
-    kind = kinds[rng.integers(len(kinds))]
+    kind = _random_kind(rng, two_objects, weighted)
     backgrounds = list(vocab()["backgrounds"])
     look = _random_look(kind, backgrounds[rng.integers(len(backgrounds))], rng)
     return look.background, RENDERERS[kind](look, vocab()["layout"], rng, rng.uniform(0.0, 1.0, size=count))
 
 
 def _random_frame(rng: np.random.Generator, two_objects: bool) -> tuple[str, list[Sprite]]:
-    """A background and the sprites of one moment of a random video (none, one object, or two)."""
-    background, (sprites,) = _random_moments(rng, two_objects, 1)
+    """A background and the sprites of one moment of a random video (none, one object, or two), its
+    kind drawn uniformly."""
+    background, (sprites,) = _random_moments(rng, two_objects, 1, weighted=False)
     return background, sprites
 
 
@@ -78,10 +89,16 @@ def _tidy(caption: str) -> str:
 
 
 def static_caption(background: str, sprites: list[Sprite], rng: np.random.Generator) -> str:
-    """A caption naming each sprite (in random order) with its size and place, and the background."""
+    """A caption naming each sprite (in random order) with its size and place, and the background.
+    An empty frame's caption may name some object as absent ("no red square in view"), so that
+    "empty" and "no" learn to outweigh an object's name (a video caption that says "disappears and
+    leaves an empty background" names the object too)."""
     images = vocab()["images"]
     templates = {0: images["no_object"], 1: images["one_object"], 2: images["two_objects"]}[len(sprites)]
     words = {"background": background}
+    if not sprites:
+        colours, shapes = list(vocab()["colours"]), list(vocab()["shapes"])
+        words["object"] = f"{colours[rng.integers(len(colours))]} {shapes[rng.integers(len(shapes))]}"
     for suffix, i in zip(("", "2"), rng.permutation(len(sprites))):
         words[f"object{suffix}"], words[f"where{suffix}"] = _say_object(object_words(sprites[i]), rng)
     return _tidy(templates[rng.integers(len(templates))].format(**words))
