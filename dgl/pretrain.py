@@ -104,11 +104,12 @@ def _unknown_tokens(clip: nn.Module, tokens: Tensor) -> Tensor:
 
 def factor_loss(heads: nn.ModuleList, feature: Tensor, labels: Tensor) -> Tensor:
     """Cross-entropy of each head naming its factor (`warmup_classes`) of the lone-object frames
-    among `feature`'s (labels -1: not a lone object); 0 when the batch has none."""
+    among `feature`'s (labels -1: not a lone object); 0 when the batch has none or there are no heads."""
     lone = labels[:, 0] >= 0
     if not lone.any():
         return feature.new_zeros(())
-    return sum(F.cross_entropy(head(feature[lone]), labels[lone, i]) for i, head in enumerate(heads))
+    return sum((F.cross_entropy(head(feature[lone]), labels[lone, i]) for i, head in enumerate(heads)),
+               feature.new_zeros(()))
 
 
 def _duplicate_aware_loss(image: Tensor, text: Tensor, content_id: Tensor, scale: Tensor) -> Tensor:

@@ -11,7 +11,8 @@ import torch
 from conftest import group
 from dgl.data.synthetic import vocab
 from dgl.models.backbone import build_clip
-from dgl.pretrain import _images_and_tokens, _lone_object_labels, twin_text_report, warmup, zero_shot_image_text_r1
+from dgl.pretrain import (_images_and_tokens, _lone_object_labels, _unknown_tokens, factor_loss, twin_text_report,
+                          warmup, with_unknown_words, zero_shot_image_text_r1)
 
 
 def test_lone_object_labels_index_each_factor_and_skip_other_frames():
@@ -28,8 +29,9 @@ def test_warmup_trains_the_image_tower_only():
     images, _, _, contents = _images_and_tokens(64, 0, group("data.synthetic"), "tiny-synthetic", 32)
     before = {name: p.detach().clone() for name, p in clip.named_parameters()}
     pretrain = types.SimpleNamespace(warmup_steps=3, batch_size=16, lr=1e-3, seed=0)
-    loss = warmup(clip, images, _lone_object_labels(contents), pretrain, progress=False)
+    heads, loss = warmup(clip, images, _lone_object_labels(contents), pretrain, progress=False)
     assert torch.isfinite(torch.tensor(loss))
+    assert [head.out_features for head in heads] == [len(vocab()["shapes"]), 3, 3, 3]
     changed = {name for name, p in clip.named_parameters() if not torch.equal(p, before[name])}
     assert changed and all(name.startswith("visual.") for name in changed)
     assert "visual.conv1.weight" in changed
@@ -86,3 +88,38 @@ def test_grouped_order_keeps_each_run_of_frames_in_one_batch():
         assert order[start : start + length] == list(range(first, first + length))
     assert grouped_order(10, 4, torch.Generator().manual_seed(1)).tolist() != order or \
         grouped_order(10, 4, torch.Generator().manual_seed(2)).tolist() != order  # the runs' order is random
+
+
+def test_factor_loss_counts_lone_objects_only():
+    torch.manual_seed(0)
+    heads = torch.nn.ModuleList(torch.nn.Linear(8, n) for n in (4, 3, 3, 3))
+    feature = torch.randn(3, 8)
+    labels = torch.tensor([[1, 0, 2, 1], [-1, -1, -1, -1], [3, 2, 0, 0]])
+    lone = labels[[0, 2]]
+    expected = sum(torch.nn.functional.cross_entropy(h(feature[[0, 2]]), lone[:, i]) for i, h in enumerate(heads))
+    assert torch.allclose(factor_loss(heads, feature, labels), expected)
+    assert factor_loss(heads, feature[1:2], labels[1:2]).item() == 0.0
+    assert factor_loss(torch.nn.ModuleList(), feature, labels).item() == 0.0  # no warm-up: no heads, no loss
+
+
+def test_unknown_words_are_inserted_between_start_and_end_and_never_known():
+    _, tokens, _, _ = _images_and_tokens(200, 0, group("data.synthetic"), "tiny-synthetic", 32)
+    clip = build_clip("tiny-synthetic")
+    unknown = _unknown_tokens(clip, tokens)
+    known = set(tokens.unique().tolist())
+    assert not known & set(unknown.tolist()) and 0 not in unknown.tolist()
+    assert len(unknown) > 40_000  # the rest of the BPE vocabulary
+
+    out = with_unknown_words(tokens, unknown, torch.Generator().manual_seed(0), most=3)
+    assert out.shape == (200, tokens.shape[1] + 3)
+    assert torch.equal(out, with_unknown_words(tokens, unknown, torch.Generator().manual_seed(0), most=3))
+    counts = []
+    for before, after in zip(tokens.tolist(), out.tolist()):
+        before, after = [t for t in before if t], [t for t in after if t]
+        extra = [t for t in after if t not in known]
+        assert [t for t in after if t in known] == before  # every caption word kept, in order
+        assert after[0] == before[0] and after[-1] == before[-1]  # start and end tokens stay outermost
+        assert after[-1] == max(after)  # the text tower pools at the largest id: still the end token
+        counts.append(len(extra))
+    assert set(counts) == {0, 1, 2, 3}
+    assert 0.35 < sum(c > 0 for c in counts) / len(counts) < 0.65  # about half the captions

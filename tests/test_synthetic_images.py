@@ -7,7 +7,7 @@ import numpy as np
 
 from conftest import group
 from dgl.data.synthetic import plan_scenes, vocab
-from dgl.data.synthetic_images import render_static_images, static_caption_classes
+from dgl.data.synthetic_images import _random_kind, render_static_images, static_caption_classes
 
 DEFAULT = group("data.synthetic")
 
@@ -87,3 +87,24 @@ def test_frames_of_one_video_come_in_runs_that_differ_only_in_place_size_or_pres
         assert len(looks) <= 4  # at most two objects, or one shape in two colours (recolour)
         differ += len(set(run)) > 1
     assert differ > len(runs) // 2  # most runs hold hard negatives
+
+
+def test_empty_frames_sometimes_name_an_object_that_is_absent():
+    _, captions, contents = render_static_images(3000, seed=4, resolution=32)
+    empty = [c for c, (_, objects) in zip(captions, contents) if not objects]
+    objects = [f"{c} {s}" for c in vocab()["colours"] for s in vocab()["shapes"]]
+    naming = [c for c in empty if any(o in c for o in objects)]
+    assert 0 < len(naming) < len(empty)
+    assert all(("no " in c or "out of view" in c) and "empty" in c for c in naming)
+
+
+def test_pretraining_draws_kinds_by_weight_and_the_zero_shot_check_uniformly():
+    weights = vocab()["images"]["one_object_kinds"]
+    rng = np.random.default_rng(0)
+    weighted = [_random_kind(rng, False, weighted=True) for _ in range(6000)]
+    uniform = [_random_kind(rng, False, weighted=False) for _ in range(6000)]
+    total = sum(weights.values())
+    for kind, weight in weights.items():
+        assert abs(weighted.count(kind) / 6000 - weight / total) < 0.03, kind
+        assert abs(uniform.count(kind) / 6000 - 1 / len(weights)) < 0.03, kind
+    assert {_random_kind(rng, True, weighted=True) for _ in range(20)} == set(vocab()["images"]["two_object_kinds"])
