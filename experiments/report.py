@@ -7,7 +7,8 @@
 Rows are the grid's (experiments/grid.yaml), in its order; other experiments follow by name. The
 synthetic benchmark adds per-category t2v R@1 and the time-reversed pair accuracy (chance: 0.5).
 A row swept over one key (a learning rate) shows the value with the best validation t2v R@1,
-averaged over seeds; the test numbers play no part in that choice. Experiments of one row that
+averaged over the seeds every value ran with (seeds added to the chosen value afterwards do not
+move the choice); the test numbers play no part in it. Experiments of one row that
 differ only in the training seed (`<name>-s<seed>`) are one line: mean ± std (sample std).
 """
 from __future__ import annotations
@@ -153,9 +154,22 @@ class Line:
         return str(self.seeds[0].params.get("train.sampler", "random"))
 
 
+def shared_seeds(by_value: dict[object, list[Experiment]]) -> set:
+    """The training seeds every value of a sweep ran with: values are compared on these only, so
+    that seeds added to one value after the choice cannot move it."""
+    return set.intersection(*({e.params.get("train.seed") for e in runs} for runs in by_value.values()))
+
+
+def selection_score(runs: list[Experiment], seeds: set) -> float:
+    """Mean validation R@1 over the runs of `seeds` (all runs where no seed is shared)."""
+    compared = [e for e in runs if e.params.get("train.seed") in seeds] or runs
+    return mean([e.metrics.get(SELECT_BY, float("-inf")) for e in compared])
+
+
 def lines(experiments: list[Experiment], grid: list[Row]) -> list[Line]:
     """One line per grid row and sampler: a swept row keeps the value with the best mean validation
-    R@1 for that sampler; experiments outside the grid are lines of their own."""
+    R@1 for that sampler over the seeds all its values ran with; experiments outside the grid are
+    lines of their own."""
     variants = {run.variant: run for run in expand(grid)}
     groups: dict[tuple[str, str], dict[object, list[Experiment]]] = {}
     for e in experiments:
@@ -171,7 +185,7 @@ def lines(experiments: list[Experiment], grid: list[Row]) -> list[Line]:
         if row is None or row.sweep_key is None:
             out += [Line(name, seeds) for seeds in by_value.values()]
             continue
-        chosen = max(by_value, key=lambda v: mean([e.metrics.get(SELECT_BY, float("-inf")) for e in by_value[v]]))
+        chosen = max(by_value, key=lambda v: selection_score(by_value[v], shared_seeds(by_value)))
         out.append(Line(name, by_value[chosen], (row.sweep_key, sorted(by_value))))
     position = {row.name: i for i, row in enumerate(grid)}
     order = {s: i for i, s in enumerate(SAMPLERS)}

@@ -177,6 +177,21 @@ def test_a_sweep_keeps_the_value_best_on_validation_and_seeds_are_averaged():
     assert bias["Params"] == "10"
 
 
+def test_seeds_added_to_the_chosen_value_do_not_move_the_choice():
+    grid = [Row("bias", ("model.method=bias",), sweep_key="train.clip_lr", sweep_values=(1e-4, 1e-3))]
+
+    def exp(name, clip_lr, seed, val):
+        return Experiment(name, {"train.clip_lr": clip_lr, "train.seed": seed},
+                          {"val_t2v_R1": val, "t2v_R1": val, "trainable_params": 10, "trainable_clip": 10})
+
+    # Chosen on seed 42 (20 > 15); seeds 1 and 2 of the chosen value then score lower on validation,
+    # as seeds do: compared over all its runs (10) it would lose to the value with one seed (15).
+    experiments = [exp("bias-clip_lr0.0001", 1e-4, 42, 15.0), exp("bias-clip_lr0.001", 1e-3, 42, 20.0),
+                   exp("bias-clip_lr0.001-s1", 1e-3, 1, 5.0), exp("bias-clip_lr0.001-s2", 1e-3, 2, 5.0)]
+    bias = report_rows(table(experiments, grid))["bias"]
+    assert bias["clip lr"] == "[0.001] of 0.0001, 0.001" and bias["seeds"] == "3"
+
+
 def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path):
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"rows": [
         {"name": "bias", "set": ["model.method=bias"], "sweep": {"train.clip_lr": [1e-4, 1e-3]}}]}))
