@@ -185,7 +185,8 @@ def lines(experiments: list[Experiment], grid: list[Row]) -> list[Line]:
         if row is None or row.sweep_key is None:
             out += [Line(name, seeds) for seeds in by_value.values()]
             continue
-        chosen = max(by_value, key=lambda v: selection_score(by_value[v], shared_seeds(by_value)))
+        seeds = shared_seeds(by_value)
+        chosen = max(by_value, key=lambda v: selection_score(by_value[v], seeds))
         out.append(Line(name, by_value[chosen], (row.sweep_key, sorted(by_value))))
     position = {row.name: i for i, row in enumerate(grid)}
     order = {s: i for i, s in enumerate(SAMPLERS)}
