@@ -22,7 +22,7 @@ def adamw(params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float
         {"params": ps, "name": f"{group}/{'decay' if decay else 'no_decay'}",
          "lr": (rates or {}).get(group, lr), "weight_decay": weight_decay if decay else 0.0}
         for (group, decay), ps in sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))
-    ], lr=lr, betas=(0.9, 0.98), eps=1e-6)
+    ], lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):
