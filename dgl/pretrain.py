@@ -220,7 +220,7 @@ def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: 
     generator = torch.Generator().manual_seed(pretrain.seed)
     clip.train()
     for _ in tqdm(range(pretrain.warmup_steps), desc="warm-up", disable=not progress, unit="step"):
-        batch = lone[torch.randint(len(lone), (pretrain.batch_size,), generator=generator)]
+        batch = lone[torch.randint(len(lone), (pretrain.warmup_batch_size,), generator=generator)]
         feature = clip.encode_image(normalise(images[batch]))
         loss = factor_loss(heads, feature, labels[batch])
         optimizer.zero_grad(set_to_none=True)

@@ -105,6 +105,7 @@ class PretrainConfig:
     eval_images: int = bounded(16)
     frames_per_video: int = bounded(1, 64)  # moments of one video per batch: hard negatives in place and size
     warmup_steps: int = bounded(0)  # steps of the image tower's warm-up (shape, size, place); 0 = contrastive only
+    warmup_batch_size: int = bounded(2)  # lone-object frames per warm-up step
     epochs: int = bounded(1)  # contrastive epochs
     batch_size: int = bounded(2)
     lr: float = bounded(0.0, 1.0)

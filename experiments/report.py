@@ -2,7 +2,8 @@
 
     python -m experiments.report                                  # from `dvc exp show --json`
     python -m experiments.report --mlflow                         # from the MLflow runs instead
-    python -m experiments.report --out experiments/results/synthetic.md
+    python -m experiments.report --out experiments/results/synthetic.md --save-runs experiments/results/synthetic.runs.json
+    python -m experiments.report --runs experiments/results/synthetic.runs.json   # the table again, from the file
 
 Rows are the grid's (experiments/grid.yaml), in its order; other experiments follow by name. The
 synthetic benchmark adds per-category t2v R@1 and the time-reversed pair accuracy (chance: 0.5).
@@ -10,6 +11,12 @@ A row swept over one key (a learning rate) shows the value with the best validat
 averaged over the seeds every value ran with (seeds added to the chosen value afterwards do not
 move the choice); the test numbers play no part in it. Experiments of one row that
 differ only in the training seed (`<name>-s<seed>`) are one line: mean ± std (sample std).
+
+--save-runs writes the experiments the table is made of (name, the params that tell them apart or that
+the table shows, every metric) to a JSON file that is small enough to commit beside the table, so the
+numbers behind it can be read, diffed and re-tabulated without the DVC experiments (which live in one
+clone's .git). --runs reads such files instead of DVC or MLflow; given several, an experiment of a later
+file replaces one of the same name in an earlier, so a grid run in parts (machines, sessions) is merged.
 """
 from __future__ import annotations
 
@@ -75,6 +82,33 @@ def from_dvc_show(shown: list[dict]) -> tuple[list[Experiment], list[str]]:
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
             found.append(Experiment(name, flatten(params), metrics))
     return found, without
+
+
+RUN_PARAMS = ("train.seed", "train.sampler", "train.lr", "train.clip_lr", *CAPTION)  # always saved: the table reads them
+
+
+def save_runs(experiments: list[Experiment], path: Path) -> None:
+    """The experiments as JSON: each one's metrics, the params the table reads and every param in which
+    any two of them differ."""
+    keys = set(RUN_PARAMS) | {k for k in set().union(*(e.params for e in experiments))
+                              if len({json.dumps(e.params.get(k)) for e in experiments}) > 1}
+    runs = [{"name": e.name, "params": {k: e.params[k] for k in sorted(keys) if k in e.params},
+             "metrics": e.metrics} for e in sorted(experiments, key=lambda e: e.name)]
+    atomic_write(path, json.dumps({"experiments": runs}, indent=1, sort_keys=False) + "\n")
+
+
+def load_runs(paths: list[Path]) -> list[Experiment]:
+    """Experiments saved by save_runs; a later file's experiment replaces an earlier one of the same name."""
+    found: dict[str, Experiment] = {}
+    for path in paths:
+        try:
+            runs = json.loads(Path(path).read_text())["experiments"]
+            for run in runs:
+                found[run["name"]] = Experiment(run["name"], dict(run["params"]), dict(run["metrics"]))
+        except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
+            raise UserError(f"{path}: not a runs file of `python -m experiments.report --save-runs` "
+                            f"({type(e).__name__}: {e})") from None
+    return list(found.values())
 
 
 def from_mlflow(params_file: Path) -> list[Experiment]:
@@ -287,9 +321,16 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="for the MLflow store and experiment")
     ap.add_argument("--grid", type=Path, default=GRID)
     ap.add_argument("--out", type=Path, help="also write the table here (e.g. experiments/results/<name>.md)")
+    ap.add_argument("--runs", type=Path, action="append", metavar="FILE",
+                    help="read experiments from a --save-runs file instead (repeatable: later files win by name)")
+    ap.add_argument("--save-runs", type=Path, metavar="FILE", help="also write the experiments tabulated, as JSON")
     args = ap.parse_args()
+    if args.runs and args.mlflow:
+        raise UserError("give --runs or --mlflow, not both: each names where the experiments come from")
     grid = load_grid(args.grid)
-    if args.mlflow:
+    if args.runs:
+        experiments = load_runs(args.runs)
+    elif args.mlflow:
         experiments = from_mlflow(args.params)
     else:
         experiments, without = from_dvc_show(json.loads(dvc("exp", "show", "--json")))
@@ -301,6 +342,8 @@ def main() -> None:
     print(text, end="")
     if args.out:
         atomic_write(args.out, text)
+    if args.save_runs:
+        save_runs(experiments, args.save_runs)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ TINY_OVERRIDES = {
     "data": {"synthetic": {"train_videos": 24, "test_videos": 10, "resolution": 32, "seconds": 1.0,
                            "captions_per_video": 2}},
     "frames": {"num_frames": 4, "size": 32},
-    "backbone": {"pretrain": {"images": 256, "eval_images": 64, "warmup_steps": 2, "epochs": 1, "batch_size": 64}},
+    "backbone": {"pretrain": {"images": 256, "eval_images": 64, "warmup_steps": 2, "warmup_batch_size": 64, "epochs": 1,
+                              "batch_size": 64}},
     "train": {"epochs": 2, "batch_size": 8, "val_fraction": 0.2},
     "eval": {"batch_size": 8},
 }

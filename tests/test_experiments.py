@@ -12,7 +12,7 @@ import yaml
 from conftest import ROOT, make_project, run, tiny_params
 from dgl.models.methods import METHODS
 from experiments.queue import Row, load_grid
-from experiments.report import Experiment, from_dvc_show, table
+from experiments.report import Experiment, from_dvc_show, load_runs, save_runs, table
 
 ROWS = ("zeroshot", "dgl_ulp")
 
@@ -79,6 +79,19 @@ def test_report_from_mlflow_agrees_with_dvc(project):
     from_dvc = run(["python", "-m", "experiments.report"], root).stdout
     from_mlflow = run(["python", "-m", "experiments.report", "--mlflow"], root).stdout
     assert report_rows(from_mlflow) == report_rows(from_dvc)
+
+
+@pytest.mark.slow
+def test_saved_runs_give_the_same_table_without_dvc(project, tmp_path):
+    root, _ = project
+    runs = tmp_path / "tiny.runs.json"
+    from_dvc = run(["python", "-m", "experiments.report", "--save-runs", str(runs)], root).stdout
+    saved = json.loads(runs.read_text())["experiments"]
+    assert [e["name"] for e in saved] == sorted(ROWS)
+    assert saved[0]["metrics"] == experiment_metrics(root)[saved[0]["name"]]
+    assert saved[0]["params"]["model.method"] != saved[1]["params"]["model.method"]  # what tells them apart
+    again = run(["python", "-m", "experiments.report", "--runs", str(runs)], tmp_path, env={"PYTHONPATH": str(root)})
+    assert again.stdout == from_dvc
 
 
 @pytest.mark.slow
@@ -243,3 +256,20 @@ def test_an_experiment_still_running_is_left_out_not_shown_with_the_baselines_nu
                               exp("kept", None)]}]  # a finished experiment from an earlier session has none
     found, without = from_dvc_show(shown)
     assert [e.name for e in found] == ["done", "kept"] and without == ["busy (running)"]
+
+
+def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_line(tmp_path):
+    def exp(name, r1, seed=42):
+        return Experiment(name, {"train.seed": seed, "model.method": "bias", "train.threads": 1}, {"t2v_R1": r1})
+
+    save_runs([exp("bias-s1", 10.0, 1), exp("bias", 20.0)], tmp_path / "a.json")
+    save_runs([exp("bias-s1", 11.0, 1), exp("bias-s2", 12.0, 2)], tmp_path / "b.json")
+    saved = json.loads((tmp_path / "a.json").read_text())["experiments"]
+    assert saved[0]["params"] == {"train.seed": 42}  # what differs or what the table reads; not threads
+    merged = {e.name: e.metrics["t2v_R1"] for e in load_runs([tmp_path / "a.json", tmp_path / "b.json"])}
+    assert merged == {"bias-s1": 11.0, "bias": 20.0, "bias-s2": 12.0}
+    (tmp_path / "broken.json").write_text('{"experiments": [{"name": "x"}')
+    out = run(["python", "-m", "experiments.report", "--runs", "broken.json"], tmp_path, check=False,
+              env={"PYTHONPATH": str(ROOT)})
+    assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
+    assert "broken.json: not a runs file of `python -m experiments.report --save-runs`" in out.stderr

@@ -28,7 +28,7 @@ def test_warmup_trains_the_image_tower_only():
     clip = build_clip("tiny-synthetic")
     images, _, _, contents = _images_and_tokens(64, 0, group("data.synthetic"), "tiny-synthetic", 32)
     before = {name: p.detach().clone() for name, p in clip.named_parameters()}
-    pretrain = types.SimpleNamespace(warmup_steps=3, batch_size=16, lr=1e-3, seed=0)
+    pretrain = types.SimpleNamespace(warmup_steps=3, warmup_batch_size=16, lr=1e-3, seed=0)
     heads, loss = warmup(clip, images, _lone_object_labels(contents), pretrain, progress=False)
     assert torch.isfinite(torch.tensor(loss))
     assert [head.out_features for head in heads] == [len(vocab()["shapes"]), 3, 3, 3]
