@@ -17,6 +17,8 @@ the table shows, every metric) to a JSON file that is small enough to commit bes
 numbers behind it can be read, diffed and re-tabulated without the DVC experiments (which live in one
 clone's .git). --runs reads such files instead of DVC or MLflow; given several, an experiment of a later
 file replaces one of the same name in an earlier, so a grid run in parts (machines, sessions) is merged.
+Each experiment carries the commit it ran from and the DVC hashes of its data and backbone; a table
+whose experiments differ in data or backbone is refused, whatever the source.
 """
 from __future__ import annotations
 
@@ -25,7 +27,7 @@ import json
 import re
 import statistics
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -55,6 +57,7 @@ TIME_LEGEND = ("content R@1: t2v R@1 where the time-reversed twin also counts as
                "word order (\"from left to right\" / \"from right to left\"). Δ random: pair acc words "
                "minus the same method's with random batches, * where it exceeds the two lines' std summed.")
 SAMPLER_SUFFIX = re.compile(r"-(" + "|".join(SAMPLERS) + r")$")
+INPUTS = ("data/cache", "models/backbone")  # what every method trains and is tested on: one table, one of each
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,8 @@ class Experiment:
     name: str
     params: dict[str, object]  # flat: {"model.method": "dgl", ...}
     metrics: dict[str, float]  # metrics.json's keys: t2v_R1, ..., trainable_params, trainable_ratio
+    inputs: dict[str, str] = field(default_factory=dict)  # INPUTS' DVC hashes, where known (not from MLflow)
+    baseline: str = ""  # the commit the experiment was run from, where known
 
 
 def from_dvc_show(shown: list[dict]) -> tuple[list[Experiment], list[str]]:
@@ -80,7 +85,9 @@ def from_dvc_show(shown: list[dict]) -> tuple[list[Experiment], list[str]]:
                 without.append(f"{name} ({state if state != 'success' else 'no metrics'})")
                 continue
             params = (data.get("params") or {}).get("params.yaml", {}).get("data", {})
-            found.append(Experiment(name, flatten(params), metrics))
+            outs = data.get("outs") or {}
+            inputs = {path: outs[path]["hash"] for path in INPUTS if (outs.get(path) or {}).get("hash")}
+            found.append(Experiment(name, flatten(params), metrics, inputs, baseline.get("rev", "")))
     return found, without
 
 
@@ -92,7 +99,8 @@ def save_runs(experiments: list[Experiment], path: Path) -> None:
     any two of them differ."""
     keys = set(RUN_PARAMS) | {k for k in set().union(*(e.params for e in experiments))
                               if len({json.dumps(e.params.get(k)) for e in experiments}) > 1}
-    runs = [{"name": e.name, "params": {k: e.params[k] for k in sorted(keys) if k in e.params},
+    runs = [{"name": e.name, "baseline": e.baseline, "inputs": e.inputs,
+             "params": {k: e.params[k] for k in sorted(keys) if k in e.params},
              "metrics": e.metrics} for e in sorted(experiments, key=lambda e: e.name)]
     atomic_write(path, json.dumps({"experiments": runs}, indent=1, sort_keys=False) + "\n")
 
@@ -104,11 +112,26 @@ def load_runs(paths: list[Path]) -> list[Experiment]:
         try:
             runs = json.loads(Path(path).read_text())["experiments"]
             for run in runs:
-                found[run["name"]] = Experiment(run["name"], dict(run["params"]), dict(run["metrics"]))
+                found[run["name"]] = Experiment(run["name"], dict(run["params"]), dict(run["metrics"]),
+                                                dict(run["inputs"]), str(run["baseline"]))
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
             raise UserError(f"{path}: not a runs file of `python -m experiments.report --save-runs` "
                             f"({type(e).__name__}: {e})") from None
     return list(found.values())
+
+
+def check_one_benchmark(experiments: list[Experiment]) -> None:
+    """Refuse a table whose experiments were trained on different data or a different backbone (a grid
+    merged from runs of two commits, or a probe with its own backbone): their numbers do not compare."""
+    first: dict[str, Experiment] = {}
+    for e in experiments:
+        for path, digest in e.inputs.items():
+            seen = first.setdefault(path, e)
+            if seen.inputs[path] != digest:
+                raise UserError(f"{seen.name} and {e.name} were trained on a different {path} "
+                                f"({seen.inputs[path][:8]} / {digest[:8]}): one table compares methods on one "
+                                f"data and backbone; tabulate them apart (--runs with one's files, or "
+                                f"`dvc exp remove` the others)")
 
 
 def from_mlflow(params_file: Path) -> list[Experiment]:
@@ -338,6 +361,7 @@ def main() -> None:
             print(f"left out, no {METRICS_FILE}: {', '.join(without)}", file=sys.stderr)
     if not experiments:
         raise UserError("no experiments with metrics yet; queue some with `python -m experiments.queue`")
+    check_one_benchmark(experiments)
     text = table(experiments, grid)
     print(text, end="")
     if args.out:

@@ -249,13 +249,15 @@ def test_samplers_expand_into_named_experiments_and_report_one_line_each(tmp_pat
 
 def test_an_experiment_still_running_is_left_out_not_shown_with_the_baselines_numbers():
     def exp(name, executor):
-        data = {"metrics": {"metrics.json": {"data": {"t2v_R1": 40.7}}}, "params": {"params.yaml": {"data": {}}}}
+        data = {"metrics": {"metrics.json": {"data": {"t2v_R1": 40.7}}}, "params": {"params.yaml": {"data": {}}},
+                "outs": {"models/backbone": {"hash": "307ce532.dir"}, "models/trained": {"hash": "0f6edc59.dir"}}}
         return {"name": name, "executor": executor, "revs": [{"rev": name[0] * 40, "data": data}]}
 
-    shown = [{"experiments": [exp("done", {"state": "success"}), exp("busy", {"state": "running"}),
-                              exp("kept", None)]}]  # a finished experiment from an earlier session has none
+    shown = [{"rev": "f" * 40, "experiments": [exp("done", {"state": "success"}), exp("busy", {"state": "running"}),
+                                               exp("kept", None)]}]  # a finished one from an earlier session has none
     found, without = from_dvc_show(shown)
     assert [e.name for e in found] == ["done", "kept"] and without == ["busy (running)"]
+    assert found[0].inputs == {"models/backbone": "307ce532.dir"} and found[0].baseline == "f" * 40
 
 
 def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_line(tmp_path):
@@ -268,6 +270,17 @@ def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_li
     assert saved[0]["params"] == {"train.seed": 42}  # what differs or what the table reads; not threads
     merged = {e.name: e.metrics["t2v_R1"] for e in load_runs([tmp_path / "a.json", tmp_path / "b.json"])}
     assert merged == {"bias-s1": 11.0, "bias": 20.0, "bias-s2": 12.0}
+    other = Experiment("bias-s3", {"train.seed": 3}, {"t2v_R1": 13.0}, {"models/backbone": "e1e2e3e4e5.dir"}, "b" * 40)
+    same = Experiment("bias-s4", {"train.seed": 4}, {"t2v_R1": 14.0}, {"models/backbone": "a1a2a3a4a5.dir"}, "c" * 40)
+    save_runs([same], tmp_path / "c.json")
+    save_runs([other], tmp_path / "d.json")
+    assert load_runs([tmp_path / "c.json"])[0] == same  # provenance survives the round trip
+    report = ["python", "-m", "experiments.report", "--runs", "c.json"]
+    assert run(report, tmp_path, check=False, env={"PYTHONPATH": str(ROOT)}).returncode == 0
+    mixed = run([*report, "--runs", "d.json", "--out", "t.md"], tmp_path, check=False, env={"PYTHONPATH": str(ROOT)})
+    assert mixed.returncode == 2 and len(mixed.stderr.strip().splitlines()) == 1, mixed.stderr
+    assert "bias-s4 and bias-s3 were trained on a different models/backbone (a1a2a3a4 / e1e2e3e4)" in mixed.stderr
+    assert not (tmp_path / "t.md").exists()
     (tmp_path / "broken.json").write_text('{"experiments": [{"name": "x"}')
     out = run(["python", "-m", "experiments.report", "--runs", "broken.json"], tmp_path, check=False,
               env={"PYTHONPATH": str(ROOT)})
