@@ -90,6 +90,8 @@ def test_saved_runs_give_the_same_table_without_dvc(project, tmp_path):
     assert [e["name"] for e in saved] == sorted(ROWS)
     assert saved[0]["metrics"] == experiment_metrics(root)[saved[0]["name"]]
     assert saved[0]["params"]["model.method"] != saved[1]["params"]["model.method"]  # what tells them apart
+    assert saved[0]["baseline"] == run(["git", "rev-parse", "HEAD"], root).stdout.strip()
+    assert saved[0]["inputs"] == saved[1]["inputs"] and set(saved[0]["inputs"]) == {"data/cache", "models/backbone"}
     again = run(["python", "-m", "experiments.report", "--runs", str(runs)], tmp_path, env={"PYTHONPATH": str(root)})
     assert again.stdout == from_dvc
 
