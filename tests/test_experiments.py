@@ -262,6 +262,14 @@ def test_an_experiment_still_running_is_left_out_not_shown_with_the_baselines_nu
     assert found[0].inputs == {"models/backbone": "307ce532.dir"} and found[0].baseline == "f" * 40
 
 
+def test_the_committed_table_is_its_committed_runs_tabulated():
+    """experiments/results/synthetic.md is what the report makes of synthetic.runs.json, on one backbone."""
+    results = ROOT / "experiments/results"
+    runs = load_runs([results / "synthetic.runs.json"])
+    assert len({json.dumps(e.inputs, sort_keys=True) for e in runs}) == 1
+    assert table(runs, load_grid()) == (results / "synthetic.md").read_text()
+
+
 def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_line(tmp_path):
     def exp(name, r1, seed=42):
         return Experiment(name, {"train.seed": seed, "model.method": "bias", "train.threads": 1}, {"t2v_R1": r1})
