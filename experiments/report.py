@@ -109,6 +109,9 @@ def load_runs(paths: list[Path]) -> list[Experiment]:
     """Experiments saved by save_runs; a later file's experiment replaces an earlier one of the same name."""
     found: dict[str, Experiment] = {}
     for path in paths:
+        if not Path(path).is_file():
+            raise UserError(f"{path}: no such file; --runs takes a file written by `python -m experiments.report "
+                            f"--save-runs`")
         try:
             runs = json.loads(Path(path).read_text())["experiments"]
             for run in runs:

@@ -296,3 +296,7 @@ def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_li
               env={"PYTHONPATH": str(ROOT)})
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "broken.json: not a runs file of `python -m experiments.report --save-runs`" in out.stderr
+    typo = run(["python", "-m", "experiments.report", "--runs", "brokn.json"], tmp_path, check=False,
+               env={"PYTHONPATH": str(ROOT)})
+    assert typo.returncode == 2 and typo.stderr.strip() == ("error: brokn.json: no such file; --runs takes a file "
+                                                            "written by `python -m experiments.report --save-runs`")
