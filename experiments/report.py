@@ -9,7 +9,7 @@ Rows are the grid's (experiments/grid.yaml), in its order; other experiments fol
 synthetic benchmark adds per-category t2v R@1 and the time-reversed pair accuracy (chance: 0.5).
 A row swept over one key (a learning rate) shows the value with the best validation t2v R@1,
 averaged over the seeds every value ran with (seeds added to the chosen value afterwards do not
-move the choice); the test numbers play no part in it. Experiments of one row that
+move the choice; a tie goes to the smaller value); the test numbers play no part in it. Experiments of one row that
 differ only in the training seed (`<name>-s<seed>`) are one line: mean ± std (sample std).
 
 --save-runs writes the experiments the table is made of (name, the params that tell them apart or that
@@ -246,7 +246,8 @@ def lines(experiments: list[Experiment], grid: list[Row]) -> list[Line]:
             out += [Line(name, seeds) for seeds in by_value.values()]
             continue
         seeds = shared_seeds(by_value)
-        chosen = max(by_value, key=lambda v: selection_score(by_value[v], seeds))
+        # max keeps the first of equals: a tie goes to the smaller value, whatever order the runs came in
+        chosen = max(sorted(by_value), key=lambda v: selection_score(by_value[v], seeds))
         out.append(Line(name, by_value[chosen], (row.sweep_key, sorted(by_value))))
     position = {row.name: i for i, row in enumerate(grid)}
     order = {s: i for i, s in enumerate(SAMPLERS)}

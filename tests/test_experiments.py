@@ -207,6 +207,19 @@ def test_seeds_added_to_the_chosen_value_do_not_move_the_choice():
     assert bias["clip lr"] == "[0.001] of 0.0001, 0.001" and bias["seeds"] == "3"
 
 
+def test_a_validation_tie_goes_to_the_smaller_value_in_any_order():
+    grid = [Row("proj", ("model.method=proj",), sweep_key="train.clip_lr", sweep_values=(1e-5, 1e-3, 0.3))]
+
+    def exp(clip_lr, val):
+        return Experiment(f"proj-clip_lr{clip_lr:g}", {"train.clip_lr": clip_lr, "train.seed": 42},
+                          {"val_t2v_R1": val, "t2v_R1": val, "trainable_params": 10, "trainable_clip": 10})
+
+    # A validation split of 183 captions ties often; DVC lists experiments in no fixed order.
+    experiments = [exp(0.3, 36.0656), exp(1e-3, 30.0), exp(1e-5, 36.0656)]
+    for order in (experiments, experiments[::-1]):
+        assert report_rows(table(order, grid))["proj"]["clip lr"] == "[1e-05] of 1e-05, 0.001, 0.3"
+
+
 def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path):
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"rows": [
         {"name": "bias", "set": ["model.method=bias"], "sweep": {"train.clip_lr": [1e-4, 1e-3]}}]}))
