@@ -9,8 +9,9 @@ Rows are the grid's (experiments/grid.yaml), in its order; other experiments fol
 synthetic benchmark adds per-category t2v R@1 and the time-reversed pair accuracy (chance: 0.5).
 A row swept over one key (a learning rate) shows the value with the best validation t2v R@1,
 averaged over the seeds every value ran with (seeds added to the chosen value afterwards do not
-move the choice; a tie goes to the smaller value); the test numbers play no part in it. Experiments of one row that
-differ only in the training seed (`<name>-s<seed>`) are one line: mean ± std (sample std).
+move the choice; a tie goes to the smaller value); the test numbers play no part in it.
+Experiments of one row that differ only in the training seed (`<name>-s<seed>`) are one line:
+mean ± std (sample std).
 
 --save-runs writes the experiments the table is made of (name, the params that tell them apart or that
 the table shows, every metric) to a JSON file that is small enough to commit beside the table, so the
