@@ -247,9 +247,10 @@ def lines(experiments: list[Experiment], grid: list[Row]) -> list[Line]:
             out += [Line(name, seeds) for seeds in by_value.values()]
             continue
         seeds = shared_seeds(by_value)
+        values = sorted(by_value)
         # max keeps the first of equals: a tie goes to the smaller value, whatever order the runs came in
-        chosen = max(sorted(by_value), key=lambda v: selection_score(by_value[v], seeds))
-        out.append(Line(name, by_value[chosen], (row.sweep_key, sorted(by_value))))
+        chosen = max(values, key=lambda v: selection_score(by_value[v], seeds))
+        out.append(Line(name, by_value[chosen], (row.sweep_key, values)))
     position = {row.name: i for i, row in enumerate(grid)}
     order = {s: i for i, s in enumerate(SAMPLERS)}
     return sorted(out, key=lambda line: (position.get(line.name, len(grid)), line.name, order.get(line.sampler, 9)))
