@@ -15,8 +15,15 @@ from pathlib import Path
 
 import pytest
 import yaml
+from filelock import FileLock
 
-from dgl.settings import merge  # noqa: F401  (tests import it from here)
+if "PYTEST_XDIST_WORKER_COUNT" in os.environ:
+    # `make test` runs 2 pytest-xdist workers: each gets its share of the cores for torch in it and in
+    # the stages it runs (one thread per core in each worker would have the workers' threads contend).
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(os.sched_getaffinity(0))
+                                                     // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
+
+from dgl.settings import merge  # noqa: E402,F401  (tests import it from here)
 
 ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -33,10 +40,18 @@ TINY_OVERRIDES = {
 }
 
 
+# The modules that take minutes, longest first (`pytest --durations`): `make test` hands whole modules
+# to its 2 workers in collection order, and the 7-minute rehearsal must not start last.
+LONGEST_MODULES = ("test_rehearse.py", "test_faults.py", "test_tracking.py", "test_experiments.py",
+                   "test_pipeline.py", "test_scale.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tiny_repro" in item.fixturenames:  # directly or through a fixture of its module
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
 
 
 def tiny_params() -> dict:
@@ -97,7 +112,23 @@ def copy_project(source: Path, dest: Path) -> Path:
 def tiny_repro(tmp_path_factory) -> Path:
     """The tiny project after one `dvc repro`: data, cache, backbone, trained model, metrics.json,
     plots and mlflow.db, built once per session. Read it, never change it: a test that runs DVC or
-    a stage in it, or changes any file, works on `copy_project(tiny_repro, ...)` instead."""
-    root = make_project(tmp_path_factory.mktemp("tiny_repro"), tiny_params())
-    run(["dvc", "repro"], root)
+    a stage in it, or changes any file, works on `copy_project(tiny_repro, ...)` instead.
+
+    Under pytest-xdist (`make test` runs 2 workers) the workers share one build: the first to need
+    it builds it under a lock in the folder their temporary folders share, the others wait for it.
+    A build that failed is removed, so the next worker tries again and reports its own failure."""
+    base = tmp_path_factory.getbasetemp()
+    shared = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    root, built = shared / "tiny_repro", shared / "tiny_repro.built"
+    with FileLock(shared / "tiny_repro.lock"):
+        if not built.exists():
+            shutil.rmtree(root, ignore_errors=True)
+            root.mkdir()
+            try:
+                make_project(root, tiny_params())
+                run(["dvc", "repro"], root)
+            except BaseException:
+                shutil.rmtree(root, ignore_errors=True)
+                raise
+            built.touch()
     return root
