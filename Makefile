@@ -18,11 +18,14 @@ setup: $(BIN)/.installed
 repro: setup
 	dvc repro
 
-test: $(BIN)/.installed  # 2 workers (pytest-xdist), each given whole modules; plain `pytest` runs serially
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+# 2 workers (pytest-xdist), each given whole modules in collection order; plain `pytest` runs serially
+PYTEST := $(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
+test: $(BIN)/.installed
+	$(PYTEST)
 
 test-quick: $(BIN)/.installed  # for development: leaves out the tests marked slow (tests/conftest.py)
-	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile --no-loadscope-reorder
+	$(PYTEST) -m "not slow"
 
 rehearse: setup  # the real-data recipes at the paper's shapes on CPU, in a temporary folder (README, "Real data")
 	$(BIN)/python -m experiments.rehearse
