@@ -128,6 +128,17 @@ def grouped_order(n: int, group: int, generator: torch.Generator) -> Tensor:
     return torch.cat([torch.arange(s, min(s + group, n)) for s in starts.tolist()])
 
 
+def encode_by_length(encoder: PromptedCLIP, tokens: Tensor, runs: int = 4) -> Tensor:
+    """encoder.encode_text(tokens) for captions (N, L), equal up to float rounding, at a fraction of
+    the cost: under the causal mask no position after a caption's end token reaches its feature, so
+    the captions, ordered by length, are encoded in `runs` runs, each cut after its longest caption."""
+    end = tokens.argmax(1)  # the end token has the largest id
+    order = end.argsort(stable=True)
+    features = torch.cat([encoder.encode_text(tokens[run, : int(end[run].max()) + 1])
+                          for run in order.tensor_split(runs)])
+    return features[order.argsort()]
+
+
 def _image_features(clip: nn.Module, images: Tensor) -> Tensor:
     """uint8 (N, 3, S, S) -> L2-normalised image features (N, E)."""
     return torch.cat([F.normalize(clip.encode_image(normalise(b)), dim=-1) for b in images.split(512)])
@@ -258,7 +269,7 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
         for step in range(steps_per_epoch):
             batch = order[step * pretrain.batch_size : (step + 1) * pretrain.batch_size]
             feature = clip.encode_image(normalise(images[batch]))
-            text = encoder.encode_text(with_unknown_words(tokens[batch], unknown, generator, most=most_unknown))
+            text = encode_by_length(encoder, with_unknown_words(tokens[batch], unknown, generator, most=most_unknown))
             loss = (_duplicate_aware_loss(F.normalize(feature, dim=-1), F.normalize(text, dim=-1), content_id[batch],
                                           clip.logit_scale.exp())
                     + factor_loss(heads, feature, labels[batch]))
