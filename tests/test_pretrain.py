@@ -123,3 +123,55 @@ def test_unknown_words_are_inserted_between_start_and_end_and_never_known():
         counts.append(len(extra))
     assert set(counts) == {0, 1, 2, 3}
     assert 0.35 < sum(c > 0 for c in counts) / len(counts) < 0.65  # about half the captions
+
+
+def test_the_towers_side_by_side_give_the_gradients_of_one_backward_bit_for_bit():
+    """contrastive_step runs each tower's forward and backward on its own thread, the loss in between;
+    the gradients are those of one graph through both towers on one thread, to the last bit."""
+    from dgl.pretrain import (_duplicate_aware_loss, contrastive_step, encode_by_length, towers_side_by_side,
+                              warmup_classes)
+    from dgl.models.prompted import PromptedCLIP
+
+    torch.manual_seed(0)
+    clip = build_clip("tiny-synthetic")
+    images, tokens, _, contents = _images_and_tokens(32, 0, group("data.synthetic"), "tiny-synthetic", 32,
+                                                     frames_per_video=4)
+    labels, content_id = _lone_object_labels(contents), torch.arange(32) // 2
+    heads = torch.nn.ModuleList(torch.nn.Linear(clip.visual.output_dim, len(c)) for c in warmup_classes())
+    parameters = list(clip.parameters()) + list(heads.parameters())
+    threads = torch.get_num_threads()
+    with towers_side_by_side() as pool:
+        assert torch.get_num_threads() == max(1, threads // 2)
+        loss = contrastive_step(pool, clip, PromptedCLIP(clip), heads, images, tokens, content_id, labels)
+        one_thread = torch.get_num_threads()
+    assert torch.get_num_threads() == threads
+    side = [p.grad.clone() for p in parameters]
+    for p in parameters:
+        p.grad = None
+
+    torch.set_num_threads(one_thread)
+    try:
+        from dgl.cache import normalise
+        image = clip.encode_image(normalise(images))
+        text = encode_by_length(PromptedCLIP(clip), tokens)
+        whole = (_duplicate_aware_loss(torch.nn.functional.normalize(image, dim=-1),
+                                       torch.nn.functional.normalize(text, dim=-1), content_id, clip.logit_scale.exp())
+                 + factor_loss(heads, image, labels))
+        whole.backward()
+    finally:
+        torch.set_num_threads(threads)
+    assert loss == whole.item()
+    assert all(torch.equal(a, p.grad) for a, p in zip(side, parameters))
+    assert clip.visual.conv1.weight.grad.abs().sum() > 0 and clip.token_embedding.weight.grad.abs().sum() > 0
+
+
+def test_encode_by_length_matches_one_run_over_the_padded_captions():
+    from dgl.pretrain import encode_by_length
+    from dgl.models.prompted import PromptedCLIP
+
+    torch.manual_seed(0)
+    encoder = PromptedCLIP(build_clip("tiny-synthetic"))
+    _, tokens, _, _ = _images_and_tokens(40, 0, group("data.synthetic"), "tiny-synthetic", 32)
+    padded = torch.nn.functional.pad(tokens, (0, 6))
+    with torch.no_grad():
+        assert torch.allclose(encode_by_length(encoder, padded), encoder.encode_text(padded), atol=1e-5)
