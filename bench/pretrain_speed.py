@@ -27,15 +27,14 @@ import time
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from dgl.cache import normalise
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw
-from dgl.pretrain import (_duplicate_aware_loss, _images_and_tokens, _lone_object_labels, _unknown_tokens,
-                          contrastive_step, encode_by_length, factor_loss, towers_side_by_side, warmup_classes,
+from dgl.pretrain import (_images_and_tokens, _lone_object_labels, _unknown_tokens, contrastive_step,
+                          encode_by_length, factor_loss, pretrain_loss, towers_side_by_side, warmup_classes,
                           with_unknown_words)
 from dgl.settings import load_params
 
@@ -48,9 +47,7 @@ def one_after_the_other(clip: nn.Module, encoder: PromptedCLIP, heads: nn.Module
     """The step as one graph through both towers, each op on all of torch's threads."""
     image = clip.encode_image(normalise(images))
     text = encode_by_length(encoder, captions)
-    loss = (_duplicate_aware_loss(F.normalize(image, dim=-1), F.normalize(text, dim=-1), content_id,
-                                  clip.logit_scale.exp())
-            + factor_loss(heads, image, labels))
+    loss = pretrain_loss(clip, heads, image, text, content_id, labels)
     loss.backward()
     return loss.item()
 

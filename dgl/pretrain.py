@@ -124,6 +124,14 @@ def _duplicate_aware_loss(image: Tensor, text: Tensor, content_id: Tensor, scale
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
+def pretrain_loss(clip: nn.Module, heads: nn.ModuleList, image: Tensor, text: Tensor, content_id: Tensor,
+                  labels: Tensor) -> Tensor:
+    """One batch's loss from the towers' outputs: duplicate-aware contrastive + the factor heads'."""
+    return (_duplicate_aware_loss(F.normalize(image, dim=-1), F.normalize(text, dim=-1), content_id,
+                                  clip.logit_scale.exp())
+            + factor_loss(heads, image, labels))
+
+
 def grouped_order(n: int, group: int, generator: torch.Generator) -> Tensor:
     """A random order of n items that keeps each run of `group` consecutive items together, so a
     batch holds several moments of one video: hard negatives that differ only in place or size."""
@@ -253,9 +261,7 @@ def contrastive_step(pool: ThreadPoolExecutor, clip: nn.Module, encoder: Prompte
     image, text = side_by_side(pool, lambda: clip.encode_image(normalise(images)),
                                lambda: encode_by_length(encoder, captions))
     image_out, text_out = image.detach().requires_grad_(), text.detach().requires_grad_()
-    loss = (_duplicate_aware_loss(F.normalize(image_out, dim=-1), F.normalize(text_out, dim=-1), content_id,
-                                  clip.logit_scale.exp())
-            + factor_loss(heads, image_out, labels))
+    loss = pretrain_loss(clip, heads, image_out, text_out, content_id, labels)
     loss.backward()  # the heads', logit scale's and the two outputs' gradients
     side_by_side(pool, lambda: image.backward(image_out.grad), lambda: text.backward(text_out.grad))
     return loss.item()

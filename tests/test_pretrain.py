@@ -128,7 +128,7 @@ def test_unknown_words_are_inserted_between_start_and_end_and_never_known():
 def test_the_towers_side_by_side_give_the_gradients_of_one_backward_bit_for_bit():
     """contrastive_step runs each tower's forward and backward on its own thread, the loss in between;
     the gradients are those of one graph through both towers on one thread, to the last bit."""
-    from dgl.pretrain import (_duplicate_aware_loss, contrastive_step, encode_by_length, towers_side_by_side,
+    from dgl.pretrain import (contrastive_step, encode_by_length, pretrain_loss, towers_side_by_side,
                               warmup_classes)
     from dgl.models.prompted import PromptedCLIP
 
@@ -154,9 +154,7 @@ def test_the_towers_side_by_side_give_the_gradients_of_one_backward_bit_for_bit(
         from dgl.cache import normalise
         image = clip.encode_image(normalise(images))
         text = encode_by_length(PromptedCLIP(clip), tokens)
-        whole = (_duplicate_aware_loss(torch.nn.functional.normalize(image, dim=-1),
-                                       torch.nn.functional.normalize(text, dim=-1), content_id, clip.logit_scale.exp())
-                 + factor_loss(heads, image, labels))
+        whole = pretrain_loss(clip, heads, image, text, content_id, labels)
         whole.backward()
     finally:
         torch.set_num_threads(threads)
