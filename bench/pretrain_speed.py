@@ -2,13 +2,14 @@
 by side (dgl.pretrain.towers_side_by_side), and the pretraining's projected time against its share of
 the default pipeline's 10 minutes on 2 cores.
 
-Run from the repository root: `python -m bench.pretrain_speed [--steps N] [--images N]` (about a
-minute on 2 cores). Reads backbone.*, data.synthetic and preprocess.context_length from params.yaml.
+Run from the repository root: `python -m bench.pretrain_speed [--steps N] [--images N]` (about 20 s
+on 2 cores). Reads backbone.*, data.synthetic and preprocess.context_length from params.yaml.
 Prints JSON:
   threads                torch's CPU threads (the side-by-side towers get half each, at least one)
   contrastive_step_s     median wall time of one contrastive step of backbone.pretrain.batch_size
                          frame-caption pairs: `one_after_the_other` (one graph through both towers on
-                         all threads: how the stage ran before) and `side_by_side` (what it runs); the
+                         all threads) and `side_by_side` (what the stage runs), captions encoded by
+                         length in both, so the ratio is the towers' threads alone; the
                          two alternate step by step, so both see the same machine load
   warmup_step_s          median wall time of one warm-up step (the image tower alone, all threads)
   projected_loops_s      warmup_steps x warmup_step_s + epochs x steps per epoch x the side-by-side step:
@@ -25,7 +26,6 @@ import json
 import statistics
 import time
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -33,8 +33,8 @@ from dgl.cache import normalise
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw
-from dgl.pretrain import (_images_and_tokens, _lone_object_labels, _unknown_tokens, contrastive_step,
-                          encode_by_length, factor_loss, pretrain_loss, towers_side_by_side, warmup_classes,
+from dgl.pretrain import (_images_and_tokens, _lone_object_labels, _unknown_tokens, content_ids, contrastive_step,
+                          encode_by_length, pretrain_loss, towers_side_by_side, warmup_classes, warmup_loss,
                           with_unknown_words)
 from dgl.settings import load_params
 
@@ -73,7 +73,7 @@ def main() -> None:
                                                      params.preprocess.context_length,
                                                      frames_per_video=pretrain.frames_per_video)
     labels = _lone_object_labels(contents)
-    content_id = torch.tensor(np.unique([repr(c) for c in contents], return_inverse=True)[1])
+    content_id = content_ids(contents)
     heads = nn.ModuleList(nn.Linear(clip.visual.output_dim, len(c)) for c in warmup_classes())
     optimizer = adamw(list(clip.named_parameters()) + list(heads.named_parameters()), pretrain.lr, 0.1)
     unknown, generator = _unknown_tokens(clip, tokens), torch.Generator().manual_seed(0)
@@ -108,9 +108,8 @@ def main() -> None:
     lone = torch.nonzero(labels[:, 0] >= 0)[:, 0]
 
     def warmup_step() -> None:
-        chosen = lone[torch.randint(len(lone), (pretrain.warmup_batch_size,), generator=generator)]
         optimizer.zero_grad(set_to_none=True)
-        factor_loss(heads, clip.encode_image(normalise(images[chosen])), labels[chosen]).backward()
+        warmup_loss(clip, heads, images, labels, lone, pretrain.warmup_batch_size, generator).backward()
         optimizer.step()
 
     warmup_step()

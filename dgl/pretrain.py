@@ -236,8 +236,8 @@ def twin_text_report(clip: nn.Module, synthetic: SyntheticConfig, backbone: str,
 def towers_side_by_side() -> Iterator[ThreadPoolExecutor]:
     """Two threads, one per tower, while each op runs on half of torch's threads (at least one). An
     op's bits depend on its thread count only, so they are those of running the towers one after the
-    other with that count. At this scale ops use two threads poorly: a contrastive step takes 1.13 s on
-    one thread, 0.93 s on two, and 0.52 s as two towers side by side on one thread each."""
+    other with that count. At this scale ops use two threads poorly; bench.pretrain_speed measures
+    the gain per contrastive step (1.06-1.12x on an idle 2-core machine, more under load)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // 2))
     try:
@@ -267,6 +267,18 @@ def contrastive_step(pool: ThreadPoolExecutor, clip: nn.Module, encoder: Prompte
     return loss.item()
 
 
+def warmup_loss(clip: nn.Module, heads: nn.ModuleList, images: Tensor, labels: Tensor, lone: Tensor,
+                batch_size: int, generator: torch.Generator) -> Tensor:
+    """The factor heads' loss on a batch of `batch_size` lone-object frames drawn from `lone`."""
+    batch = lone[torch.randint(len(lone), (batch_size,), generator=generator)]
+    return factor_loss(heads, clip.encode_image(normalise(images[batch])), labels[batch])
+
+
+def content_ids(contents: list[tuple]) -> Tensor:
+    """One id per distinct frame content: frames that show the same thing are each other's positives."""
+    return torch.tensor(np.unique([repr(c) for c in contents], return_inverse=True)[1])
+
+
 def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: bool) -> tuple[nn.ModuleList, float]:
     """Train the image tower to name a lone object's shape, size and place (one linear head per
     factor); returns the heads and the last batch's loss."""
@@ -277,9 +289,7 @@ def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: 
     generator = torch.Generator().manual_seed(pretrain.seed)
     clip.train()
     for _ in tqdm(range(pretrain.warmup_steps), desc="warm-up", disable=not progress, unit="step"):
-        batch = lone[torch.randint(len(lone), (pretrain.warmup_batch_size,), generator=generator)]
-        feature = clip.encode_image(normalise(images[batch]))
-        loss = factor_loss(heads, feature, labels[batch])
+        loss = warmup_loss(clip, heads, images, labels, lone, pretrain.warmup_batch_size, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -300,7 +310,7 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
     heads = nn.ModuleList()
     if pretrain.warmup_steps:
         heads, report["warmup_loss"] = warmup(clip, images, labels, pretrain, progress)
-    content_id = torch.tensor(np.unique([repr(c) for c in contents], return_inverse=True)[1])
+    content_id = content_ids(contents)
     optimizer = adamw(list(clip.named_parameters()) + list(heads.named_parameters()), pretrain.lr, weight_decay=0.1)
     steps_per_epoch = len(images) // pretrain.batch_size
     scheduler = warmup_cosine(optimizer, pretrain.epochs * steps_per_epoch, 0.1)
