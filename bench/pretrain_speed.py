@@ -3,12 +3,13 @@ captions padded to the longest) against its two speed-ups in dgl.pretrain (capti
 `encode_by_length`; the towers side by side, `towers_side_by_side`), and the pretraining's projected
 time against its share of the default pipeline's 10 minutes on 2 cores.
 
-Run from the repository root: `python -m bench.pretrain_speed [--steps N] [--images N]` (about 40 s
-on 2 cores). Reads backbone.*, data.synthetic and preprocess.context_length from params.yaml.
+Run from the repository root: `python -m bench.pretrain_speed [--steps N] [--images N]` (35 s on
+a fast 2-core machine, about twice that on a slow one). Reads backbone.*, data.synthetic and
+preprocess.context_length from params.yaml.
 Prints JSON:
   threads                torch's CPU threads (the side-by-side towers get half each, at least one)
   matmul_gflops          a 512 x 512 float32 matrix product on all threads, timed before and after the
-                         steps: the machine's speed during the run (a shared host's varies by 1.5x),
+                         steps: the machine's speed during the run (137 to 414 GFLOPS seen on 2 cores),
                          to read the other figures against
   contrastive_step_s     median wall time of one contrastive step of backbone.pretrain.batch_size
                          frame-caption pairs: `padded` (one graph through both towers on all threads,
@@ -22,10 +23,11 @@ Prints JSON:
 and under "checks" ({"value", "limit", "within"}): each speed-up (by length over padded, side by side
 over by length) against its limit, and the projected loops against LOOPS_LIMIT_S. The speed-ups guard
 against regressions: encoding by length must win by BY_LENGTH_LIMIT (the text tower is half of a
-padded step), and the towers side by side must not lose (on an idle machine ops use two threads well
-enough that they gain little; under load they gain more). The `dvc repro` has 10 minutes on 2 cores; its other stages take 150 s of them (measured idle)
-and the backbone stage's rendering, diagnostics and start-up 20 s, which leaves the loops 430 s;
-LOOPS_LIMIT_S keeps 30 s of that in hand.
+padded step), and the towers side by side must not lose by more than the noise of a 24-step median
+(on an idle machine ops use two threads well enough that the two are equal: 0.995-1.016x in five
+runs; under load side by side gains more). The `dvc repro` has 10 minutes on 2 cores; its other
+stages take 150 s of them (measured idle) and the backbone stage's rendering, diagnostics and
+start-up 20 s, which leaves the loops 430 s; LOOPS_LIMIT_S keeps 30 s of that in hand.
 """
 from __future__ import annotations
 
@@ -48,7 +50,7 @@ from dgl.settings import load_params
 
 LOOPS_LIMIT_S = 400.0
 BY_LENGTH_LIMIT = 1.1  # captions by length over padded, one after the other
-SIDE_BY_SIDE_LIMIT = 1.0  # the towers side by side over one after the other, captions by length
+SIDE_BY_SIDE_LIMIT = 0.97  # the towers side by side over one after the other, captions by length
 
 
 def one_after_the_other(clip: nn.Module, encoder: PromptedCLIP, heads: nn.ModuleList, images, captions,
@@ -82,7 +84,7 @@ def matmul_gflops(seconds: float = 1.0) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--params", default="params.yaml")
-    ap.add_argument("--steps", type=int, default=8, help="timed steps of each kind")
+    ap.add_argument("--steps", type=int, default=24, help="timed steps of each kind")
     ap.add_argument("--images", type=int, default=2048, help="rendered frames the batches are drawn from")
     args = ap.parse_args()
     params = load_params(args.params)
