@@ -237,7 +237,7 @@ def towers_side_by_side() -> Iterator[ThreadPoolExecutor]:
     """Two threads, one per tower, while each op runs on half of torch's threads (at least one). An
     op's bits depend on its thread count only, so they are those of running the towers one after the
     other with that count. At this scale ops use two threads poorly; bench.pretrain_speed measures
-    the gain per contrastive step (1.01-1.12x in six runs on 2 cores, 1.98x while other jobs held them)."""
+    the gain per contrastive step (0.995-1.12x on idle 2-core machines, 1.98x while other jobs held them)."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // 2))
     try:
