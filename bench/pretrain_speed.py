@@ -1,5 +1,5 @@
 """Benchmark: the synthetic backbone's pretraining step, as first written (one graph through both towers,
-captions padded to the longest) against its two speed-ups in dgl.pretrain (captions encoded by length,
+captions at the full context length) against its two speed-ups in dgl.pretrain (captions encoded by length,
 `encode_by_length`; the towers side by side, `towers_side_by_side`), and the pretraining's projected
 time against its share of the default pipeline's 10 minutes on 2 cores.
 
@@ -13,7 +13,7 @@ Prints JSON:
                          to read the other figures against
   contrastive_step_s     median wall time of one contrastive step of backbone.pretrain.batch_size
                          frame-caption pairs: `padded` (one graph through both towers on all threads,
-                         every caption as long as the longest), `by_length` (the same with the
+                         every caption at preprocess.context_length tokens), `by_length` (the same with the
                          captions encoded by length) and `side_by_side` (by length, each tower on
                          its own thread: what the stage runs); the three take turns step by step, in
                          rotating order, so all see the same machine load
@@ -56,7 +56,7 @@ SIDE_BY_SIDE_LIMIT = 0.97  # the towers side by side over one after the other, c
 def one_after_the_other(clip: nn.Module, encoder: PromptedCLIP, heads: nn.ModuleList, images, captions,
                         content_id, labels, *, by_length: bool) -> float:
     """The step as one graph through both towers, each op on all of torch's threads; the captions
-    encoded by length or all at the longest's length."""
+    encoded by length or all at the full context length."""
     image = clip.encode_image(normalise(images))
     text = encode_by_length(encoder, captions) if by_length else encoder.encode_text(captions)
     loss = pretrain_loss(clip, heads, image, text, content_id, labels)
