@@ -24,9 +24,10 @@ and checkpointing_step_time_ratio: the median over adjacent pairs of steps of on
 memory_ratio_full_over_dgl: full fine-tuning's activation memory per video over DGL's, both without
 checkpointing.
 data_path: a cache of --data-batch videos of the training layout (12 segments x 3 candidate frames,
-224 px, memory-mapped), read in batches of --data-batch videos (the paper's per-GPU batch: MSR-VTT
-512 = 128 x 4 GPUs) into normalised float frames on the device, in batches per second:
-  before             today's synchronous read (fancy indexing, normalise on the CPU, then .to(device))
+224 px, a frame store in --codec), read in batches of --data-batch videos (the paper's per-GPU batch:
+MSR-VTT 512 = 128 x 4 GPUs) into normalised float frames on the device, in batches per second:
+  before             the synchronous read of a memory-mapped uint8 array (fancy indexing, normalise on
+                     the CPU, then .to(device)), as the cache held frames before the frame store
   after_synchronous  dgl.cache.device_batches without prefetching (CUDA: uint8 to the GPU, normalised there)
   after_prefetch     the same, one batch read ahead in a background thread (what training uses)
 beside the model's steps per second at that batch (DGL, its per-video speed from `runs`), and the
@@ -55,6 +56,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from bench.memory import device_name, peak_memory, pick_device, reset_peak_memory, saved_for_backward
 from dgl.artifacts import TRAINED_WEIGHTS, save_trained
 from dgl.cache import CachedSplit, device_batches
+from dgl.frame_store import CODECS, FrameStore, codec_from, default_threads, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.loss import contrastive_loss
 from dgl.models.methods import build_method
@@ -153,25 +155,28 @@ def measure(name: str, batch: int, steps: int, device: torch.device) -> dict:
 
 # ---- the data path --------------------------------------------------------------------------------
 
-def write_cache(folder: Path, videos: int) -> Path:
-    """A training split's frames as preprocess writes them: uint8 (V, T * K, 3, S, S), memory-mapped."""
-    path = folder / "train_frames.npy"
-    frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
+def write_cache(folder: Path, videos: int, codec: str = "raw") -> Path:
+    """A training split's frames, (V, T * K, 3, S, S) uint8, twice: memory-mapped as the cache held
+    them before the frame store (pixels.npy, for `legacy_read`), and as a frame store in `codec`."""
+    pixels = np.lib.format.open_memmap(folder / "pixels.npy", mode="w+", dtype=np.uint8,
                                        shape=(videos, FRAMES * CANDIDATES, 3, SIZE, SIZE))
     pattern = np.arange(FRAMES * CANDIDATES * 3 * SIZE * SIZE, dtype=np.uint64).astype(np.uint8)
     for v in range(videos):
-        frames[v] = (pattern + v).reshape(frames.shape[1:])
-    frames.flush()
-    return path
+        pixels[v] = (pattern + v).reshape(pixels.shape[1:])
+    pixels.flush()
+    (folder / "store").mkdir()
+    write_arrays(folder / "store", pixels, codec_from({"codec": codec, "quality": 90}))
+    return folder
 
 
-def cached_split(path: Path) -> CachedSplit:
-    frames = np.load(path, mmap_mode="r")
-    videos = len(frames)
+def cached_split(folder: Path) -> CachedSplit:
+    store = FrameStore(folder / "store", "preprocess", default_threads())
+    videos = len(store.videos)
+    rows = np.stack([store.rows_of(str(v)) for v in range(videos)])
     tokens = open_clip.get_tokenizer(BACKBONE)([f"a video of thing number {i}" for i in range(videos)],
                                                context_length=32)
     mean, std = torch.tensor(OPENAI_DATASET_MEAN), torch.tensor(OPENAI_DATASET_STD)
-    return CachedSplit(frames=frames, tokens=tokens, caption_video=torch.arange(videos), texts=[""] * videos,
+    return CachedSplit(store=store, rows=rows, tokens=tokens, caption_video=torch.arange(videos), texts=[""] * videos,
                        categories=["static"] * videos, twins=torch.full((videos,), -1),
                        video_ids=[str(v) for v in range(videos)], mean=mean, std=std, candidates=CANDIDATES)
 
@@ -186,22 +191,24 @@ def jobs_for(split: CachedSplit, batch: int, count: int, seed: int = 0) -> list:
     return jobs
 
 
-def legacy_read(split: CachedSplit, videos: np.ndarray, picks: np.ndarray, device: torch.device) -> torch.Tensor:
-    """The read before device_batches, as it was: fancy indexing, normalised on the CPU (three float
-    arrays), then copied."""
+def legacy_read(pixels: np.ndarray, split: CachedSplit, videos: np.ndarray, picks: np.ndarray,
+                device: torch.device) -> torch.Tensor:
+    """The read before device_batches, as it was: fancy indexing of the memory-mapped pixels,
+    normalised on the CPU (three float arrays), then copied."""
     frame = np.arange(split.num_frames) * split.candidates + picks
-    x = torch.from_numpy(np.ascontiguousarray(split.frames[videos[:, None], frame])).float().div_(255)
+    x = torch.from_numpy(np.ascontiguousarray(pixels[videos[:, None], frame])).float().div_(255)
     return ((x - split.mean[:, None, None]) / split.std[:, None, None]).to(device)
 
 
-def data_rates(split: CachedSplit, batch: int, count: int, device: torch.device) -> dict[str, float]:
-    """Batches per second from the memory map to normalised frames on the device, per path."""
+def data_rates(folder: Path, batch: int, count: int, device: torch.device) -> dict[str, float]:
+    """Batches per second from the cache to normalised frames on the device, per path."""
+    split, pixels = cached_split(folder), np.load(folder / "pixels.npy", mmap_mode="r")
     jobs = jobs_for(split, batch, count + 1)
-    legacy_read(split, *jobs[0][:2], device)  # warm-up: page cache, allocator
+    legacy_read(pixels, split, *jobs[0][:2], device)  # warm-up: page cache, allocator
     synchronize(device)
     start = time.perf_counter()
     for videos, picks, _ in jobs[1:]:
-        legacy_read(split, videos, picks, device)
+        legacy_read(pixels, split, videos, picks, device)
     synchronize(device)
     rates = {"before": count / (time.perf_counter() - start)}
     for label, prefetch in (("after_synchronous", 0), ("after_prefetch", 1)):
@@ -272,6 +279,8 @@ def main() -> None:
                                                                 "per-GPU batch)")
     ap.add_argument("--data-batches", type=int, default=3, help="timed batches per data path")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ap.add_argument("--codec", choices=sorted(CODECS), default="raw", help="the data path's frame store (jpeg: "
+                    "quality 90; bench.disk measures the JPEG path on natural images)")
     ap.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--child-wait", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -286,8 +295,8 @@ def main() -> None:
     common = ["--batch", str(batch), "--steps", str(args.steps), "--device", device.type]
     runs = {name: child(["--child", name, *common]) for name in METHODS}
     with tempfile.TemporaryDirectory() as tmp:
-        path = write_cache(Path(tmp), max(args.data_batch, batch))
-        rates = data_rates(cached_split(path), args.data_batch, args.data_batches, device)
+        path = write_cache(Path(tmp), max(args.data_batch, batch), args.codec)
+        rates = data_rates(path, args.data_batch, args.data_batches, device)
         waits = child(["--child-wait", str(path), *common])
     dgl, full = runs["dgl"], runs["full"]
     model_steps = dgl["checkpointing_off"]["videos_per_s"] / args.data_batch  # at the data path's batch

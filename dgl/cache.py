@@ -1,22 +1,25 @@
-"""The preprocessed cache: CLIP's resize/crop done once into memory-mapped arrays, captions
-tokenised once. Training and evaluation read only this cache, never a video.
+"""The preprocessed cache: the frames stage's store of cropped frames, linked (not copied), each
+split's rows into it, captions tokenised once. Training and evaluation read only this cache, never a
+video.
 
-Layout of a cache folder, per split (`train`, `test`):
-  <split>_frames.npy   uint8 (V, T * K, 3, S, S), resized (short side S, bicubic) and centre-cropped;
-                       K candidate frames per segment for train (frames.train_candidates), 1 for test
+Layout of a cache folder:
+  frames-NNNNN.bin, index.npy, store.json
+                       the frame store (dgl/frame_store.py), hard links to data/frames' files (a copy
+                       where the file system cannot link): the pixels exist once on disk
+  <split>_rows.npy     int64 (V, T * K): each video's frames as rows of the store's index; K candidate
+                       frames per segment for train (frames.train_candidates), 1 for test
   <split>_tokens.npy   int32 (C, L) BPE token ids
   <split>.json         video ids, each caption's video index, text and category, each video's twin
   meta.json            image size, frames and candidates, context length, normalisation, what was
                        dropped, and per split how many annotated videos the frames stage skipped
-Normalisation (CLIP mean/std) happens when a batch is read, on the device that trains: uint8 keeps
-the cache 4x smaller and moves 4x fewer bytes to a GPU. `device_batches` reads the next batch in a
-background thread while the current one trains.
+Frames are decoded when a batch is read (`CachedSplit.video_pixels`, on the store's threads);
+normalisation (CLIP mean/std) happens on the device that trains: uint8 moves 4x fewer bytes to a
+GPU. `device_batches` reads (and decodes) the next batch in a background thread while the current
+one trains.
 """
 from __future__ import annotations
 
-import errno
 import functools
-import hashlib
 import json
 import os
 import queue
@@ -30,12 +33,11 @@ from typing import Callable, Generic, Iterable, TypeVar
 import numpy as np
 import open_clip
 import torch
-import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from tqdm import tqdm
 
 from dgl.data.annotations import Annotations
 from dgl.errors import UserError
+from dgl.frame_store import FrameStore, default_threads, store_files
 from dgl.models.backbone import register_configs
 
 SPLITS = ("train", "test")
@@ -48,19 +50,6 @@ def image_size_of(backbone: str) -> int:
         raise UserError(f"params: backbone.name = {backbone!r} is not an open_clip model; use e.g. ViT-B-32")
     size = cfg["vision_cfg"]["image_size"]
     return size if isinstance(size, int) else size[0]
-
-
-def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
-    """(T, H, W, 3) uint8 -> (T, 3, size, size) uint8: CLIP's bicubic resize of the short side + centre crop."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
-    h, w = x.shape[-2:]
-    scale = size / min(h, w)
-    new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
-    if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
-    top, left = (new_h - size) // 2, (new_w - size) // 2
-    x = x[:, :, top : top + size, left : left + size]
-    return x.round().clamp(0, 255).to(torch.uint8).numpy()
 
 
 def normalise(pixels: np.ndarray | torch.Tensor, mean=OPENAI_DATASET_MEAN, std=OPENAI_DATASET_STD) -> torch.Tensor:
@@ -77,28 +66,23 @@ def normalise(pixels: np.ndarray | torch.Tensor, mean=OPENAI_DATASET_MEAN, std=O
     return x.div_(255).sub_(mean[:, None, None]).div_(std[:, None, None])  # in place: one float array, not three
 
 
-def _fingerprint(**inputs) -> str:
-    return hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-
-
 def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, backbone: str,
-                context_length: int, progress: bool = True) -> dict:
-    """Write the cache into `out_dir`, resuming a previous interrupted run with the same inputs."""
+                context_length: int) -> dict:
+    """Write the cache into `out_dir`: the frame store linked from `frames_dir`, rows and tokens per split."""
     for name in ("skipped.json", "sampling.json"):
         if not (frames_dir / name).is_file():
             raise UserError(f"{frames_dir}: no sampled frames here ({name} is missing); run `dvc repro frames` first")
     skipped = {s["video_id"]: s["reason"] for s in json.loads((frames_dir / "skipped.json").read_text())["skipped"]}
     sampling = json.loads((frames_dir / "sampling.json").read_text())
+    store = FrameStore(frames_dir, "frames")
     size = image_size_of(backbone)
-    tokenizer = open_clip.get_tokenizer(backbone)
-    fingerprint = _fingerprint(backbone=backbone, size=size, context_length=context_length,
-                               frames=sorted((p.name, p.stat().st_size) for p in frames_dir.glob("*.npy")),
-                               skipped=sorted(skipped), sampling=sampling)
-    marker = out_dir / "fingerprint.txt"
-    if marker.exists() and marker.read_text() != fingerprint:  # inputs changed: nothing to resume
-        shutil.rmtree(out_dir)
+    if store.frame_shape != (3, size, size):
+        raise UserError(f"{frames_dir}: frames of {store.frame_shape} where {backbone} takes (3, {size}, {size}); "
+                        "run `dvc repro frames`")
     out_dir.mkdir(parents=True, exist_ok=True)
-    marker.write_text(fingerprint)
+    for path in store_files(frames_dir):
+        _link_or_copy(path, out_dir / path.name)
+    tokenizer = open_clip.get_tokenizer(backbone)
 
     summary = {"image_size": size, "context_length": context_length, "mean": list(OPENAI_DATASET_MEAN),
                "std": list(OPENAI_DATASET_STD), "dropped_videos": sorted(skipped), "splits": {}}
@@ -110,7 +94,8 @@ def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, ba
         index = {v: i for i, v in enumerate(video_ids)}
         num_frames = sampling["num_frames"]
         candidates = sampling["train_candidates"] if split == "train" else 1
-        _write_frames(frames_dir, video_ids, out_dir, split, size, num_frames, candidates, progress)
+        rows = np.stack([_segment_rows(store.rows_of(v), num_frames, candidates) for v in video_ids])
+        np.save(out_dir / f"{split}_rows.npy", rows)
         tokens = tokenizer([c.text for c in captions], context_length=context_length).numpy().astype(np.int32)
         np.save(out_dir / f"{split}_tokens.npy", tokens)
         twins = [index.get(annotations.twins.get(v, ""), -1) for v in video_ids]
@@ -126,55 +111,25 @@ def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, ba
                                     "candidates": candidates, "annotated_videos": len(annotated),
                                     "skipped_videos": len(annotated & set(skipped))}
     (out_dir / "meta.json").write_text(json.dumps(summary, indent=2))
-    marker.unlink()
-    for done in out_dir.glob("*_done.npy"):
-        done.unlink()
     return summary
 
 
-def _segment_frames(frames: np.ndarray, num_frames: int, candidates: int) -> np.ndarray:
-    """A frames file's (T * K', H, W, 3) as (T * candidates, ...): all K' or, for 1, the centres."""
-    stored = len(frames) // num_frames
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link (the bytes once on disk; DVC's cache, linked too, keeps them once more for none),
+    a copy where the file system has none (another device, no link support)."""
+    target.unlink(missing_ok=True)
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
+
+
+def _segment_rows(rows: np.ndarray, num_frames: int, candidates: int) -> np.ndarray:
+    """A video's store rows (T * K',) as (T * candidates,): all K' or, for 1, each segment's centre."""
+    stored = len(rows) // num_frames
     if stored == candidates:
-        return frames
-    return frames.reshape(num_frames, stored, *frames.shape[1:])[:, stored // 2]
-
-
-def _write_frames(frames_dir: Path, video_ids: list[str], out_dir: Path, split: str, size: int,
-                  num_frames: int, candidates: int, progress: bool) -> None:
-    """Fill the memory-mapped frame array video by video; `<split>_done.npy` records progress."""
-    path, done_path = out_dir / f"{split}_frames.npy", out_dir / f"{split}_done.npy"
-    shape = (len(video_ids), num_frames * candidates, 3, size, size)
-    if path.exists() and done_path.exists():
-        frames = np.load(path, mmap_mode="r+")
-        done = np.load(done_path)
-    else:
-        frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=shape)
-        _reserve(path)
-        done = np.zeros(len(video_ids), dtype=bool)
-    todo = np.flatnonzero(~done)
-    for n, i in enumerate(tqdm(todo, desc=f"preprocess {split}", disable=not progress, unit="video")):
-        stored = np.load(frames_dir / f"{video_ids[i]}.npy")
-        frames[i] = resize_center_crop(_segment_frames(stored, num_frames, candidates), size)
-        done[i] = True
-        if n % 256 == 255:  # checkpoint progress so an interrupted run resumes here
-            frames.flush()
-            np.save(done_path, done)
-    frames.flush()
-    np.save(done_path, done)
-
-
-def _reserve(path: Path) -> None:
-    """Allocate a sparse file's blocks now: a full disk is then an OSError (ENOSPC, one line), not a
-    SIGBUS when a page of the memory map is first written."""
-    if not hasattr(os, "posix_fallocate"):  # macOS
-        return
-    with open(path, "r+b") as f:
-        try:
-            os.posix_fallocate(f.fileno(), 0, os.fstat(f.fileno()).st_size)
-        except OSError as e:
-            if e.errno not in (errno.EINVAL, errno.EOPNOTSUPP):  # a file system that cannot say
-                raise
+        return rows
+    return rows.reshape(num_frames, stored)[:, stored // 2]
 
 
 def gallery_counts(cache_dir: Path, split: str, max_missing: float) -> dict[str, int]:
@@ -216,9 +171,10 @@ def _read_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
 
 @dataclass
 class CachedSplit:
-    """One split of the cache, frames memory-mapped."""
+    """One split of the cache: its videos' frames are rows of the frame store, decoded when read."""
 
-    frames: np.ndarray  # uint8 (V, T * K, 3, S, S): K candidate frames per segment (1 = the centres)
+    store: FrameStore
+    rows: np.ndarray  # int64 (V, T * K): K candidate frames per segment (1 = the centres)
     tokens: torch.Tensor  # (C, L)
     caption_video: torch.Tensor  # (C,)
     texts: list[str]
@@ -230,11 +186,13 @@ class CachedSplit:
     candidates: int = 1  # K
 
     @classmethod
-    def load(cls, cache_dir: Path, split: str) -> "CachedSplit":
-        """One split; a cache that is absent (preprocess has not run) or damaged is one line."""
+    def load(cls, cache_dir: Path, split: str, decode_threads: int | None = None) -> "CachedSplit":
+        """One split; a cache that is absent (preprocess has not run) or damaged is one line.
+        `decode_threads`: threads that decode a batch's frames (None: one per core)."""
         meta, info = _read_json(cache_dir / "meta.json"), _read_json(cache_dir / f"{split}.json")
         return cls(
-            frames=_read_npy(cache_dir / f"{split}_frames.npy", mmap_mode="r"),
+            store=FrameStore(cache_dir, "preprocess", decode_threads or default_threads()),
+            rows=_read_npy(cache_dir / f"{split}_rows.npy"),
             tokens=torch.from_numpy(_read_npy(cache_dir / f"{split}_tokens.npy")).long(),
             caption_video=torch.tensor(info["caption_video"]),
             texts=info["texts"],
@@ -248,11 +206,15 @@ class CachedSplit:
 
     @property
     def num_videos(self) -> int:
-        return self.frames.shape[0]
+        return self.rows.shape[0]
 
     @property
     def num_frames(self) -> int:
-        return self.frames.shape[1] // self.candidates
+        return self.rows.shape[1] // self.candidates
+
+    @property
+    def frame_shape(self) -> tuple[int, int, int]:
+        return self.store.frame_shape
 
     def jitter(self, count: int, rng: np.random.Generator) -> np.ndarray | None:
         """For `count` videos, which candidate frame of each segment to show (B, T); None = centres."""
@@ -261,29 +223,20 @@ class CachedSplit:
         return rng.integers(self.candidates, size=(count, self.num_frames))
 
     def video_pixels(self, indices, picks: np.ndarray | None = None, out: np.ndarray | None = None) -> np.ndarray:
-        """uint8 frames (B, T, 3, S, S) of the given videos: the candidates `picks` names (from `jitter`,
-        training), else each segment's centre (evaluation). Consecutive videos' centres are a view of
-        the memory map (no copy); anything else is gathered from it in one copy, into `out` if given
-        (e.g. pinned memory for an asynchronous copy to a GPU)."""
+        """uint8 frames (B, T, 3, S, S) of the given videos, decoded from the store: the candidates
+        `picks` names (from `jitter`, training), else each segment's centre (evaluation); into `out`
+        if given (e.g. pinned memory for an asynchronous copy to a GPU)."""
         indices = np.asarray(indices, dtype=np.int64)
-        count, per_video = len(indices), self.frames.shape[1]
-        if picks is None and count and (np.diff(indices) == 1).all():  # a run: a view
-            view = self.frames[indices[0] : indices[0] + count, self.candidates // 2 :: self.candidates]
-            if out is None:
-                return view
-            np.copyto(out, view)
-            return out
+        count, per_video = len(indices), self.rows.shape[1]
         if picks is None:
             picks = np.full((count, self.num_frames), self.candidates // 2)
-        frame = np.arange(self.num_frames) * self.candidates + picks  # (B, T) positions in the cache
-        rows = (indices[:, None] * per_video + frame).ravel()  # rows of the cache seen as (V * T * K, 3, S, S)
+        frame = np.arange(self.num_frames) * self.candidates + picks  # (B, T) positions in a video's rows
         if count and (indices.min() < 0 or indices.max() >= self.num_videos or frame.min() < 0
                       or frame.max() >= per_video):
             raise IndexError(f"video or frame index out of range for {self.num_videos} videos x {per_video} frames")
         if out is None:
-            out = np.empty((count, self.num_frames, *self.frames.shape[2:]), dtype=np.uint8)
-        np.take(self.frames.reshape(-1, *self.frames.shape[2:]), rows, axis=0,
-                out=out.reshape(-1, *self.frames.shape[2:]), mode="clip")  # checked above; "raise" would buffer
+            out = np.empty((count, self.num_frames, *self.frame_shape), dtype=np.uint8)
+        self.store.read(self.rows[indices[:, None], frame], out.reshape(-1, *self.frame_shape))
         return out
 
     def video_batch(self, indices, picks: np.ndarray | None = None) -> torch.Tensor:
@@ -396,8 +349,8 @@ def device_batches(split: CachedSplit, jobs: Iterable[Job], device: torch.device
     float32, normalised there, and tokens (b, L) (None for a job without captions), `prefetch`
     batches ahead of the one in use (0 = each read when asked, in the caller's thread).
 
-    CPU: `split.video_batch` (normalised where it is read). CUDA: uint8 frames gathered from the
-    memory map into pinned memory, copied to the GPU (non_blocking) on a side stream and normalised
+    CPU: `split.video_batch` (normalised where it is read). CUDA: uint8 frames decoded into pinned
+    memory, copied to the GPU (non_blocking) on a side stream and normalised
     there; the consumer's stream waits for that stream's event before it uses them, so the copy of
     batch k + 1 overlaps the step on batch k."""
     device = torch.device(device)
@@ -420,7 +373,7 @@ def _read_batch_cuda(split: CachedSplit, device: torch.device, stream, mean: tor
                      job: Job) -> tuple[torch.Tensor, torch.Tensor | None, "torch.cuda.Event"]:
     videos, picks, captions = job
     with torch.cuda.stream(stream):
-        pixels = torch.empty((len(videos), split.num_frames, *split.frames.shape[2:]), dtype=torch.uint8,
+        pixels = torch.empty((len(videos), split.num_frames, *split.frame_shape), dtype=torch.uint8,
                              pin_memory=True)
         split.video_pixels(videos, picks, out=pixels.numpy())
         # `pixels` may be freed when this returns: the caching host allocator keeps a pinned block

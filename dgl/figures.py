@@ -82,10 +82,11 @@ def draw_frame_attention(frames: np.ndarray, weights: np.ndarray, titles: list[s
 
 def draw_retrieval(frames: np.ndarray, titles: list[str], ranked: np.ndarray, answers: np.ndarray, title: str,
                    path: Path) -> None:
-    """frames uint8 (V, T, 3, S, S); per query a title, its ranked (Q, K) videos, best first, and its
-    correct video, answers (Q,): each query a row of videos (first, middle and last frame)."""
+    """frames uint8 (Q, K, T, 3, S, S): per query its ranked videos' frames; per query a title, its
+    ranked (Q, K) videos, best first, and its correct video, answers (Q,): each query a row of videos
+    (first, middle and last frame)."""
     q, k = ranked.shape
-    num_frames, size = frames.shape[1], frames.shape[-1]
+    num_frames, size = frames.shape[2], frames.shape[-1]
     shown = [0, num_frames // 2, num_frames - 1]
     centres = [(i * (1 + GAP) + 0.5) * size for i in range(len(shown))]
     fig = Figure(figsize=(k * CELL_INCHES[0], q * CELL_INCHES[1] + TITLE_INCHES), dpi=DPI)
@@ -97,7 +98,7 @@ def draw_retrieval(frames: np.ndarray, titles: list[str], ranked: np.ndarray, an
         axes = np.atleast_1d(sub.subplots(1, k, gridspec_kw={"wspace": 0.08, "bottom": 0.2, "top": 0.78,
                                                                   "left": 0.02, "right": 0.98}))
         for rank, (ax, video) in enumerate(zip(axes, ranked[row]), start=1):
-            ax.imshow(strip(frames[video, shown]))
+            ax.imshow(strip(frames[row, rank - 1, shown]))
             ax.set_xticks(centres, [f"frame {i + 1}" for i in shown], fontsize=6)
             ax.set_yticks([])
             hit = video == answers[row]
@@ -123,11 +124,12 @@ def write_figures(out_dir: Path, method: Method, split: CachedSplit, text: Tenso
     rank = (scores >= scores[np.arange(count), answers][:, None]).sum(1)  # ties count against, as in metrics.py
     titles = [split.texts[c] for c in queries]
     suffix = f" — {title}" if title else ""
-    draw_retrieval(split.frames, [f'"{t}"  (correct video: rank {r} of {len(video)})' for t, r in zip(titles, rank.tolist())],
+    shown = split.video_pixels(ranked.ravel()).reshape(*ranked.shape, split.num_frames, *split.frame_shape)
+    draw_retrieval(shown, [f'"{t}"  (correct video: rank {r} of {len(video)})' for t, r in zip(titles, rank.tolist())],
                    ranked, answers, f"Text-to-video retrieval, the top {ranked.shape[1]} videos per caption{suffix}",
                    out_dir / "retrieval.png")
     if has_global_prompts(method):
         weights = global_frame_attention(method, split.video_batch(answers).to(device)).cpu().numpy()
-        draw_frame_attention(split.frames[answers], weights, titles,
+        draw_frame_attention(split.video_pixels(answers), weights, titles,
                              f"Where the global prompts look{suffix}\n{global_attention_title(method)}",
                              out_dir / "attention.png")

@@ -24,7 +24,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from dgl.cache import image_size_of, normalise, resize_center_crop
+from dgl.cache import image_size_of, normalise
+from dgl.frame_store import resize_center_crop
 from dgl.data.synthetic import order_sensitive, plan_scenes, vocab
 from dgl.data.synthetic_images import render_static_images, static_caption_classes
 from dgl.data.twins import twin_wordings

@@ -7,6 +7,7 @@ Reading params imports neither torch nor open_clip (each stage's deps start here
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -80,6 +81,8 @@ class FramesConfig:
     backend: str = choice("ffmpeg", "decord")
     workers: int = bounded(1, 256)  # videos decoded (and synthetic videos rendered) in parallel
     reencode_fps: float | None  # resample every video to this frame rate first (CLIP4Clip: 3); None = off
+    codec: str = choice("raw", "jpeg")  # how the frame store keeps pixels (dgl/frame_store.py: CODECS)
+    jpeg_quality: int = bounded(1, 100)  # codec jpeg: libjpeg's quality
 
     def validate(self) -> None:
         if self.train_candidates % 2 == 0:
@@ -122,6 +125,18 @@ def backbone_names() -> set[str]:
     spec = importlib.util.find_spec("open_clip")
     theirs = [Path(folder) / "model_configs" for folder in spec.submodule_search_locations or []] if spec else []
     return {config.stem for folder in [*theirs, OUR_BACKBONES] for config in folder.glob("*.json")}
+
+
+def backbone_image_size(name: str) -> int:
+    """The input size (pixels, square) of backbone `name`, from its architecture config, read as
+    `backbone_names` finds it (the frames stage crops to it without importing open_clip)."""
+    spec = importlib.util.find_spec("open_clip")
+    theirs = [Path(folder) / "model_configs" for folder in spec.submodule_search_locations or []] if spec else []
+    for folder in [OUR_BACKBONES, *theirs]:
+        if (folder / f"{name}.json").is_file():
+            size = json.loads((folder / f"{name}.json").read_text())["vision_cfg"]["image_size"]
+            return size if isinstance(size, int) else size[0]
+    raise UserError(f"params: backbone.name = {name!r} is not an open_clip model; use e.g. ViT-B-32")
 
 
 @dataclass(frozen=True)

@@ -5,8 +5,9 @@ fewer than N frames gives all its frames and then repeats the last (docs/method.
 "Input"). Training videos also keep `train_candidates` frames per segment, the centres of K equal
 parts of it (the middle one is the segment's centre), so that training can draw a random frame
 within each segment, as the reference does, from a cache of K x N frames instead of the whole
-video (dgl/cache.py: `CachedSplit.jitter`). Frames are stored at short side `size`, aspect ratio
-kept. Two backends:
+video (dgl/cache.py: `CachedSplit.jitter`). Frames are sampled at short side `size`, aspect ratio
+kept; the stage then crops them as the backbone takes them and stores each once, encoded
+(dgl/frame_store.py). Two backends:
 
 - `ffmpeg` (default): one ffmpeg process per video decodes the first video stream; a `select`
   filter lets through only the picked frames, which alone are resized (area averaging) and written
@@ -64,6 +65,7 @@ from tqdm import tqdm
 from dgl.data.annotations import Annotations
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe, toolchain
+from dgl.frame_store import Codec, StoreWriter, codec_from, resize_center_crop
 from dgl.settings import FramesConfig
 
 
@@ -546,30 +548,33 @@ class _Job:
     video_id: str
     raw_dir: Path
     relative_path: str
-    out_dir: Path
     cfg: FramesConfig
     ffmpeg: str
     candidates: int
+    image_size: int
+    codec: Codec
 
 
-def _extract_one(job: _Job) -> tuple[str, str | None]:
-    """Sample one video into out_dir/<id>.npy; returns (video id, reason it was skipped or None)."""
+def _extract_one(job: _Job) -> tuple[str, list[bytes] | None, str | None]:
+    """Sample one video, crop its frames as CLIP takes them and encode each: (video id, the encoded
+    frames or None, the reason it was skipped or None). Runs in a worker thread."""
     cfg = job.cfg
     try:
         frames = sample_frames(job.raw_dir / job.relative_path, cfg.num_frames, cfg.size, cfg.backend,
                                cfg.reencode_fps, job.ffmpeg, job.candidates)
     except VideoError as e:
-        return job.video_id, f"{job.relative_path}: {e.reason}"
-    np.save(job.out_dir / f"{job.video_id}.npy", frames)
-    return job.video_id, None
+        return job.video_id, None, f"{job.relative_path}: {e.reason}"
+    return job.video_id, [job.codec.encode(frame) for frame in resize_center_crop(frames, job.image_size)], None
 
 
-def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[tuple[str, str | None]]:
+def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> Iterator[tuple[str, list[bytes] | None, str | None]]:
+    """The jobs' results in the jobs' order (so the store's bytes do not depend on the workers)."""
     bar = functools.partial(tqdm, total=len(jobs), desc="frames", unit="video", disable=not progress)
     if workers <= 1 or len(jobs) <= 1:
-        return list(bar(map(_extract_one, jobs)))
+        yield from bar(map(_extract_one, jobs))
+        return
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
-        return list(bar(pool.map(_extract_one, jobs)))
+        yield from bar(pool.map(_extract_one, jobs))
 
 
 def decoder_toolchain(backend: str, ffmpeg: str) -> dict[str, str]:
@@ -582,24 +587,34 @@ def decoder_toolchain(backend: str, ffmpeg: str) -> dict[str, str]:
 
 
 def extract_frames(raw_dir: Path, annotations: Annotations, out_dir: Path, cfg: FramesConfig, *, ffmpeg: str,
-                   progress: bool = True) -> dict:
-    """Sample every video the annotations name (train and test) into out_dir/<video id>.npy.
+                   image_size: int, progress: bool = True) -> dict:
+    """Sample every video the annotations name (train and test) into a frame store in out_dir
+    (dgl/frame_store.py): each frame resized and centre-cropped to `image_size` (the backbone's
+    input), encoded with `cfg.codec`, video after video in the annotations' order.
 
-    Training videos get `cfg.train_candidates` frames per segment ((T * K, H, W, 3)), test videos
-    the segment centres. out_dir/sampling.json says so, and which decoder made the frames.
+    Training videos get `cfg.train_candidates` frames per segment (T * K frames), test videos the
+    segment centres. out_dir/sampling.json says so, and which decoder made the frames.
     A missing, empty or corrupt video never stops the stage: it is listed with its reason in
     out_dir/skipped.json ({"count": n, "skipped": [{"video_id", "reason"}]}). Returns counts.
     """
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     train = set(annotations.split_videos("train"))
     video_ids = list(dict.fromkeys(annotations.split_videos("train") + annotations.split_videos("test")))
+    codec = codec_from({"codec": cfg.codec, "quality": cfg.jpeg_quality})
     sampling = {"num_frames": cfg.num_frames, "train_candidates": cfg.train_candidates,
                 "decoder": decoder_toolchain(cfg.backend, ffmpeg)}
     (out_dir / "sampling.json").write_text(json.dumps(sampling, indent=1) + "\n")
-    jobs = [_Job(v, raw_dir, annotations.videos[v], out_dir, cfg, ffmpeg, cfg.train_candidates if v in train else 1)
-            for v in video_ids]
-    results = _run_jobs(jobs, cfg.workers, progress)
-    skipped = [{"video_id": video_id, "reason": reason} for video_id, reason in results if reason is not None]
+    jobs = [_Job(v, raw_dir, annotations.videos[v], cfg, ffmpeg, cfg.train_candidates if v in train else 1,
+                 image_size, codec) for v in video_ids]
+    store = StoreWriter(out_dir, codec, (3, image_size, image_size))
+    skipped = []
+    for video_id, encoded, reason in _run_jobs(jobs, cfg.workers, progress):
+        if reason is None:
+            store.add(video_id, encoded)
+        else:
+            skipped.append({"video_id": video_id, "reason": reason})
+    meta = store.close()
     (out_dir / "skipped.json").write_text(json.dumps({"count": len(skipped), "skipped": skipped}, indent=1) + "\n")
     return {"videos": len(jobs), "sampled": len(jobs) - len(skipped), "skipped": len(skipped),
-            "num_frames": cfg.num_frames, "size": cfg.size, "backend": cfg.backend}
+            "num_frames": cfg.num_frames, "size": cfg.size, "image_size": image_size, "codec": cfg.codec,
+            "bytes": sum(shard["bytes"] for shard in meta["shards"])}

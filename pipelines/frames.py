@@ -1,4 +1,5 @@
-"""Stage `frames`: data/frames/ — N frames sampled uniformly from every annotated video."""
+"""Stage `frames`: data/frames/ — N frames sampled uniformly from every annotated video, cropped to the
+backbone's input size and kept once, encoded, in a frame store (dgl/frame_store.py)."""
 from __future__ import annotations
 
 import argparse
@@ -8,7 +9,7 @@ from pathlib import Path
 from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
 from dgl.data.adapters import load_annotations
 from dgl.ffmpeg import ffmpeg_exe
-from dgl.settings import load_params
+from dgl.settings import backbone_image_size, load_params
 from dgl.video import extract_frames
 
 
@@ -26,7 +27,7 @@ def main() -> None:
     annotations = load_annotations(params.data.dataset, args.raw)
     with atomic_dir(args.out) as work:
         summary = extract_frames(args.raw, annotations, work, params.frames, ffmpeg=params.ffmpeg,
-                                 progress=show_progress())
+                                 image_size=backbone_image_size(params.backbone.name), progress=show_progress())
     print(json.dumps(summary))
 
 

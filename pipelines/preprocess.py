@@ -1,4 +1,5 @@
-"""Stage `preprocess`: data/cache/ — CLIP resize/crop and tokenisation, once, memory-mapped."""
+"""Stage `preprocess`: data/cache/ — the frame store linked from data/frames, each split's rows into it,
+and the captions tokenised once."""
 from __future__ import annotations
 
 import argparse
@@ -6,7 +7,7 @@ import json
 from pathlib import Path
 
 from dgl.cache import build_cache
-from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
+from dgl.cli import atomic_dir, check_writable, entry_point
 from dgl.data.adapters import load_annotations
 from dgl.settings import load_params
 
@@ -22,9 +23,9 @@ def main() -> None:
     params = load_params(args.params)
     check_writable(args.out)
     annotations = load_annotations(params.data.dataset, args.raw)
-    with atomic_dir(args.out, keep_partial=True) as work:  # an interrupted run resumes per video
+    with atomic_dir(args.out) as work:
         summary = build_cache(annotations, args.frames, work, backbone=params.backbone.name,
-                              context_length=params.preprocess.context_length, progress=show_progress())
+                              context_length=params.preprocess.context_length)
     print(json.dumps(summary["splits"]))
 
 

@@ -1,4 +1,4 @@
-"""The data path from the memory-mapped cache to the device: the prefetching reader hands out the
+"""The data path from the cache's frame store to the device: the prefetching reader hands out the
 synchronous reader's batches byte for byte, on the CPU training gives the same bits with and
 without it, its background thread ends however the loop ends; activation checkpointing gives the
 gradients of the plain backward pass while it keeps less for it."""
@@ -18,6 +18,7 @@ from conftest import group
 from dgl import train as train_module
 from dgl.cache import CachedSplit, Prefetcher, device_batches, normalise
 from dgl.errors import UserError
+from dgl.frame_store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
 from dgl.train import SplitView, contrastive_step, encode_view, parallel_features, train_method
@@ -26,16 +27,15 @@ VIDEOS, FRAMES, CANDIDATES, SIZE = 10, 3, 3, 64
 CPU = torch.device("cpu")
 
 
+def random_frames(candidates: int = CANDIDATES) -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (VIDEOS, FRAMES * candidates, 3, SIZE, SIZE), dtype=np.uint8)
+
+
 def cache_split(tmp_path, candidates: int = CANDIDATES) -> CachedSplit:
-    """A split whose frames are random bytes in a memory-mapped .npy, as preprocess writes them."""
-    path = tmp_path / "train_frames.npy"
-    frames = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8,
-                                       shape=(VIDEOS, FRAMES * candidates, 3, SIZE, SIZE))
-    frames[:] = np.random.default_rng(0).integers(0, 256, frames.shape, dtype=np.uint8)
-    frames.flush()
-    del frames
+    """A split whose frames are random bytes in a frame store (raw codec), as preprocess links it."""
+    store, rows = write_arrays(tmp_path, random_frames(candidates), RawCodec())
     texts = [f"a video number {v} {k}" for v in range(VIDEOS) for k in range(2)]
-    return CachedSplit(frames=np.load(path, mmap_mode="r"),
+    return CachedSplit(store=store, rows=rows,
                        tokens=open_clip.get_tokenizer("tiny-synthetic")(texts, context_length=16).long(),
                        caption_video=torch.arange(2 * VIDEOS) // 2, texts=texts, categories=["static"] * len(texts),
                        twins=torch.full((VIDEOS,), -1), video_ids=[f"v{v}" for v in range(VIDEOS)],
@@ -44,12 +44,12 @@ def cache_split(tmp_path, candidates: int = CANDIDATES) -> CachedSplit:
 
 
 def legacy_batch(split: CachedSplit, indices, picks=None) -> torch.Tensor:
-    """The read before device_batches existed, verbatim: fancy indexing, then normalise."""
+    """The read before device_batches existed, verbatim: fancy indexing of the frames, then normalise."""
     indices = np.asarray(indices)
     if picks is None:
         picks = np.full((len(indices), split.num_frames), split.candidates // 2)
     frame = np.arange(split.num_frames) * split.candidates + picks
-    x = torch.from_numpy(np.ascontiguousarray(split.frames[indices[:, None], frame])).float().div_(255)
+    x = torch.from_numpy(np.ascontiguousarray(random_frames(split.candidates)[indices[:, None], frame])).float().div_(255)
     return (x - split.mean[:, None, None]) / split.std[:, None, None]
 
 
@@ -108,28 +108,26 @@ def test_on_cuda_the_frames_arrive_as_uint8_and_are_normalised_there(tmp_path, p
         assert captions is None and tokens is None or torch.equal(tokens, split.tokens[captions])
 
 
-def test_a_run_of_videos_is_read_without_a_copy_and_anything_else_in_one(tmp_path):
+def test_video_pixels_are_the_named_frames_into_out_if_given(tmp_path):
     split = cache_split(tmp_path)
-    run = split.video_pixels(np.arange(3, 7))  # evaluation: consecutive videos, the centres
-    assert np.shares_memory(run, split.frames)
+    run = split.video_pixels(np.arange(3, 7))  # evaluation: the centres
     assert same_bytes(normalise(run, split.mean, split.std), legacy_batch(split, np.arange(3, 7)))
     picks = np.random.default_rng(1).integers(CANDIDATES, size=(3, FRAMES))
     gathered = split.video_pixels([5, 0, 9], picks)
-    assert not np.shares_memory(gathered, split.frames) and gathered.flags.c_contiguous
+    assert same_bytes(normalise(gathered, split.mean, split.std), legacy_batch(split, [5, 0, 9], picks))
     out = np.empty((3, FRAMES, 3, SIZE, SIZE), dtype=np.uint8)
     assert split.video_pixels([5, 0, 9], picks, out=out) is out and np.array_equal(out, gathered)
-    copied = split.video_pixels(np.arange(3, 7), out=np.empty_like(run))  # into `out`: a copy
-    assert not np.shares_memory(copied, split.frames) and np.array_equal(copied, run)
     with pytest.raises(IndexError):
         split.video_pixels([VIDEOS], picks[:1])
 
 
 def test_normalise_gives_the_same_bits_from_an_array_a_memory_map_and_a_tensor(tmp_path):
-    split = cache_split(tmp_path, candidates=1)
-    pixels = split.frames[2:4]  # a read-only memory map
-    from_map = normalise(pixels, split.mean, split.std)
-    assert same_bytes(from_map, normalise(np.array(pixels), split.mean, split.std))
-    assert same_bytes(from_map, normalise(torch.from_numpy(np.array(pixels)), split.mean, split.std))
+    np.save(tmp_path / "frames.npy", random_frames(1))
+    pixels = np.load(tmp_path / "frames.npy", mmap_mode="r")[2:4]  # a read-only memory map
+    mean, std = torch.tensor([0.48, 0.46, 0.41]), torch.tensor([0.27, 0.26, 0.28])
+    from_map = normalise(pixels, mean, std)
+    assert same_bytes(from_map, normalise(np.array(pixels), mean, std))
+    assert same_bytes(from_map, normalise(torch.from_numpy(np.array(pixels)), mean, std))
 
 
 def test_training_gives_the_same_bits_with_and_without_prefetching(tmp_path, monkeypatch):

@@ -17,6 +17,7 @@ from PIL import Image
 
 from conftest import ROOT, group, run
 from dgl.cache import CachedSplit
+from dgl.frame_store import RawCodec, write_arrays
 from dgl.figures import (ATTENTION_ROW, CELL_INCHES, DPI, FRAME_INCHES, TITLE_INCHES, TOP_K, global_attention_title,
                          method_title, strip, write_figures)
 from dgl.models.attention import global_local_mask
@@ -34,10 +35,12 @@ def dgl_method():
 
 
 @pytest.fixture(scope="module")
-def split() -> CachedSplit:
+def split(tmp_path_factory) -> CachedSplit:
     rng = np.random.default_rng(0)
+    store, rows = write_arrays(tmp_path_factory.mktemp("store"),
+                               rng.integers(0, 256, (VIDEOS, FRAMES, 3, SIZE, SIZE), dtype=np.uint8), RawCodec())
     return CachedSplit(
-        frames=rng.integers(0, 256, (VIDEOS, FRAMES, 3, SIZE, SIZE), dtype=np.uint8),
+        store=store, rows=rows,
         tokens=torch.zeros(2 * VIDEOS, 8, dtype=torch.long),
         caption_video=torch.arange(VIDEOS).repeat_interleave(2),
         texts=[f"caption {c} of video {c // 2}" for c in range(2 * VIDEOS)],

@@ -12,6 +12,7 @@ import socket
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -27,6 +28,7 @@ from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.distributed import process_group
 from dgl.errors import UserError
+from dgl.frame_store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
 from dgl.settings import Params, TrainConfig
@@ -48,12 +50,17 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
+STORE = tempfile.TemporaryDirectory()  # tiny_split's frame store, removed at exit
+
+
 @functools.cache
 def tiny_split() -> CachedSplit:
     rng = np.random.default_rng(0)
     texts = [f"a {COLOURS[v % 4]} {SHAPES[v % 3]} {verb}" for v in range(VIDEOS) for verb in ("moves", "appears")]
     tokens = open_clip.get_tokenizer("tiny-synthetic")(texts, context_length=16)
-    return CachedSplit(frames=rng.integers(0, 256, (VIDEOS, FRAMES, 3, SIZE, SIZE), dtype=np.uint8),
+    store, rows = write_arrays(Path(STORE.name), rng.integers(0, 256, (VIDEOS, FRAMES, 3, SIZE, SIZE), dtype=np.uint8),
+                               RawCodec())
+    return CachedSplit(store=store, rows=rows,
                        tokens=tokens.long(), caption_video=torch.arange(2 * VIDEOS) // 2, texts=texts,
                        categories=["motion"] * len(texts), twins=torch.full((VIDEOS,), -1),
                        video_ids=[f"v{v}" for v in range(VIDEOS)], mean=torch.tensor([0.48, 0.46, 0.41]),

@@ -4,7 +4,9 @@ meanP, and a test gallery that may not shrink unnoticed."""
 from __future__ import annotations
 
 import json
+import tempfile
 from collections import Counter
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +15,7 @@ import torch
 from conftest import group
 from dgl.cache import CachedSplit, gallery_counts
 from dgl.errors import UserError
+from dgl.frame_store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
 from dgl.train import (SplitView, encode_view, epoch_samples, into_batches, optimizer_for, train_method,
@@ -26,6 +29,9 @@ def tiny_method(name: str):
     return build_method(name, build_clip("tiny-synthetic"), group("model", method=name), num_frames=FRAMES)
 
 
+STORES = tempfile.TemporaryDirectory()  # split_with's frame stores, removed at exit
+
+
 def split_with(captions_per_video: list[int], candidates: int = 1, twins: list[int] | None = None) -> CachedSplit:
     """Videos whose every frame's pixels say which (segment, candidate) it is: value 10 t + k."""
     videos = len(captions_per_video)
@@ -37,7 +43,9 @@ def split_with(captions_per_video: list[int], candidates: int = 1, twins: list[i
     import open_clip
 
     tokens = open_clip.get_tokenizer("tiny-synthetic")(texts, context_length=16).long()
-    return CachedSplit(frames=np.ascontiguousarray(frames, dtype=np.uint8), tokens=tokens,
+    store, rows = write_arrays(Path(tempfile.mkdtemp(dir=STORES.name)), np.ascontiguousarray(frames, dtype=np.uint8),
+                               RawCodec())
+    return CachedSplit(store=store, rows=rows, tokens=tokens,
                        caption_video=caption_video, texts=texts, categories=["static"] * len(texts),
                        twins=torch.tensor(twins) if twins else torch.full((videos,), -1), video_ids=[f"v{v}" for v in range(videos)],
                        mean=torch.zeros(3), std=torch.ones(3) / 255, candidates=candidates)
