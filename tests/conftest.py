@@ -6,6 +6,7 @@ a ViT-B backbone) are marked `slow`: explicitly, or here for every test that use
 `make test-quick` (`-m "not slow"`) never builds it. `make test` runs them all."""
 from __future__ import annotations
 
+import configparser
 import os
 import shlex
 import shutil
@@ -80,6 +81,13 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
     return out
 
 
+def dvc_cache_type() -> str:
+    """The project's `cache.type` (.dvc/config): how DVC links outputs into its cache."""
+    config = configparser.ConfigParser()
+    config.read(ROOT / ".dvc" / "config")
+    return config["cache"]["type"].strip('"')
+
+
 def make_project(dest: Path, params: dict) -> Path:
     """The project's pipeline files in a fresh git repo with DVC initialised and one commit."""
     for name in ("dgl", "pipelines", "experiments"):
@@ -92,6 +100,7 @@ def make_project(dest: Path, params: dict) -> Path:
     run(["dvc", "init", "-q"], dest)
     shutil.copy(ROOT / ".dvcignore", dest / ".dvcignore")
     run(["dvc", "config", "core.analytics", "false"], dest)
+    run(["dvc", "config", "cache.type", dvc_cache_type()], dest)  # as the project links its outputs
     run(git + ["add", "-A"], dest)
     run(git + ["commit", "-qm", "tiny project"], dest)
     return dest

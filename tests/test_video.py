@@ -17,6 +17,7 @@ from conftest import group
 from dgl.data.annotations import Annotations, Caption
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
+from dgl.frame_store import FrameStore, resize_center_crop
 from dgl.video import (BACKENDS, VideoError, _decode_picked, _decode_seeks, _read_packets, _seek_plan, _select_expr,
                        _Track, extract_frames, sample_frames, segment_candidates, uniform_indices)
 
@@ -162,18 +163,22 @@ def test_extract_frames_skips_bad_videos_and_samples_the_rest(tmp_path, raw_with
     out = tmp_path / "frames"
     out.mkdir()
     cfg = group("frames", num_frames=4, size=32, backend=backend, workers=2, train_candidates=1)
-    summary = extract_frames(raw, annotations, out, cfg, ffmpeg="pinned", progress=False)
-    assert summary == {"videos": 7, "sampled": 3, "skipped": 4, "num_frames": 4, "size": 32, "backend": backend}
-    for name in ("good0", "good1", "good2"):
-        assert np.load(out / f"{name}.npy").shape == (4, 32, 43, 3)
+    summary = extract_frames(raw, annotations, out, cfg, ffmpeg="pinned", image_size=32, progress=False)
+    assert summary == {"videos": 7, "sampled": 3, "skipped": 4, "num_frames": 4, "size": 32, "backend": backend,
+                       "image_size": 32, "codec": "raw", "bytes": 3 * 4 * 3 * 32 * 32}
+    store = FrameStore(out, "frames")
+    assert list(store.videos) == ["good0", "good1", "good2"]
+    for name in ("good0", "good1", "good2"):  # short side 32 (32x43), centre-cropped to 32x32
+        assert np.array_equal(store.read(store.rows_of(name)),
+                              resize_center_crop(sample_frames(raw / f"videos/{name}.mp4", 4, 32, backend), 32))
     skipped = json.loads((out / "skipped.json").read_text())
     reasons = {s["video_id"]: s["reason"] for s in skipped["skipped"]}
     assert skipped["count"] == 4 and set(reasons) == {"truncated", "empty", "text", "absent"}
     assert reasons["absent"] == "videos/absent.mp4: file not found"
     assert reasons["empty"] == "videos/empty.mp4: empty file (0 bytes)"
     assert all(reasons[v].startswith(f"videos/{v}.mp4: ") and len(reasons[v]) < 200 for v in ("truncated", "text"))
-    assert sorted(p.name for p in out.iterdir()) == ["good0.npy", "good1.npy", "good2.npy", "sampling.json",
-                                                      "skipped.json"]
+    assert sorted(p.name for p in out.iterdir()) == ["frames-00000.bin", "index.npy", "sampling.json", "skipped.json",
+                                                      "store.json"]
     sampling = json.loads((out / "sampling.json").read_text())
     assert sampling["num_frames"] == 4 and sampling["train_candidates"] == 1
     toolchain = sampling["decoder"]
