@@ -222,10 +222,6 @@ class FrameStore:
     def _shard_sizes(self) -> np.ndarray:
         return np.array([len(s) for s in self._shards])[self.index[:, 0]]
 
-    @property
-    def shard_paths(self) -> list[Path]:
-        return [Path(s.filename) for s in self._shards if isinstance(s, np.memmap)]
-
     def rows_of(self, video_id: str) -> np.ndarray:
         first, count = self.videos[video_id]
         return np.arange(first, first + count)
@@ -257,12 +253,6 @@ class FrameStore:
             except (RuntimeError, ValueError) as e:
                 raise self._damaged(self.folder / shard_name(int(shard)),
                                     f"the frame at byte {offset} does not decode: {str(e).splitlines()[0][:80]}") from None
-
-    def close(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown()
-            self._pool = None
-
 
 def default_threads() -> int:
     """Decoding threads: one per core this process may use."""

@@ -616,5 +616,5 @@ def extract_frames(raw_dir: Path, annotations: Annotations, out_dir: Path, cfg: 
     meta = store.close()
     (out_dir / "skipped.json").write_text(json.dumps({"count": len(skipped), "skipped": skipped}, indent=1) + "\n")
     return {"videos": len(jobs), "sampled": len(jobs) - len(skipped), "skipped": len(skipped),
-            "num_frames": cfg.num_frames, "size": cfg.size, "image_size": image_size, "codec": cfg.codec,
-            "bytes": sum(shard["bytes"] for shard in meta["shards"])}
+            "num_frames": cfg.num_frames, "size": cfg.size, "backend": cfg.backend, "image_size": image_size,
+            "codec": cfg.codec, "bytes": sum(shard["bytes"] for shard in meta["shards"])}
