@@ -36,6 +36,7 @@ from dgl.cli import entry_point
 from dgl.data.adapters import dataset_format
 from dgl.data.synthetic import Scene, encode_mp4, plan_scenes, render_frames
 from dgl.errors import UserError
+from dgl.frame_store import FrameStore
 from dgl.settings import Params, SyntheticConfig
 from dgl.typed_yaml import build, flatten, read_yaml
 from experiments.recipe import applied, command, overrides
@@ -257,6 +258,7 @@ def check_data(project: Path, dataset: str, keys: dict, texts: Texts) -> list[st
     skipped = json.loads((frames_dir / "skipped.json").read_text())["count"]
     num_frames, words = keys["frames.num_frames"], keys["preprocess.context_length"]
     candidates = sampling["train_candidates"]
+    store = FrameStore(cache, "preprocess")
     _expect(skipped == 0 and sampling["num_frames"] == num_frames, f"{dataset}: frames: {skipped} skipped, "
             f"{sampling['num_frames']} per video where the recipe says {num_frames}")
     lines = [f"download     {len(manifest['files'])} files placed by hand in data/manual/{dataset}/, nothing fetched"]
@@ -266,18 +268,24 @@ def check_data(project: Path, dataset: str, keys: dict, texts: Texts) -> list[st
         _expect(sorted(info["texts"]) == sorted(texts[split]), f"{dataset}: the {split} captions in the cache are "
                 f"not the {len(texts[split])} written in {', '.join(dataset_format(dataset).files)}")
         adapter.append(f"{split} {len(info['video_ids'])} videos / {len(info['texts'])} queries")
-        stored = np.load(frames_dir / f"{info['video_ids'][0]}.npy", mmap_mode="r").shape
-        video = np.load(cache / f"{split}_frames.npy", mmap_mode="r").shape
+        rows = np.load(cache / f"{split}_rows.npy")
+        first = store.read(rows[0])  # a video decoded from the cache's compressed store
         tokens = np.load(cache / f"{split}_tokens.npy", mmap_mode="r").shape
         per_video = num_frames * (candidates if split == "train" else 1)
-        _expect(min(stored[1:3]) == keys["frames.size"] and stored[0] == per_video
-                and video[1:] == (per_video, 3, 224, 224) and tokens == (len(texts[split]), words),
-                f"{dataset}: {split} frames {stored} at extraction, {video} cached, tokens {tokens}: "
+        _expect(rows.shape == (len(info["video_ids"]), per_video) and first.shape == (per_video, 3, 224, 224)
+                and tokens == (len(texts[split]), words),
+                f"{dataset}: {split} frames {first.shape} of {rows.shape[0]} videos cached, tokens {tokens}: "
                 f"not {per_video} frames at 224 and {words} tokens")
-        shapes.append(f"{split} frames {stored[1]}x{stored[2]} from {WIDTH}x{HEIGHT}, cache {video}, tokens {tokens}")
+        shapes.append(f"{split} {rows.shape[0]} x {first.shape}, tokens {tokens}")
+    shards = [frames_dir / name for name in os.listdir(frames_dir) if name.endswith(".bin")]
+    _expect(store.codec.name == keys["frames.codec"] and all(
+        os.stat(shard).st_ino == os.stat(cache / shard.name).st_ino for shard in shards),
+            f"{dataset}: the cache's frames are not the frames stage's {keys['frames.codec']} shards, linked")
+    kib = sum(shard.stat().st_size for shard in shards) / len(store.index) / 1024
     lines.append(f"adapter      {dataset_format(dataset).test_split}: {', '.join(adapter)}, as written")
     lines.append(f"frames       {num_frames} per video at {keys['frames.reencode_fps']:g} fps, short side "
-                 f"{keys['frames.size']}, train x{candidates} candidates: {'; '.join(shapes)}")
+                 f"{keys['frames.size']}, train x{candidates} candidates, {keys['frames.codec']} "
+                 f"{kib:.1f} KiB a frame, one copy (cache linked): {'; '.join(shapes)}")
     lines.append(f"preprocess   {meta['image_size']} px crops, {meta['context_length']}-token captions")
     return lines
 
