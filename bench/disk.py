@@ -29,10 +29,11 @@ as kept by the download stage, or deleted by hand once extracted (README, "Real 
 record stays, so a fetched-again copy is recognised); the check is on the latter.
 decode: frames per second on one thread at 224 px, per JPEG quality and for raw frames (a copy from
 the memory map), in the same run: per second of that thread's CPU time (one core's worth of work,
-whatever else the machine runs) and per second of wall time (which a loaded machine lowers); cores_per_gpu: frames of the paper's per-GPU batch (MSR-VTT: 128
-videos x 12 frames) over one core's rate and the stated GPU step time (--gpu-step-s, not measured
-here). data_wait: a short DGL (ViT-B/32, random weights) training loop on CPU reading a JPEG store of
-these frames (bench.train_speed --child-wait): the share of its wall time spent waiting for data.
+whatever else the machine runs) and per second of wall time (which a loaded machine lowers);
+cores_per_gpu: frames of the paper's per-GPU batch (MSR-VTT: 128 videos x 12 frames) over one
+core's rate and the stated GPU step time (--gpu-step-s, not measured here). data_wait: a short DGL
+(ViT-B/32, random weights) training loop on CPU reading a JPEG store of these frames
+(bench.train_speed --child-wait): the share of its wall time spent waiting for data.
 """
 from __future__ import annotations
 
@@ -175,7 +176,7 @@ def decode_rates(frames: np.ndarray, qualities: list[int], tmp: Path, seconds: f
                 done += len(rows)
             out[label] = {"frames_per_cpu_s": round(done / (time.thread_time() - cpu)),
                           "frames_per_wall_s": round(done / (time.perf_counter() - start)),
-                          "kib_per_frame": round(sum(s.stat().st_size for s in folder.glob("*.bin")) / len(rows) / KIB, 2)}
+                          "kib_per_frame": round(disk_bytes(folder) / len(rows) / KIB, 2)}
     finally:
         torch.set_num_threads(threads)
     return out

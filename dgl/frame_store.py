@@ -245,21 +245,23 @@ class FrameStore:
     def _decode(self, rows: np.ndarray, out: np.ndarray, positions: np.ndarray) -> None:
         for i in positions:
             shard, offset, length, crc = self.index[rows[i]]
-            data = self._shards[shard][offset : offset + length]
+            data, path = self._shards[shard][offset : offset + length], self.folder / shard_name(int(shard))
             if zlib.crc32(data) != crc:
-                raise self._damaged(self.folder / shard_name(int(shard)), f"the frame at byte {offset} fails its checksum")
+                raise self._damaged(path, f"the frame at byte {offset} fails its checksum")
             try:
                 self.codec.decode(data, out[i])
             except (RuntimeError, ValueError) as e:
-                raise self._damaged(self.folder / shard_name(int(shard)),
-                                    f"the frame at byte {offset} does not decode: {str(e).splitlines()[0][:80]}") from None
+                why = str(e).splitlines()[0][:80]
+                raise self._damaged(path, f"the frame at byte {offset} does not decode: {why}") from None
+
 
 def default_threads() -> int:
     """Decoding threads: one per core this process may use."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def write_arrays(folder: Path, frames: np.ndarray, codec: Codec, stage: str = "preprocess") -> tuple[FrameStore, np.ndarray]:
+def write_arrays(folder: Path, frames: np.ndarray, codec: Codec,
+                 stage: str = "preprocess") -> tuple[FrameStore, np.ndarray]:
     """A store in `folder` of `frames` uint8 (V, N, 3, S, S), opened, and each video's rows (V, N)."""
     writer = StoreWriter(folder, codec, frames.shape[2:])
     for v, video in enumerate(frames):

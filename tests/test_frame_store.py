@@ -77,8 +77,8 @@ def inode(path) -> tuple[int, int]:
 
 def test_a_repro_keeps_the_frames_once_on_disk_with_the_old_paths_pixels(tiny_repro):
     """The frames stage's shard, the cache's and DVC's cached object are one file (hard links); no
-    other copy of those bytes exists in the project. The raw store holds what the pipeline computed before it: the sampled
-    frames, resized and centre-cropped."""
+    other copy of those bytes exists in the project. The raw store holds what the pipeline computed
+    before it: the sampled frames, resized and centre-cropped."""
     shard = tiny_repro / "data/frames" / shard_name(0)
     linked = tiny_repro / "data/cache" / shard_name(0)
     assert inode(shard) == inode(linked)
