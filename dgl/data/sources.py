@@ -131,7 +131,7 @@ def _vatex_from_official(raw_dir: Path, downloads_dir: Path, split: str) -> None
     train = _official_captions(raw_dir, downloads_dir, VATEX_OFFICIAL_TRAIN)
     validation = _official_captions(raw_dir, downloads_dir, VATEX_OFFICIAL_VAL)
     listed = VATEX_SPLITS[split].test_ids
-    test_ids = [line.strip() for line in listed.read_text().splitlines() if line.strip()] if listed else list(validation)
+    test_ids = listed.read_text().split() if listed else list(validation)
     absent = [v for v in test_ids if v not in validation]
     if absent:
         raise UserError(f"{VATEX_OFFICIAL_VAL}: lacks {len(absent)} of the {len(test_ids)} videos of the {split} test "
