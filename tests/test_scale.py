@@ -132,6 +132,26 @@ def test_gradcache_accumulation_equals_the_full_batch(name):
         assert any(g.abs().sum() > 0 for n, g in got[1].items() if n.startswith("generator"))
 
 
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_on_cuda_a_mixed_precision_step_matches_float32(amp):
+    """Autocast (and fp16's loss scaler, unscaled before clipping) give the float32 step's loss and gradients
+    up to half precision's rounding."""
+    split, cuda = tiny_split(), torch.device("cuda")
+    frames, tokens = split.video_batch(np.arange(8)).to(cuda), split.tokens[0:16:2].to(cuda)
+    results = []
+    for name in ("off", amp):
+        method = tiny_method("dgl").to(cuda)
+        precision = pick_precision(name, cuda)
+        loss = contrastive_step(Features(method), tokens, frames, method.logit_scale, precision=precision)
+        params = [p for p in method.parameters() if p.requires_grad]
+        precision.step(torch.optim.SGD(params, lr=0.0), params, grad_clip=1.0)
+        results.append((loss.item(), torch.cat([p.grad.flatten().float() for p in params])))
+    (loss32, grad32), (loss16, grad16) = results
+    assert loss16 == pytest.approx(loss32, rel=2e-2)
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.99
+
+
 def train_cfg(**kw) -> TrainConfig:
     return group("train", **{"epochs": 2, "batch_size": 4, "val_fraction": 0.2, "device": "cpu", **kw})
 
