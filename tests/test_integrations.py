@@ -20,7 +20,7 @@ from dgl.artifacts import TRAINED_INFO, load_trained, save_trained
 from dgl.cache import normalise
 from dgl.checksums import file_checksums, sha256_of, write_manifest
 from dgl.errors import UserError
-from dgl.models.backbone import BACKBONE_WEIGHTS, build_clip, save_backbone
+from dgl.models.backbone import BACKBONE_WEIGHTS, build_clip, recipe_for, save_backbone
 from dgl.models.methods import build_method
 
 FRAMES = 4
@@ -55,7 +55,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     torch.manual_seed(0)
     clip = build_clip("tiny-synthetic")
-    save_backbone(clip, "tiny-synthetic", root, {})
+    save_backbone(clip, recipe_for("tiny-synthetic"), root, {})
     cfg = group("model", method="dgl", dgl={"local_prompt_len": 2})
     method = build_method("dgl", clip, cfg, num_frames=FRAMES)
     info = {"method": "dgl", "backbone_sha256": sha256_of(root / BACKBONE_WEIGHTS), "parameters": {}, "validation": {}}
