@@ -18,6 +18,7 @@ from dgl.data.adapters import name_of_test_split
 from dgl.data.twins import twin_wordings
 from dgl.figures import method_title, write_figures
 from dgl.metrics import evaluate_retrieval
+from dgl.models.backbone import backbone_info, check_preprocessing
 from dgl.settings import load_params
 from dgl.tracking import evaluation_metrics, evaluation_run, log_files, training_run_of
 from dgl.train import SplitView, encode_view, pick_device
@@ -38,6 +39,7 @@ def main() -> None:
     check_writable(args.metrics, args.recall, args.figures)
     gallery = gallery_counts(args.cache, "test", params.eval.max_missing)
     split = CachedSplit.load(args.cache, "test")
+    check_preprocessing(backbone_info(args.backbone), split.preprocessing(), args.cache)
     method, info = load_trained(args.trained, args.backbone, params.model, num_frames=split.num_frames)
     device = pick_device(params.train.device)
     text, video, _, caption_video = encode_view(method, SplitView(split, np.arange(split.num_videos)), device,
