@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from dgl.data.adapters import dataset_format, load_annotations
+from dgl.data.adapters import load_annotations, name_of_test_split
 from dgl.data.sources import prepare_raw
 from experiments.recipe import overrides
 from experiments.rehearse import BACKBONE, DATASETS, plan_videos
@@ -70,7 +70,7 @@ def test_the_rehearsal_runs_every_recipe_through_dvc_to_metrics_and_a_finished_m
         assert params["train"]["epochs"] == 1 and params["backbone"]["pretrained"] == str(checkpoint)
         assert params["frames"]["num_frames"] == recipe["frames.num_frames"]
         assert params["preprocess"]["context_length"] == recipe["preprocess.context_length"]
-        assert metrics["test_split"] == dataset_format(dataset).test_split
+        assert metrics["test_split"] == name_of_test_split(dataset, params["data"]["vatex_split"])
         assert {"t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "t2v_MnR", "v2t_R1", "v2t_MnR"} <= metrics.keys()
         assert metrics["test_videos"] == DATASETS[dataset].test_videos and metrics["test_skipped_videos"] == 0
 
