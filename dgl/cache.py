@@ -37,7 +37,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from dgl.data.annotations import Annotations
 from dgl.errors import UserError
-from dgl.frame_store import FrameStore, default_threads, store_files
+from dgl.frame_store import RESIZE, FrameStore, default_threads, store_files
 from dgl.models.backbone import register_configs
 
 SPLITS = ("train", "test")
@@ -215,6 +215,10 @@ class CachedSplit:
     @property
     def frame_shape(self) -> tuple[int, int, int]:
         return self.store.frame_shape
+
+    def preprocessing(self) -> dict:
+        """How the frames were prepared, in open_clip's terms (dgl.models.backbone.check_preprocessing)."""
+        return {"size": self.frame_shape[-1], "mean": self.mean.tolist(), "std": self.std.tolist(), **RESIZE}
 
     def jitter(self, count: int, rng: np.random.Generator) -> np.ndarray | None:
         """For `count` videos, which candidate frame of each segment to show (B, T); None = centres."""

@@ -37,6 +37,9 @@ SHARD_BYTES = 1 << 30  # 1 GiB: a few files per dataset, each small enough to co
 INDEX_COLUMNS = 4  # shard, offset, length, crc32
 
 
+RESIZE = {"interpolation": "bicubic", "resize_mode": "shortest"}  # what resize_center_crop does, as open_clip names it
+
+
 def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, 3, size, size) uint8: CLIP's bicubic resize of the short side + centre crop."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
@@ -44,7 +47,7 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     scale = size / min(h, w)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
     if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+        x = F.interpolate(x, size=(new_h, new_w), mode=RESIZE["interpolation"], align_corners=False, antialias=True)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     x = x[:, :, top : top + size, left : left + size]
     return x.round().clamp(0, 255).to(torch.uint8).numpy()
