@@ -191,7 +191,12 @@ class FrameStore:
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
     def _damaged(self, path: Path, why: str) -> UserError:
-        return UserError(f"{path}: damaged ({why}); rebuild it with `dvc repro {self.stage}`")
+        """The line for a damaged file of the store. DVC's cache holds the same inode (hard links), so
+        `dvc repro` alone would link the damaged bytes back: every link goes first (docs/storage.md)."""
+        if not path.exists():
+            return UserError(f"{path}: damaged ({why}); rebuild it with `dvc repro {self.stage}`")
+        return UserError(f"{path}: damaged ({why}); DVC's cache links the same bytes: remove every link, then "
+                         f"rebuild: `find data .dvc/cache -samefile {path} -delete && dvc repro {self.stage}`")
 
     def _read_meta(self) -> dict:
         path = self.folder / "store.json"

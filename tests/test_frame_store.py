@@ -67,7 +67,8 @@ def test_a_damaged_shard_is_one_line_naming_it_and_the_stage_that_rebuilds_it(tm
         FrameStore(tmp_path, "preprocess").read(np.arange(12))
     message = str(error.value)
     assert "\n" not in message and message.startswith(f"{shard}: damaged (")
-    assert message.endswith("rebuild it with `dvc repro preprocess`")
+    assert message.endswith("dvc repro preprocess`")
+    assert (f"`find data .dvc/cache -samefile {shard} -delete && " in message) == (damage != "remove")
 
 
 def inode(path) -> tuple[int, int]:
