@@ -236,7 +236,7 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, re
     except _PastDeadline as e:
         kept = part.stat().st_size if part.exists() else 0
         again = "resume" if _resumable(_read_about(part), url) else "start over"
-        raise UserError(f"{dest.name}: download from {url} took more than its {deadline:.0f} s ({e}; the server "
+        raise UserError(f"{dest.name}: download from {url} took more than its {deadline:g} s ({e}; the server "
                         f"sends too slowly); {kept} bytes kept in {part}: run again to {again}, or fetch the file "
                         f"by hand and put it at {dest}") from None
     except _Interrupted as e:
