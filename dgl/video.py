@@ -303,7 +303,7 @@ def _mp4_video_track(path: Path) -> _Track | None:
     if moov is None:
         return None
     index = _Index(moov)
-    for kind, trak in index.boxes((8, len(moov))):
+    for kind, trak in index.boxes(index.children((0, len(moov)))[b"moov"]):  # the payload: after 8 or 16 bytes
         mdia = index.children(index.children(trak).get(b"mdia", (0, 0))) if kind == b"trak" else {}
         if b"hdlr" not in mdia or index.field(">4s", mdia[b"hdlr"], 8)[0] != b"vide":
             continue

@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import lzma
 import random
 import re
 import sqlite3
 import struct
 import subprocess
+import sys
 import tarfile
 import zipfile
 from pathlib import Path
@@ -508,6 +510,47 @@ def test_a_locked_or_read_only_sqlite_store_is_our_line_only_with_sqlite_advice(
     with pytest.raises(UserError, match=r"^MLflow at http://127.0.0.1:9: .*; start the server"), \
             _reported("http://127.0.0.1:9"):
         raise __import__("mlflow.exceptions").exceptions.MlflowException("API request failed\nmore")
+
+
+_TRAIN_RUN = """
+from types import SimpleNamespace
+from dgl.cli import entry_point
+from dgl.tracking import mlflow_run
+
+@entry_point
+def main():
+    with mlflow_run(SimpleNamespace(uri=None, experiment="x"), stage="train") as mlflow:
+        mlflow.log_param("a", 1)
+
+main()
+"""
+
+
+@pytest.mark.slow  # an MLflow store, and a process in a mount namespace
+@pytest.mark.parametrize("read_only,needle", [
+    ("db", "mlflow.db: attempt to write a readonly database; check that the file and its folder are writable"),
+    ("folder", "mlflow.db: cannot create its lock file"),
+])
+def test_a_read_only_sqlite_store_is_one_line_and_no_mlflow_log(tmp_path, read_only, needle):
+    from test_faults import namespaces_work, with_mounts
+
+    if not namespaces_work():
+        pytest.skip("no unprivileged mount namespaces (unshare -rm)")
+    store = tmp_path / "store"
+    store.mkdir()
+    env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "PYTHONPATH": str(Path(__file__).parents[1])}
+    first = subprocess.run([sys.executable, "-c", _TRAIN_RUN], env={**os.environ, **env}, capture_output=True,
+                           text=True)
+    assert first.returncode == 0, first.stderr
+    if read_only == "folder":
+        (store / "mlflow.db.lock").unlink(missing_ok=True)
+    target = store / ("mlflow.db" if read_only == "db" else "")
+    bind = f'mount --bind "{target}" "{target}" && mount -o remount,bind,ro "{target}"'
+    out = subprocess.run(with_mounts(bind, [sys.executable, "-c", _TRAIN_RUN]), env={**os.environ, **env},
+                         capture_output=True, text=True)
+    assert out.returncode == 2 and out.stdout == "", (out.stdout, out.stderr)
+    (line,) = out.stderr.splitlines()
+    assert line.startswith(f"error: MLflow store {store}/") and needle in line, line
 
 
 def test_mlflows_own_logging_of_a_store_error_is_silenced(capsys):
