@@ -613,7 +613,7 @@ def _extract_one(job: _Job) -> tuple[str, str | None]:
         raise
     except VideoError as e:
         return job.video_id, f"{job.relative_path}: {e.reason}"
-    except Exception as e:  # a fault no check foresaw (MemoryError, a decoder's own): the video's, not the stage's
+    except Exception as e:  # noqa: BLE001 (a fault no check foresaw, e.g. MemoryError: the video's, not the stage's)
         message = " ".join(str(e).split())[:120]
         return job.video_id, f"{job.relative_path}: unreadable ({type(e).__name__}{': ' + message if message else ''})"
     np.save(id_path(job.out_dir, job.video_id, ".npy"), frames)
