@@ -241,7 +241,7 @@ def _reported(uri: str) -> Iterator[None]:
     """Every call that reaches the store runs inside this: the fail-fast settings (`fail_fast`) hold,
     and an MLflow error (server down, store unreadable) becomes one line naming the store."""
     from mlflow.exceptions import MlflowException
-    from sqlalchemy.exc import SQLAlchemyError  # raised as it is where MLflow opens a SQLite store
+    from sqlalchemy.exc import SQLAlchemyError  # MLflow raises it as it is opening a SQLite store
 
     fail_fast()
     try:
