@@ -69,13 +69,15 @@ def time_plain_decode(paths: list[Path], workers: int, threads: str) -> tuple[fl
 
 
 def time_backend(raw_dir: Path, paths: list[Path], cfg: FramesConfig) -> tuple[float, float]:
-    """Wall and CPU seconds (this process and its ffmpeg runs) of the frames stage's code."""
+    """Wall and CPU seconds (this process and its ffmpeg runs) of the frames stage's code (frames
+    cropped to `cfg.size` and stored with `cfg.codec`)."""
     ids = [p.stem for p in paths]
     annotations = Annotations(videos={v: f"videos/{v}.mp4" for v in ids},
                               train=tuple(Caption(v, "a video") for v in ids), test=())
     with tempfile.TemporaryDirectory() as out:
         start, cpu = time.perf_counter(), _cpu_seconds()
-        summary = extract_frames(raw_dir, annotations, Path(out), cfg, ffmpeg="pinned", progress=False)
+        summary = extract_frames(raw_dir, annotations, Path(out), cfg, ffmpeg="pinned", image_size=cfg.size,
+                                 progress=False)
         elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if summary["skipped"]:
         raise SystemExit(f"{cfg.backend}: {summary['skipped']} videos skipped; the benchmark is invalid")

@@ -38,6 +38,17 @@ def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ
 
 
+def check_nproc(nproc: int, device: torch.device) -> None:
+    """One process per GPU, or per CPU core: more than the machine has is refused in one line."""
+    if device.type == "cuda":
+        available, what = torch.cuda.device_count(), "visible CUDA devices"
+    else:
+        available, what = len(os.sched_getaffinity(0)), "CPU cores available to this process"
+    if nproc > available:
+        raise UserError(f"params: train.nproc = {nproc} processes, but there are {available} {what}; "
+                        f"use train.nproc <= {available}")
+
+
 def relaunch(nproc: int, module: str, argv: list[str]) -> int:
     """Run `python -m module *argv` as `nproc` processes under torchrun on this machine; its exit code.
     Several machines: start torchrun yourself on each (--nnodes, --rdzv-endpoint); then nothing is
