@@ -3,7 +3,7 @@
 Renders N synthetic videos (ffmpeg's testsrc, H.264) into a temporary folder, then times, in one
 run and with the same number of parallel workers:
 - `extract_frames` with the ffmpeg backend and with the decord backend (the real stage code,
-  writing .npy files), as frames sampled per second;
+  writing its frame store, params.yaml's `frames.codec`), as frames sampled per second;
 - `ffmpeg -i x -f null -` on every file (decode only: the physical limit), with one decoder thread
   per process and with ffmpeg's automatic threading; the faster of the two is the limit.
 Ratios are videos per second of a backend over videos per second of the limit; CPU seconds
