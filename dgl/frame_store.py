@@ -35,8 +35,6 @@ from dgl.errors import UserError
 
 SHARD_BYTES = 1 << 30  # 1 GiB: a few files per dataset, each small enough to copy or rsync alone
 INDEX_COLUMNS = 4  # shard, offset, length, crc32
-
-
 RESIZE = {"interpolation": "bicubic", "resize_mode": "shortest"}  # what resize_center_crop does, as open_clip names it
 
 
