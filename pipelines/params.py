@@ -12,7 +12,10 @@ is removed and its MLflow run, still RUNNING, ends as KILLED (dgl/checkpoint.py)
 `dvc exp run -S key=value` writes the value into the workspace's params.yaml before any stage runs
 and leaves it there when the run fails (DVC has no option to undo it; `--temp` and `--queue` runs
 leave the workspace alone). So under a workspace `dvc exp run` the error also says which values
-differ from the experiment's baseline commit, what they were, and how to put them back."""
+differ from the experiment's baseline commit, what they were, and how to put them back: with `git show`,
+not `git checkout`. DVC rewrites the file within the second in which git last refreshed its index, and
+where the new value has the old one's width (the aligned comments keep the line's length) git's stat
+cache still calls the file clean: `git status` shows nothing and `git checkout` restores nothing."""
 from __future__ import annotations
 
 import argparse
@@ -33,12 +36,17 @@ SHOWN = 3  # changed values a restore hint names
 _ABSENT = object()
 
 
+def restore_command(path: str) -> str:
+    """The shell line that puts the committed `path` back byte for byte, whatever git's stat cache says."""
+    return f"git show HEAD:./{path} > {path}"
+
+
 def restore_hint(path: str) -> str:
     """What a failed workspace `dvc exp run` left in params file `path` and how to undo it; "" elsewhere."""
     baseline, root = os.environ.get("DVC_EXP_BASELINE_REV"), os.environ.get("DVC_ROOT")
     if not baseline or root is None or Path(root).resolve() != Path.cwd().resolve():
         return ""  # not `dvc exp run`, or one in a temporary copy (--temp, --queue)
-    restore = f"`git checkout {path}` restores the committed file"
+    restore = f"`{restore_command(path)}` restores the committed file"
     try:
         show = subprocess.run(["git", "show", f"{baseline}:./{path}"], capture_output=True, text=True, check=True)
         committed = yaml.load(show.stdout, Loader=Yaml12Loader)
