@@ -246,6 +246,8 @@ class EvalConfig:
 class TrackingConfig:
     uri: str  # "" = sqlite:///<repo>/mlflow.db (DVC_ROOT under DVC); MLFLOW_TRACKING_URI overrides
     experiment: str
+    ui: str  # where `mlflow ui` serves a SQLite store, for the printed run links; MLFLOW_UI_URL overrides
+    max_weights_mb: float = bounded(0.0)  # trained weights up to this size are logged with the run; 0 = never
 
 
 @dataclass(frozen=True)

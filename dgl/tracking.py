@@ -64,6 +64,7 @@ UI_VIEW = "workflowType=machine_learning"  # the URL query that opens the model-
 # Metric groups (one chart section each in the UI, in alphabetical order: curves first).
 EPOCH, PARAMS, TEST = "epoch/", "params/", "test/"
 LEGACY_TEST = "test_"  # stores written before the groups
+MODEL_ARTIFACT = "model"  # the run's copy of models/trained (trainable weights and model.json): log_trained
 
 
 def tracking_uri(cfg) -> str:
@@ -216,10 +217,11 @@ def _reported(uri: str) -> Iterator[None]:
                         "tracking.uri (or MLFLOW_TRACKING_URI)") from None
 
 
-def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """Where the UI shows a run, in its model-training view (a SQLite store: under `mlflow ui`'s default address)."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
+def run_url(uri: str, experiment_id: str, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """Where the UI shows a run, in its model-training view: on the tracking server, or for a SQLite store
+    at `ui` (tracking.ui, where `mlflow ui` serves it; MLFLOW_UI_URL overrides)."""
+    base = uri if uri.startswith(("http://", "https://")) else os.environ.get("MLFLOW_UI_URL") or ui
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
 
 
 @contextlib.contextmanager
@@ -259,8 +261,8 @@ def mlflow_run(cfg, *, run_id: str | None = None, stage: str, label: str = "run"
             yield mlflow
         info = active.info
     shown = re.sub(r"//[^/@]*@", "//", uri)  # no password from a database URI in a log
-    print(f"MLflow: run {info.run_name!r} ({stage}) in {shown}: {run_url(shown, info.experiment_id, info.run_id)}",
-          file=sys.stderr)
+    print(f"MLflow: run {info.run_name!r} ({stage}) in {shown}: "
+          f"{run_url(shown, info.experiment_id, info.run_id, cfg.ui)}", file=sys.stderr)
 
 
 def log_training_setup(mlflow, params, method: str, counts: dict[str, float]) -> None:
@@ -358,6 +360,44 @@ def log_files(mlflow, paths) -> None:
     for path in map(Path, paths):
         if path.is_file():
             mlflow.log_artifact(str(path))
+
+
+def log_trained(mlflow, trained_dir: Path, max_mb: float) -> None:
+    """The trained method (its trainable weights and model.json) as the run's artifact `model/`, when
+    the weights are at most `max_mb` (tracking.max_weights_mb): what `python -m dgl.search --run`
+    loads. Larger ones (full fine-tuning) are left out with a tag and a line that say how to keep them."""
+    size_mb = sum(f.stat().st_size for f in Path(trained_dir).iterdir() if f.is_file()) / 2**20
+    if size_mb <= max_mb:
+        mlflow.log_artifacts(str(trained_dir), artifact_path=MODEL_ARTIFACT)
+        return
+    why = f"{size_mb:.0f} MB > tracking.max_weights_mb = {max_mb:g}"
+    mlflow.set_tag("model_not_logged", why)
+    print(f"MLflow: the trained weights are not logged with the run ({why}; raise it to keep them)", file=sys.stderr)
+
+
+def trained_of_run(cfg, name: str, dest: Path) -> Path:
+    """Download the trained method (`model/`) of the newest run named `name` (its run name or DVC
+    experiment name) into `dest`; returns the folder load_trained reads."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for a few MB is noise
+    uri = tracking_uri(cfg)
+    with _reported(uri):
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        runs = [] if experiment is None else [
+            run for where in (f"attributes.run_name = '{name}'", f"tags.dvc_exp_name = '{name}'")
+            for run in client.search_runs([experiment.experiment_id], where, order_by=["attributes.start_time DESC"])]
+        if not runs:
+            raise UserError(f"MLflow at {uri}: no run named {name!r} in experiment {cfg.experiment!r}; "
+                            "the names are those `python -m experiments.show` and the MLflow UI list")
+        run = max(runs, key=lambda r: r.info.start_time)
+        if not any(f.path == f"{MODEL_ARTIFACT}/weights.pt" for f in client.list_artifacts(run.info.run_id, MODEL_ARTIFACT)):
+            why = run.data.tags.get("model_not_logged", "logged before runs kept their weights")
+            raise UserError(f"MLflow run {name!r} ({run.info.run_id}) holds no trained weights ({why}); "
+                            "use --trained DIR with the experiment's models/trained (`dvc exp apply` it)")
+        client.download_artifacts(run.info.run_id, MODEL_ARTIFACT, str(dest))
+    return Path(dest) / MODEL_ARTIFACT
 
 
 def end_abandoned_run(cfg, run_id: str | None) -> None:

@@ -23,7 +23,7 @@ from dgl.models.backbone import load_backbone
 from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
 from dgl.tracking import (WEIGHTS_TAG, active_run_id, end_abandoned_run, epoch_metrics, log_missing_epochs,
-                          log_training_setup, mlflow_run, resumable_run, run_label)
+                          log_trained, log_training_setup, mlflow_run, resumable_run, run_label)
 from dgl.train import pick_device, train_method, train_val_views
 
 
@@ -81,6 +81,7 @@ def main() -> None:
                         "validation": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}}
                 with atomic_dir(args.out) as work:
                     mlflow.set_tag(WEIGHTS_TAG, save_trained(method.cpu(), work, info, params.model))
+                log_trained(mlflow, args.out, params.tracking.max_weights_mb)
                 atomic_write(args.plot, json.dumps([{"epoch": i + 1, **r} for i, r in enumerate(history)], indent=1))
                 mlflow.log_artifact(str(args.plot), artifact_path="plots")
     if not dist.main:

@@ -248,7 +248,7 @@ from dgl.tracking import mlflow_run
 
 uri, worker, runs, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 for r in range(runs):
-    with mlflow_run(TrackingConfig(uri=uri, experiment="concurrent"), stage="train") as mlflow:
+    with mlflow_run(TrackingConfig(uri=uri, experiment="concurrent", ui="http://127.0.0.1:5000", max_weights_mb=100), stage="train") as mlflow:
         mlflow.log_params({"worker": worker, "run": r, **{f"p{i}": i for i in range(20)}})
         for step in range(1, steps + 1):
             mlflow.log_metrics({"train_loss": 1.0 / step, "val_R1": step}, step=step)
