@@ -375,12 +375,10 @@ def log_trained(mlflow, trained_dir: Path, max_mb: float) -> None:
     print(f"MLflow: the trained weights are not logged with the run ({why}; raise it to keep them)", file=sys.stderr)
 
 
-def trained_of_run(cfg, name: str, dest: Path) -> Path:
-    """Download the trained method (`model/`) of the newest run named `name` (its run name or DVC
-    experiment name) into `dest`; returns the folder load_trained reads."""
+def named_run(cfg, name: str):
+    """The newest run of the tracking experiment named `name` (its run name or DVC experiment name)."""
     import mlflow
 
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for a few MB is noise
     uri = tracking_uri(cfg)
     with _reported(uri):
         client = mlflow.MlflowClient(uri)
@@ -388,11 +386,24 @@ def trained_of_run(cfg, name: str, dest: Path) -> Path:
         runs = [] if experiment is None else [
             run for where in (f"attributes.run_name = '{name}'", f"tags.dvc_exp_name = '{name}'")
             for run in client.search_runs([experiment.experiment_id], where, order_by=["attributes.start_time DESC"])]
-        if not runs:
-            raise UserError(f"MLflow at {uri}: no run named {name!r} in experiment {cfg.experiment!r}; "
-                            "the names are those `python -m experiments.show` and the MLflow UI list")
-        run = max(runs, key=lambda r: r.info.start_time)
-        if not any(f.path == f"{MODEL_ARTIFACT}/weights.pt" for f in client.list_artifacts(run.info.run_id, MODEL_ARTIFACT)):
+    if not runs:
+        raise UserError(f"MLflow at {uri}: no run named {name!r} in experiment {cfg.experiment!r}; "
+                        "the names are those the MLflow UI and `python -m experiments.show` list")
+    return max(runs, key=lambda r: r.info.start_time)
+
+
+def trained_of_run(cfg, name: str, dest: Path) -> Path:
+    """Download the trained method (`model/`, log_trained) of the run named `name` (named_run) into
+    `dest`; returns the folder load_trained reads."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for a few MB is noise
+    run = named_run(cfg, name)
+    uri = tracking_uri(cfg)
+    with _reported(uri):
+        client = mlflow.MlflowClient(uri)
+        logged = {f.path for f in client.list_artifacts(run.info.run_id, MODEL_ARTIFACT)}
+        if f"{MODEL_ARTIFACT}/weights.pt" not in logged:
             why = run.data.tags.get("model_not_logged", "logged before runs kept their weights")
             raise UserError(f"MLflow run {name!r} ({run.info.run_id}) holds no trained weights ({why}); "
                             "use --trained DIR with the experiment's models/trained (`dvc exp apply` it)")

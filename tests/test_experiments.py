@@ -335,7 +335,8 @@ def shown_experiments(changes: dict[str, dict[str, object]]) -> list[dict]:
             node[last] = value
         return params
 
-    experiments = [{"name": name, "executor": None, "revs": [{"rev": f"{i:040d}", "data": data(changed(flat), 41.0 + i)}]}
+    experiments = [{"name": name, "executor": None,
+                    "revs": [{"rev": f"{i:040d}", "data": data(changed(flat), 41.0 + i)}]}
                    for i, (name, flat) in enumerate(changes.items())]
     return [{"rev": "workspace", "data": data(base, 40.0)},
             {"rev": "a" * 40, "name": "main", "data": data(base, 40.0), "experiments": experiments}]
