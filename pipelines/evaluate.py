@@ -19,7 +19,7 @@ from dgl.data.twins import twin_wordings
 from dgl.figures import method_title, write_figures
 from dgl.metrics import evaluate_retrieval
 from dgl.settings import load_params
-from dgl.tracking import evaluation_metrics, evaluation_run, log_files, training_run_of
+from dgl.tracking import describe_run, evaluation_metrics, evaluation_run, log_files, training_run_of
 from dgl.train import SplitView, encode_view, pick_device
 
 
@@ -62,6 +62,7 @@ def main() -> None:
         write_figures(work, method, split, text, video, device, title=f"{method_title(params.model)} on {metrics['test_split']}")
     with evaluation_run(params, training_run_of(params.tracking, info["weights_sha256"]), evaluation_metrics(result.metrics),
                         method=info["method"], counts=info["parameters"]) as mlflow:
+        describe_run(mlflow, result.metrics, info["parameters"], args.params)
         log_files(mlflow, [args.metrics, args.params])
         mlflow.log_artifact(str(args.recall), artifact_path="plots")
         mlflow.log_artifacts(str(args.figures), artifact_path=f"plots/{args.figures.name}")
