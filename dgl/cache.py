@@ -32,8 +32,8 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
-from tqdm import tqdm
 
+from dgl.cli import progress_bar
 from dgl.data.annotations import Annotations
 from dgl.errors import UserError
 from dgl.models.backbone import register_configs
@@ -153,7 +153,7 @@ def _write_frames(frames_dir: Path, video_ids: list[str], out_dir: Path, split: 
         _reserve(path)
         done = np.zeros(len(video_ids), dtype=bool)
     todo = np.flatnonzero(~done)
-    for n, i in enumerate(tqdm(todo, desc=f"preprocess {split}", disable=not progress, unit="video")):
+    for n, i in enumerate(progress_bar(progress, todo, desc=f"preprocess {split}", unit="video")):
         stored = np.load(frames_dir / f"{video_ids[i]}.npy")
         frames[i] = resize_center_crop(_segment_frames(stored, num_frames, candidates), size)
         done[i] = True

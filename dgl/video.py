@@ -59,8 +59,8 @@ from typing import Callable, Iterator, NamedTuple
 import ffmpeg
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from dgl.cli import progress_bar
 from dgl.data.annotations import Annotations
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe, toolchain
@@ -565,7 +565,7 @@ def _extract_one(job: _Job) -> tuple[str, str | None]:
 
 
 def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> list[tuple[str, str | None]]:
-    bar = functools.partial(tqdm, total=len(jobs), desc="frames", unit="video", disable=not progress)
+    bar = functools.partial(progress_bar, progress, total=len(jobs), desc="frames", unit="video")
     if workers <= 1 or len(jobs) <= 1:
         return list(bar(map(_extract_one, jobs)))
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
@@ -29,6 +30,9 @@ def main() -> None:
         else:
             prepare_raw(params.data.dataset, work, progress=show_progress(),
                         max_extract_bytes=round(params.data.max_extract_gb * 1e9))
+    files = len(json.loads((args.out / "manifest.json").read_text())["files"])
+    print(f"download: {params.data.dataset} {'rendered' if synthetic else 'in place'} in {args.out}, {files} files "
+          f"with their sha256 in {args.out / 'manifest.json'}")
 
 
 if __name__ == "__main__":

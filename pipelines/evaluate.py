@@ -66,7 +66,9 @@ def main() -> None:
         log_files(mlflow, [args.metrics, args.params])
         mlflow.log_artifact(str(args.recall), artifact_path="plots")
         mlflow.log_artifacts(str(args.figures), artifact_path=f"plots/{args.figures.name}")
-    print(json.dumps(metrics))
+    print(f"evaluate: t2v R@1 {metrics['t2v_R1']:.1f}, content R@1 {metrics.get('content_R1', float('nan')):.1f}, "
+          f"pair_acc {metrics.get('pair_acc', float('nan')):.3f}, v2t R@1 {metrics['v2t_R1']:.1f} on "
+          f"{metrics['test_videos']} test videos (all in {args.metrics})")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
@@ -27,7 +26,9 @@ def main() -> None:
     with atomic_dir(args.out) as work:
         summary = extract_frames(args.raw, annotations, work, params.frames, ffmpeg=params.ffmpeg,
                                  progress=show_progress())
-    print(json.dumps(summary))
+    print(f"frames: {summary['sampled']} of {summary['videos']} videos sampled, {summary['num_frames']} frames of "
+          f"{summary['size']} px each ({summary['backend']}); {summary['skipped']} skipped "
+          f"(reasons in {args.out / 'skipped.json'})")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from dgl.cache import build_cache
@@ -25,7 +24,10 @@ def main() -> None:
     with atomic_dir(args.out, keep_partial=True) as work:  # an interrupted run resumes per video
         summary = build_cache(annotations, args.frames, work, backbone=params.backbone.name,
                               context_length=params.preprocess.context_length, progress=show_progress())
-    print(json.dumps(summary["splits"]))
+    splits = ", ".join(f"{name} {split['videos']} videos / {split['captions']} captions"
+                       for name, split in summary["splits"].items())
+    print(f"preprocess: {splits} cached at {summary['image_size']} px, {summary['context_length']} tokens "
+          f"(details in {args.out / 'meta.json'})")
 
 
 if __name__ == "__main__":

@@ -87,8 +87,11 @@ def main() -> None:
     if not dist.main:
         return
     checkpoint.remove()  # the outputs hold everything now
-    print(json.dumps({"method": params.model.method, "trainable": counts["trainable"],
-                      **(history[-1] if history else {})}))
+    last = history[-1] if history else {}
+    val = f", val R@1 {last['val_t2v_R1']:.1f} t2v" if "val_t2v_R1" in last else ""
+    loss = f", final loss {last['train_loss']:.4f}" if "train_loss" in last else ""
+    print(f"train: {params.model.method} ({counts['trainable']:,} trainable parameters), {len(history)} epochs{loss}"
+          f"{val}; weights in {args.out}")
 
 
 if __name__ == "__main__":
