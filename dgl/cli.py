@@ -1,6 +1,7 @@
 """What every command-line entry point shares: one-line errors, atomic outputs, progress bars."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import os
@@ -35,6 +36,20 @@ def entry_point(main: Callable[[], None]) -> Callable[[], None]:
             sys.exit(130)
 
     return run
+
+
+class StageArguments(argparse.ArgumentParser):
+    """A stage's arguments: a usage error (`python -m pipelines.train` alone) also says how DVC runs
+    the stage, with the paths dvc.yaml gives it."""
+
+    def __init__(self, stage: str, description: str | None):
+        super().__init__(prog=f"python -m pipelines.{stage}", description=description)
+        self.stage = stage
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}; dvc.yaml gives stage {self.stage} its paths: run it with "
+                     f"`dvc repro -s {self.stage}` (`dvc repro` runs the whole chain)\n")
 
 
 def check_writable(*paths: Path) -> None:

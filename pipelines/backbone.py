@@ -2,10 +2,9 @@
 single synthetic frames with static captions (it never sees time)."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point, show_progress
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip, save_backbone
 from dgl.pretrain import pretrain_clip
@@ -14,7 +13,7 @@ from dgl.settings import load_params
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("backbone", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()

@@ -5,7 +5,6 @@ not logged: DVC writes it after this stage ends; the run's `git_commit`, `git_di
 what ran (dgl/tracking.py)."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import numpy as np
 
 from dgl.artifacts import load_trained
 from dgl.cache import CachedSplit, gallery_counts
-from dgl.cli import atomic_dir, atomic_write, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.data.adapters import dataset_format
 from dgl.data.twins import twin_wordings
 from dgl.figures import method_title, write_figures
@@ -25,7 +24,7 @@ from dgl.train import SplitView, encode_view, pick_device
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("evaluate", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--backbone", type=Path, required=True)

@@ -1,10 +1,9 @@
 """Stage `frames`: data/frames/ — N frames sampled uniformly from every annotated video."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
-from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point, show_progress
 from dgl.data.adapters import load_annotations
 from dgl.ffmpeg import ffmpeg_exe
 from dgl.settings import load_params
@@ -13,7 +12,7 @@ from dgl.video import extract_frames
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("frames", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--raw", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)

@@ -18,12 +18,11 @@ where the new value has the old one's width (the aligned comments keep the line'
 cache still calls the file clean: `git status` shows nothing and `git checkout` restores nothing."""
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
 
-from dgl.cli import atomic_write, check_writable, entry_point
+from dgl.cli import StageArguments, atomic_write, check_writable, entry_point
 from dgl.errors import UserError
 from dgl.settings import load_params
 from dgl.tracking import ABSENT, changed_params, committed_params
@@ -58,7 +57,7 @@ def restore_hint(path: str) -> str:
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("params", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--checkpoint", type=Path, required=True)

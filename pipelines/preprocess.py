@@ -1,18 +1,17 @@
 """Stage `preprocess`: data/cache/ — CLIP resize/crop and tokenisation, once, memory-mapped."""
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 
 from dgl.cache import build_cache
-from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point, show_progress
 from dgl.data.adapters import load_annotations
 from dgl.settings import load_params
 
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("preprocess", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--raw", type=Path, required=True)
     ap.add_argument("--frames", type=Path, required=True)

@@ -5,7 +5,6 @@ writes. After every epoch it checkpoints to --checkpoint, so a killed run resume
 same MLflow run, and ends with the same results (dgl/checkpoint.py)."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
@@ -17,7 +16,7 @@ from dgl import distributed
 from dgl.artifacts import save_trained
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
-from dgl.cli import EpochLog, atomic_dir, atomic_write, check_writable, entry_point, show_progress
+from dgl.cli import EpochLog, StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.determinism import seed_everything
 from dgl.models.backbone import load_backbone
 from dgl.models.methods import build_method, count_parameters
@@ -29,7 +28,7 @@ from dgl.train import pick_device, train_method, train_val_views
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("train", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--backbone", type=Path, required=True)

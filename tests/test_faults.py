@@ -301,7 +301,7 @@ def stages_run(out: subprocess.CompletedProcess) -> list[str]:
     (["exp", "run", "-S", "train.seed=-1"], f"params: train.seed = -1 {SEED_RANGE}"),
     (["exp", "run", "-S", "backbone.name=bogus"], "params: backbone.name = 'bogus' is not an open_clip model; "
                                                   "use e.g. ViT-B-32, ViT-B-16 or one of tiny-synthetic"),
-    (["repro"], "params: unknown key trian; known keys here:"),
+    (["repro"], "params: unknown key trian (did you mean train?); known keys here:"),
 ], ids=["train.lr", "train.seed", "backbone.name", "unknown key"])
 def test_a_bad_params_value_or_key_fails_before_dvc_deletes_any_output(project, args, needle):
     before = digests(project, *OUTPUTS)

@@ -47,3 +47,17 @@ def test_a_stage_ends_with_one_human_line(tiny_repro, tmp_path, monkeypatch, cap
     assert len(out) == 1 and out[0].startswith("frames: 34 of 34 videos sampled, 4 frames of 32 px each"), out
     with pytest.raises(json.JSONDecodeError):
         json.loads(out[0])
+
+
+@pytest.mark.parametrize("stage", ["params", "download", "frames", "preprocess", "backbone", "train", "evaluate"])
+def test_a_stage_run_by_hand_without_its_paths_names_the_dvc_command(stage, monkeypatch, capsys):
+    import importlib
+
+    main = importlib.import_module(f"pipelines.{stage}").main
+    monkeypatch.setattr("sys.argv", [stage])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err.splitlines()
+    assert exit_.value.code == 2 and err[0].startswith(f"usage: python -m pipelines.{stage} ")
+    assert err[-1].startswith("error: the following arguments are required: ")
+    assert err[-1].endswith(f"run it with `dvc repro -s {stage}` (`dvc repro` runs the whole chain)")

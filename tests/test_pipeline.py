@@ -119,7 +119,7 @@ def test_bad_params_fail_with_one_line_and_touch_nothing(tmp_path, override, nee
 
 @pytest.mark.parametrize("edit,needle", [
     (lambda p: p["train"].pop("lr"), "params: missing key train.lr; train needs: epochs, batch_size, captions, sampler, lr, clip_lr,"),
-    (lambda p: p["train"].update(lrr=0.1), "params: unknown key train.lrr; known keys here: accum_steps,"),
+    (lambda p: p["train"].update(lrr=0.1), "params: unknown key train.lrr (did you mean lr?); known keys here: accum_steps,"),
     (lambda p: p.pop("ffmpeg"), "params: missing key ffmpeg; the file needs: ffmpeg, data,"),
 ])
 def test_a_missing_or_unknown_params_key_is_one_line(tmp_path, edit, needle):

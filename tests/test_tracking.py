@@ -467,3 +467,14 @@ def test_the_run_description_leads_with_the_numbers_and_names_what_changed():
     assert text == ("t2v R@1 47.6 · content R@1 65.0 · pair acc 0.674 · v2t R@1 43.0 · trainable 285,184 (3.42 %)\n\n"
                     "Changed from the committed params.yaml: `model.dgl.generator` ulp → upt, `train.epochs` 4 → 1, "
                     "`train.new` (none) → True")
+
+
+def test_the_printed_link_goes_where_mlflow_ui_serves(monkeypatch):
+    from dgl.tracking import run_url
+
+    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
+    db = "sqlite:////tmp/mlflow.db"
+    assert run_url(db, "1", "abc", "http://127.0.0.1:5055").startswith("http://127.0.0.1:5055/#/experiments/1/runs/abc?")
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://gpu-box:8080/")
+    assert run_url(db, "1", "abc", "http://127.0.0.1:5055").startswith("http://gpu-box:8080/#/experiments/1/runs/abc?")
+    assert run_url("http://server:5000", "1", "abc").startswith("http://server:5000/#/")  # a server is its own UI
