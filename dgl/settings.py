@@ -22,6 +22,7 @@ METHOD_NAMES = (
     "vop", "vop_p", "vop_c", "vop_f", "vop_fp", "vop_fc",  # VoP and its video prompts (vop.py)
 )
 VIDEO_POOLS = ("global", "global_mean", "cls_mean", "both")  # dgl/models/prompted.py: VIDEO_POOLS
+VATEX_SPLITS = ("hgr", "official_val")  # data.vatex_split: dgl/data/adapters.py VATEX_SPLITS
 SAMPLERS = ("random", "twins")  # train.sampler: dgl/train.py epoch_samples
 SEED_MAX = 2**32 - 1  # numpy's global seed (dgl/determinism.py) takes 32 bits
 
@@ -67,6 +68,7 @@ class SyntheticConfig:
 class DataConfig:
     dataset: str = choice(*DATASETS)
     synthetic: SyntheticConfig
+    vatex_split: str = choice(*VATEX_SPLITS)  # VATEX's test videos: HGR's 1,500 (the papers') or the official 3,000
     max_extract_gb: float = bounded(0.001, 100_000.0)  # real datasets: the most one archive may write (GB)
 
 
