@@ -248,7 +248,8 @@ from dgl.tracking import mlflow_run
 
 uri, worker, runs, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 for r in range(runs):
-    with mlflow_run(TrackingConfig(uri=uri, experiment="concurrent", ui="http://127.0.0.1:5000", max_weights_mb=100), stage="train") as mlflow:
+    cfg = TrackingConfig(uri=uri, experiment="concurrent", ui="http://127.0.0.1:5000", max_weights_mb=100)
+    with mlflow_run(cfg, stage="train") as mlflow:
         mlflow.log_params({"worker": worker, "run": r, **{f"p{i}": i for i in range(20)}})
         for step in range(1, steps + 1):
             mlflow.log_metrics({"train_loss": 1.0 / step, "val_R1": step}, step=step)
@@ -340,7 +341,8 @@ def test_the_ui_opens_a_training_experiment_with_unique_names_and_grouped_metric
             ["epoch/train_loss", "epoch/train_lr", "epoch/val_t2v_R1", "epoch/val_v2t_R1", "test/t2v_R1",
              "test/v2t_R1", "test/pair_acc"])  # charts: the curves, then the test results
         assert {k: v for k, v in params.items() if k.startswith("count.")} == {
-            "count.trainable": "10", "count.total": "1000", "count.trainable_ratio": "0.01", "count.trainable_clip": "0"}
+            "count.trainable": "10", "count.total": "1000", "count.trainable_ratio": "0.01",
+            "count.trainable_clip": "0"}
         # report.py reads them back under metrics.json's keys, as it does an older store's names
         assert as_metrics_json(metrics, params) == {"t2v_R1": 30.0, "v2t_R1": 31.0, "pair_acc": 0.5,
                                                     "trainable_params": 10, "trainable_ratio": 0.01,
@@ -464,9 +466,9 @@ def test_the_run_description_leads_with_the_numbers_and_names_what_changed():
     assert changes == [("model.dgl.generator", "ulp", "upt"), ("train.epochs", 4, 1), ("train.new", ABSENT, True)]
     text = description({"t2v_R1": 47.6123, "content_R1": 65.0, "pair_acc": 0.6741, "v2t_R1": 43.0, "t2v_R5": 9.0},
                        {"trainable": 285184, "trainable_ratio": 0.0342}, changes)
-    assert text == ("t2v R@1 47.6 · content R@1 65.0 · pair acc 0.674 · v2t R@1 43.0 · trainable 285,184 (3.42 %)\n\n"
-                    "Changed from the committed params.yaml: `model.dgl.generator` ulp → upt, `train.epochs` 4 → 1, "
-                    "`train.new` (none) → True")
+    assert text == ("t2v R@1 47.6 · content R@1 65.0 · pair acc 0.674 · v2t R@1 43.0 · trainable 285,184 "
+                    "(3.42 %)\n\nChanged from the committed params.yaml: `model.dgl.generator` ulp → upt, "
+                    "`train.epochs` 4 → 1, `train.new` (none) → True")
 
 
 def test_the_printed_link_goes_where_mlflow_ui_serves(monkeypatch):
@@ -474,7 +476,8 @@ def test_the_printed_link_goes_where_mlflow_ui_serves(monkeypatch):
 
     monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
     db = "sqlite:////tmp/mlflow.db"
-    assert run_url(db, "1", "abc", "http://127.0.0.1:5055").startswith("http://127.0.0.1:5055/#/experiments/1/runs/abc?")
+    link = run_url(db, "1", "abc", "http://127.0.0.1:5055")
+    assert link.startswith("http://127.0.0.1:5055/#/experiments/1/runs/abc?")
     monkeypatch.setenv("MLFLOW_UI_URL", "http://gpu-box:8080/")
     assert run_url(db, "1", "abc", "http://127.0.0.1:5055").startswith("http://gpu-box:8080/#/experiments/1/runs/abc?")
     assert run_url("http://server:5000", "1", "abc").startswith("http://server:5000/#/")  # a server is its own UI
