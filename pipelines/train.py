@@ -1,7 +1,8 @@
 """Stage `train`: models/trained/ (trainable weights only) and plots/train.json; one MLflow run.
 
-With train.nproc > 1 the stage re-launches itself under torchrun (DDP); only rank 0 logs and
-writes. After every epoch it checkpoints to --checkpoint, so a killed run resumes there, in the
+With more than one process (train.nproc, train.nnodes, or a scheduler's environment: dgl/launch.py)
+the stage re-launches itself under torchrun (DDP), on every machine of a SLURM job through srun; only
+rank 0 logs and writes. After every epoch it checkpoints to --checkpoint, so a killed run resumes there, in the
 same MLflow run, and ends with the same results (dgl/checkpoint.py)."""
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from dgl import distributed
+from dgl import distributed, launch
 from dgl.artifacts import save_trained
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
@@ -40,12 +41,14 @@ def main() -> None:
     params = load_params(args.params)
     check_writable(args.out, args.plot, args.checkpoint)
     cfg = params.train
-    if cfg.nproc > 1 and not distributed.under_torchrun():
-        sys.exit(distributed.relaunch(cfg.nproc, "pipelines.train", sys.argv[1:]))
+    if not launch.under_torchrun():
+        run = launch.resolve(cfg)
+        if run.world > 1:
+            sys.exit(launch.run_nodes(run, "pipelines.train", sys.argv[1:]))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    with distributed.process_group(pick_device(cfg.device)) as (dist, device):
+    with distributed.process_group(pick_device(cfg.device), cfg.dist_timeout) as (dist, device):
         split = CachedSplit.load(args.cache, "train")
         clip, backbone = load_backbone(args.backbone)
         method = build_method(params.model.method, clip, params.model, num_frames=split.num_frames)
