@@ -3,6 +3,7 @@ accumulation give the single-process, full-batch loss and gradients; a killed ru
 same result, in the same MLflow run; mixed precision stays off on CPU."""
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import open_clip
@@ -107,6 +109,30 @@ def test_ddp_on_two_processes_equals_one_process_on_the_global_batch(tmp_path):
     mp.spawn(_ddp_worker, args=(port, str(tmp_path / "ddp.pt")), nprocs=2)
     for (name, accum), got in zip(CASES, torch.load(tmp_path / "ddp.pt")):
         assert_same(got, step_gradients(name, 1))
+
+
+def _stalling_worker(rank: int, port: int, timeout_s: int, out: str) -> None:
+    """Rank 1 joins, then stalls (a hung machine); rank 0 waits for it in a collective."""
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
+                      LOCAL_RANK=str(rank))
+    with process_group(torch.device("cpu"), timeout_s):
+        if rank == 1:
+            time.sleep(timeout_s + 30)
+            return
+        start = time.monotonic()
+        try:
+            torch.distributed.all_reduce(torch.ones(1))
+        finally:
+            Path(out).write_text(json.dumps(time.monotonic() - start))
+
+
+@pytest.mark.slow
+def test_a_stalled_process_ends_the_others_at_train_dist_timeout_in_one_line(tmp_path):
+    timeout = 5
+    with pytest.raises(mp.ProcessRaisedException, match=r"UserError: rank 0 of 2 on .*: lost the other processes "
+                       rf".*stalled beyond train.dist_timeout = {timeout} s"):
+        mp.spawn(_stalling_worker, args=(free_port(), timeout, str(tmp_path / "waited")), nprocs=2)
+    assert timeout <= json.loads((tmp_path / "waited").read_text()) < timeout + 10
 
 
 @pytest.mark.parametrize("name", ["dgl", "full"])
@@ -258,15 +284,33 @@ def serving(port: int, proc: subprocess.Popen) -> None:
         time.sleep(0.05)
 
 
+def kill_machine(proc: subprocess.Popen) -> None:
+    """SIGKILL the stage, its torchrun agent and its training processes (in sessions of their own)."""
+    with contextlib.suppress(psutil.NoSuchProcess):
+        machine = psutil.Process(proc.pid)
+        for p in [machine, *machine.children(recursive=True)]:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                p.kill()
+    proc.communicate()
+
+
+@contextlib.contextmanager
 def two_machines(tmp_path: Path, tiny_repro: Path, port: int, env: dict | None = None,
-                 **train) -> dict[str, subprocess.Popen]:
+                 **train) -> Iterator[dict[str, subprocess.Popen]]:
     """Two "machines" on loopback: the stage started in two folders, each its own torchrun agent (one
-    process each), meeting at the rendezvous on `port` that the first one serves."""
+    process each), meeting at the rendezvous on `port` that the first one serves. Whatever of them is
+    still running when the block ends is killed."""
     nodes = {name: copy_inputs(tiny_repro, tmp_path / name, **train) for name in ("a", "b")}
-    procs = {"a": stage(nodes["a"], env)}
-    serving(port, procs["a"])
-    procs["b"] = stage(nodes["b"], env)
-    return procs
+    procs = {}
+    try:
+        procs["a"] = stage(nodes["a"], env)
+        serving(port, procs["a"])
+        procs["b"] = stage(nodes["b"], env)
+        yield procs
+    finally:
+        for proc in procs.values():
+            if proc.returncode is None:
+                kill_machine(proc)
 
 
 @pytest.mark.slow
@@ -274,9 +318,9 @@ def test_two_machines_train_as_two_processes_on_one_to_the_bit(tmp_path, tiny_re
     """torchrun's c10d rendezvous, settings from params.yaml. Each "machine" has its own folder, so that
     what each writes shows: only rank 0 writes the outputs and logs to MLflow."""
     port = free_port()
-    procs = two_machines(tmp_path, tiny_repro, port, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}")
-    for proc in procs.values():
-        assert "torchrun: 2 machines (train.nnodes)" in finish(proc)
+    with two_machines(tmp_path, tiny_repro, port, nnodes=2, rdzv_endpoint=f"127.0.0.1:{port}") as procs:
+        for proc in procs.values():
+            assert "torchrun: 2 machines (train.nnodes)" in finish(proc)
     wrote = [name for name in procs if (tmp_path / name / "models/trained").exists()]
     assert len(wrote) == 1, wrote
     (writer,) = wrote
@@ -296,18 +340,15 @@ def test_a_dead_machine_ends_the_other_within_the_timeout_in_one_line(tmp_path, 
     timeout = 60
     port = free_port()
     env = {"PET_NNODES": "2", "PET_RDZV_ENDPOINT": f"127.0.0.1:{port}"}
-    procs = two_machines(tmp_path, tiny_repro, port, env, epochs=20, dist_timeout=timeout)
-    checkpoints = [tmp_path / name / "models/checkpoints/train.pt" for name in procs]
-    while not any(c.exists() for c in checkpoints):  # mid-run: rank 0 ended its first epoch
-        assert all(p.poll() is None for p in procs.values()), [p.communicate()[1][-2000:] for p in procs.values()]
-        time.sleep(0.05)
-    machine = psutil.Process(procs["b"].pid)  # not the one serving the rendezvous: see the README
-    for proc in [machine, *machine.children(recursive=True)]:  # the stage, its agent, its training process
-        proc.kill()
-    killed = time.monotonic()
-    _, err = procs["a"].communicate(timeout=timeout + 30)
-    took = time.monotonic() - killed
-    procs["b"].wait()
+    with two_machines(tmp_path, tiny_repro, port, env, epochs=20, dist_timeout=timeout) as procs:
+        checkpoints = [tmp_path / name / "models/checkpoints/train.pt" for name in procs]
+        while not any(c.exists() for c in checkpoints):  # mid-run: rank 0 ended its first epoch
+            assert all(p.poll() is None for p in procs.values()), [p.communicate()[1][-2000:] for p in procs.values()]
+            time.sleep(0.05)
+        kill_machine(procs["b"])  # not the one serving the rendezvous: see the README
+        killed = time.monotonic()
+        _, err = procs["a"].communicate(timeout=timeout + 30)
+        took = time.monotonic() - killed
     assert procs["a"].returncode != 0 and took < timeout, (took, err[-3000:])
     errors = [line for line in err.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "lost the other processes" in errors[0], err[-3000:]
