@@ -163,7 +163,7 @@ def test_experiments_pushed_by_one_clone_are_pulled_by_the_other_with_their_metr
 
 @pytest.mark.slow
 def test_both_runs_meet_in_one_tracking_server_on_postgresql(group):
-    import psycopg2
+    import psycopg
 
     runs = {r["info"]["run_name"]: r for r in group.server.runs()}
     assert set(runs) == {name for name, _ in EXPERIMENTS.values()}
@@ -183,6 +183,5 @@ def test_both_runs_meet_in_one_tracking_server_on_postgresql(group):
         assert "plots/figures/retrieval.png" in group.server.artifacts(run_id, "plots/figures")
     assert len(list(group.server.artifacts_dir.rglob("retrieval.png"))) == 2  # uploaded through the server
     assert not (group.clones["bob"] / "mlruns").exists()
-    with psycopg2.connect(group.db) as con, con.cursor() as cur:  # the store is PostgreSQL
-        cur.execute("SELECT name FROM runs ORDER BY name")
-        assert [name for (name,) in cur.fetchall()] == sorted(runs)
+    with psycopg.connect(group.db) as con:  # the store is PostgreSQL
+        assert [name for (name,) in con.execute("SELECT name FROM runs ORDER BY name")] == sorted(runs)

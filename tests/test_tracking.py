@@ -89,7 +89,8 @@ def mlflow_ui(root: Path, command: str = "server", *options: str, store: str | N
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's workers are in its process group
+        with contextlib.suppress(ProcessLookupError):  # none left when the server failed to start
+            os.killpg(proc.pid, signal.SIGTERM)  # the server's workers are in its process group
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
