@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-quick rehearse clean
+.PHONY: setup repro test test-quick rehearse gpu-check clean
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -29,6 +29,9 @@ test-quick: $(BIN)/.installed  # for development: leaves out the tests marked sl
 
 rehearse: setup  # the real-data recipes at the paper's shapes on CPU, in a temporary folder (README, "Real data")
 	$(BIN)/python -m experiments.rehearse
+
+gpu-check: $(BIN)/.installed  # the CUDA tests and benchmarks, one JSON summary (README, "GPUs"); without CUDA: skips
+	$(BIN)/python -m bench.gpu_check
 
 clean:
 	rm -rf data models plots/*.partial mlflow.db

@@ -50,6 +50,9 @@ def image_size_of(backbone: str) -> int:
     return size if isinstance(size, int) else size[0]
 
 
+RESIZE = {"interpolation": "bicubic", "resize_mode": "shortest"}  # what resize_center_crop does, as open_clip names it
+
+
 def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     """(T, H, W, 3) uint8 -> (T, 3, size, size) uint8: CLIP's bicubic resize of the short side + centre crop."""
     x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()  # (T, 3, H, W)
@@ -57,7 +60,7 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
     scale = size / min(h, w)
     new_h, new_w = max(size, round(h * scale)), max(size, round(w * scale))
     if (new_h, new_w) != (h, w):
-        x = F.interpolate(x, size=(new_h, new_w), mode="bicubic", align_corners=False, antialias=True)
+        x = F.interpolate(x, size=(new_h, new_w), mode=RESIZE["interpolation"], align_corners=False, antialias=True)
     top, left = (new_h - size) // 2, (new_w - size) // 2
     x = x[:, :, top : top + size, left : left + size]
     return x.round().clamp(0, 255).to(torch.uint8).numpy()
@@ -253,6 +256,10 @@ class CachedSplit:
     @property
     def num_frames(self) -> int:
         return self.frames.shape[1] // self.candidates
+
+    def preprocessing(self) -> dict:
+        """How the frames were prepared, in open_clip's terms (dgl.models.backbone.check_preprocessing)."""
+        return {"size": self.frames.shape[-1], "mean": self.mean.tolist(), "std": self.std.tolist(), **RESIZE}
 
     def jitter(self, count: int, rng: np.random.Generator) -> np.ndarray | None:
         """For `count` videos, which candidate frame of each segment to show (B, T); None = centres."""

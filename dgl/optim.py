@@ -1,6 +1,7 @@
-"""The reference scripts' optimisation: AdamW (0.9, 0.98, eps 1e-6), weight decay on non-bias
-parameters, linear warm-up then cosine decay to 0 (docs/method.md, "Optimisation"), and CLIP4Clip's two
-learning rates: pretrained weights at their own, smaller rate (its `--coef_lr`)."""
+"""The reference scripts' optimisation: AdamW (0.9, 0.98, eps 1e-6), weight decay on every parameter
+whose name has no `bias` (`unless_bias`), linear warm-up then cosine decay to 0 (docs/method.md,
+"Optimisation"), and CLIP4Clip's two learning rates: pretrained weights at their own, smaller rate
+(its `--coef_lr`)."""
 from __future__ import annotations
 
 import math
@@ -10,14 +11,27 @@ import torch
 from torch import nn
 
 
+def unless_bias(name: str, param: nn.Parameter) -> bool:
+    """The reference scripts' rule (knightyxp/DGL's and CLIP4Clip's `no_decay` lists): every parameter whose
+    name has no `bias` decays, LayerNorm gains and CLIP's logit scale included. What retrieval training uses."""
+    return "bias" not in name
+
+
+def matrices_only(name: str, param: nn.Parameter) -> bool:
+    """open_clip's rule: matrices and embeddings decay; gains, biases and scalars (ndim < 2) do not. What the
+    synthetic backbone's pretraining (not in the papers) uses."""
+    return param.ndim >= 2
+
+
 def adamw(params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
-          group_of: Callable[[str], str] | None = None, rates: dict[str, float] | None = None) -> torch.optim.AdamW:
-    """Decay matrices and prompts; biases, norms and scalars (ndim < 2) get none. With `group_of`,
+          group_of: Callable[[str], str] | None = None, rates: dict[str, float] | None = None,
+          decays: Callable[[str, nn.Parameter], bool] = matrices_only) -> torch.optim.AdamW:
+    """AdamW with weight decay on the parameters `decays` picks, none on the others. With `group_of`,
     each parameter's group name picks its learning rate from `rates` (else `lr`); every optimizer
     group carries its `name` (e.g. `clip/decay`) so the rates can be read back and logged."""
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in params:
-        groups.setdefault((group_of(name) if group_of else "all", p.ndim >= 2), []).append(p)
+        groups.setdefault((group_of(name) if group_of else "all", decays(name, p)), []).append(p)
     return torch.optim.AdamW([
         {"params": ps, "name": f"{group}/{'decay' if decay else 'no_decay'}",
          "lr": (rates or {}).get(group, lr), "weight_decay": weight_decay if decay else 0.0}

@@ -23,6 +23,7 @@ METHOD_NAMES = (
     "vop", "vop_p", "vop_c", "vop_f", "vop_fp", "vop_fc",  # VoP and its video prompts (vop.py)
 )
 VIDEO_POOLS = ("global", "global_mean", "cls_mean", "both")  # dgl/models/prompted.py: VIDEO_POOLS
+VATEX_SPLITS = ("hgr", "official_val")  # data.vatex_split: dgl/data/adapters.py VATEX_SPLITS
 SAMPLERS = ("random", "twins")  # train.sampler: dgl/train.py epoch_samples
 C10D_PORT = 29400  # torchrun's default port for its c10d rendezvous (dgl/launch.py)
 ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
@@ -79,6 +80,7 @@ class SyntheticConfig:
 class DataConfig:
     dataset: str = choice(*DATASETS)
     synthetic: SyntheticConfig
+    vatex_split: str = choice(*VATEX_SPLITS)  # VATEX's test videos: HGR's 1,500 (the papers') or the official 3,000
     max_extract_gb: float = bounded(0.001, 100_000.0)  # real datasets: the most one archive may write (GB)
 
 

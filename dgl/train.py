@@ -21,10 +21,11 @@ from dgl.errors import UserError
 from dgl.metrics import evaluate_retrieval
 from dgl.models.methods import Method
 from dgl.models.loss import contrastive_loss
-from dgl.optim import adamw, warmup_cosine
+from dgl.optim import adamw, unless_bias, warmup_cosine
 
 
 PREFETCH = 1  # batches read ahead of the one in use (dgl.cache.device_batches)
+MAX_LOGIT_SCALE = math.log(100)  # CLIP4Clip clamps a trained logit scale to at most 100 after every step
 
 
 def pick_device(name: str) -> torch.device:
@@ -263,11 +264,12 @@ def contrastive_step(model: nn.Module, tokens: Tensor, frames: Tensor, logit_sca
 
 def optimizer_for(method: Method, params: list[tuple[str, nn.Parameter]], cfg) -> torch.optim.AdamW:
     """Two parameter groups, as CLIP4Clip trains (its `--lr` and `--coef_lr`): CLIP's own pretrained
-    weights at train.clip_lr, everything a method adds (prompts, generators, adapters) at train.lr."""
+    weights at train.clip_lr, everything a method adds (prompts, generators, adapters) at train.lr; in each,
+    weight decay on every parameter whose name has no `bias`, as the reference scripts."""
     pretrained = {id(p) for p in method.clip.parameters()}
     group = {n: "clip" if id(p) in pretrained else "added" for n, p in params}
     return adamw(params, cfg.lr, cfg.weight_decay, group_of=group.__getitem__,
-                 rates={"added": cfg.lr, "clip": cfg.clip_lr})
+                 rates={"added": cfg.lr, "clip": cfg.clip_lr}, decays=unless_bias)
 
 
 def current_rates(optimizer: torch.optim.Optimizer, cfg) -> dict[str, float]:
@@ -278,6 +280,14 @@ def current_rates(optimizer: torch.optim.Optimizer, cfg) -> dict[str, float]:
     if any(g["name"].startswith("clip/") for g in optimizer.param_groups):
         rates["lr_clip"] = factor * cfg.clip_lr
     return rates
+
+
+@torch.no_grad()
+def clamp_logit_scale(method: Method) -> None:
+    """Where a method trains CLIP's logit scale (full fine-tuning), keep exp(logit_scale) <= 100 as
+    CLIP4Clip does after each step (its main_task_retrieval.py); a frozen one is left as it is."""
+    if method.clip.logit_scale.requires_grad:
+        method.clip.logit_scale.clamp_(max=MAX_LOGIT_SCALE)
 
 
 def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, device: torch.device,
@@ -336,6 +346,7 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
                     raise UserError(f"training diverged at epoch {epoch} (loss {loss}); "
                                     "lower train.lr or raise train.warmup_fraction")
                 precision.step(optimizer, [p for _, p in params], cfg.grad_clip)
+                clamp_logit_scale(method)
                 scheduler.step()
                 losses.append(loss)
                 bar.set_postfix(loss=f"{loss:.3f}")

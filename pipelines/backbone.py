@@ -8,7 +8,7 @@ from pathlib import Path
 
 from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
 from dgl.errors import UserError
-from dgl.models.backbone import build_clip, save_backbone
+from dgl.models.backbone import build_clip, recipe_for, save_backbone
 from dgl.pretrain import pretrain_clip
 from dgl.settings import load_params
 
@@ -22,6 +22,7 @@ def main() -> None:
     params = load_params(args.params)
     check_writable(args.out)
     cfg = params.backbone
+    recipe = recipe_for(cfg.name, cfg.pretrained)  # what every later stage rebuilds (dgl/models/backbone.py)
     if cfg.pretrained:
         clip, report = build_clip(cfg.name, cfg.pretrained), {"pretrained": cfg.pretrained}
     elif params.data.dataset == "synthetic":
@@ -31,7 +32,7 @@ def main() -> None:
         raise UserError(f"params: backbone.pretrained is empty for dataset {params.data.dataset!r}; "
                         "set it to an open_clip tag (e.g. openai) or a local checkpoint path")
     with atomic_dir(args.out) as work:
-        save_backbone(clip, cfg.name, work, report)
+        save_backbone(clip, recipe, work, report)
     print(json.dumps(report))
 
 

@@ -28,7 +28,7 @@ def main() -> None:
                      progress=show_progress())
         else:
             prepare_raw(params.data.dataset, work, progress=show_progress(),
-                        max_extract_bytes=round(params.data.max_extract_gb * 1e9))
+                        max_extract_bytes=round(params.data.max_extract_gb * 1e9), vatex_split=params.data.vatex_split)
 
 
 if __name__ == "__main__":

@@ -14,10 +14,11 @@ import numpy as np
 from dgl.artifacts import load_trained
 from dgl.cache import CachedSplit, gallery_counts
 from dgl.cli import atomic_dir, atomic_write, check_writable, entry_point, show_progress
-from dgl.data.adapters import dataset_format
+from dgl.data.adapters import name_of_test_split
 from dgl.data.twins import twin_wordings
 from dgl.figures import method_title, write_figures
 from dgl.metrics import evaluate_retrieval
+from dgl.models.backbone import backbone_info, check_preprocessing
 from dgl.settings import load_params
 from dgl.tracking import evaluation_metrics, evaluation_run, log_files, training_run_of
 from dgl.train import SplitView, encode_view, pick_device
@@ -38,6 +39,7 @@ def main() -> None:
     check_writable(args.metrics, args.recall, args.figures)
     gallery = gallery_counts(args.cache, "test", params.eval.max_missing)
     split = CachedSplit.load(args.cache, "test")
+    check_preprocessing(backbone_info(args.backbone), split.preprocessing(), args.cache)
     method, info = load_trained(args.trained, args.backbone, params.model, num_frames=split.num_frames)
     device = pick_device(params.train.device)
     text, video, _, caption_video = encode_view(method, SplitView(split, np.arange(split.num_videos)), device,
@@ -53,7 +55,7 @@ def main() -> None:
     metrics.update({"trainable_params": info["parameters"]["trainable"],
                     "trainable_ratio": info["parameters"]["trainable_ratio"],
                     "trainable_clip": info["parameters"].get("trainable_clip", 0),
-                    "test_split": dataset_format(params.data.dataset).test_split,
+                    "test_split": name_of_test_split(params.data.dataset, params.data.vatex_split),
                     **{f"test_{k}": v for k, v in gallery.items()}})
     curves = [{"K": k + 1, "t2v": t, "v2t": v} for k, (t, v) in enumerate(zip(result.curves["t2v"], result.curves["v2t"]))]
     atomic_write(args.metrics, json.dumps(metrics, indent=2))

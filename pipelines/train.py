@@ -20,7 +20,7 @@ from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.cli import EpochLog, atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.determinism import seed_everything
-from dgl.models.backbone import load_backbone
+from dgl.models.backbone import check_preprocessing, load_backbone
 from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
 from dgl.tracking import (WEIGHTS_TAG, active_run_id, end_abandoned_run, epoch_metrics, log_missing_epochs,
@@ -51,6 +51,7 @@ def main() -> None:
     with distributed.process_group(pick_device(cfg.device), cfg.dist_timeout) as (dist, device):
         split = CachedSplit.load(args.cache, "train")
         clip, backbone = load_backbone(args.backbone)
+        check_preprocessing(backbone, split.preprocessing(), args.cache)
         method = build_method(params.model.method, clip, params.model, num_frames=split.num_frames)
         counts = count_parameters(method)
         train_view, val_view = train_val_views(split, cfg.val_fraction, cfg.seed)

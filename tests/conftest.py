@@ -50,6 +50,13 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tiny_repro" in item.fixturenames:  # directly or through a fixture of its module
             item.add_marker(pytest.mark.slow)
+    cuda_tests = [item for item in items if item.get_closest_marker("cuda")]
+    if cuda_tests:
+        import torch  # here, not at the top: the thread settings above must come first
+
+        if not torch.cuda.is_available():
+            for item in cuda_tests:
+                item.add_marker(pytest.mark.skip(reason="needs a CUDA device (`make gpu-check` runs it on one)"))
     rank = {name: i for i, name in enumerate(LONGEST_MODULES)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module keeps its order
 

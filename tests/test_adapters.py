@@ -3,11 +3,13 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
 
-from dgl.data.adapters import FORMATS, load_annotations
+from dgl.data.adapters import FORMATS, HGR_LISTS, VATEX_SPLITS, load_annotations, name_of_test_split
+from dgl.settings import VATEX_SPLITS as VATEX_SPLIT_PARAMS
 from dgl.errors import UserError
 
 
@@ -70,6 +72,16 @@ def test_vatex_names_a_listed_video_without_captions(tmp_path):
     (tmp_path / "ref_captions.json").write_text(json.dumps({"a": ["x"]}))
     with pytest.raises(UserError, match="no captions for 1 videos of test_list.txt \\(first: b\\)"):
         load_annotations("vatex", tmp_path)
+
+
+def test_vatex_hgr_lists_are_two_disjoint_halves_of_1500_videos_and_metrics_name_the_split():
+    test, val = ((HGR_LISTS / name).read_text().split() for name in ("test_list.txt", "val_list.txt"))
+    assert len(set(test)) == len(test) == 1500 and len(set(val)) == len(val) == 1500 and not set(test) & set(val)
+    assert all(re.fullmatch(r"[\w-]{11}_\d{6}_\d{6}", v) for v in test + val)  # <YouTube id>_<start>_<end>
+    assert tuple(VATEX_SPLITS) == VATEX_SPLIT_PARAMS
+    assert name_of_test_split("vatex", "hgr") == "vatex HGR test (1,500 videos of the official validation set)"
+    assert name_of_test_split("vatex", "official_val") == "vatex official validation (3,000 videos)"
+    assert name_of_test_split("msrvtt", "hgr") == FORMATS["msrvtt"].test_split
 
 
 def test_lsmdc_tab_separated_clip_first_sentence_last(tmp_path):

@@ -5,6 +5,7 @@ gradients of the plain backward pass while it keeps less for it."""
 from __future__ import annotations
 
 import gc
+import json
 import threading
 import time
 
@@ -94,7 +95,7 @@ def test_the_prefetching_reader_yields_the_synchronous_batches_byte_for_byte(tmp
             assert torch.equal(tokens, split.tokens[captions])
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.cuda
 @pytest.mark.parametrize("prefetch", [0, 1])
 def test_on_cuda_the_frames_arrive_as_uint8_and_are_normalised_there(tmp_path, prefetch):
     """Pinned memory, a non_blocking copy on a side stream, normalised on the GPU: the CPU's values
@@ -260,3 +261,40 @@ def test_checkpointing_is_a_training_param_that_trains_the_same_bits_on_the_cpu(
         assert same_bytes(weights[1][name], w), name
     with pytest.raises(UserError, match="activation_checkpointing"):
         group("train", activation_checkpointing="yes")
+
+
+def test_gpu_check_without_cuda_skips_in_one_line(monkeypatch, capsys):
+    from bench import gpu_check
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(gpu_check, "run", lambda *a: pytest.fail("nothing runs without CUDA"))
+    gpu_check.main()  # returns: exit code 0
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith("gpu-check: skipped, no CUDA device")
+
+
+def test_gpu_check_summarises_its_three_parts_in_one_json(monkeypatch, capsys):
+    """The summary's parsing, on the shapes bench.train_speed and bench.eval_speed print (no GPU here)."""
+    from bench import gpu_check
+
+    setting = {"step_s": 0.5, "activation_mib_per_video": 246.0, "cuda_peak_mib_per_video": 300.0}
+    train = {"device": "H100", "amp": "torch.bfloat16", "batch": 32,
+             "runs": {m: {"checkpointing_off": {**setting, "step_s": s},
+                          "checkpointing_on": {**setting, "step_s": 2 * s}} for m, s in (("dgl", 0.5), ("full", 1.0))},
+             "data_path": {"wait": {"after": {"wait_share": 0.01}}},
+             "checks": {"data_wait_share": {"within": True}}}
+    evaluation = {"runs": [{"videos": 1000, "ratio_to_matmul": 1.1, "seconds": 0.01, "limit": 1.3},
+                           {"videos": 100000, "ratio_to_matmul": 1.2, "seconds": 2.0, "limit": 1.3}]}
+    outputs = {"pytest": "4 passed in 3.1s", "bench.train_speed": json.dumps(train),
+               "bench.eval_speed": json.dumps(evaluation)}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "H100")
+    monkeypatch.setattr(gpu_check, "run", lambda args, limit: (0, outputs[args[1]]))
+    with pytest.raises(SystemExit) as exit_:
+        gpu_check.main()
+    summary = json.loads(capsys.readouterr().out)
+    assert exit_.value.code == 0 and summary["ok"]
+    assert summary["cuda_tests"] == {"rc": 0, "passed": 4}
+    assert summary["train"]["dgl_over_full_step_time"] == 0.5 and summary["train"]["data_wait_share"] == 0.01
+    assert summary["train"]["step_s"] == {"dgl": 0.5, "dgl_checkpointing": 1.0, "full": 1.0, "full_checkpointing": 2.0}
+    assert summary["eval"]["ratio_to_matmul"] == {"1000": 1.1, "100000": 1.2}  # JSON keys are strings

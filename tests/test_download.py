@@ -24,7 +24,7 @@ import yaml
 
 from conftest import merge, tiny_params
 from dgl.data import sources
-from dgl.data.adapters import load_annotations
+from dgl.data.adapters import HGR_LISTS, load_annotations
 from dgl.data.download import download, extract
 from dgl.data.sources import prepare_raw
 from dgl.errors import UserError
@@ -572,18 +572,41 @@ def test_lsmdc_says_where_to_get_the_files_then_validates_what_was_placed(tmp_pa
     assert "videos/movie/clip_a.avi" in json.loads((tmp_path / "raw2" / "manifest.json").read_text())["files"]
 
 
-def test_vatex_split_lists_are_derived_from_the_official_caption_files(server, tmp_path, monkeypatch):
-    official = {
-        "vatex_training_v1.0.json": [{"videoID": "a_000001_000011", "enCap": ["a1", "a2"], "chCap": ["x"]}],
-        "vatex_validation_v1.0.json": [{"videoID": "b_000002_000012", "enCap": ["b1", "b2", "b3"], "chCap": []}],
-    }  # fmt: skip
+def serve_vatex(server, monkeypatch, official: dict[str, list]) -> None:
     source = sources.SOURCES["vatex"]
     remotes = tuple(dataclasses.replace(r, url=server.serve(r.filename, json.dumps(official[r.filename]).encode()))
                     for r in source.remotes)
     monkeypatch.setitem(sources.SOURCES, "vatex", dataclasses.replace(source, remotes=remotes))
-    prepare_raw("vatex", tmp_path / "raw", progress=False, downloads_dir=tmp_path / "dl", manual_dir=tmp_path / "m")
+
+
+def hgr_ids(name: str) -> list[str]:
+    return (HGR_LISTS / name).read_text().split()
+
+
+@pytest.mark.parametrize("split", ["hgr", "official_val"])
+def test_vatex_test_split_is_hgrs_1500_videos_or_the_official_validation_set(server, tmp_path, monkeypatch, split):
+    validation = hgr_ids("val_list.txt")[:2] + hgr_ids("test_list.txt")  # the official validation set, in part
+    serve_vatex(server, monkeypatch, {
+        "vatex_training_v1.0.json": [{"videoID": "a_000001_000011", "enCap": ["a1", "a2"], "chCap": ["x"]}],
+        "vatex_validation_v1.0.json": [{"videoID": v, "enCap": [f"{v} 1", f"{v} 2"], "chCap": []} for v in validation],
+    })
+    prepare_raw("vatex", tmp_path / "raw", progress=False, downloads_dir=tmp_path / "dl", manual_dir=tmp_path / "m",
+                vatex_split=split)
     ann = load_annotations("vatex", tmp_path / "raw")
-    assert [c.text for c in ann.train] == ["a1", "a2"] and [c.text for c in ann.test] == ["b1", "b2", "b3"]
+    assert [c.text for c in ann.train] == ["a1", "a2"]
+    want = hgr_ids("test_list.txt") if split == "hgr" else validation
+    assert ann.split_videos("test") == want and len(ann.test) == 2 * len(want)
+    assert len(ann.split_videos("test")) == (1500 if split == "hgr" else 1502)
+
+
+def test_vatex_validation_file_without_the_papers_test_videos_is_refused(server, tmp_path, monkeypatch):
+    serve_vatex(server, monkeypatch, {
+        "vatex_training_v1.0.json": [{"videoID": "a_000001_000011", "enCap": ["a1"], "chCap": []}],
+        "vatex_validation_v1.0.json": [{"videoID": "b_000002_000012", "enCap": ["b1"], "chCap": []}],
+    })
+    with pytest.raises(UserError, match="lacks 1500 of the 1500 videos of the hgr test split .*data.vatex_split: "
+                                        "official_val"):
+        prepare_raw("vatex", tmp_path / "raw", progress=False, downloads_dir=tmp_path / "dl", manual_dir=tmp_path / "m")
 
 
 def test_the_synthetic_benchmark_is_not_downloaded(tmp_path):

@@ -20,7 +20,7 @@ from dgl.artifacts import TRAINED_INFO, load_trained, save_trained
 from dgl.cache import normalise
 from dgl.checksums import file_checksums, sha256_of, write_manifest
 from dgl.errors import UserError
-from dgl.models.backbone import BACKBONE_WEIGHTS, build_clip, save_backbone
+from dgl.models.backbone import BACKBONE_WEIGHTS, build_clip, recipe_for, save_backbone
 from dgl.models.methods import build_method
 
 FRAMES = 4
@@ -55,7 +55,7 @@ def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("trained")
     torch.manual_seed(0)
     clip = build_clip("tiny-synthetic")
-    save_backbone(clip, "tiny-synthetic", root, {})
+    save_backbone(clip, recipe_for("tiny-synthetic"), root, {})
     cfg = group("model", method="dgl", dgl={"local_prompt_len": 2})
     method = build_method("dgl", clip, cfg, num_frames=FRAMES)
     info = {"method": "dgl", "backbone_sha256": sha256_of(root / BACKBONE_WEIGHTS), "parameters": {}, "validation": {}}
@@ -72,7 +72,20 @@ def test_a_trained_method_is_rebuilt_from_its_saved_configuration(trained, tmp_p
     for name, value in method.state_dict().items():
         if name.startswith(("generator.", "global_prompts")):
             assert torch.equal(loaded.state_dict()[name], value), name
+    for got, want in zip(method_features(loaded), method_features(method)):  # and it computes the same
+        torch.testing.assert_close(got, want)
     assert capsys.readouterr().err == ""
+
+
+def method_features(method) -> tuple[torch.Tensor, torch.Tensor]:
+    """Text and video features of `method` on a fixed input, prompts included."""
+    g = torch.Generator().manual_seed(3)
+    tokens = torch.randint(1, 400, (2, 32), generator=g)
+    frames = torch.randn(2, FRAMES, 3, 64, 64, generator=g)
+    method.eval()
+    with torch.no_grad():
+        text_prompts, video_prompts = method.prompts()
+        return method.encode_text(tokens, text_prompts), method.encode_video(frames, video_prompts)
 
 
 def test_an_older_model_json_without_the_configuration_falls_back_to_params_with_a_notice(trained, tmp_path, capsys):

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, run
-from dgl.data.adapters import dataset_format, load_annotations
+from dgl.data.adapters import load_annotations, name_of_test_split
 from dgl.data.sources import prepare_raw
 from experiments.recipe import overrides
 from experiments.rehearse import BACKBONE, DATASETS, plan_videos
@@ -70,7 +70,7 @@ def test_the_rehearsal_runs_every_recipe_through_dvc_to_metrics_and_a_finished_m
         assert params["train"]["epochs"] == 1 and params["backbone"]["pretrained"] == str(checkpoint)
         assert params["frames"]["num_frames"] == recipe["frames.num_frames"]
         assert params["preprocess"]["context_length"] == recipe["preprocess.context_length"]
-        assert metrics["test_split"] == dataset_format(dataset).test_split
+        assert metrics["test_split"] == name_of_test_split(dataset, params["data"]["vatex_split"])
         assert {"t2v_R1", "t2v_R5", "t2v_R10", "t2v_MdR", "t2v_MnR", "v2t_R1", "v2t_MnR"} <= metrics.keys()
         assert metrics["test_videos"] == DATASETS[dataset].test_videos and metrics["test_skipped_videos"] == 0
 
@@ -78,9 +78,10 @@ def test_the_rehearsal_runs_every_recipe_through_dvc_to_metrics_and_a_finished_m
         assert mlflow_run.info.status == "FINISHED"
         logged = mlflow_run.data.params
         for key in ("frames.num_frames", "frames.size", "frames.reencode_fps", "preprocess.context_length",
-                    "backbone.name", "train.captions"):
+                    "train.captions"):
             assert yaml.safe_load(logged[key]) == recipe[key], key
-        assert logged["backbone.pretrained"] == str(checkpoint) and logged["model.dgl.generator"] == generator
+        assert logged["backbone.name"] == BACKBONE and logged["backbone.pretrained"] == str(checkpoint)
+        assert logged["model.dgl.generator"] == generator
         assert round(mlflow_run.data.metrics["test/t2v_R1"], 4) == metrics["t2v_R1"]
         assert mlflow_run.data.metrics["params/trainable"] == metrics["trainable_params"]
     shutil.rmtree(tmp_path)  # 2.3 GB (the weights in the backbone stage and DVC's cache): kept only on a failure

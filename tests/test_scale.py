@@ -25,6 +25,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import yaml
+from torch.nn.parallel import DistributedDataParallel
 
 from conftest import ROOT, group, merge, stage_cmd, tiny_params
 from dgl.cache import CachedSplit
@@ -35,7 +36,8 @@ from dgl.launch import resolve, torchrun_command
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
 from dgl.settings import Params, TrainConfig
-from dgl.train import contrastive_step, parallel_features, pick_precision, train_method, train_val_views
+from dgl.train import (Features, Precision, contrastive_step, parallel_features, pick_precision, train_method,
+                       train_val_views)
 from dgl.typed_yaml import build
 
 # Sub-batches and ranks change only the float rounding of the encoders (smaller matmuls), not the maths.
@@ -70,18 +72,24 @@ def tiny_method(name: str = "dgl"):
     return build_method(name, build_clip("tiny-synthetic"), group("model", method=name), num_frames=FRAMES)
 
 
-def step_gradients(name: str, accum_steps: int, rank: int = 0, world: int = 1) -> tuple[float, dict]:
-    """Loss and gradients of one step on a global batch of 8 videos; this rank encodes its slice."""
+def step_gradients(name: str, accum_steps: int, rank: int = 0, world: int = 1, *, reference: bool = False,
+                   grad_clip: float = 0.0) -> tuple[float, dict]:
+    """Loss and gradients of one step on a global batch of 8 videos; this rank encodes its slice. With
+    `reference`, DDP averages the ranks' gradients as the reference scripts' (default DDP, whose AllGather's
+    backward keeps this rank's slice, as `gather` does); `grad_clip` then clips them as training does."""
     split = tiny_split()
     method = tiny_method(name)
     local = slice(rank * 8 // world, (rank + 1) * 8 // world)
     frames, tokens = split.video_batch(np.arange(8))[local], split.tokens[0:16:2][local]
-    model = parallel_features(method, torch.device("cpu"))
+    model = DistributedDataParallel(Features(method)) if reference else parallel_features(method, torch.device("cpu"))
     loss = contrastive_step(model, tokens, frames, method.logit_scale, accum_steps=accum_steps)
+    params = [p for p in method.parameters() if p.requires_grad]
+    Precision().step(torch.optim.SGD(params, lr=0.0), params, grad_clip)
     return loss.item(), {n: p.grad.clone() for n, p in method.named_parameters() if p.requires_grad}
 
 
 CASES = [("dgl", 1), ("full", 1), ("dgl", 2)]  # full also trains the logit scale, used outside the forward
+CLIP = 0.01  # a gradient-norm threshold the tiny model's step exceeds, so clipping engages
 
 
 def _ddp_worker(rank: int, port: int, out: str) -> None:
@@ -90,6 +98,8 @@ def _ddp_worker(rank: int, port: int, out: str) -> None:
     torch.set_num_threads(1)
     with process_group(torch.device("cpu")) as (dist, _):
         results = [step_gradients(name, accum, dist.rank, dist.world) for name, accum in CASES]
+        results += [step_gradients("dgl", 1, dist.rank, dist.world, reference=True, grad_clip=CLIP),
+                    step_gradients("dgl", 1, dist.rank, dist.world, grad_clip=CLIP * dist.world)]
     if rank == 0:
         torch.save(results, out)
 
@@ -107,8 +117,16 @@ def test_ddp_on_two_processes_equals_one_process_on_the_global_batch(tmp_path):
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     mp.spawn(_ddp_worker, args=(port, str(tmp_path / "ddp.pt")), nprocs=2)
-    for (name, accum), got in zip(CASES, torch.load(tmp_path / "ddp.pt")):
+    *ours, reference, clipped = torch.load(tmp_path / "ddp.pt")
+    for (name, accum), got in zip(CASES, ours):
         assert_same(got, step_gradients(name, 1))
+    # The reference averages over its 2 ranks (each 1/2 of the global-batch gradient) and clips at CLIP; we
+    # sum to the whole gradient, so the same threshold is 2 x CLIP here: the recipes' train.grad_clip is
+    # 1.0 x the reference's GPU count. Then both clip by the same factor, and Adam's step is the same.
+    whole = step_gradients("dgl", 1)[1]
+    assert torch.linalg.vector_norm(torch.stack([g.norm() for g in whole.values()])) > 2 * CLIP
+    assert_same((clipped[0], {n: g / 2 for n, g in clipped[1].items()}), reference)
+    assert_same(clipped, step_gradients("dgl", 1, grad_clip=2 * CLIP))  # and one process, clipped the same
 
 
 def _stalling_worker(rank: int, port: int, timeout_s: int, out: str) -> None:
@@ -141,6 +159,26 @@ def test_gradcache_accumulation_equals_the_full_batch(name):
     assert_same(got, want)
     if name == "dgl":  # the prompt generator gets every sub-batch's share
         assert any(g.abs().sum() > 0 for n, g in got[1].items() if n.startswith("generator"))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_on_cuda_a_mixed_precision_step_matches_float32(amp):
+    """Autocast (and fp16's loss scaler, unscaled before clipping) give the float32 step's loss and gradients
+    up to half precision's rounding."""
+    split, cuda = tiny_split(), torch.device("cuda")
+    frames, tokens = split.video_batch(np.arange(8)).to(cuda), split.tokens[0:16:2].to(cuda)
+    results = []
+    for name in ("off", amp):
+        method = tiny_method("dgl").to(cuda)
+        precision = pick_precision(name, cuda)
+        loss = contrastive_step(Features(method), tokens, frames, method.logit_scale, precision=precision)
+        params = [p for p in method.parameters() if p.requires_grad]
+        precision.step(torch.optim.SGD(params, lr=0.0), params, grad_clip=1.0)
+        results.append((loss.item(), torch.cat([p.grad.flatten().float() for p in params])))
+    (loss32, grad32), (loss16, grad16) = results
+    assert loss16 == pytest.approx(loss32, rel=2e-2)
+    assert torch.nn.functional.cosine_similarity(grad16, grad32, dim=0) > 0.99
 
 
 def train_cfg(**kw) -> TrainConfig:

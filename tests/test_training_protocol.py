@@ -62,6 +62,33 @@ def test_parameter_groups_get_their_configured_rates(method, groups):
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(params)
 
 
+@pytest.mark.parametrize("method", ["full", "partial", "dgl", "bias"])
+def test_weight_decay_spares_only_parameters_named_bias_as_the_reference_scripts(method):
+    """knightyxp/DGL and CLIP4Clip decay every parameter whose name lacks `bias`: LayerNorm gains and the
+    logit scale too. For DGL-ULP (the default) that is the same set as decaying matrices only."""
+    m = tiny_method(method)
+    params = [(n, p) for n, p in m.named_parameters() if p.requires_grad]
+    optimizer = optimizer_for(m, params, group("train"))
+    decayed = {id(p) for g in optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert {n for n, p in params if id(p) in decayed} == {n for n, _ in params if "bias" not in n}
+    gains = [n for n, _ in params if n.endswith(("ln_1.weight", "ln_final.weight", "logit_scale"))]
+    assert bool(gains) == (method in ("full", "partial")) and all(id(dict(params)[n]) in decayed for n in gains)
+    if method == "dgl":
+        assert {n for n, p in params if id(p) in decayed} == {n for n, p in params if p.ndim >= 2}
+
+
+@pytest.mark.parametrize("method", ["full", "dgl"])
+def test_a_trained_logit_scale_is_clamped_to_100_after_each_step_as_clip4clip_a_frozen_one_is_not(method):
+    split = split_with([2] * 4)
+    m = tiny_method(method)
+    with torch.no_grad():
+        m.clip.logit_scale.fill_(5.0)  # exp(5) = 148; rates 1e-20: only the clamp can move it
+    cfg = group("train", epochs=1, batch_size=4, lr=1e-20, clip_lr=1e-20, val_fraction=0.0, device="cpu")
+    train_method(m, SplitView(split, np.arange(split.num_videos)), None, cfg, torch.device("cpu"),
+                 on_epoch=lambda *_: None, progress=False)
+    assert m.clip.logit_scale.item() == pytest.approx(np.log(100) if method == "full" else 5.0)
+
+
 def test_captions_all_visits_every_caption_exactly_once_per_epoch():
     split = split_with([1, 4, 2, 3, 3, 1, 2, 5])  # uneven, as in VATEX
     view = SplitView(split, np.arange(split.num_videos))

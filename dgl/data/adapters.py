@@ -13,7 +13,8 @@ Formats (files relative to the raw dataset folder):
   MSRVTT_JSFUSION_test.csv (columns video_id, sentence), the 1k-A split. The synthetic set adds
   "event" (caption category) and "twin" (time-reversed twin's id or null) to each video entry.
 - VATEX: train_list.txt and test_list.txt (one video id a line), ref_captions.json
-  {video id: [captions]}; every caption is a query.
+  {video id: [captions]}; every caption is a query. Which videos test_list.txt holds is
+  `data.vatex_split` (VATEX_SPLITS; the download stage writes the lists).
 - LSMDC (LSMDC16): tab-separated LSMDC16_annos_training.csv (train) and
   LSMDC16_challenge_1000_publictect.csv (test), no header: clip id first, sentence last
   (clip id, start aligned, end aligned, start extracted, end extracted, sentence).
@@ -127,6 +128,20 @@ def _vatex_split(raw_dir: Path, list_name: str, captions: dict[str, list[str]]) 
     return tuple(Caption(v, text) for v in video_ids for text in captions[v])
 
 
+@dataclass(frozen=True)
+class VatexSplit:
+    """A named VATEX test split: train is always the official training set."""
+    test_ids: Path | None  # the test videos' ids, shipped with the code; None: the whole official validation set
+    name: str  # as metrics.json names it
+
+
+HGR_LISTS = Path(__file__).with_name("vatex_hgr")  # its README names the source
+VATEX_SPLITS = {
+    "hgr": VatexSplit(HGR_LISTS / "test_list.txt", "vatex HGR test (1,500 videos of the official validation set)"),
+    "official_val": VatexSplit(None, "vatex official validation (3,000 videos)"),
+}
+
+
 def _vatex(raw_dir: Path) -> Annotations:
     path = raw_dir / VATEX_CAPTIONS
     with _reading(path, "{video id: [captions]}"):
@@ -178,13 +193,13 @@ def _activitynet(raw_dir: Path) -> Annotations:
 class Format:
     files: tuple[str, ...]  # annotation files the parser reads, relative to the raw dataset folder
     parse: Callable[[Path], Annotations]
-    test_split: str  # what the test split is, as metrics.json names it
+    test_split: str  # what the test split is, as metrics.json names it (VATEX: the default split's)
 
 
 FORMATS: dict[str, Format] = {
     "msrvtt": Format((MSRVTT_DATA, MSRVTT_TRAIN, MSRVTT_TEST), _msrvtt, f"msrvtt 1k-A ({MSRVTT_TEST})"),
     "synthetic": Format((MSRVTT_DATA, MSRVTT_TRAIN, MSRVTT_TEST), _msrvtt, f"synthetic test ({MSRVTT_TEST})"),
-    "vatex": Format((VATEX_TRAIN, VATEX_TEST, VATEX_CAPTIONS), _vatex, f"vatex {VATEX_TEST}"),
+    "vatex": Format((VATEX_TRAIN, VATEX_TEST, VATEX_CAPTIONS), _vatex, VATEX_SPLITS["hgr"].name),
     "lsmdc": Format((LSMDC_TRAIN, LSMDC_TEST), _lsmdc, f"lsmdc {LSMDC_TEST}"),
     "activitynet": Format((ACTIVITYNET_TRAIN, ACTIVITYNET_TEST), _activitynet,
                           f"activitynet {ACTIVITYNET_TEST} (paragraphs)"),
@@ -195,6 +210,11 @@ def dataset_format(dataset: str) -> Format:
     if dataset not in FORMATS:
         raise UserError(f"dataset {dataset!r} has no annotation adapter; use one of: {', '.join(FORMATS)}")
     return FORMATS[dataset]
+
+
+def name_of_test_split(dataset: str, vatex_split: str) -> str:
+    """What metrics.json calls the test split; VATEX's depends on which list `data.vatex_split` chose."""
+    return VATEX_SPLITS[vatex_split].name if dataset == "vatex" else dataset_format(dataset).test_split
 
 
 def load_annotations(dataset: str, raw_dir: Path) -> Annotations:

@@ -40,8 +40,8 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from dgl.checksums import file_checksums, sha256_of, write_manifest
-from dgl.data.adapters import (VATEX_CAPTIONS, VATEX_TEST, VATEX_TRAIN, VIDEO_EXTENSIONS, dataset_format,
-                               load_annotations)
+from dgl.data.adapters import (VATEX_CAPTIONS, VATEX_SPLITS, VATEX_TEST, VATEX_TRAIN, VIDEO_EXTENSIONS,
+                               dataset_format, load_annotations)
 from dgl.data.download import ChecksumMismatch, download, extract
 from dgl.errors import UserError
 
@@ -100,36 +100,47 @@ class Remote:
 class Source:
     remotes: tuple[Remote, ...]
     by_hand: str  # one line: what to fetch yourself, from where, and where to put it ({manual}, {downloads})
-    derive: Callable[[Path, Path], None] | None = None  # (raw, downloads folder): annotation files from the fetched
+    derive: Callable[[Path, Path, str], None] | None = None  # (raw, downloads folder, split): annotation files
+    # from the fetched ones
 
 
 # --- VATEX: the official caption files → the split lists and caption map the adapter reads -----
 
-VATEX_OFFICIAL = {VATEX_TRAIN: "vatex_training_v1.0.json", VATEX_TEST: "vatex_validation_v1.0.json"}
+VATEX_OFFICIAL_TRAIN, VATEX_OFFICIAL_VAL = "vatex_training_v1.0.json", "vatex_validation_v1.0.json"
 
 
-def _vatex_from_official(raw_dir: Path, downloads_dir: Path) -> None:
+def _official_captions(raw_dir: Path, downloads_dir: Path, name: str) -> dict[str, list[str]]:
+    """{video id: English captions} of one official caption file, in its order."""
+    try:
+        entries = json.loads((raw_dir / name).read_text(encoding="utf-8"))
+        return {str(e["videoID"]): [str(c) for c in e["enCap"]] for e in entries}
+    except (ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{name}: not VATEX's official caption format ({type(e).__name__}: {e}); delete "
+                        f"{downloads_dir / name} (or your copy in the manual folder) and run again") from None
+
+
+def _vatex_from_official(raw_dir: Path, downloads_dir: Path, split: str) -> None:
     """train_list.txt / test_list.txt / ref_captions.json from VATEX's official English captions.
 
-    Train = the official training set, test = the official validation set (3,000 videos). The
-    1,500-video test split of the DGL paper (from HGR/CLIP2Video) has no plain public download:
-    placing its three files in the manual folder skips this step.
+    Train = the official training set; test = the videos of the official validation set that
+    `split` (data.vatex_split, adapters.VATEX_SPLITS) names: HGR's 1,500 (the papers'), or all
+    3,000. Placing the three files in the manual folder skips this step.
     """
     if (raw_dir / VATEX_CAPTIONS).exists():
         return
-    captions: dict[str, list[str]] = {}
-    for list_name, name in VATEX_OFFICIAL.items():
-        try:
-            entries = json.loads((raw_dir / name).read_text(encoding="utf-8"))
-            split_captions = {str(e["videoID"]): [str(c) for c in e["enCap"]] for e in entries}
-        except (ValueError, KeyError, TypeError) as e:
-            raise UserError(f"{name}: not VATEX's official caption format ({type(e).__name__}: {e}); delete "
-                            f"{downloads_dir / name} (or your copy in the manual folder) and run again") from None
-        (raw_dir / list_name).write_text("".join(f"{v}\n" for v in split_captions))
-        captions |= split_captions
+    train = _official_captions(raw_dir, downloads_dir, VATEX_OFFICIAL_TRAIN)
+    validation = _official_captions(raw_dir, downloads_dir, VATEX_OFFICIAL_VAL)
+    listed = VATEX_SPLITS[split].test_ids
+    test_ids = listed.read_text().split() if listed else list(validation)
+    absent = [v for v in test_ids if v not in validation]
+    if absent:
+        raise UserError(f"{VATEX_OFFICIAL_VAL}: lacks {len(absent)} of the {len(test_ids)} videos of the {split} test "
+                        f"split (first: {absent[0]}); use VATEX's v1.0 validation file, or data.vatex_split: "
+                        "official_val")
+    (raw_dir / VATEX_TRAIN).write_text("".join(f"{v}\n" for v in train))
+    (raw_dir / VATEX_TEST).write_text("".join(f"{v}\n" for v in test_ids))
+    captions = train | {v: validation[v] for v in test_ids}
     (raw_dir / VATEX_CAPTIONS).write_text(json.dumps(captions) + "\n")
-    print("vatex: test split = the official validation set (3,000 videos), not the paper's 1,500-video split",
-          file=sys.stderr)
 
 
 # --- the registry ------------------------------------------------------------------------------
@@ -150,12 +161,12 @@ SOURCES: dict[str, Source] = {
     "vatex": Source(
         remotes=tuple(
             Remote(f"https://eric-xw.github.io/vatex-website/data/{name}", name, copy_as(name),
-                   unless_present=(name, VATEX_CAPTIONS))  # the official file, or the paper's split derived from it
-            for name in VATEX_OFFICIAL.values()
+                   unless_present=(name, VATEX_CAPTIONS))  # the official file, or the lists derived from it
+            for name in (VATEX_OFFICIAL_TRAIN, VATEX_OFFICIAL_VAL)
         ),
         by_hand="VATEX videos are YouTube clips: fetch each <videoID> (= <YouTube id>_<start>_<end>, seconds) "
-                "yourself (e.g. yt-dlp, then cut with ffmpeg) into {manual}/videos/<videoID>.mp4; for the "
-                "paper's split also put its train_list.txt, test_list.txt and ref_captions.json in {manual}/",
+                "yourself (e.g. yt-dlp, then cut with ffmpeg) into {manual}/videos/<videoID>.mp4; the split lists "
+                "are derived from the official caption files (data.vatex_split)",
         derive=_vatex_from_official,
     ),
     "lsmdc": Source(
@@ -227,13 +238,13 @@ def _place_by_hand(manual_dir: Path, raw_dir: Path) -> int:
 
 
 def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_dir: Path | None = None,
-                manual_dir: Path | None = None, max_extract_bytes: int | None = None) -> dict:
+                manual_dir: Path | None = None, max_extract_bytes: int | None = None, vatex_split: str = "hgr") -> dict:
     """Assemble `raw_dir` for a real dataset: place, download, extract, check, write the manifest.
 
     `downloads_dir` defaults to <raw_dir's parent>/downloads/<dataset>, `manual_dir` to
     <raw_dir's parent>/manual/<dataset>; each archive may write at most `max_extract_bytes`.
     First-use checksums are recorded only once everything has been extracted and the annotation
-    files parse. Returns a summary (counts).
+    files parse. `vatex_split` names VATEX's test split (adapters.VATEX_SPLITS). Returns a summary (counts).
     """
     source = _source(dataset)
     raw_dir = Path(raw_dir)
@@ -251,7 +262,7 @@ def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_di
             if record is not None:
                 records[record] = downloads[remote.filename]["sha256"]
     if source.derive is not None:
-        source.derive(raw_dir, downloads_dir)
+        source.derive(raw_dir, downloads_dir, vatex_split)
 
     missing_files = [f for f in dataset_format(dataset).files if not (raw_dir / f).is_file()]
     if missing_files:
