@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from conftest import ROOT, copy_project, run
+from experiments.report import from_dvc_show
 from test_tracking import Rest, free_port, mlflow_ui
 
 DB_USER = "nobody"  # initdb refuses root: as root, the cluster runs as this user
@@ -99,15 +100,9 @@ class Group:
 
 
 def exp_show(clone: Path) -> dict[str, dict]:
-    """The named experiments of `dvc exp show --json`: name -> (params, metrics)."""
-    found = {}
-    for commit in json.loads(run(["dvc", "exp", "show", "--json"], clone).stdout):
-        for exp in commit.get("experiments") or []:
-            for rev in exp["revs"]:
-                data = rev["data"]
-                found[rev["name"]] = {"params": data["params"]["params.yaml"]["data"],
-                                      "metrics": data["metrics"]["metrics.json"]["data"]}
-    return found
+    """The experiments of `dvc exp show --json` as experiments/report.py reads them: name -> params, metrics."""
+    found, _ = from_dvc_show(json.loads(run(["dvc", "exp", "show", "--json"], clone).stdout))
+    return {e.name: {"params": e.params, "metrics": e.metrics} for e in found}
 
 
 @pytest.fixture(scope="module")
@@ -117,7 +112,8 @@ def group(tmp_path_factory, tiny_repro) -> Iterator[Group]:
     run(["git", "init", "-q", "--bare", str(base / "shared.git")], base)
     alice = copy_project(tiny_repro, base / "alice")
     run(["dvc", "remote", "add", "-d", "shared", str(base / "dvc-remote")], alice)  # README, "A DVC remote"
-    run(git + ["commit", "-qam", "the group's DVC remote"], alice)
+    run(git + ["add", "-A"], alice)  # dvc.lock, metrics.json, plots: what `dvc repro` made, and the remote
+    run(git + ["commit", "-qm", "results, and the group's DVC remote"], alice)
     run(["git", "remote", "add", "origin", str(base / "shared.git")], alice)
     run(["git", "push", "-q", "origin", "HEAD:refs/heads/main"], alice)
     run(["dvc", "push"], alice)
@@ -155,7 +151,7 @@ def test_experiments_pushed_by_one_clone_are_pulled_by_the_other_with_their_metr
     alice, bob = group.shown["alice"], group.shown["bob"]
     assert set(alice) == set(bob) == {name for name, _ in EXPERIMENTS.values()}
     assert alice == bob
-    assert alice["alice-1epoch"]["params"]["train"]["epochs"] == 1 and bob["bob-lr"]["params"]["train"]["lr"] == 0.01
+    assert alice["alice-1epoch"]["params"]["train.epochs"] == 1 and bob["bob-lr"]["params"]["train.lr"] == 0.01
     assert alice["alice-1epoch"]["metrics"] != alice["bob-lr"]["metrics"]
     assert group.reports["alice"] == group.reports["bob"]
     assert "alice-1epoch" in group.reports["alice"] and "bob-lr" in group.reports["alice"]
@@ -177,7 +173,7 @@ def test_both_runs_meet_in_one_tracking_server_on_postgresql(group):
         shown = group.shown[who][name]["metrics"]
         assert metrics["test/t2v_R1"] == pytest.approx(shown["t2v_R1"])
         curve = group.server.get("metrics/get-history", run_id=found["info"]["run_id"], metric_key="epoch/train_loss")
-        assert len(curve["metrics"]) == group.shown[who][name]["params"]["train"]["epochs"]
+        assert len(curve["metrics"]) == group.shown[who][name]["params"]["train.epochs"]
         run_id = found["info"]["run_id"]
         assert {"metrics.json", "params.yaml", "plots"} <= group.server.artifacts(run_id)
         assert "plots/figures/retrieval.png" in group.server.artifacts(run_id, "plots/figures")
@@ -185,3 +181,14 @@ def test_both_runs_meet_in_one_tracking_server_on_postgresql(group):
     assert not (group.clones["bob"] / "mlruns").exists()
     with psycopg.connect(group.db) as con:  # the store is PostgreSQL
         assert [name for (name,) in con.execute("SELECT name FROM runs ORDER BY name")] == sorted(runs)
+
+
+def test_mlflow_tracking_uri_wins_over_params(monkeypatch):
+    from dgl.settings import TrackingConfig
+    from dgl.tracking import tracking_uri
+
+    cfg = TrackingConfig(uri="http://params-server:5000", experiment="dgl")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://group-server:5000")
+    assert tracking_uri(cfg) == "http://group-server:5000"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
+    assert tracking_uri(cfg) == "http://params-server:5000"
