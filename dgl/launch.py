@@ -6,6 +6,7 @@ machine, `--nnodes N --nproc-per-node P --rdzv-backend c10d --rdzv-endpoint host
 agents meet at the endpoint (the agent on that host serves it) and number the N x P processes. Under
 SLURM the stage, run by the batch script on the job's first node, starts every node's agent with one
 `srun`; elsewhere it starts this machine's agent, and each other machine runs the stage's command itself.
+The agent is `python -m dgl.launch <torchrun's arguments>`: torchrun itself, whose failure is one line.
 
 Each setting comes from the first of these that is set: an explicit variable (the ones torchrun itself
 reads for these flags), then what the scheduler knows of this job, then params.yaml:
@@ -40,7 +41,7 @@ CPP_LOG_LEVEL = "TORCH_CPP_LOG_LEVEL"
 class Launch:
     nnodes: int
     nproc: int  # processes per machine
-    endpoint: str  # host:port of the rendezvous; "" on one machine
+    endpoint: str  # host:port of the rendezvous; unused on one machine
     rdzv_id: str
     timeout: int  # seconds
     srun: bool  # start every node's agent with srun (the stage runs inside a SLURM job)
