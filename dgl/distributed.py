@@ -48,6 +48,17 @@ def _what(e: Exception) -> str:
     return line.split(". ")[0][:160]
 
 
+def check_nproc(nproc: int, device: torch.device) -> None:
+    """One process per GPU, or per CPU core: more than the machine has is refused in one line."""
+    if device.type == "cuda":
+        available, what = torch.cuda.device_count(), "visible CUDA devices"
+    else:
+        available, what = len(os.sched_getaffinity(0)), "CPU cores available to this process"
+    if nproc > available:
+        raise UserError(f"params: train.nproc = {nproc} processes, but there are {available} {what}; "
+                        f"use train.nproc <= {available}")
+
+
 @contextlib.contextmanager
 def process_group(device: torch.device, timeout_s: int = 300) -> Iterator[tuple[Dist, torch.device]]:
     """This process's rank and device (cuda:LOCAL_RANK under torchrun on CUDA). Joining and every

@@ -25,7 +25,7 @@ from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
 from dgl.tracking import (WEIGHTS_TAG, active_run_id, end_abandoned_run, epoch_metrics, log_missing_epochs,
                           log_training_setup, mlflow_run, resumable_run, run_label)
-from dgl.train import pick_device, train_method, train_val_views
+from dgl.train import batch_size_used, pick_device, train_method, train_val_views
 
 
 @entry_point
@@ -44,6 +44,8 @@ def main() -> None:
     if not launch.under_torchrun():
         run = launch.resolve(cfg)
         if run.world > 1:
+            if not run.srun:  # under SLURM the job's allocation is the machines' (other nodes, their GPUs)
+                distributed.check_nproc(run.nproc, pick_device(cfg.device))
             sys.exit(launch.run_nodes(run, "pipelines.train", sys.argv[1:]))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -55,6 +57,10 @@ def main() -> None:
         method = build_method(params.model.method, clip, params.model, num_frames=split.num_frames)
         counts = count_parameters(method)
         train_view, val_view = train_val_views(split, cfg.val_fraction, cfg.seed)
+        batch_size = batch_size_used(cfg, len(train_view.videos), dist.world)
+        if dist.main and batch_size != cfg.batch_size:
+            print(f"train.batch_size = {cfg.batch_size}: the training set has {len(train_view.videos)} videos, "
+                  f"so batches of {batch_size} are used (MLflow param train.batch_size_used)", file=sys.stderr)
         checkpoint = Checkpoint(args.checkpoint, fingerprint(params, backbone["sha256"]))
         resume = checkpoint.load(verbose=dist.main)
         if dist.main and checkpoint.abandoned:  # no run will resume it: its run, killed with it, ends first
@@ -66,7 +72,9 @@ def main() -> None:
         with tracking as mlflow:
             if dist.main:
                 log_training_setup(mlflow, params, params.model.method, counts)
+                mlflow.log_param("train.batch_size_used", batch_size)
                 run_id = active_run_id()
+                checkpoint.claim(run_id)  # a kill before the first checkpoint leaves the run's id to end it
                 if resume:  # the epochs its run may lack: killed between checkpoint and logging
                     log_missing_epochs(mlflow, resume["history"])
             log_line = None if show_progress() else EpochLog(cfg.epochs, first=resume["epoch"] + 1 if resume else 1)
