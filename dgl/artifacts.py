@@ -13,6 +13,7 @@ from pathlib import Path
 
 import torch
 
+from dgl.checkpoint import non_finite
 from dgl.checksums import sha256_of
 from dgl.cli import binary_output
 from dgl.errors import UserError
@@ -63,6 +64,9 @@ def load_trained(trained_dir: Path, backbone_dir: Path, model_cfg: ModelConfig,
         raise UserError(f"{weights}: damaged ({_reason(e)}); {REBUILD}") from None
     if not isinstance(state, dict) or not all(isinstance(t, torch.Tensor) for t in state.values()):
         raise UserError(f"{weights}: not a state dict of tensors; {REBUILD}")
+    bad = non_finite(state)
+    if bad is not None:
+        raise UserError(f"{weights}: the weights hold NaN or inf (e.g. {bad}); {REBUILD}")
     own = method.state_dict()
     unexpected = sorted(set(state) - set(own))
     trainable = {n for n, p in method.named_parameters() if p.requires_grad}

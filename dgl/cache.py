@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from dgl.cli import progress_bar
-from dgl.data.annotations import Annotations
+from dgl.data.annotations import Annotations, id_path
 from dgl.errors import UserError
 from dgl.models.backbone import register_configs
 
@@ -157,7 +157,7 @@ def _write_frames(frames_dir: Path, video_ids: list[str], out_dir: Path, split: 
         done = np.zeros(len(video_ids), dtype=bool)
     todo = np.flatnonzero(~done)
     for n, i in enumerate(progress_bar(progress, todo, desc=f"preprocess {split}", unit="video")):
-        stored = np.load(frames_dir / f"{video_ids[i]}.npy")
+        stored = np.load(id_path(frames_dir, video_ids[i], ".npy"))
         frames[i] = resize_center_crop(_segment_frames(stored, num_frames, candidates), size)
         done[i] = True
         if n % 256 == 255:  # checkpoint progress so an interrupted run resumes here

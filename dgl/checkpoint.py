@@ -13,7 +13,8 @@ backbone's sha256. Anything else is never loaded: no run will resume it, so the 
 its MLflow run (KILLED: its process was killed) and removes it, with a one-line notice. The `params`
 stage does the same for a checkpoint of other params whenever params.yaml changes, before DVC reruns
 `train` or restores it from its run cache (pipelines/params.py): so a killed training leaves no
-orphan checkpoint nor a run stuck in RUNNING.
+orphan checkpoint nor a run stuck in RUNNING. A training killed before its first checkpoint leaves
+only `<checkpoint>.run`, its run's id, written as the run starts: both stages end that run alike.
 """
 from __future__ import annotations
 
@@ -32,8 +33,10 @@ from dgl.errors import disk_full
 from dgl.typed_yaml import flatten
 
 GROUPS = ("ffmpeg", "data", "frames", "preprocess", "model", "train")
-# These change only speed: train.batch_size is the global batch whatever the processes and sub-batches.
-SPEED_ONLY = {"frames.workers", "train.threads", "train.nproc", "train.accum_steps", "train.activation_checkpointing"}
+# These change only speed, or where processes run: train.batch_size is the global batch whatever the
+# processes, machines and sub-batches.
+SPEED_ONLY = {"frames.workers", "train.threads", "train.nproc", "train.accum_steps", "train.activation_checkpointing",
+              "train.nnodes", "train.rdzv_endpoint", "train.dist_timeout"}
 
 
 def params_fingerprint(params) -> str:
@@ -52,6 +55,7 @@ class Checkpoint:
         self.fingerprint = fingerprint
         self.abandoned = False  # `load` found a checkpoint that no run will resume
         self.abandoned_run_id: str | None = None  # and the MLflow run it names
+        self.run_path = run_marker(self.path)
 
     def load(self, verbose: bool = True) -> dict | None:
         """The saved state when it belongs to this run, else None. A checkpoint of other params or
@@ -59,8 +63,14 @@ class Checkpoint:
         (`abandoned_run_id`, dgl.tracking.end_abandoned_run), then removes it."""
         state, reason = _read(self.path, mmap=False)
         if state is None and reason is None:
+            self.abandoned_run_id = _marked_run(self.run_path)  # a training killed before its first checkpoint
+            self.abandoned = self.abandoned_run_id is not None
             return None
-        if state is not None and state.get("fingerprint") == self.fingerprint:
+        weights = state.get("weights") if state is not None else None
+        bad = non_finite(weights) if isinstance(weights, dict) else None
+        if bad is not None:  # resuming it would only end in a NaN loss
+            reason = f"its weights hold NaN or inf (e.g. {bad})"
+        elif state is not None and state.get("fingerprint") == self.fingerprint:
             if verbose:
                 print(f"{self.path}: resuming after epoch {state['epoch']}", file=sys.stderr)
             return state
@@ -86,8 +96,33 @@ class Checkpoint:
             raise
         os.replace(tmp, self.path)
 
+    def claim(self, run_id: str) -> None:
+        """Note the MLflow run this training logs to, before any checkpoint names it."""
+        self.run_path.parent.mkdir(parents=True, exist_ok=True)
+        self.run_path.write_text(run_id + "\n")
+
     def remove(self) -> None:
         self.path.unlink(missing_ok=True)
+        self.run_path.unlink(missing_ok=True)
+
+
+def run_marker(path: Path) -> Path:
+    """Beside the checkpoint: the id of the MLflow run of the training that writes it."""
+    return path.with_name(path.name + ".run")
+
+
+def _marked_run(marker: Path) -> str | None:
+    try:
+        run_id = marker.read_text().strip()
+    except (OSError, UnicodeDecodeError):
+        return None
+    return run_id or None
+
+
+def non_finite(state: dict) -> str | None:
+    """The name of the first floating-point tensor of `state` that holds NaN or inf, else None."""
+    return next((name for name, t in state.items()
+                 if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()), None)
 
 
 def _read(path: Path, mmap: bool = True) -> tuple[dict | None, str | None]:
@@ -114,8 +149,9 @@ def abandoned_by(path: Path, params) -> tuple[bool, str | None]:
     unreadable), and the MLflow run it names. One these params may resume is not: whether its
     backbone still matches, the train stage decides."""
     state, reason = _read(path)
-    if state is None and reason is None:
-        return False, None
+    if state is None and reason is None:  # no checkpoint: a training killed before its first one, if any
+        run_id = _marked_run(run_marker(path))
+        return run_id is not None, run_id
     if state is not None and str(state.get("fingerprint", "")).split(":")[0] == params_fingerprint(params):
         return False, None
     return True, _run_id(state)

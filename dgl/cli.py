@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from dgl.errors import DISK_FULL, UserError, disk_full
+from dgl.errors import DISK_FULL, USER_ERROR, UserError, disk_full
 
 
 def entry_point(main: Callable[[], None]) -> Callable[[], None]:
@@ -24,13 +24,13 @@ def entry_point(main: Callable[[], None]) -> Callable[[], None]:
             main()
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(USER_ERROR)
         except OSError as e:
             if e.errno not in DISK_FULL:
                 raise
             print(f"error: {e.filename or 'an output'}: {os.strerror(e.errno)}; free some space and run again",
                   file=sys.stderr)
-            sys.exit(2)
+            sys.exit(USER_ERROR)
         except KeyboardInterrupt:
             print("interrupted; outputs were left as they were", file=sys.stderr)
             sys.exit(130)

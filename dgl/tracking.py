@@ -156,8 +156,22 @@ def git_state(cwd: Path) -> tuple[str, str] | None:
     return head.stdout.strip(), diff
 
 
-def _store_lock(uri: str) -> contextlib.AbstractContextManager:
-    return FileLock(uri.removeprefix(SQLITE) + ".lock") if uri.startswith(SQLITE) else contextlib.nullcontext()
+@contextlib.contextmanager
+def _store_lock(uri: str) -> Iterator[None]:
+    if not uri.startswith(SQLITE):
+        yield
+        return
+    lock = FileLock(uri.removeprefix(SQLITE) + ".lock")
+    try:
+        lock.acquire()
+    except OSError as e:  # a read-only folder, ...
+        raise UserError(f"MLflow store {uri.removeprefix(SQLITE)}: cannot create its lock file {lock.lock_file} "
+                        f"({e.strerror}); make the folder writable, or set tracking.uri (or MLFLOW_TRACKING_URI) "
+                        "to another store") from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def artifacts_beside(uri: str, experiment: str) -> Path | None:
@@ -212,6 +226,26 @@ def fail_fast() -> None:
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
     os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
     logging.getLogger("urllib3.connectionpool").setLevel(logging.ERROR)  # its retry warnings: the error says it once
+    logging.getLogger("mlflow.store.db.utils").addFilter(_below_error)  # its database errors and their SQL, likewise
+
+
+def _below_error(record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR
+
+
+def _store_error(uri: str, error: Exception) -> str:
+    """One line for an error of the store at `uri`: the database's own words where it gave them
+    (`database is locked`), and advice that fits a SQLite file or a server."""
+    text = str(error)
+    database = re.search(r"\((?:sqlite3|psycopg2|pymysql|MySQLdb)\.\w+\) ([^\n]+)", text)
+    reason = (database[1] if database else text.splitlines()[0] if text else type(error).__name__).strip()[:200]
+    if not uri.startswith(SQLITE):
+        return f"MLflow at {uri}: {reason}; start the server or set tracking.uri (or MLFLOW_TRACKING_URI)"
+    db = uri.removeprefix(SQLITE)
+    fix = ("another process holds it locked past SQLite's busy timeout: let it finish or stop it (many writers at "
+           "once: serve the store with `mlflow server`, README)" if "locked" in reason else
+           "check that the file and its folder are writable and the file is an MLflow database")
+    return f"MLflow store {db}: {reason}; {fix}, or set tracking.uri (or MLFLOW_TRACKING_URI) to another store"
 
 
 @contextlib.contextmanager
@@ -219,13 +253,13 @@ def _reported(uri: str) -> Iterator[None]:
     """Every call that reaches the store runs inside this: the fail-fast settings (`fail_fast`) hold,
     and an MLflow error (server down, store unreadable) becomes one line naming the store."""
     from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError  # MLflow raises it as it is opening a SQLite store
 
     fail_fast()
     try:
         yield
-    except MlflowException as e:
-        raise UserError(f"MLflow at {uri}: {str(e).splitlines()[0][:200]}; start the server or set "
-                        "tracking.uri (or MLFLOW_TRACKING_URI)") from None
+    except (MlflowException, SQLAlchemyError) as e:
+        raise UserError(_store_error(uri, e)) from None
 
 
 def run_url(uri: str, experiment_id: str, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:

@@ -282,6 +282,17 @@ def current_rates(optimizer: torch.optim.Optimizer, cfg) -> dict[str, float]:
     return rates
 
 
+def batch_size_used(cfg, videos: int, world: int) -> int:
+    """The global batch training uses: train.batch_size, or all `videos` where there are fewer (a
+    batch holds each video once), rounded down to split evenly over `world` processes x accum_steps."""
+    parts = world * cfg.accum_steps
+    used = min(cfg.batch_size, videos) // parts * parts
+    if used < 2:
+        raise UserError(f"{videos} training videos cannot fill a batch split over {world} processes "
+                        f"x {cfg.accum_steps} sub-batches; lower train.nproc or train.accum_steps")
+    return used
+
+
 @torch.no_grad()
 def clamp_logit_scale(method: Method) -> None:
     """Where a method trains CLIP's logit scale (full fine-tuning), keep exp(logit_scale) <= 100 as
@@ -304,10 +315,7 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
         return []
     rng = np.random.default_rng(cfg.seed)
     parts = dist.world * cfg.accum_steps
-    batch_size = min(cfg.batch_size, len(train.videos)) // parts * parts
-    if batch_size < 2:
-        raise UserError(f"{len(train.videos)} training videos cannot fill a batch split over {dist.world} processes "
-                        f"x {cfg.accum_steps} sub-batches; lower train.nproc or train.accum_steps")
+    batch_size = batch_size_used(cfg, len(train.videos), dist.world)
     samples = len(train.videos) if cfg.captions == "one" else len(train.captions()[0])
     steps_per_epoch = math.ceil(samples / batch_size)
     history: list[dict] = []
@@ -352,7 +360,7 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
                 bar.set_postfix(loss=f"{loss:.3f}")
         record = {"train_loss": float(np.mean(losses)), **current_rates(optimizer, cfg)}
         if val is not None:  # on every rank: cheaper than making the others wait for rank 0
-            record.update({f"val_{k}": v for k, v in evaluate_view(method, val, device, cfg.batch_size).metrics.items()
+            record.update({f"val_{k}": v for k, v in evaluate_view(method, val, device, batch_size).metrics.items()
                            if k in ("t2v_R1", "v2t_R1", "t2v_R5")})
         history.append(record)
         if dist.main:  # checkpoint first: a logging failure (tracking server down) then loses no epoch

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -66,6 +67,8 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
     if annotation is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise UserError(f"params: {key} = {value!r} must be a number")
+        if not math.isfinite(value):  # NaN passes every bound (each comparison is False), inf passes open ones
+            raise UserError(f"params: {key} = {value!r} must be a finite number")
         return float(value)
     if annotation is str:
         if not isinstance(value, str):

@@ -61,7 +61,7 @@ import numpy as np
 from PIL import Image
 
 from dgl.cli import progress_bar
-from dgl.data.annotations import Annotations
+from dgl.data.annotations import Annotations, id_path
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe, toolchain
 from dgl.settings import FramesConfig
@@ -198,7 +198,7 @@ _KEY, _DISCARD = 0x1, 0x4  # AV_PKT_FLAG_KEY, AV_PKT_FLAG_DISCARD
 def _read_packets(path: Path, exe: str) -> _Packets:
     """Every packet of the first video stream, from a demux-only run: the whole file is read (so a
     truncated one fails here), nothing is decoded. Timestamps as the demuxer gives them (`-copyts`)."""
-    command = [exe, *_LOG_ARGS, "-copyts", "-i", str(path), "-map", "0:v:0", "-c", "copy", "-copyinkf",
+    command = [exe, *_LOG_ARGS, "-copyts", "-i", str(path), "-map", "0:V:0", "-c", "copy", "-copyinkf",
                "-f", "framecrc", "-"]
     stdout, log = _run_ffmpeg(command)
     text = stdout.decode(errors="replace")
@@ -216,20 +216,50 @@ def _read_packets(path: Path, exe: str) -> _Packets:
         seconds=3600 * int(duration[1]) + 60 * int(duration[2]) + float(duration[3]) if duration else 0.0)
 
 
-def _mp4_boxes(data: bytes, start: int, end: int) -> Iterator[tuple[bytes, int, int]]:
-    """(type, payload start, payload end) of the mp4 boxes in data[start:end]."""
-    while start + 8 <= end:
-        size, kind = struct.unpack_from(">I4s", data, start)
-        header = 16 if size == 1 else 8
-        size = struct.unpack_from(">Q", data, start + 8)[0] if size == 1 else size or end - start
-        if size < header or start + size > end:
-            return
-        yield kind, start + header, start + size
-        start += size
+class _Index:
+    """An mp4/mov index (the moov box's bytes), read only through bounded reads: a field past the end
+    of its box, or a box past the end of its parent, is a VideoError, never an IndexError or a
+    struct.error. The one place that reads the index: every read of a crafted file is checked here."""
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def field(self, fmt: str, box: tuple[int, int], offset: int) -> tuple:
+        """struct `fmt` at `offset` into `box` (payload start, end)."""
+        start, end = box
+        if offset < 0 or start + offset + struct.calcsize(fmt) > end:
+            raise VideoError("damaged mp4 index: a box ends before its fields")
+        return struct.unpack_from(fmt, self.data, start + offset)
+
+    def children(self, box: tuple[int, int]) -> dict[bytes, tuple[int, int]]:
+        """{type: (payload start, end)} of the boxes in `box` (the first of each type)."""
+        found: dict[bytes, tuple[int, int]] = {}
+        for kind, span in self.boxes(box):
+            found.setdefault(kind, span)
+        return found
+
+    def boxes(self, box: tuple[int, int]) -> Iterator[tuple[bytes, tuple[int, int]]]:
+        """(type, (payload start, end)) of the boxes in `box`, in order."""
+        position, end = box
+        while position + 8 <= end:
+            size, kind = struct.unpack_from(">I4s", self.data, position)
+            header = 16 if size == 1 else 8
+            if size == 1:
+                size = self.field(">Q", (position, end), 8)[0]
+            size = size or end - position  # 0: to the end of the parent
+            if size < header or position + size > end:
+                raise VideoError(f"damaged mp4 index: box {kind!r} of {size} bytes does not fit in its parent")
+            yield kind, (position + header, position + size)
+            position += size
+
+
+_MAX_MOOV = 1 << 30  # bytes: a 10-hour video's index is some tens of MB
 
 
 def _mp4_moov(path: Path) -> bytes | None:
-    """The index box (moov) of an mp4/mov file, wherever it lies; None for any other file."""
+    """The index box (moov) of an mp4/mov file, wherever it lies; None for any other file or one
+    without a moov (ffmpeg says what is wrong with it). A moov larger than what follows it in the
+    file (or than _MAX_MOOV) is a VideoError: nothing is read past the file's end or into memory unbounded."""
     file_size = path.stat().st_size
     with open(path, "rb") as f:
         position = 0
@@ -238,8 +268,16 @@ def _mp4_moov(path: Path) -> bytes | None:
             size, kind = struct.unpack(">I4s", f.read(8))
             if position == 0 and kind != b"ftyp":
                 return None
-            size = struct.unpack(">Q", f.read(8))[0] if size == 1 else size or file_size - position
+            if size == 1:
+                extended = f.read(8)
+                if len(extended) < 8:
+                    return None
+                size = struct.unpack(">Q", extended)[0]
+            size = size or file_size - position
             if kind == b"moov":
+                if size > min(file_size - position, _MAX_MOOV):
+                    raise VideoError(f"truncated or damaged: its index (moov) claims {size} bytes, "
+                                     f"{file_size - position} are left in the file")
                 f.seek(position)
                 return f.read(size)
             if size < 8:
@@ -256,31 +294,29 @@ class _Track(NamedTuple):
 
 def _mp4_video_track(path: Path) -> _Track | None:
     """Samples (frames), seconds and sync samples (keyframes) of the first video track of an mp4/mov
-    file, from its index; None for any other file or when the index does not say (fragmented or damaged)."""
+    file, from its index; None for any other file or when the index does not say (fragmented).
+    A damaged index is a VideoError (`_Index`)."""
     try:
         moov = _mp4_moov(path)
-        if moov is None:
-            return None
-
-        def children(span: tuple[int, int]) -> dict[bytes, tuple[int, int]]:
-            return {kind: (start, end) for kind, start, end in _mp4_boxes(moov, *span)}
-
-        for kind, *trak in _mp4_boxes(moov, 8, len(moov)):
-            mdia = children(children(trak).get(b"mdia", (0, 0))) if kind == b"trak" else {}
-            if b"hdlr" not in mdia or moov[mdia[b"hdlr"][0] + 8:mdia[b"hdlr"][0] + 12] != b"vide":
-                continue
-            stbl = children(children(mdia.get(b"minf", (0, 0))).get(b"stbl", (0, 0)))
-            sizes, mdhd = stbl.get(b"stsz") or stbl.get(b"stz2"), mdia.get(b"mdhd", (0, 0))[0]
-            if sizes is None or not mdhd:
-                return None
-            samples = struct.unpack_from(">I", moov, sizes[0] + 8)[0]  # after version, flags and one field
-            timescale, duration = (struct.unpack_from(">IQ", moov, mdhd + 20) if moov[mdhd] == 1  # version 1
-                                   else struct.unpack_from(">II", moov, mdhd + 12))
-            sync = stbl.get(b"stss")  # no sync sample table: every sample is one
-            keyframes = struct.unpack_from(">I", moov, sync[0] + 4)[0] if sync else samples
-            return _Track(samples, duration / timescale if timescale else 0.0, keyframes) if samples else None
-    except (OSError, struct.error):
+    except OSError as e:
+        raise VideoError(f"cannot be read ({e.strerror or e})") from None
+    if moov is None:
         return None
+    index = _Index(moov)
+    for kind, trak in index.boxes(index.children((0, len(moov)))[b"moov"]):  # the payload: after 8 or 16 bytes
+        mdia = index.children(index.children(trak).get(b"mdia", (0, 0))) if kind == b"trak" else {}
+        if b"hdlr" not in mdia or index.field(">4s", mdia[b"hdlr"], 8)[0] != b"vide":
+            continue
+        stbl = index.children(index.children(mdia.get(b"minf", (0, 0))).get(b"stbl", (0, 0)))
+        sizes, mdhd = stbl.get(b"stsz") or stbl.get(b"stz2"), mdia.get(b"mdhd")
+        if sizes is None or mdhd is None:
+            return None
+        samples = index.field(">I", sizes, 8)[0]  # after version, flags and one field
+        timescale, duration = (index.field(">IQ", mdhd, 20) if index.field(">B", mdhd, 0)[0] == 1  # version 1
+                               else index.field(">II", mdhd, 12))
+        sync = stbl.get(b"stss")  # no sync sample table: every sample is one
+        keyframes = index.field(">I", sync, 4)[0] if sync else samples
+        return _Track(samples, duration / timescale if timescale else 0.0, keyframes) if samples else None
     return None
 
 
@@ -303,7 +339,7 @@ def _decode_picked(path: Path, exe: str, size: int, reencode_fps: float | None, 
                    num_frames: int, candidates: int) -> tuple[np.ndarray, int]:
     """The frames `segment_candidates(frame_count, ...)` picks, each once, in order (U, H, W, 3), and how
     many frames the video really has (after `reencode_fps`): one decoding run."""
-    video = ffmpeg.input(str(path), threads=1)["v:0"]  # one decoder thread: the workers are the parallelism
+    video = ffmpeg.input(str(path), threads=1)["V:0"]  # one decoder thread: the workers are the parallelism
     if reencode_fps is not None:
         video = video.filter("fps", fps=reencode_fps)
     every = video.split()
@@ -376,7 +412,7 @@ def _decode_seeks(path: Path, exe: str, size: int, seeks: list[_Seek], time_base
             command += ["-seek_timestamp", "1", "-noaccurate_seek", "-ss", f"{micros}us"]
         command += ["-threads", "1", "-i", str(path)]
         wanted = "+".join(f"eq(pts,{p})" for p in seek.pts)
-        branches.append(f"[{i}:v:0]trim=end_pts={seek.pts[-1] + 1},select='{wanted}',"
+        branches.append(f"[{i}:V:0]trim=end_pts={seek.pts[-1] + 1},select='{wanted}',"
                         f"scale=w='if(lte(iw,ih),{size},-1)':h='if(lte(iw,ih),-1,{size})':flags=area[v{i}]")
     inputs = "".join(f"[v{i}]" for i in range(len(seeks)))
     graph = ";".join([*branches, f"{inputs}concat=n={len(seeks)}:v=1:a=0[out]"])
@@ -489,10 +525,13 @@ def _decord_reason(error: Exception, logged: list[str]) -> str:
     return f"unreadable video (decord: {first[:120]})"
 
 
-def _resize_short_side(frames: np.ndarray, size: int) -> np.ndarray:
-    height, width = short_side_shape(frames.shape[1], frames.shape[2], size)
-    resized = [Image.fromarray(f).resize((width, height), Image.Resampling.BILINEAR) for f in frames]
-    return np.stack([np.asarray(image) for image in resized])
+def _resize_short_side(frame: np.ndarray, size: int) -> np.ndarray:
+    height, width = short_side_shape(frame.shape[0], frame.shape[1], size)
+    return np.asarray(Image.fromarray(frame).resize((width, height), Image.Resampling.BILINEAR))
+
+
+# decord decodes at full size before resizing: above this a frame is refused instead of taking GBs
+DECORD_MAX_PIXELS = 4096 * 2304  # 4K (DCI and UHD) passes; ffmpeg resizes inside its filter graph whatever the size
 
 
 def _sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str,
@@ -500,6 +539,7 @@ def _sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float |
     del binary  # decord decodes with the FFmpeg libraries it ships, not with an ffmpeg binary
     import decord  # imported here: it loads its own FFmpeg libraries, which only this backend needs
 
+    track = _mp4_video_track(path)  # what the index says, to check decord's count against
     decord.logging.set_level(decord.logging.QUIET)  # FFmpeg's own messages; decord's are caught below
     logged: list[str] = []
     try:
@@ -508,14 +548,23 @@ def _sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float |
         frame_count = len(reader)
         if frame_count == 0:
             raise VideoError("no video frames")
+        if track is not None and track.frames != frame_count:
+            raise VideoError(f"damaged index: decord counts {frame_count} frames, the mp4 index lists {track.frames}")
         timeline = np.arange(frame_count)
         if reencode_fps is not None:
             timeline = resampled_indices(frame_count, reader.get_avg_fps(), reencode_fps)
         picked = timeline[segment_candidates(len(timeline), num_frames, candidates)]
-        frames = reader.get_batch(picked.tolist()).asnumpy()
+        kept = np.unique(picked)
+        frames = []
+        for i in kept.tolist():  # one full-size frame at a time, resized at once: memory stays bounded
+            frame = reader.get_batch([i]).asnumpy()[0]
+            if frame.shape[0] * frame.shape[1] > DECORD_MAX_PIXELS:
+                raise VideoError(f"{frame.shape[1]}x{frame.shape[0]} pixels, more than the decord backend decodes "
+                                 "(4K); use frames.backend: ffmpeg")
+            frames.append(_resize_short_side(frame, size))
     except (RuntimeError, decord.DECORDError) as e:
         raise VideoError(_decord_reason(e, logged)) from None
-    return _resize_short_side(frames, size)
+    return np.stack(frames)[np.searchsorted(kept, picked)]
 
 
 BACKENDS: dict[str, Callable[..., np.ndarray]] = {"ffmpeg": _sample_ffmpeg, "decord": _sample_decord}
@@ -553,14 +602,21 @@ class _Job:
 
 
 def _extract_one(job: _Job) -> tuple[str, str | None]:
-    """Sample one video into out_dir/<id>.npy; returns (video id, reason it was skipped or None)."""
+    """Sample one video into out_dir/<id>.npy; returns (video id, reason it was skipped or None).
+    Whatever goes wrong decoding one video skips that video; only a UserError (the setup, e.g. a
+    missing ffmpeg, is wrong for every video) stops the stage."""
     cfg = job.cfg
     try:
         frames = sample_frames(job.raw_dir / job.relative_path, cfg.num_frames, cfg.size, cfg.backend,
                                cfg.reencode_fps, job.ffmpeg, job.candidates)
+    except UserError:
+        raise
     except VideoError as e:
         return job.video_id, f"{job.relative_path}: {e.reason}"
-    np.save(job.out_dir / f"{job.video_id}.npy", frames)
+    except Exception as e:  # noqa: BLE001 (a fault no check foresaw, e.g. MemoryError: the video's, not the stage's)
+        message = " ".join(str(e).split())[:120]
+        return job.video_id, f"{job.relative_path}: unreadable ({type(e).__name__}{': ' + message if message else ''})"
+    np.save(id_path(job.out_dir, job.video_id, ".npy"), frames)
     return job.video_id, None
 
 

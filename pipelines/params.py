@@ -67,16 +67,19 @@ def main() -> None:
     except UserError as e:
         raise UserError(f"{e}{restore_hint(args.params)}") from None
     check_writable(args.out)
-    if args.checkpoint.exists():  # torch and MLflow are imported only then: the check stays cheap
+    marker = args.checkpoint.with_name(args.checkpoint.name + ".run")  # dgl.checkpoint.run_marker
+    if args.checkpoint.exists() or marker.exists():  # torch and MLflow are imported only then: the check stays cheap
         from dgl.checkpoint import abandoned_by
         from dgl.tracking import end_abandoned_run
 
         abandoned, run_id = abandoned_by(args.checkpoint, params)
         if abandoned:
             end_abandoned_run(params.tracking, run_id)
-            args.checkpoint.unlink(missing_ok=True)
-            print(f"{args.checkpoint}: left by a killed training that these params will not resume; removed",
-                  file=sys.stderr)
+            marker.unlink(missing_ok=True)
+            if args.checkpoint.exists():
+                args.checkpoint.unlink()
+                print(f"{args.checkpoint}: left by a killed training that these params will not resume; removed",
+                      file=sys.stderr)
     atomic_write(args.out, MARK)
 
 

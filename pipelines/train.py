@@ -1,7 +1,8 @@
 """Stage `train`: models/trained/ (trainable weights only) and plots/train.json; one MLflow run.
 
-With train.nproc > 1 the stage re-launches itself under torchrun (DDP); only rank 0 logs and
-writes. After every epoch it checkpoints to --checkpoint, so a killed run resumes there, in the
+With more than one process (train.nproc, train.nnodes, or a scheduler's environment: dgl/launch.py)
+the stage re-launches itself under torchrun (DDP), on every machine of a SLURM job through srun; only
+rank 0 logs and writes. After every epoch it checkpoints to --checkpoint, so a killed run resumes there, in the
 same MLflow run, and ends with the same results (dgl/checkpoint.py)."""
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from dgl import distributed
+from dgl import distributed, launch
 from dgl.artifacts import save_trained
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
@@ -23,7 +24,7 @@ from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
 from dgl.tracking import (WEIGHTS_TAG, active_run_id, end_abandoned_run, epoch_metrics, log_missing_epochs,
                           log_trained, log_training_setup, mlflow_run, resumable_run, run_label)
-from dgl.train import pick_device, train_method, train_val_views
+from dgl.train import batch_size_used, pick_device, train_method, train_val_views
 
 
 @entry_point
@@ -39,18 +40,26 @@ def main() -> None:
     params = load_params(args.params)
     check_writable(args.out, args.plot, args.checkpoint)
     cfg = params.train
-    if cfg.nproc > 1 and not distributed.under_torchrun():
-        sys.exit(distributed.relaunch(cfg.nproc, "pipelines.train", sys.argv[1:]))
+    if not launch.under_torchrun():
+        run = launch.resolve(cfg)
+        if run.world > 1:
+            if not run.srun:  # under SLURM the job's allocation is the machines' (other nodes, their GPUs)
+                distributed.check_nproc(run.nproc, pick_device(cfg.device))
+            sys.exit(launch.run_nodes(run, "pipelines.train", sys.argv[1:]))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    with distributed.process_group(pick_device(cfg.device)) as (dist, device):
+    with distributed.process_group(pick_device(cfg.device), cfg.dist_timeout) as (dist, device):
         split = CachedSplit.load(args.cache, "train")
         clip, backbone = load_backbone(args.backbone)
         check_preprocessing(backbone, split.preprocessing(), args.cache)
         method = build_method(params.model.method, clip, params.model, num_frames=split.num_frames)
         counts = count_parameters(method)
         train_view, val_view = train_val_views(split, cfg.val_fraction, cfg.seed)
+        batch_size = batch_size_used(cfg, len(train_view.videos), dist.world)
+        if dist.main and batch_size != cfg.batch_size:
+            print(f"train.batch_size = {cfg.batch_size}: the training set has {len(train_view.videos)} videos, "
+                  f"so batches of {batch_size} are used (MLflow param train.batch_size_used)", file=sys.stderr)
         checkpoint = Checkpoint(args.checkpoint, fingerprint(params, backbone["sha256"]))
         resume = checkpoint.load(verbose=dist.main)
         if dist.main and checkpoint.abandoned:  # no run will resume it: its run, killed with it, ends first
@@ -62,7 +71,9 @@ def main() -> None:
         with tracking as mlflow:
             if dist.main:
                 log_training_setup(mlflow, params, params.model.method, counts)
+                mlflow.log_param("train.batch_size_used", batch_size)
                 run_id = active_run_id()
+                checkpoint.claim(run_id)  # a kill before the first checkpoint leaves the run's id to end it
                 if resume:  # the epochs its run may lack: killed between checkpoint and logging
                     log_missing_epochs(mlflow, resume["history"])
             log_line = None if show_progress() else EpochLog(cfg.epochs, first=resume["epoch"] + 1 if resume else 1)

@@ -14,6 +14,7 @@ import stat
 import sys
 import tarfile
 import threading
+import time
 import zipfile
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -51,6 +52,8 @@ class Server:
     validator: str = "etag"  # what identifies a version: "etag", "last-modified" or "none"
     honour_if_range: bool = True  # False: sends the asked range even of a changed file
     body: str = "length"  # "length" (Content-Length), "close" (none: the end is where the connection closes), "chunked"
+    validator_on_206: bool = True  # False: a ranged reply says nothing of which version it comes from
+    trickle: float = 0.0  # > 0: the body goes out one byte at a time, this many seconds apart
     requests: list[Request] = dataclasses.field(default_factory=list)
 
     def serve(self, name: str, body: bytes) -> str:
@@ -88,8 +91,9 @@ class Handler(BaseHTTPRequestHandler):
             return
         payload = body[start:]
         drop = state.drop_after.get(self.path) if state.drop_always else state.drop_after.pop(self.path, None)
-        for key, value in version_headers(state, body).items():
-            self.send_header(key, value)
+        if state.validator_on_206 or request.status != 206:
+            for key, value in version_headers(state, body).items():
+                self.send_header(key, value)
         sent = payload if drop is None else payload[:drop]
         if state.body == "chunked":
             self.send_header("Transfer-Encoding", "chunked")
@@ -103,7 +107,13 @@ class Handler(BaseHTTPRequestHandler):
             if state.body == "length":
                 self.send_header("Content-Length", str(len(payload)))
             self.end_headers()
-            self.wfile.write(sent)
+            if state.trickle:
+                for i in range(len(sent)):
+                    self.wfile.write(sent[i:i + 1])
+                    self.wfile.flush()
+                    time.sleep(state.trickle)
+            else:
+                self.wfile.write(sent)
         self.close_connection = True
 
     def _start(self, state: Server, body: bytes, request: Request) -> int | None:

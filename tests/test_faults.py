@@ -474,6 +474,32 @@ def test_a_training_with_other_params_ends_the_killed_runs_checkpoint(project, t
     assert [status for _, status in mlflow_runs(tmp_path / "mlflow.db")] == ["KILLED", "FINISHED"]
 
 
+def test_a_training_killed_before_its_first_checkpoint_leaves_no_run_running(project, tmp_path):
+    """Killed once its MLflow run has started but before the first checkpoint: only the run's id is
+    left beside where the checkpoint would be, and the params stage ends that run as KILLED."""
+    link_inputs(project, tmp_path, "data/cache", "models/backbone")
+    write_params(tmp_path / "params.yaml", {"train": {"epochs": 50}}, base=project / "params.yaml")
+    checkpoint = tmp_path / "models/checkpoints/train.pt"
+    marker = checkpoint.with_name("train.pt.run")
+    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1", "PYTHONPATH": str(project),
+           "DVC_ROOT": str(tmp_path)}
+    proc = subprocess.Popen(stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        while not marker.exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.communicate()
+    assert not checkpoint.exists()  # the first epoch had not ended
+    (run_id, status), = mlflow_runs(tmp_path / "mlflow.db")
+    assert status == "RUNNING" and marker.read_text().strip() == run_id
+    out = stage("params", tmp_path, code=project)
+    assert out.returncode == 0 and f"run {run_id} of that checkpoint ended as KILLED" in out.stderr, out.stderr
+    assert mlflow_runs(tmp_path / "mlflow.db") == [(run_id, "KILLED")] and not marker.exists()
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -66,15 +66,15 @@ class Rest:
 
 
 @contextlib.contextmanager
-def mlflow_ui(root: Path, command: str = "server", *options: str) -> Iterator[str]:
-    """`mlflow <command>` (server or ui) on a free loopback port with the SQLite store root/mlflow.db;
-    yields its address once it answers. The server and its workers (one process group) are killed
+def mlflow_ui(root: Path, command: str = "server", *options: str, store: str | None = None) -> Iterator[str]:
+    """`mlflow <command>` (server or ui) on a free loopback port with the SQLite store root/mlflow.db (or
+    the backend store `store`); yields its address once it answers. The server and its workers (one process group) are killed
     when the block ends, whatever happened in it."""
     port = free_port()
     log = (root / f"{command}.log").open("w")
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", *options],
+         "--backend-store-uri", store or f"sqlite:///{root / 'mlflow.db'}", *options],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -89,7 +89,8 @@ def mlflow_ui(root: Path, command: str = "server", *options: str) -> Iterator[st
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's workers are in its process group
+        with contextlib.suppress(ProcessLookupError):  # none left when the server failed to start
+            os.killpg(proc.pid, signal.SIGTERM)  # the server's workers are in its process group
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:

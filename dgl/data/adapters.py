@@ -4,7 +4,9 @@ One small parser per format, chosen from a registry; nothing after this module k
 dataset it reads. Video files are found under `<raw>/videos/` in any subfolder, by file name
 (`<video id>.<mp4|avi|mkv|webm|mov|m4v>`), so a dataset keeps its own folder layout (LSMDC's
 per-movie folders, for example); a video the annotations name but that is absent keeps the
-default path `videos/<video id>.<ext>` and the frames stage reports it as missing.
+default path `videos/<video id>.<ext>` and the frames stage reports it as missing. Every video id is
+checked as it is read (`annotations.video_id`): one that is not a plain file name (`../x`, `/abs`)
+is one line naming the annotation file and the id.
 
 Formats (files relative to the raw dataset folder):
 - MSR-VTT (CLIP4Clip's release; the synthetic benchmark writes the same files): MSRVTT_data.json
@@ -28,10 +30,10 @@ import contextlib
 import csv
 import json
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Iterable, Iterator
 
-from dgl.data.annotations import Annotations, Caption
+from dgl.data.annotations import Annotations, Caption, id_path, video_id
 from dgl.errors import UserError
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".webm", ".mov", ".m4v")  # preferred first
@@ -79,7 +81,7 @@ def _video_files(raw_dir: Path, video_ids: Iterable[str], default_extension: str
     found: dict[str, str] = {}
     for path in sorted(candidates, key=lambda p: (VIDEO_EXTENSIONS.index(p.suffix.lower()), p)):
         found.setdefault(path.stem, path.relative_to(raw_dir).as_posix())
-    return {v: found.get(v, f"videos/{v}{default_extension}") for v in video_ids}
+    return {v: found.get(v) or id_path(PurePosixPath("videos"), v, default_extension).as_posix() for v in video_ids}
 
 
 def _annotations(raw_dir: Path, train: tuple[Caption, ...], test: tuple[Caption, ...], default_extension: str,
@@ -98,15 +100,16 @@ def _msrvtt(raw_dir: Path) -> Annotations:
     path = raw_dir / MSRVTT_DATA
     with _reading(path, '{"videos": [{"video_id", ...}], "sentences": [{"video_id", "caption"}]}'):
         data = _read_json(path)
-        sentences = [(str(s["video_id"]), str(s["caption"])) for s in data["sentences"]]
-        events = {str(v["video_id"]): v.get("event") or "" for v in data["videos"]}
-        twins = {str(v["video_id"]): str(v["twin"]) for v in data["videos"] if v.get("twin")}
+        sentences = [(video_id(s["video_id"], path), str(s["caption"])) for s in data["sentences"]]
+        events = {video_id(v["video_id"], path): v.get("event") or "" for v in data["videos"]}
+        twins = {video_id(v["video_id"], path): video_id(v["twin"], path) for v in data["videos"] if v.get("twin")}
     with _reading(raw_dir / MSRVTT_TRAIN, "CSV with a video_id column"):
         train_ids = {row["video_id"] for row in _read_csv(raw_dir / MSRVTT_TRAIN, ["video_id"])}
     with _reading(raw_dir / MSRVTT_TEST, "CSV with columns key, vid_key, video_id, sentence"):
-        test_rows = _read_csv(raw_dir / MSRVTT_TEST, ["video_id", "sentence"])
+        test_rows = [(video_id(r["video_id"], raw_dir / MSRVTT_TEST), r["sentence"])
+                     for r in _read_csv(raw_dir / MSRVTT_TEST, ["video_id", "sentence"])]
     train = tuple(Caption(v, text, events.get(v, "")) for v, text in sentences if v in train_ids)
-    test = tuple(Caption(r["video_id"], r["sentence"], events.get(r["video_id"], "")) for r in test_rows)
+    test = tuple(Caption(v, text, events.get(v, "")) for v, text in test_rows)
     both_ways = twins | {twin: video for video, twin in twins.items()}
     return _annotations(raw_dir, train, test, ".mp4", both_ways)
 
@@ -118,7 +121,7 @@ VATEX_TRAIN, VATEX_TEST, VATEX_CAPTIONS = "train_list.txt", "test_list.txt", "re
 
 def _vatex_split(raw_dir: Path, list_name: str, captions: dict[str, list[str]]) -> tuple[Caption, ...]:
     with _reading(raw_dir / list_name, "one video id a line"):
-        video_ids = _read_lines(raw_dir / list_name)
+        video_ids = [video_id(v, raw_dir / list_name) for v in _read_lines(raw_dir / list_name)]
     uncaptioned = [v for v in video_ids if v not in captions]
     if uncaptioned:
         raise UserError(
@@ -145,7 +148,7 @@ VATEX_SPLITS = {
 def _vatex(raw_dir: Path) -> Annotations:
     path = raw_dir / VATEX_CAPTIONS
     with _reading(path, "{video id: [captions]}"):
-        captions = {str(v): [str(text) for text in texts] for v, texts in _read_json(path).items()}
+        captions = {video_id(v, path): [str(text) for text in texts] for v, texts in _read_json(path).items()}
     train, test = (_vatex_split(raw_dir, name, captions) for name in (VATEX_TRAIN, VATEX_TEST))
     return _annotations(raw_dir, train, test, ".mp4")
 
@@ -161,7 +164,7 @@ def _lsmdc_split(path: Path) -> tuple[Caption, ...]:
         short = next((i for i, row in enumerate(rows) if len(row) < 2), None)
         if short is not None:
             raise ValueError(f"line {short + 1} has no tab-separated sentence")
-    return tuple(Caption(row[0].strip(), row[-1].strip()) for row in rows)
+    return tuple(Caption(video_id(row[0].strip(), path), row[-1].strip()) for row in rows)
 
 
 def _lsmdc(raw_dir: Path) -> Annotations:
@@ -177,7 +180,8 @@ def _activitynet_split(path: Path) -> tuple[Caption, ...]:
     """Paragraph retrieval: one caption per video, all its sentences joined."""
     with _reading(path, '{video id: {"duration", "timestamps", "sentences"}}'):
         return tuple(
-            Caption(str(v), " ".join(s.strip() for s in item["sentences"])) for v, item in _read_json(path).items()
+            Caption(video_id(v, path), " ".join(s.strip() for s in item["sentences"]))
+            for v, item in _read_json(path).items()
         )
 
 

@@ -4,11 +4,13 @@
   validator (a strong ETag, else Last-Modified) and the full length. It resumes the part with a
   Range request carrying `If-Range`, so a file changed on the server since is sent whole and the
   part restarts instead of being spliced onto (as does a server that ignores Range, or a 206 whose
-  validator or length differ); a part with neither a validator nor a known length is never
-  continued. A body of unknown length (no Content-Length) cannot tell a cut from an end: a chunked
-  one cut short fails to parse, and after any other the server is asked for what follows (416: the
-  end; 206: it was cut, and the part resumes). A dropped connection is retried a few times; the
-  file is renamed to `dest` only when complete and its sha256 checked.
+  validator or length differ, or that carries no validator); a part without a validator is never
+  continued: nothing could tell that the rest comes from the same file. A body of unknown length
+  (no Content-Length) cannot tell a cut from an end: a chunked one cut short fails to parse, and
+  after any other the server is asked for what follows (416: the end; 206: it was cut). A dropped
+  connection is retried a few times; the file is renamed to `dest` only when complete and its
+  sha256 checked. One run gives up after DEADLINE seconds in all (a server that trickles bytes
+  never times out a read), keeping the part for the next run.
 - `extract` unpacks a zip or tar archive, refusing any entry that would land outside the target
   (`../`, absolute paths), any link or special file, and selected entries that would write more
   than a cap in all, before writing anything; it writes into a temporary sibling folder and moves
@@ -19,12 +21,14 @@ from __future__ import annotations
 import contextlib
 import http.client
 import json
+import lzma
 import os
 import re
 import shutil
 import stat
 import tarfile
 import tempfile
+import time
 import urllib.error
 import urllib.request
 import zipfile
@@ -41,6 +45,7 @@ from dgl.errors import UserError
 
 CHUNK = 1 << 20
 USER_AGENT = "dgl-dataset-download (python urllib)"
+DEADLINE = 12 * 3600.0  # seconds one download may take in all: MSR-VTT's 6.3 GB at 150 kB/s
 
 
 # --- download ----------------------------------------------------------------------------------
@@ -48,6 +53,10 @@ USER_AGENT = "dgl-dataset-download (python urllib)"
 
 class _Interrupted(Exception):
     """The transfer stopped early; what arrived is kept in the .part file."""
+
+
+class _PastDeadline(_Interrupted):
+    """The download took longer than its deadline; not retried."""
 
 
 class ChecksumMismatch(UserError):
@@ -89,9 +98,9 @@ def _validator(headers: Message) -> str | None:
 
 
 def _resumable(about: dict, url: str) -> bool:
-    """A part can be continued only if it is known what it is a part of: the same address, and a
-    validator for `If-Range` or at least the full length to compare against."""
-    return about.get("url") == url and (about.get("validator") is not None or about.get("length") is not None)
+    """A part can be continued only if it is known what it is a part of: the same address and a
+    validator for `If-Range` (a length alone matches any other version of the same size)."""
+    return about.get("url") == url and about.get("validator") is not None
 
 
 def _open(url: str, offset: int, validator: str | None, timeout: float) -> http.client.HTTPResponse:
@@ -111,13 +120,14 @@ def _content_range(headers: Message | None) -> tuple[int | None, int | None]:
 
 
 def _same_file(about: dict, headers: Message, total: int | None) -> bool:
-    """Does a 206 come from the file the part came from (for servers that ignore If-Range)?"""
+    """Does a 206 come from the file the part came from (for servers that ignore If-Range)? Only if
+    it says so: the part's validator again (none: nothing says it, and it is not spliced)."""
     if about.get("length") is not None and total is not None and total != about["length"]:
         return False
-    return about.get("validator") is None or _validator(headers) in (None, about["validator"])
+    return about.get("validator") is not None and _validator(headers) == about["validator"]
 
 
-def _transfer(url: str, part: Path, progress: bool, timeout: float) -> bool:
+def _transfer(url: str, part: Path, progress: bool, timeout: float, until: float) -> bool:
     """Append the rest of `url` to `part`, or start it over when it cannot be continued. Returns
     whether the part is known to be complete: False after a body of unknown length, which reads the
     same whether it was whole or cut short."""
@@ -135,7 +145,7 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> bool:
             if total == offset and about.get("length") in (None, offset):
                 return True  # the part already holds the whole file
             _discard(part)  # the part is not a prefix of what the server has now: start over
-            return _transfer(url, part, progress, timeout)
+            return _transfer(url, part, progress, timeout, until)
         raise UserError(
             f"{name}: HTTP {e.code} ({e.reason}) from {url}; the address may have moved: "
             f"download the file by hand and put it at {part.with_name(name)}, then run again"
@@ -157,13 +167,15 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float) -> bool:
                            unit_divisor=1024)
         with bar, open(part, "ab" if resumed else "wb") as out:
             try:
-                while chunk := response.read(CHUNK):
+                while chunk := response.read1(CHUNK):  # what has arrived: the deadline is checked as it comes
                     out.write(chunk)
                     bar.update(len(chunk))
+                    if time.monotonic() > until:
+                        raise _PastDeadline(f"still unfinished after {out.tell()} bytes when its time ran out")
             except http.client.IncompleteRead as e:  # a chunked body cut short: keep what did arrive
                 out.write(e.partial)
                 raise _Interrupted(f"connection closed after {out.tell()} bytes") from None
-            except (OSError, http.client.HTTPException) as e:
+            except (OSError, http.client.HTTPException) as e:  # the socket's timeout, a reset, ...
                 raise _Interrupted(f"{type(e).__name__}: {e}") from None
     size = part.stat().st_size
     if total is not None and size < total:
@@ -190,22 +202,26 @@ def _check_end(url: str, part: Path, timeout: float) -> None:
             raise _Interrupted(f"the body ended at {size} bytes but the server has more; resuming")
 
 
-def _transfer_with_retries(url: str, part: Path, progress: bool, timeout: float, retries: int) -> None:
+def _transfer_with_retries(url: str, part: Path, progress: bool, timeout: float, retries: int,
+                           until: float) -> None:
     """`_transfer` (and `_check_end` after a body of unknown length), resumed at once after each of
-    up to `retries` interruptions."""
+    up to `retries` interruptions, until the monotonic time `until`."""
     for attempt in range(retries + 1):
         try:
-            if not _transfer(url, part, progress, timeout):
+            if not _transfer(url, part, progress, timeout, until):
                 _check_end(url, part, timeout)
             return
+        except _PastDeadline:
+            raise
         except _Interrupted:
-            if attempt == retries:
+            if attempt == retries or time.monotonic() > until:
                 raise
 
 
 def download(url: str, dest: Path, sha256: str | None, progress: bool = True, retries: int = 3,
-             timeout: float = 60.0) -> str:
+             timeout: float = 60.0, deadline: float = DEADLINE) -> str:
     """Fetch `url` to `dest` (resuming `dest.part`), check `sha256` if given; returns the file's sha256.
+    `timeout` bounds each read, `deadline` the whole download (seconds).
 
     A dropped connection is resumed up to `retries` times, with `If-Range` so that a file changed on
     the server meanwhile starts over instead of being spliced; after that the part file (and
@@ -216,7 +232,13 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, re
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
     try:
-        _transfer_with_retries(url, part, progress, timeout, retries)
+        _transfer_with_retries(url, part, progress, timeout, retries, time.monotonic() + deadline)
+    except _PastDeadline as e:
+        kept = part.stat().st_size if part.exists() else 0
+        again = "resume" if _resumable(_read_about(part), url) else "start over"
+        raise UserError(f"{dest.name}: download from {url} took more than its {deadline:g} s ({e}; the server "
+                        f"sends too slowly); {kept} bytes kept in {part}: run again to {again}, or fetch the file "
+                        f"by hand and put it at {dest}") from None
     except _Interrupted as e:
         if part.exists() and part.stat().st_size and not _resumable(_read_about(part), url):
             _discard(part)  # the next run could not continue it anyway
@@ -249,6 +271,19 @@ class _Entry:
     kind: str  # "file", "dir", "link" or "special"
     size: int  # bytes once extracted, as the archive declares it (zip and tar readers stop there)
     open: Callable[[], IO[bytes]]
+    unreadable: str | None = None  # why it cannot be unpacked here (an encrypted zip entry, ...)
+
+
+# what Python's zipfile unpacks: stored, deflate, bzip2, lzma (not Deflate64, PPMd, ...)
+_ZIP_METHODS = {zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA}
+
+
+def _zip_unreadable(info: zipfile.ZipInfo) -> str | None:
+    if info.flag_bits & 0x1:
+        return "it is encrypted (password protected)"
+    if info.compress_type not in _ZIP_METHODS:
+        return f"it is compressed with method {info.compress_type} (e.g. 9 = Deflate64), which Python cannot unpack"
+    return None
 
 
 @contextlib.contextmanager
@@ -257,7 +292,7 @@ def _zip_entries(archive: Path) -> Iterator[list[_Entry]]:
         yield [
             _Entry(info.filename,
                    "dir" if info.is_dir() else "link" if stat.S_ISLNK(info.external_attr >> 16) else "file",
-                   info.file_size, lambda info=info: zf.open(info))
+                   info.file_size, lambda info=info: zf.open(info), _zip_unreadable(info))
             for info in zf.infolist()
         ]
 
@@ -270,10 +305,41 @@ def _tar_kind(member: tarfile.TarInfo) -> str:
     return "file" if member.isfile() else "special"
 
 
+def _tar_members(tf: tarfile.TarFile, stops: list[tarfile.HeaderError]) -> list[tarfile.TarInfo]:
+    """Every member, once the whole archive has been read to its end: tarfile's own listing stops
+    silently at a damaged or missing header, as if the archive ended there (`stops` holds what
+    ended it). Only an end-of-archive block of zeros, with nothing but zeros after it, is an end;
+    reading to the last byte also has a compressed archive check its stream's checksum."""
+    members = tf.getmembers()
+    if not stops or not isinstance(stops[-1], tarfile.EOFHeaderError):
+        why = "a damaged header" if stops and isinstance(stops[-1], tarfile.InvalidHeaderError) else "its end"
+        raise tarfile.ReadError(f"truncated or damaged: {why} after {len(members)} entries, where an "
+                                "end-of-archive marker should be")
+    while chunk := tf.fileobj.read(CHUNK):
+        if chunk.count(0) != len(chunk):
+            raise tarfile.ReadError(f"damaged: more data after an end-of-archive marker, after {len(members)} entries")
+    return members
+
+
 @contextlib.contextmanager
 def _tar_entries(archive: Path) -> Iterator[list[_Entry]]:
-    with tarfile.open(archive) as tf:
-        yield [_Entry(m.name, _tar_kind(m), m.size, lambda m=m: tf.extractfile(m)) for m in tf.getmembers()]
+    stops: list[tarfile.HeaderError] = []
+
+    class Recorded(tarfile.TarInfo):  # what stopped tarfile's listing
+        @classmethod
+        def fromtarfile(cls, tf):
+            try:
+                return super().fromtarfile(tf)
+            except tarfile.HeaderError as e:
+                stops.append(e)
+                raise
+
+    with tarfile.open(archive, tarinfo=Recorded) as tf:
+        try:
+            members = _tar_members(tf, stops)
+        except (lzma.LZMAError, OSError, EOFError) as e:  # a compressed stream that is damaged or cut short
+            raise tarfile.ReadError(f"{type(e).__name__}: {e}") from None
+        yield [_Entry(m.name, _tar_kind(m), m.size, lambda m=m: tf.extractfile(m)) for m in members]
 
 
 ArchiveReader = Callable[[Path], contextlib.AbstractContextManager[list[_Entry]]]
@@ -297,6 +363,9 @@ def _unsafe(name: str) -> bool:
 
 
 def _check(archive: Path, entry: _Entry, destination: str) -> None:
+    if entry.unreadable:
+        raise UserError(f"{archive}: cannot unpack entry {entry.name!r}: {entry.unreadable}; unpack the archive "
+                        "with a tool that can and place its files in the manual folder, or get an unencrypted copy")
     if entry.kind in ("link", "special"):
         raise UserError(f"{archive}: refused entry {entry.name!r}: a {entry.kind} (only files and folders are "
                         "extracted); the archive is not what was expected, get it from the official source")
@@ -319,14 +388,20 @@ def _merge(source: Path, target: Path) -> None:
 
 def _plan(archive: Path, entries: list[_Entry], select: Callable[[str], str | None]) -> list[tuple[_Entry, str]]:
     """(entry, destination) for every selected file, after checking every selected entry."""
-    plan = []
+    plan, taken = [], {}
     for entry in entries:
         destination = select(entry.name)
         if destination is None:
             continue
         _check(archive, entry, destination)
         if entry.kind == "file":
-            plan.append((entry, destination.strip("/")))
+            destination = destination.strip("/")
+            if destination in taken:  # e.g. two folders' files of one name, selected into one folder
+                raise UserError(f"{archive}: entries {taken[destination]!r} and {entry.name!r} would both be written "
+                                f"to {destination!r}; the archive is not what was expected, get it from the official "
+                                "source")
+            taken[destination] = entry.name
+            plan.append((entry, destination))
     return plan
 
 

@@ -18,6 +18,7 @@ import torch
 from open_clip.transform import PreprocessCfg
 from torch import nn
 
+from dgl.checkpoint import non_finite
 from dgl.checksums import sha256_of
 from dgl.cli import binary_output
 from dgl.errors import UserError
@@ -134,6 +135,9 @@ def load_checkpoint(model: nn.Module, path: Path, fix: str = "") -> None:
                                               for k, t in state.items()):
         raise UserError(f"{path}: holds a {type(state).__name__}, not a state dict of named tensors; "
                         f"{fix or 'save it with torch.save(model.state_dict())'}")
+    bad = non_finite(state)
+    if bad is not None:
+        raise UserError(f"{path}: tensor {bad} holds NaN or inf; {fix or 'give a checkpoint of trained weights'}")
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
