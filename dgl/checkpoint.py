@@ -33,8 +33,10 @@ from dgl.errors import disk_full
 from dgl.typed_yaml import flatten
 
 GROUPS = ("ffmpeg", "data", "frames", "preprocess", "model", "train")
-# These change only speed: train.batch_size is the global batch whatever the processes and sub-batches.
-SPEED_ONLY = {"frames.workers", "train.threads", "train.nproc", "train.accum_steps", "train.activation_checkpointing"}
+# These change only speed, or where processes run: train.batch_size is the global batch whatever the
+# processes, machines and sub-batches.
+SPEED_ONLY = {"frames.workers", "train.threads", "train.nproc", "train.accum_steps", "train.activation_checkpointing",
+              "train.nnodes", "train.rdzv_endpoint", "train.dist_timeout"}
 
 
 def params_fingerprint(params) -> str:

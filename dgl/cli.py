@@ -1,6 +1,7 @@
 """What every command-line entry point shares: one-line errors, atomic outputs, progress bars."""
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import os
@@ -10,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Callable, Iterator
 
-from dgl.errors import DISK_FULL, UserError, disk_full
+from dgl.errors import DISK_FULL, USER_ERROR, UserError, disk_full
 
 
 def entry_point(main: Callable[[], None]) -> Callable[[], None]:
@@ -23,18 +24,32 @@ def entry_point(main: Callable[[], None]) -> Callable[[], None]:
             main()
         except UserError as e:
             print(f"error: {e}", file=sys.stderr)
-            sys.exit(2)
+            sys.exit(USER_ERROR)
         except OSError as e:
             if e.errno not in DISK_FULL:
                 raise
             print(f"error: {e.filename or 'an output'}: {os.strerror(e.errno)}; free some space and run again",
                   file=sys.stderr)
-            sys.exit(2)
+            sys.exit(USER_ERROR)
         except KeyboardInterrupt:
             print("interrupted; outputs were left as they were", file=sys.stderr)
             sys.exit(130)
 
     return run
+
+
+class StageArguments(argparse.ArgumentParser):
+    """A stage's arguments: a usage error (`python -m pipelines.train` alone) also says how DVC runs
+    the stage, with the paths dvc.yaml gives it."""
+
+    def __init__(self, stage: str, description: str | None):
+        super().__init__(prog=f"python -m pipelines.{stage}", description=description)
+        self.stage = stage
+
+    def error(self, message: str):
+        self.print_usage(sys.stderr)
+        self.exit(2, f"error: {message}; dvc.yaml gives stage {self.stage} its paths: run it with "
+                     f"`dvc repro -s {self.stage}` (`dvc repro` runs the whole chain)\n")
 
 
 def check_writable(*paths: Path) -> None:
@@ -59,6 +74,76 @@ def show_progress() -> bool:
     if os.environ.get("CI"):
         return False
     return sys.stderr is not None and sys.stderr.isatty()
+
+
+LOG_EVERY = 30.0  # seconds between two progress lines where no bar shows
+
+
+class LogLines:
+    """tqdm's face (iterate, update, set_postfix, close, `with`) where no bar can show (a log file,
+    `dvc queue logs`): a line on stderr every LOG_EVERY seconds, and a last one at the end of a loop
+    that printed any, e.g. `pretrain backbone: 120/390 step (31%)  1m02s  ETA 2m17s  loss=1.234`.
+    A loop shorter than LOG_EVERY prints nothing."""
+
+    def __init__(self, iterable=None, total: int | None = None, desc: str = "", unit: str = "it",
+                 initial: int = 0, unit_scale: bool = False, every: float = LOG_EVERY, stream=None, **_ignored):
+        self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
+        if total is None and hasattr(iterable, "__len__"):
+            self.total = len(iterable)
+        self.n = self.first = initial
+        self.scale, self.every, self.stream = unit_scale, every, stream
+        self.start = self.last = time.monotonic()
+        self.printed, self.postfix = False, ""
+
+    def __iter__(self):
+        for item in self.iterable:
+            yield item
+            self.update()
+        self.close()
+
+    def __enter__(self) -> "LogLines":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            self._line(now)
+
+    def set_postfix(self, **values) -> None:
+        self.postfix = "  " + " ".join(f"{k}={v}" for k, v in values.items())
+
+    def close(self) -> None:
+        if self.printed and self.n != self.shown:
+            self._line(time.monotonic())
+
+    def _count(self, n: float) -> str:
+        return f"{n / 2**20:.1f} MiB" if self.scale and self.unit == "B" else f"{n:,.0f}"
+
+    def _line(self, now: float) -> None:
+        took, done = now - self.start, self.n - self.first
+        unit = "" if self.scale and self.unit == "B" else f" {self.unit}"  # "MiB" says it
+        where = self._count(self.n) + (f"/{self._count(self.total)}" if self.total else "") + unit
+        if self.total:
+            where += f" ({100 * self.n / self.total:.0f}%)"
+        eta = (f"  ETA {duration(took / done * (self.total - self.n))}"
+               if self.total and done > 0 and self.n < self.total else "")
+        print(f"{self.desc}: {where}  {duration(took)}{eta}{self.postfix}", file=self.stream or sys.stderr, flush=True)
+        self.printed, self.shown = True, self.n
+
+
+def progress_bar(show: bool, iterable=None, **kwargs):
+    """A tqdm bar for a person watching (`show`: show_progress()), else LogLines: progress that a log
+    file can hold. Takes tqdm's arguments (total, desc, unit, initial, unit_scale, ...)."""
+    if show:
+        from tqdm import tqdm
+
+        return tqdm(iterable, **kwargs)
+    return LogLines(iterable, **kwargs)
 
 
 def duration(seconds: float) -> str:

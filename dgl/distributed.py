@@ -1,7 +1,8 @@
 """Data-parallel training: one process per GPU (or several on CPU), started by torchrun.
 
 Nothing happens at import. `process_group()` joins the group that torchrun's environment describes
-(gloo on CPU, NCCL on CUDA); without torchrun it is a single process and no group. Every rank draws
+(gloo on CPU, NCCL on CUDA); without torchrun it is a single process and no group. How torchrun is
+started, on one machine or several, is dgl/launch.py's. Every rank draws
 the same global batches and encodes its own slice; `gather` builds the global batch's features for
 the contrastive loss and `data_parallel` sums the ranks' gradients, so training equals one process
 on the whole batch (see dgl.train.contrastive_step).
@@ -10,9 +11,10 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
+import re
+import socket
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Iterator
 
 import torch
@@ -34,8 +36,16 @@ class Dist:
         return self.rank == 0
 
 
-def under_torchrun() -> bool:
-    return "LOCAL_RANK" in os.environ
+def lost_peer(e: RuntimeError) -> bool:
+    """Whether `e` says that another process of the group is gone: torch's distributed errors (NCCL,
+    the store), or gloo's transport errors, which torch raises as plain RuntimeErrors."""
+    return isinstance(e, dist.DistError) or "/gloo/transport/" in str(e)
+
+
+def _what(e: Exception) -> str:
+    """The gist of a backend's error: its first sentence, without the C++ source location."""
+    line = re.sub(r"^\[[^\]]*\]\s*", "", str(e).strip().splitlines()[0])
+    return line.split(". ")[0][:160]
 
 
 def check_nproc(nproc: int, device: torch.device) -> None:
@@ -49,18 +59,11 @@ def check_nproc(nproc: int, device: torch.device) -> None:
                         f"use train.nproc <= {available}")
 
 
-def relaunch(nproc: int, module: str, argv: list[str]) -> int:
-    """Run `python -m module *argv` as `nproc` processes under torchrun on this machine; its exit code.
-    Several machines: start torchrun yourself on each (--nnodes, --rdzv-endpoint); then nothing is
-    re-launched."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-           "-m", module, *argv]
-    return subprocess.run(cmd).returncode
-
-
 @contextlib.contextmanager
-def process_group(device: torch.device) -> Iterator[tuple[Dist, torch.device]]:
-    """This process's rank and device (cuda:LOCAL_RANK under torchrun on CUDA)."""
+def process_group(device: torch.device, timeout_s: int = 300) -> Iterator[tuple[Dist, torch.device]]:
+    """This process's rank and device (cuda:LOCAL_RANK under torchrun on CUDA). Joining and every
+    collective wait at most `timeout_s` for the other processes; a process that died or stalled
+    (its machine gone) ends this one with one line instead of a hang or a backend's traceback."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
         yield Dist(), device
@@ -68,11 +71,19 @@ def process_group(device: torch.device) -> Iterator[tuple[Dist, torch.device]]:
     if device.type == "cuda":
         device = torch.device("cuda", int(os.environ["LOCAL_RANK"]))
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    rank = int(os.environ["RANK"])
     try:
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", timeout=timedelta(seconds=timeout_s))
         yield Dist(dist.get_rank(), world), device
+    except RuntimeError as e:
+        if not lost_peer(e):
+            raise
+        raise UserError(f"rank {rank} of {world} on {socket.gethostname()}: lost the other processes "
+                        f"({_what(e)}); a process or machine died, or stalled beyond "
+                        f"train.dist_timeout = {timeout_s} s: see the other machines' logs") from None
     finally:
-        dist.destroy_process_group()
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def gather(x: Tensor) -> Tensor:

@@ -6,6 +6,7 @@ import os
 from pathlib import Path
 
 DISK_FULL = (errno.ENOSPC, errno.EDQUOT)
+USER_ERROR = 2  # the exit code of a process that reported a UserError (dgl.cli.entry_point)
 
 
 class UserError(Exception):

@@ -22,14 +22,14 @@ import open_clip
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
 from dgl.cache import image_size_of, normalise
-from dgl.frame_store import resize_center_crop
+from dgl.cli import progress_bar
 from dgl.data.synthetic import order_sensitive, plan_scenes, vocab
 from dgl.data.synthetic_images import render_static_images, static_caption_classes
 from dgl.data.twins import twin_wordings
 from dgl.determinism import seed_everything
+from dgl.frame_store import resize_center_crop
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw, warmup_cosine
@@ -289,7 +289,7 @@ def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: 
     scheduler = warmup_cosine(optimizer, pretrain.warmup_steps, 0.1)
     generator = torch.Generator().manual_seed(pretrain.seed)
     clip.train()
-    for _ in tqdm(range(pretrain.warmup_steps), desc="warm-up", disable=not progress, unit="step"):
+    for _ in progress_bar(progress, range(pretrain.warmup_steps), desc="backbone warm-up", unit="step"):
         loss = warmup_loss(clip, heads, images, labels, lone, pretrain.warmup_batch_size, generator)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -319,7 +319,7 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
     unknown = _unknown_tokens(clip, tokens)
     most_unknown = min(UNKNOWN_WORDS, context_length - tokens.shape[1])
     losses = []
-    bar = tqdm(total=pretrain.epochs * steps_per_epoch, desc="pretrain backbone", disable=not progress, unit="step")
+    bar = progress_bar(progress, total=pretrain.epochs * steps_per_epoch, desc="pretrain backbone", unit="step")
     with towers_side_by_side() as pool:
         for epoch in range(pretrain.epochs):
             clip.train()

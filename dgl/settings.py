@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,18 @@ METHOD_NAMES = (
 VIDEO_POOLS = ("global", "global_mean", "cls_mean", "both")  # dgl/models/prompted.py: VIDEO_POOLS
 VATEX_SPLITS = ("hgr", "official_val")  # data.vatex_split: dgl/data/adapters.py VATEX_SPLITS
 SAMPLERS = ("random", "twins")  # train.sampler: dgl/train.py epoch_samples
+C10D_PORT = 29400  # torchrun's default port for its c10d rendezvous (dgl/launch.py)
+ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 SEED_MAX = 2**32 - 1  # numpy's global seed (dgl/determinism.py) takes 32 bits
+
+
+def check_endpoint(value: str, where: str) -> str:
+    """`value` when it is host:port (a rendezvous endpoint), else one line naming `where` it came from."""
+    match = ENDPOINT.match(value)
+    if not match or not 0 < int(match["port"]) < 65536:
+        raise UserError(f"{where} = {value!r} is not host:port (e.g. node01:{C10D_PORT}); set it to the address "
+                        "and a free port of one of the machines, reachable from all of them")
+    return value
 
 
 # --- data ----------------------------------------------------------------------------------------
@@ -241,14 +253,20 @@ class TrainConfig:
     device: str = choice("auto", "cpu", "cuda")
     threads: int = bounded(0, 256)  # CPU threads for torch; 0 = torch's default
     amp: str = choice("auto", "off", "bf16", "fp16")  # CUDA only; auto = bf16 where supported
-    nproc: int = bounded(1, 1024)  # processes on this machine (torchrun, DDP); batch_size stays global
+    nproc: int = bounded(1, 1024)  # processes on each machine (torchrun, DDP); batch_size stays global
+    nnodes: int = bounded(1, 4096)  # machines (torchrun's c10d rendezvous); the environment overrides (dgl/launch.py)
+    rdzv_endpoint: str  # host:port where the machines' agents meet; "" on one machine or under SLURM
+    dist_timeout: int = bounded(10, 86_400)  # seconds a process waits for the others: joining, every collective
     accum_steps: int = bounded(1, 1024)  # sub-batches per step (GradCache): same loss, less memory
     activation_checkpointing: bool  # recompute each transformer block in the backward pass: less memory, more time
 
     def validate(self) -> None:
-        if self.batch_size % (self.nproc * self.accum_steps):
+        parts = self.nnodes * self.nproc * self.accum_steps
+        if self.batch_size % parts:
             raise UserError(f"params: train.batch_size = {self.batch_size} (the global batch) must split evenly over "
-                            f"train.nproc x train.accum_steps = {self.nproc * self.accum_steps}; change one of them")
+                            f"train.nnodes x train.nproc x train.accum_steps = {parts}; change one of them")
+        if self.rdzv_endpoint:
+            check_endpoint(self.rdzv_endpoint, "params: train.rdzv_endpoint")
 
 
 @dataclass(frozen=True)
@@ -263,6 +281,8 @@ class EvalConfig:
 class TrackingConfig:
     uri: str  # "" = sqlite:///<repo>/mlflow.db (DVC_ROOT under DVC); MLFLOW_TRACKING_URI overrides
     experiment: str
+    ui: str  # where `mlflow ui` serves a SQLite store, for the printed run links; MLFLOW_UI_URL overrides
+    max_weights_mb: float = bounded(0.0)  # trained weights up to this size are logged with the run; 0 = never
 
 
 @dataclass(frozen=True)

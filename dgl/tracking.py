@@ -25,10 +25,14 @@ What the MLflow UI shows (README, "Comparing runs in MLflow"):
   a name already in the experiment gets `-2`, `-3`, ... (`run_name`).
 - The experiment is tagged as a model-training one (`mlflow.experimentKind`), not a GenAI one.
 - Metric names are grouped by prefix, one chart section each, sections in alphabetical order:
-  `epoch/` (per-epoch train_loss, train_lr, val_*; step = epoch), then `params/` (parameter
-  counts), then `test/` (the evaluation). metrics.json and plots/ keep their own, unprefixed keys;
-  `as_metrics_json` reads either naming back (stores written before the prefixes have
+  `epoch/` (per-epoch train_loss, train_lr, val_*; step = epoch), then `test/` (the evaluation).
+  The parameter counts are constants, so params (`count.trainable`, ...), not charts; runs logged
+  before had them as `params/` metrics. metrics.json and plots/ keep their own, unprefixed keys;
+  `as_metrics_json` reads every naming back (stores written before the prefixes have
   `train_loss`, `lr`, `val_*`, `params_*`, `test_*`).
+- The run's description (`mlflow.note.content`, set by evaluate): the headline test numbers and
+  the params that differ from the committed params.yaml. `mlflow.source.name` names the stage.
+- The trained method (trainable weights and model.json) as the artifact `model/` (log_trained).
 - Provenance: tags `git_commit` and `git_dirty` of the tree the stage ran in, and when that tree
   has uncommitted code (anything but params.yaml, dvc.lock and dvc.yaml's outputs) the diff as the
   artifact `git/<stage>.diff`. dvc.lock is not logged: DVC writes it after the stage has ended.
@@ -53,7 +57,7 @@ from filelock import FileLock
 
 from dgl.errors import UserError
 from dgl.settings import repo_root
-from dgl.typed_yaml import flatten
+from dgl.typed_yaml import flatten, read_yaml
 
 SQLITE = "sqlite:///"
 WEIGHTS_TAG = "weights_sha256"  # how evaluate finds the training's run
@@ -62,8 +66,13 @@ WEIGHTS_TAG = "weights_sha256"  # how evaluate finds the training's run
 KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 UI_VIEW = "workflowType=machine_learning"  # the URL query that opens the model-training view
 # Metric groups (one chart section each in the UI, in alphabetical order: curves first).
-EPOCH, PARAMS, TEST = "epoch/", "params/", "test/"
+EPOCH, PARAMS, TEST = "epoch/", "params/", "test/"  # PARAMS: the counts, in runs logged before COUNT
+COUNT = "count."  # the parameter counts, as params (count_params)
 LEGACY_TEST = "test_"  # stores written before the groups
+HEADLINE = (("t2v R@1", "t2v_R1", ".1f"), ("content R@1", "content_R1", ".1f"), ("pair acc", "pair_acc", ".3f"),
+            ("v2t R@1", "v2t_R1", ".1f"))  # the run description's numbers, from dgl.metrics' keys
+ABSENT = object()
+MODEL_ARTIFACT = "model"  # the run's copy of models/trained (trainable weights and model.json): log_trained
 
 
 def tracking_uri(cfg) -> str:
@@ -80,25 +89,28 @@ def evaluation_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return {TEST + k: v for k, v in metrics.items()}
 
 
-def count_metrics(counts: dict[str, float]) -> dict[str, float]:
-    """count_parameters' counts (trainable, total, trainable_ratio, ...) as MLflow names them."""
-    return {PARAMS + k: v for k, v in counts.items()}
+def count_params(counts: dict[str, float]) -> dict[str, float]:
+    """count_parameters' counts (trainable, total, trainable_ratio, ...) as MLflow params: constants of
+    the run, so they are columns and filters, not charts (older runs have them as `params/` metrics)."""
+    return {COUNT + k: v for k, v in counts.items()}
 
 
 def has_test_metrics(metrics) -> bool:
     return any(k.startswith((TEST, LEGACY_TEST)) for k in metrics)
 
 
-def as_metrics_json(logged: dict[str, float]) -> dict[str, float]:
-    """A run's MLflow metrics under metrics.json's keys (t2v_R1, trainable_params, trainable_ratio,
-    trainable_clip, val_*: the last epoch's), from either naming (grouped, or the older flat one)."""
+def as_metrics_json(logged: dict[str, float], params: dict[str, str] | None = None) -> dict[str, float]:
+    """A run's MLflow metrics (and the counts among its `params`) under metrics.json's keys (t2v_R1,
+    trainable_params, trainable_ratio, trainable_clip, val_*: the last epoch's), from any naming the
+    store holds (counts as params, as `params/` metrics, or the older flat names)."""
     out: dict[str, float] = {}
     counts = {"trainable": "trainable_params", "trainable_ratio": "trainable_ratio", "trainable_clip": "trainable_clip"}
-    for key, value in logged.items():
+    logged_counts = {k: float(v) for k, v in (params or {}).items() if k.startswith(COUNT)}
+    for key, value in {**logged, **logged_counts}.items():
         for prefix in (TEST, LEGACY_TEST):
             if key.startswith(prefix):
                 out[key.removeprefix(prefix)] = value
-        for prefix in (PARAMS, "params_"):
+        for prefix in (COUNT, PARAMS, "params_"):
             if key.startswith(prefix) and key.removeprefix(prefix) in counts:
                 out[counts[key.removeprefix(prefix)]] = value
         name = key.removeprefix(EPOCH)
@@ -250,10 +262,11 @@ def _reported(uri: str) -> Iterator[None]:
         raise UserError(_store_error(uri, e)) from None
 
 
-def run_url(uri: str, experiment_id: str, run_id: str) -> str:
-    """Where the UI shows a run, in its model-training view (a SQLite store: under `mlflow ui`'s default address)."""
-    base = uri.rstrip("/") if uri.startswith(("http://", "https://")) else "http://127.0.0.1:5000"
-    return f"{base}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
+def run_url(uri: str, experiment_id: str, run_id: str, ui: str = "http://127.0.0.1:5000") -> str:
+    """Where the UI shows a run, in its model-training view: on the tracking server, or for a SQLite store
+    at `ui` (tracking.ui, where `mlflow ui` serves it; MLFLOW_UI_URL overrides)."""
+    base = uri if uri.startswith(("http://", "https://")) else os.environ.get("MLFLOW_UI_URL") or ui
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}?{UI_VIEW}"
 
 
 @contextlib.contextmanager
@@ -272,9 +285,11 @@ def mlflow_run(cfg, *, run_id: str | None = None, stage: str, label: str = "run"
     dvc_name = os.environ.get("DVC_EXP_NAME") or None
     git = git_state(Path.cwd())
     tags = {**({} if run_id else {"created_by_stage": stage, **(tags or {})}),
-            "stage": stage, "dvc_exp_name": dvc_name, "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV")}
+            "stage": stage, "dvc_exp_name": dvc_name, "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV"),
+            # what ran, instead of MLflow's guess (the script's path: a deleted temporary copy under --temp)
+            "mlflow.source.name": f"pipelines/{stage}.py (dvc stage {stage})", "mlflow.source.type": "LOCAL"}
     if git is not None:
-        tags["git_commit"] = git[0]
+        tags["git_commit"] = tags["mlflow.source.git.commit"] = git[0]
         if git[1] or not run_id:  # a resumed run stays dirty once a stage ran uncommitted code
             tags["git_dirty"] = str(bool(git[1])).lower()
     with _reported(uri):
@@ -293,15 +308,56 @@ def mlflow_run(cfg, *, run_id: str | None = None, stage: str, label: str = "run"
             yield mlflow
         info = active.info
     shown = re.sub(r"//[^/@]*@", "//", uri)  # no password from a database URI in a log
-    print(f"MLflow: run {info.run_name!r} ({stage}) in {shown}: {run_url(shown, info.experiment_id, info.run_id)}",
-          file=sys.stderr)
+    print(f"MLflow: run {info.run_name!r} ({stage}) in {shown}: "
+          f"{run_url(shown, info.experiment_id, info.run_id, cfg.ui)}", file=sys.stderr)
 
 
 def log_training_setup(mlflow, params, method: str, counts: dict[str, float]) -> None:
     """What identifies a training in its run: every param flattened, the method, the parameter counts."""
-    mlflow.log_params(flatten(params))
+    mlflow.log_params({**flatten(params), **count_params(counts)})
     mlflow.set_tag("method", method)
-    mlflow.log_metrics(count_metrics(counts))
+
+
+def changed_params(current: dict, committed: dict | None) -> list[tuple[str, object, object]]:
+    """(key, committed value, current value) of every flat key in which two params mappings differ;
+    `ABSENT` stands for a key one of them lacks."""
+    if not isinstance(committed, dict):
+        return []
+    old, new = flatten(committed), flatten(current)
+    return [(k, old.get(k, ABSENT), new.get(k, ABSENT)) for k in sorted(old.keys() | new.keys())
+            if old.get(k, ABSENT) != new.get(k, ABSENT)]
+
+
+def committed_params(cwd: Path, path: str = "params.yaml") -> dict | None:
+    """params.yaml as the commit the run started from has it: DVC's baseline under `dvc exp run`, else HEAD."""
+    from dgl.typed_yaml import Yaml12Loader
+
+    rev = os.environ.get("DVC_EXP_BASELINE_REV") or "HEAD"
+    shown = _git(cwd, "show", f"{rev}:./{path}")
+    try:
+        return yaml.load(shown.stdout, Loader=Yaml12Loader) if shown.returncode == 0 else None
+    except yaml.YAMLError:
+        return None
+
+
+def description(metrics: dict[str, float], counts: dict[str, float], changes: list[tuple[str, object, object]]) -> str:
+    """The run's description (`mlflow.note.content`, the top of its page in the UI): the headline
+    numbers, then what differs from the committed params.yaml."""
+    shown = [f"{label} {metrics[key]:{fmt}}" for label, key, fmt in HEADLINE if key in metrics]
+    lines = [" · ".join(shown + [f"trainable {counts['trainable']:,.0f} ({100 * counts['trainable_ratio']:.3g} %)"])]
+    if changes:
+        lines.append("Changed from the committed params.yaml: " + ", ".join(
+            f"`{k}` {'(none)' if old is ABSENT else old} → {'(none)' if new is ABSENT else new}"
+            for k, old, new in changes))
+    else:
+        lines.append("The committed params.yaml, unchanged.")
+    return "\n\n".join(lines)
+
+
+def describe_run(mlflow, metrics: dict[str, float], counts: dict[str, float], path: str) -> None:
+    """Set the run's description (`description`): headline numbers and the params changed from the commit."""
+    changes = changed_params(read_yaml(Path(path)), committed_params(Path.cwd(), path))
+    mlflow.set_tag("mlflow.note.content", description(metrics, counts, changes))
 
 
 def _get_run(client, run_id: str):
@@ -392,6 +448,55 @@ def log_files(mlflow, paths) -> None:
     for path in map(Path, paths):
         if path.is_file():
             mlflow.log_artifact(str(path))
+
+
+def log_trained(mlflow, trained_dir: Path, max_mb: float) -> None:
+    """The trained method (its trainable weights and model.json) as the run's artifact `model/`, when
+    the weights are at most `max_mb` (tracking.max_weights_mb): what `python -m dgl.search --run`
+    loads. Larger ones (full fine-tuning) are left out with a tag and a line that say how to keep them."""
+    size_mb = sum(f.stat().st_size for f in Path(trained_dir).iterdir() if f.is_file()) / 2**20
+    if size_mb <= max_mb:
+        mlflow.log_artifacts(str(trained_dir), artifact_path=MODEL_ARTIFACT)
+        return
+    why = f"{size_mb:.0f} MB > tracking.max_weights_mb = {max_mb:g}"
+    mlflow.set_tag("model_not_logged", why)
+    print(f"MLflow: the trained weights are not logged with the run ({why}; raise it to keep them)", file=sys.stderr)
+
+
+def named_run(cfg, name: str):
+    """The newest run of the tracking experiment named `name` (its run name or DVC experiment name)."""
+    import mlflow
+
+    uri = tracking_uri(cfg)
+    with _reported(uri):
+        client = mlflow.MlflowClient(uri)
+        experiment = client.get_experiment_by_name(cfg.experiment)
+        runs = [] if experiment is None else [
+            run for where in (f"attributes.run_name = '{name}'", f"tags.dvc_exp_name = '{name}'")
+            for run in client.search_runs([experiment.experiment_id], where, order_by=["attributes.start_time DESC"])]
+    if not runs:
+        raise UserError(f"MLflow at {uri}: no run named {name!r} in experiment {cfg.experiment!r}; "
+                        "the names are those the MLflow UI and `python -m experiments.show` list")
+    return max(runs, key=lambda r: r.info.start_time)
+
+
+def trained_of_run(cfg, name: str, dest: Path) -> Path:
+    """Download the trained method (`model/`, log_trained) of the run named `name` (named_run) into
+    `dest`; returns the folder load_trained reads."""
+    import mlflow
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # a bar for a few MB is noise
+    run = named_run(cfg, name)
+    uri = tracking_uri(cfg)
+    with _reported(uri):
+        client = mlflow.MlflowClient(uri)
+        logged = {f.path for f in client.list_artifacts(run.info.run_id, MODEL_ARTIFACT)}
+        if f"{MODEL_ARTIFACT}/weights.pt" not in logged:
+            why = run.data.tags.get("model_not_logged", "logged before runs kept their weights")
+            raise UserError(f"MLflow run {name!r} ({run.info.run_id}) holds no trained weights ({why}); "
+                            "use --trained DIR with the experiment's models/trained (`dvc exp apply` it)")
+        client.download_artifacts(run.info.run_id, MODEL_ARTIFACT, str(dest))
+    return Path(dest) / MODEL_ARTIFACT
 
 
 def end_abandoned_run(cfg, run_id: str | None) -> None:

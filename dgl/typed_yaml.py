@@ -8,6 +8,7 @@ defaults: every key must be in the file. A field's allowed values live in its me
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
 import re
 import types
@@ -85,7 +86,9 @@ def build(cls: type, raw: Any, prefix: str = "") -> Any:
     unknown = sorted(set(raw) - set(known))
     if unknown:
         key = f"{prefix}.{unknown[0]}" if prefix else unknown[0]
-        raise UserError(f"params: unknown key {key}; known keys here: {', '.join(sorted(known))}")
+        close = difflib.get_close_matches(str(unknown[0]), list(known), n=1)
+        guess = f" (did you mean {close[0]}?)" if close else ""
+        raise UserError(f"params: unknown key {key}{guess}; known keys here: {', '.join(sorted(known))}")
     values = {}
     for name, f in known.items():
         key = f"{prefix}.{name}" if prefix else name

@@ -60,8 +60,8 @@ from typing import Callable, Iterator, NamedTuple
 import ffmpeg
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
+from dgl.cli import progress_bar
 from dgl.data.annotations import Annotations, id_path
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe, toolchain
@@ -627,7 +627,7 @@ def _extract_one(job: _Job) -> tuple[str, list[bytes] | None, str | None]:
 
 def _run_jobs(jobs: list[_Job], workers: int, progress: bool) -> Iterator[tuple[str, list[bytes] | None, str | None]]:
     """The jobs' results in the jobs' order (so the store's bytes do not depend on the workers)."""
-    bar = functools.partial(tqdm, total=len(jobs), desc="frames", unit="video", disable=not progress)
+    bar = functools.partial(progress_bar, progress, total=len(jobs), desc="frames", unit="video")
     if workers <= 1 or len(jobs) <= 1:
         yield from bar(map(_extract_one, jobs))
         return

@@ -144,7 +144,7 @@ def from_mlflow(params_file: Path) -> list[Experiment]:
     from mlflow.exceptions import MlflowException
 
     from dgl.settings import load_params
-    from dgl.tracking import as_metrics_json, fail_fast, tracking_uri
+    from dgl.tracking import COUNT, as_metrics_json, fail_fast, tracking_uri
 
     tracking = load_params(params_file).tracking
     uri = tracking_uri(tracking)
@@ -157,11 +157,11 @@ def from_mlflow(params_file: Path) -> list[Experiment]:
         raise UserError(f"MLflow at {uri}: {str(e).splitlines()[0][:200]}") from None
     newest: dict[str, Experiment] = {}
     for run in runs:
-        metrics = as_metrics_json(run.data.metrics)  # either MLflow naming, old or grouped (dgl/tracking.py)
+        metrics = as_metrics_json(run.data.metrics, run.data.params)  # any naming, old or new (dgl/tracking.py)
         name = run.data.tags.get("dvc_exp_name") or run.info.run_name
         if "t2v_R1" not in metrics or name in newest:
             continue
-        newest[name] = Experiment(name, dict(run.data.params), metrics)
+        newest[name] = Experiment(name, {k: v for k, v in run.data.params.items() if not k.startswith(COUNT)}, metrics)
     return list(newest.values())
 
 

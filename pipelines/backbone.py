@@ -2,11 +2,9 @@
 single synthetic frames with static captions (it never sees time)."""
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point, show_progress
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip, recipe_for, save_backbone
 from dgl.pretrain import pretrain_clip
@@ -15,7 +13,7 @@ from dgl.settings import load_params
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("backbone", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -33,7 +31,10 @@ def main() -> None:
                         "set it to an open_clip tag (e.g. openai) or a local checkpoint path")
     with atomic_dir(args.out) as work:
         save_backbone(clip, recipe, work, report)
-    print(json.dumps(report))
+    shown = {k: v for k, v in report.items() if k in ("zeroshot_class_acc", "text_twin_words_own_closer",
+                                                      "final_loss", "pretrained")}
+    figures = ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+    print(f"backbone: {cfg.name} saved to {args.out}; {figures} (all in {args.out / 'backbone.json'})")
 
 
 if __name__ == "__main__":

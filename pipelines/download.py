@@ -1,10 +1,10 @@
 """Stage `download`: data/raw/ — the synthetic benchmark rendered here, or a real dataset fetched."""
 from __future__ import annotations
 
-import argparse
+import json
 from pathlib import Path
 
-from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point, show_progress
 from dgl.data.sources import prepare_raw
 from dgl.data.synthetic import generate
 from dgl.ffmpeg import ffmpeg_exe
@@ -13,7 +13,7 @@ from dgl.settings import load_params
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("download", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
@@ -29,6 +29,9 @@ def main() -> None:
         else:
             prepare_raw(params.data.dataset, work, progress=show_progress(),
                         max_extract_bytes=round(params.data.max_extract_gb * 1e9), vatex_split=params.data.vatex_split)
+    files = len(json.loads((args.out / "manifest.json").read_text())["files"])
+    print(f"download: {params.data.dataset} {'rendered' if synthetic else 'in place'} in {args.out}, {files} files "
+          f"with their sha256 in {args.out / 'manifest.json'}")
 
 
 if __name__ == "__main__":

@@ -5,7 +5,6 @@ not logged: DVC writes it after this stage ends; the run's `git_commit`, `git_di
 what ran (dgl/tracking.py)."""
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -13,20 +12,20 @@ import numpy as np
 
 from dgl.artifacts import load_trained
 from dgl.cache import CachedSplit, gallery_counts
-from dgl.cli import atomic_dir, atomic_write, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.data.adapters import name_of_test_split
 from dgl.data.twins import twin_wordings
 from dgl.figures import method_title, write_figures
 from dgl.metrics import evaluate_retrieval
 from dgl.models.backbone import backbone_info, check_preprocessing
 from dgl.settings import load_params
-from dgl.tracking import evaluation_metrics, evaluation_run, log_files, training_run_of
+from dgl.tracking import describe_run, evaluation_metrics, evaluation_run, log_files, training_run_of
 from dgl.train import SplitView, encode_view, pick_device
 
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("evaluate", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--backbone", type=Path, required=True)
@@ -64,10 +63,13 @@ def main() -> None:
         write_figures(work, method, split, text, video, device, title=f"{method_title(params.model)} on {metrics['test_split']}")
     with evaluation_run(params, training_run_of(params.tracking, info["weights_sha256"]), evaluation_metrics(result.metrics),
                         method=info["method"], counts=info["parameters"]) as mlflow:
+        describe_run(mlflow, result.metrics, info["parameters"], args.params)
         log_files(mlflow, [args.metrics, args.params])
         mlflow.log_artifact(str(args.recall), artifact_path="plots")
         mlflow.log_artifacts(str(args.figures), artifact_path=f"plots/{args.figures.name}")
-    print(json.dumps(metrics))
+    print(f"evaluate: t2v R@1 {metrics['t2v_R1']:.1f}, content R@1 {metrics.get('content_R1', float('nan')):.1f}, "
+          f"pair_acc {metrics.get('pair_acc', float('nan')):.3f}, v2t R@1 {metrics['v2t_R1']:.1f} on "
+          f"{metrics['test_videos']} test videos (all in {args.metrics})")
 
 
 if __name__ == "__main__":

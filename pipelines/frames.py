@@ -2,11 +2,9 @@
 backbone's input size and kept once, encoded, in a frame store (dgl/frame_store.py)."""
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
-from dgl.cli import atomic_dir, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point, show_progress
 from dgl.data.adapters import load_annotations
 from dgl.ffmpeg import ffmpeg_exe
 from dgl.settings import backbone_image_size, load_params
@@ -15,7 +13,7 @@ from dgl.video import extract_frames
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("frames", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--raw", type=Path, required=True)
     ap.add_argument("--out", type=Path, required=True)
@@ -28,7 +26,9 @@ def main() -> None:
     with atomic_dir(args.out) as work:
         summary = extract_frames(args.raw, annotations, work, params.frames, ffmpeg=params.ffmpeg,
                                  image_size=backbone_image_size(params.backbone.name), progress=show_progress())
-    print(json.dumps(summary))
+    print(f"frames: {summary['sampled']} of {summary['videos']} videos sampled, {summary['num_frames']} frames of "
+          f"{summary['image_size']} px each, {summary['codec']} ({summary['backend']}); {summary['skipped']} skipped "
+          f"(reasons in {args.out / 'skipped.json'})")
 
 
 if __name__ == "__main__":

@@ -12,25 +12,29 @@ is removed and its MLflow run, still RUNNING, ends as KILLED (dgl/checkpoint.py)
 `dvc exp run -S key=value` writes the value into the workspace's params.yaml before any stage runs
 and leaves it there when the run fails (DVC has no option to undo it; `--temp` and `--queue` runs
 leave the workspace alone). So under a workspace `dvc exp run` the error also says which values
-differ from the experiment's baseline commit, what they were, and how to put them back."""
+differ from the experiment's baseline commit, what they were, and how to put them back: with `git show`,
+not `git checkout`. DVC rewrites the file within the second in which git last refreshed its index, and
+where the new value has the old one's width (the aligned comments keep the line's length) git's stat
+cache still calls the file clean: `git status` shows nothing and `git checkout` restores nothing."""
 from __future__ import annotations
 
-import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-from dgl.cli import atomic_write, check_writable, entry_point
+from dgl.cli import StageArguments, atomic_write, check_writable, entry_point
 from dgl.errors import UserError
 from dgl.settings import load_params
-from dgl.typed_yaml import Yaml12Loader, flatten, read_yaml
+from dgl.tracking import ABSENT, changed_params, committed_params
+from dgl.typed_yaml import read_yaml
 
 MARK = "params.yaml passed the checks of dgl/settings.py (stage `params` in dvc.yaml)\n"
 SHOWN = 3  # changed values a restore hint names
-_ABSENT = object()
+
+
+def restore_command(path: str) -> str:
+    """The shell line that puts the committed `path` back byte for byte, whatever git's stat cache says."""
+    return f"git show HEAD:./{path} > {path}"
 
 
 def restore_hint(path: str) -> str:
@@ -38,27 +42,22 @@ def restore_hint(path: str) -> str:
     baseline, root = os.environ.get("DVC_EXP_BASELINE_REV"), os.environ.get("DVC_ROOT")
     if not baseline or root is None or Path(root).resolve() != Path.cwd().resolve():
         return ""  # not `dvc exp run`, or one in a temporary copy (--temp, --queue)
-    restore = f"`git checkout {path}` restores the committed file"
-    try:
-        show = subprocess.run(["git", "show", f"{baseline}:./{path}"], capture_output=True, text=True, check=True)
-        committed = yaml.load(show.stdout, Loader=Yaml12Loader)
-    except (OSError, subprocess.CalledProcessError, yaml.YAMLError):
-        committed = None
+    restore = f"`{restore_command(path)}` restores the committed file"
+    committed = committed_params(Path.cwd(), path)  # the baseline's (DVC_EXP_BASELINE_REV)
     current = read_yaml(Path(path))
     if not (isinstance(committed, dict) and isinstance(current, dict)):  # nothing to compare key by key
         return f"; `dvc exp run` left the value in {path}: {restore}"
-    old, new = flatten(committed), flatten(current)
-    changed = [key for key in sorted(old.keys() | new.keys()) if old.get(key, _ABSENT) != new.get(key, _ABSENT)]
+    changed = changed_params(current, committed)
     if not changed:
         return ""
-    was = ", ".join(f"{key}: {old[key]!r}" if key in old else f"no {key}" for key in changed[:SHOWN])
+    was = ", ".join(f"no {key}" if old is ABSENT else f"{key}: {old!r}" for key, old, _ in changed[:SHOWN])
     more = f" and {len(changed) - SHOWN} more" if len(changed) > SHOWN else ""
     return f"; `dvc exp run` left the new value in {path} (the last commit has {was}{more}): {restore}"
 
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("params", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--checkpoint", type=Path, required=True)

@@ -2,19 +2,17 @@
 and the captions tokenised once."""
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 from dgl.cache import build_cache
-from dgl.cli import atomic_dir, check_writable, entry_point
+from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point
 from dgl.data.adapters import load_annotations
 from dgl.settings import load_params
 
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("preprocess", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--raw", type=Path, required=True)
     ap.add_argument("--frames", type=Path, required=True)
@@ -26,7 +24,10 @@ def main() -> None:
     with atomic_dir(args.out) as work:
         summary = build_cache(annotations, args.frames, work, backbone=params.backbone.name,
                               context_length=params.preprocess.context_length)
-    print(json.dumps(summary["splits"]))
+    splits = ", ".join(f"{name} {split['videos']} videos / {split['captions']} captions"
+                       for name, split in summary["splits"].items())
+    print(f"preprocess: {splits} of {summary['image_size']} px frames (linked), {summary['context_length']} tokens "
+          f"(details in {args.out / 'meta.json'})")
 
 
 if __name__ == "__main__":

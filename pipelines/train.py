@@ -1,11 +1,11 @@
 """Stage `train`: models/trained/ (trainable weights only) and plots/train.json; one MLflow run.
 
-With train.nproc > 1 the stage re-launches itself under torchrun (DDP); only rank 0 logs and
-writes. After every epoch it checkpoints to --checkpoint, so a killed run resumes there, in the
+With more than one process (train.nproc, train.nnodes, or a scheduler's environment: dgl/launch.py)
+the stage re-launches itself under torchrun (DDP), on every machine of a SLURM job through srun; only
+rank 0 logs and writes. After every epoch it checkpoints to --checkpoint, so a killed run resumes there, in the
 same MLflow run, and ends with the same results (dgl/checkpoint.py)."""
 from __future__ import annotations
 
-import argparse
 import contextlib
 import json
 import sys
@@ -13,23 +13,23 @@ from pathlib import Path
 
 import torch
 
-from dgl import distributed
+from dgl import distributed, launch
 from dgl.artifacts import save_trained
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
-from dgl.cli import EpochLog, atomic_dir, atomic_write, check_writable, entry_point, show_progress
+from dgl.cli import EpochLog, StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.determinism import seed_everything
 from dgl.models.backbone import check_preprocessing, load_backbone
 from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
 from dgl.tracking import (WEIGHTS_TAG, active_run_id, end_abandoned_run, epoch_metrics, log_missing_epochs,
-                          log_training_setup, mlflow_run, resumable_run, run_label)
+                          log_trained, log_training_setup, mlflow_run, resumable_run, run_label)
 from dgl.train import batch_size_used, pick_device, train_method, train_val_views
 
 
 @entry_point
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__)
+    ap = StageArguments("train", __doc__)
     ap.add_argument("--params", default="params.yaml")
     ap.add_argument("--cache", type=Path, required=True)
     ap.add_argument("--backbone", type=Path, required=True)
@@ -40,13 +40,16 @@ def main() -> None:
     params = load_params(args.params)
     check_writable(args.out, args.plot, args.checkpoint)
     cfg = params.train
-    if cfg.nproc > 1 and not distributed.under_torchrun():
-        distributed.check_nproc(cfg.nproc, pick_device(cfg.device))
-        sys.exit(distributed.relaunch(cfg.nproc, "pipelines.train", sys.argv[1:]))
+    if not launch.under_torchrun():
+        run = launch.resolve(cfg)
+        if run.world > 1:
+            if not run.srun:  # under SLURM the job's allocation is the machines' (other nodes, their GPUs)
+                distributed.check_nproc(run.nproc, pick_device(cfg.device))
+            sys.exit(launch.run_nodes(run, "pipelines.train", sys.argv[1:]))
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     seed_everything(cfg.seed)
-    with distributed.process_group(pick_device(cfg.device)) as (dist, device):
+    with distributed.process_group(pick_device(cfg.device), cfg.dist_timeout) as (dist, device):
         split = CachedSplit.load(args.cache, "train")
         clip, backbone = load_backbone(args.backbone)
         check_preprocessing(backbone, split.preprocessing(), args.cache)
@@ -89,13 +92,17 @@ def main() -> None:
                         "validation": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}}
                 with atomic_dir(args.out) as work:
                     mlflow.set_tag(WEIGHTS_TAG, save_trained(method.cpu(), work, info, params.model))
+                log_trained(mlflow, args.out, params.tracking.max_weights_mb)
                 atomic_write(args.plot, json.dumps([{"epoch": i + 1, **r} for i, r in enumerate(history)], indent=1))
                 mlflow.log_artifact(str(args.plot), artifact_path="plots")
     if not dist.main:
         return
     checkpoint.remove()  # the outputs hold everything now
-    print(json.dumps({"method": params.model.method, "trainable": counts["trainable"],
-                      **(history[-1] if history else {})}))
+    last = history[-1] if history else {}
+    val = f", val R@1 {last['val_t2v_R1']:.1f} t2v" if "val_t2v_R1" in last else ""
+    loss = f", final loss {last['train_loss']:.4f}" if "train_loss" in last else ""
+    print(f"train: {params.model.method} ({counts['trainable']:,} trainable parameters), {len(history)} epochs{loss}"
+          f"{val}; weights in {args.out}")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ TINY_OVERRIDES = {
 
 # The modules that take minutes, longest first (`pytest --durations`): `make test` hands whole modules
 # to its 2 workers in collection order, and the rehearsal (the longest test) must not start last.
-LONGEST_MODULES = ("test_rehearse.py", "test_faults.py", "test_tracking.py", "test_experiments.py",
+LONGEST_MODULES = ("test_rehearse.py", "test_faults.py", "test_tracking.py", "test_group.py", "test_experiments.py",
                    "test_pipeline.py", "test_scale.py")
 
 

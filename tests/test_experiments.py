@@ -313,3 +313,69 @@ def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_li
                env={"PYTHONPATH": str(ROOT)})
     assert typo.returncode == 2 and typo.stderr.strip() == ("error: brokn.json: no such file; --runs takes a file "
                                                             "written by `python -m experiments.report --save-runs`")
+
+
+def shown_experiments(changes: dict[str, dict[str, object]]) -> list[dict]:
+    """`dvc exp show --json` for the committed params.yaml (baseline `main`, t2v R@1 40.0) and one
+    experiment per entry of `changes` (flat key: value), each with its own numbers."""
+    base = yaml.safe_load((ROOT / "params.yaml").read_text())
+
+    def data(params: dict, r1: float) -> dict:
+        metrics = {"t2v_R1": r1, "content_R1": r1 + 20, "pair_acc": 0.5 + r1 / 1000, "trainable_params": 827392,
+                   "t2v_R5": 90.0, "v2t_R1": 41.0, "val_t2v_R1": 39.0}
+        return {"params": {"params.yaml": {"data": params}}, "metrics": {"metrics.json": {"data": metrics}}}
+
+    def changed(flat: dict[str, object]) -> dict:
+        params = json.loads(json.dumps(base))
+        for key, value in flat.items():
+            *path, last = key.split(".")
+            node = params
+            for part in path:
+                node = node[part]
+            node[last] = value
+        return params
+
+    experiments = [{"name": name, "executor": None,
+                    "revs": [{"rev": f"{i:040d}", "data": data(changed(flat), 41.0 + i)}]}
+                   for i, (name, flat) in enumerate(changes.items())]
+    return [{"rev": "workspace", "data": data(base, 40.0)},
+            {"rev": "a" * 40, "name": "main", "data": data(base, 40.0), "experiments": experiments}]
+
+
+def test_show_prints_the_changed_params_and_headline_metrics_of_three_experiments_in_120_columns(
+        monkeypatch, capsys):
+    import experiments.show as show
+
+    shown = shown_experiments({"upt-one-epoch": {"model.dgl.generator": "upt", "train.epochs": 1},
+                               "local8": {"model.dgl.local_prompt_len": 8},
+                               "twins-seed1": {"train.sampler": "twins", "train.seed": 1}})
+    monkeypatch.setattr(show, "dvc", lambda *args: json.dumps(shown))
+    monkeypatch.setenv("COLUMNS", "120")
+    monkeypatch.setattr("sys.argv", ["show"])
+    show.main()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert "…" not in out and max(map(len, lines)) <= 120, out
+    header = lines[0].split()
+    assert header[:6] == ["experiment", "generator", "local_prompt_len", "epochs", "sampler", "seed"], out
+    assert " ".join(header[6:]) == "t2v R@1 content R@1 pair acc trainable"
+    rows = {line.split()[0]: line.split()[1:] for line in lines[1:]}
+    assert rows["main"] == ["ulp", "4", "4", "random", "42", "40.0", "60.0", "0.540", "827,392"]
+    assert rows["upt-one-epoch"] == ["upt", "4", "1", "random", "42", "41.0", "61.0", "0.541", "827,392"]
+    assert rows["local8"][:5] == ["ulp", "8", "4", "random", "42"]
+    assert rows["twins-seed1"][:5] == ["ulp", "4", "4", "twins", "1"]
+
+
+def test_show_turns_the_table_when_the_params_are_too_many_for_the_width():
+    """Many differing params: one column per experiment, in blocks, each line within the width, no cell cut."""
+    from experiments.show import render
+
+    runs = [Experiment(f"run{i}", {f"model.vop.knob_{k}": i * k for k in range(12)}, {"t2v_R1": 10.0 * i})
+            for i in range(1, 8)]
+    out = render(runs, 30)
+    assert max(map(len, out.splitlines())) <= 30 and "…" not in out
+    blocks = out.split("\n\n")
+    assert len(blocks) > 1 and all(block.splitlines()[0].startswith("experiment") for block in blocks)
+    cells = [block.splitlines()[12].split()[2:] for block in blocks]  # the t2v R@1 row (knob_0 never differs)
+    assert sum(cells, []) == [f"{10.0 * i:.1f}" for i in range(1, 8)]
+    assert "knob_11" in out and "60.0" in out  # the last param and the last experiment: nothing left out

@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import os
+import re
 import shutil
 import signal
 import socket
@@ -21,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, ROOT, copy_project, merge, run, stage_cmd, tiny_params
+from conftest import BIN, ROOT, copy_project, make_project, merge, run, stage_cmd, tiny_params
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 SEED_RANGE = "is out of range; use a value in [0, 4294967295]"
@@ -300,7 +301,7 @@ def stages_run(out: subprocess.CompletedProcess) -> list[str]:
     (["exp", "run", "-S", "train.seed=-1"], f"params: train.seed = -1 {SEED_RANGE}"),
     (["exp", "run", "-S", "backbone.name=bogus"], "params: backbone.name = 'bogus' is not an open_clip model; "
                                                   "use e.g. ViT-B-32, ViT-B-16 or one of tiny-synthetic"),
-    (["repro"], "params: unknown key trian; known keys here:"),
+    (["repro"], "params: unknown key trian (did you mean train?); known keys here:"),
 ], ids=["train.lr", "train.seed", "backbone.name", "unknown key"])
 def test_a_bad_params_value_or_key_fails_before_dvc_deletes_any_output(project, args, needle):
     before = digests(project, *OUTPUTS)
@@ -319,13 +320,54 @@ def test_a_bad_params_value_or_key_fails_before_dvc_deletes_any_output(project, 
             key = args[-1].split("=")[0]
             assert (project / "params.yaml").read_text() != params
             assert errors[0].endswith(f"; `dvc exp run` left the new value in params.yaml (the last commit has "
-                                      f"{committed(project, key)}): `git checkout params.yaml` restores the "
-                                      "committed file"), errors[0]
-            run(["git", "checkout", "params.yaml"], project)  # as the line says
+                                      f"{committed(project, key)}): `git show HEAD:./params.yaml > params.yaml` "
+                                      "restores the committed file"), errors[0]
+            run(["bash", "-c", advice(errors[0])], project)  # as the line says
             assert (project / "params.yaml").read_text() == params
     finally:
         (project / "params.yaml").write_text(params)
     assert "changed" not in run(["dvc", "status", "params", "train", "evaluate"], project).stdout
+
+
+def advice(error: str) -> str:
+    """The shell line an error's restore hint names."""
+    return re.search(r"`([^`]+)` restores the committed file", error).group(1)
+
+
+def pin_stat_cache(project: Path, path: str) -> None:
+    """Leave git's index as a workspace `dvc exp run` often does: its entry for `path` (the committed
+    blob) stat-matches the rewritten file, so git takes it for unchanged without reading it. That
+    happens when DVC rewrites the file within the second git refreshed the index in and the size is
+    the same; here it is made certain: only size and mtime seconds compared (core.checkStat), the
+    file's mtime set to the entry's, the index written after it (not "racily clean")."""
+    run(["git", "config", "core.checkStat", "minimal"], project)
+    entry = run(["git", "ls-files", "--debug", path], project).stdout
+    mtime = int(re.search(r"mtime: (\d+):", entry).group(1))
+    os.utime(project / path, (mtime, mtime))
+    index = project / ".git" / "index"
+    os.utime(index, (mtime + 10, mtime + 10))
+
+
+@pytest.mark.slow
+def test_the_advice_after_a_failed_exp_run_restores_params_yaml_byte_for_byte(tmp_path):
+    """The issue's case: `dvc exp run -S model.dgl.local_prompt_len=100` over the project's own
+    params.yaml (aligned comments: 4 and 100 give a file of the same size) fails in stage `params`,
+    before anything expensive runs. `git status` then shows nothing and `git checkout params.yaml`
+    restores nothing; the line the error prints must restore the committed bytes anyway."""
+    project = make_project(tmp_path / "p", tiny_params())
+    committed_text = (ROOT / "params.yaml").read_text()
+    (project / "params.yaml").write_text(committed_text)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qam", "the project's params.yaml"], project)
+    out = run(["dvc", "exp", "run", "-S", "model.dgl.local_prompt_len=100"], project, check=False)
+    errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("error: ")]
+    assert out.returncode != 0 and len(errors) == 1, out.stdout + out.stderr
+    assert stages_run(out) == ["params"], out.stdout
+    assert (project / "params.yaml").stat().st_size == len(committed_text.encode())  # same width
+    pin_stat_cache(project, "params.yaml")
+    assert run(["git", "status", "--porcelain", "params.yaml"], project).stdout == ""  # git cannot see it
+    run(["bash", "-c", advice(errors[0])], project)
+    assert run(["git", "diff", "--exit-code", "params.yaml"], project, check=False).returncode == 0
+    assert (project / "params.yaml").read_text() == committed_text
 
 
 def test_the_restore_hint_survives_a_params_file_that_is_not_a_mapping(tmp_path, monkeypatch):
@@ -341,7 +383,7 @@ def test_the_restore_hint_survives_a_params_file_that_is_not_a_mapping(tmp_path,
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "HEAD")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
     assert restore_hint("params.yaml") == ("; `dvc exp run` left the value in params.yaml: "
-                                           "`git checkout params.yaml` restores the committed file")
+                                           "`git show HEAD:./params.yaml > params.yaml` restores the committed file")
     (tmp_path / "params.yaml").write_text("train:\n  lr: 0.02\n")
     assert restore_hint("params.yaml").startswith("; `dvc exp run` left the new value in params.yaml "
                                                   "(the last commit has train.lr: 0.01)")

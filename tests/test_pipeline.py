@@ -36,7 +36,16 @@ def test_dvc_repro_runs_every_stage_and_logs_one_mlflow_run(tiny_repro):
         keys = {k for (k,) in con.execute("SELECT DISTINCT key FROM metrics")}
         params = dict(con.execute("SELECT key, value FROM params"))
         steps = [s for (s,) in con.execute("SELECT step FROM metrics WHERE key='epoch/train_loss' ORDER BY step")]
-    assert {"test/t2v_R1", "params/trainable", "params/total", "params/trainable_ratio"} <= keys  # dgl/tracking.py
+        tags = dict(con.execute("SELECT key, value FROM tags"))
+    # the run's page leads with its numbers; the tiny project runs its committed params.yaml
+    assert tags["mlflow.note.content"] == (f"t2v R@1 {metrics['t2v_R1']:.1f} · content R@1 {metrics['content_R1']:.1f}"
+                                           f" · pair acc {metrics['pair_acc']:.3f} · v2t R@1 {metrics['v2t_R1']:.1f}"
+                                           f" · trainable {metrics['trainable_params']:,} "
+                                           f"({100 * metrics['trainable_ratio']:.3g} %)\n\n"
+                                           "The committed params.yaml, unchanged.")
+    assert tags["mlflow.source.name"] == "pipelines/evaluate.py (dvc stage evaluate)"
+    assert "test/t2v_R1" in keys and not any(k.startswith("params/") for k in keys)  # counts: params (dgl/tracking.py)
+    assert {"count.trainable", "count.total", "count.trainable_ratio"} <= params.keys()
     assert params["model.dgl.generator"] == "ulp"
     assert steps == [1, 2]
     status = run(["dvc", "status"], project).stdout
@@ -77,9 +86,9 @@ def test_dvc_exp_run_with_set_param_reruns_training_only(tiny_repro, tmp_path):
         generators = [v for (v,) in con.execute("SELECT value FROM params WHERE key='model.dgl.generator'")]
     assert sorted(generators) == ["ulp", "upt"]
     upt = dict(sqlite3.connect(project / "mlflow.db").execute(
-        "SELECT m.key, m.value FROM metrics m JOIN params p ON m.run_uuid = p.run_uuid "
+        "SELECT c.key, c.value FROM params c JOIN params p ON c.run_uuid = p.run_uuid "
         "WHERE p.key='model.dgl.generator' AND p.value='upt'"))
-    assert upt["params/trainable"] != before["trainable_params"]
+    assert int(upt["count.trainable"]) != before["trainable_params"]
 
 
 @pytest.mark.parametrize("override,needle", [
@@ -110,7 +119,7 @@ def test_bad_params_fail_with_one_line_and_touch_nothing(tmp_path, override, nee
 
 @pytest.mark.parametrize("edit,needle", [
     (lambda p: p["train"].pop("lr"), "params: missing key train.lr; train needs: epochs, batch_size, captions, sampler, lr, clip_lr,"),
-    (lambda p: p["train"].update(lrr=0.1), "params: unknown key train.lrr; known keys here: accum_steps,"),
+    (lambda p: p["train"].update(lrr=0.1), "params: unknown key train.lrr (did you mean lr?); known keys here: accum_steps,"),
     (lambda p: p.pop("ffmpeg"), "params: missing key ffmpeg; the file needs: ffmpeg, data,"),
 ])
 def test_a_missing_or_unknown_params_key_is_one_line(tmp_path, edit, needle):

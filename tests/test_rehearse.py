@@ -83,5 +83,5 @@ def test_the_rehearsal_runs_every_recipe_through_dvc_to_metrics_and_a_finished_m
         assert logged["backbone.name"] == BACKBONE and logged["backbone.pretrained"] == str(checkpoint)
         assert logged["model.dgl.generator"] == generator
         assert round(mlflow_run.data.metrics["test/t2v_R1"], 4) == metrics["t2v_R1"]
-        assert mlflow_run.data.metrics["params/trainable"] == metrics["trainable_params"]
+        assert int(mlflow_run.data.params["count.trainable"]) == metrics["trainable_params"]
     shutil.rmtree(tmp_path)  # 2.3 GB (the weights in the backbone stage and DVC's cache): kept only on a failure

@@ -4,7 +4,6 @@ from __future__ import annotations
 import csv
 import dataclasses
 import hashlib
-import itertools
 import json
 import subprocess
 from pathlib import Path

@@ -66,15 +66,15 @@ class Rest:
 
 
 @contextlib.contextmanager
-def mlflow_ui(root: Path, command: str = "server", *options: str) -> Iterator[str]:
-    """`mlflow <command>` (server or ui) on a free loopback port with the SQLite store root/mlflow.db;
-    yields its address once it answers. The server and its workers (one process group) are killed
+def mlflow_ui(root: Path, command: str = "server", *options: str, store: str | None = None) -> Iterator[str]:
+    """`mlflow <command>` (server or ui) on a free loopback port with the SQLite store root/mlflow.db (or
+    the backend store `store`); yields its address once it answers. The server and its workers (one process group) are killed
     when the block ends, whatever happened in it."""
     port = free_port()
     log = (root / f"{command}.log").open("w")
     proc = subprocess.Popen(
         [str(BIN / "mlflow"), command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}", *options],
+         "--backend-store-uri", store or f"sqlite:///{root / 'mlflow.db'}", *options],
         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
@@ -89,7 +89,8 @@ def mlflow_ui(root: Path, command: str = "server", *options: str) -> Iterator[st
                 time.sleep(0.5)
         yield url
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the server's workers are in its process group
+        with contextlib.suppress(ProcessLookupError):  # none left when the server failed to start
+            os.killpg(proc.pid, signal.SIGTERM)  # the server's workers are in its process group
         try:
             proc.wait(timeout=5)
         except subprocess.TimeoutExpired:
@@ -137,11 +138,11 @@ def test_pipeline_run_is_complete_on_a_tracking_server(project, server):
     params = {p["key"]: p["value"] for p in data["params"]}
     assert params["model.dgl.generator"] == "ulp" and params["train.epochs"] == str(EPOCHS)
     metrics = {m["key"]: m["value"] for m in data["metrics"]}
-    assert metrics["params/trainable"] > 0 and metrics["params/total"] > metrics["params/trainable"]
-    assert metrics["params/trainable_ratio"] == pytest.approx(metrics["params/trainable"] / metrics["params/total"],
-                                                              rel=1e-3)
+    counts = {k: float(v) for k, v in params.items() if k.startswith("count.")}  # constants: params, not charts
+    assert counts["count.trainable"] > 0 and counts["count.total"] > counts["count.trainable"]
+    assert counts["count.trainable_ratio"] == pytest.approx(counts["count.trainable"] / counts["count.total"], rel=1e-3)
     assert {"test/t2v_R1", "test/v2t_R1", "epoch/val_t2v_R1", "epoch/train_lr"} <= metrics.keys()
-    assert all(k.startswith(("epoch/", "params/", "test/")) for k in metrics), sorted(metrics)
+    assert all(k.startswith(("epoch/", "test/")) for k in metrics), sorted(metrics)
     history = server.get("metrics/get-history", run_id=run_id, metric_key="epoch/train_loss")["metrics"]
     assert sorted(m["step"] for m in history) == list(range(1, EPOCHS + 1))
     tags = {t["key"]: t["value"] for t in data["tags"]}
@@ -211,7 +212,7 @@ def test_evaluate_alone_logs_a_new_run_and_keeps_the_first(project, server):
     assert values(before[train_run_id]["data"]["params"])["eval.dsl"] == "False"
     metrics, shown = values(new["data"]["metrics"]), json.loads((project / "metrics.json").read_text())
     assert metrics["test/t2v_R1"] == pytest.approx(shown["t2v_R1"], abs=1e-4)
-    assert metrics["params/trainable"] == first["params/trainable"]
+    assert params["count.trainable"] == values(before[train_run_id]["data"]["params"])["count.trainable"]
     assert "epoch/train_loss" not in metrics  # the training's curves stay with the training's run
     assert len({r["info"]["run_name"] for r in runs.values()}) == len(runs), "run names are unique"
     assert "metrics.json" in server.artifacts(new_id) and "plots/recall.json" in server.artifacts(new_id, "plots")
@@ -248,7 +249,8 @@ from dgl.tracking import mlflow_run
 
 uri, worker, runs, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 for r in range(runs):
-    with mlflow_run(TrackingConfig(uri=uri, experiment="concurrent"), stage="train") as mlflow:
+    cfg = TrackingConfig(uri=uri, experiment="concurrent", ui="http://127.0.0.1:5000", max_weights_mb=100)
+    with mlflow_run(cfg, stage="train") as mlflow:
         mlflow.log_params({"worker": worker, "run": r, **{f"p{i}": i for i in range(20)}})
         for step in range(1, steps + 1):
             mlflow.log_metrics({"train_loss": 1.0 / step, "val_R1": step}, step=step)
@@ -335,15 +337,19 @@ def test_the_ui_opens_a_training_experiment_with_unique_names_and_grouped_metric
     assert {r["info"]["run_id"] for r in runs} == {first, second}
     assert len(set(names)) == 2 and all(re.fullmatch(r"dgl-ulp-\d{8}-\d{6}(-2)?", n) for n in names), names
     for found in runs:
-        metrics = values(found["data"]["metrics"])
+        metrics, params = values(found["data"]["metrics"]), values(found["data"]["params"])
         assert sorted(metrics) == sorted(
-            ["epoch/train_loss", "epoch/train_lr", "epoch/val_t2v_R1", "epoch/val_v2t_R1", "params/trainable",
-             "params/total", "params/trainable_ratio", "params/trainable_clip", "test/t2v_R1", "test/v2t_R1",
-             "test/pair_acc"])
-        # report.py reads them back under metrics.json's keys, as it does an older store's flat names
-        assert as_metrics_json(metrics) == {"t2v_R1": 30.0, "v2t_R1": 31.0, "pair_acc": 0.5, "trainable_params": 10,
-                                            "trainable_ratio": 0.01, "trainable_clip": 0, "val_t2v_R1": 20.0,
-                                            "val_v2t_R1": 22.0}
+            ["epoch/train_loss", "epoch/train_lr", "epoch/val_t2v_R1", "epoch/val_v2t_R1", "test/t2v_R1",
+             "test/v2t_R1", "test/pair_acc"])  # charts: the curves, then the test results
+        assert {k: v for k, v in params.items() if k.startswith("count.")} == {
+            "count.trainable": "10", "count.total": "1000", "count.trainable_ratio": "0.01",
+            "count.trainable_clip": "0"}
+        # report.py reads them back under metrics.json's keys, as it does an older store's names
+        assert as_metrics_json(metrics, params) == {"t2v_R1": 30.0, "v2t_R1": 31.0, "pair_acc": 0.5,
+                                                    "trainable_params": 10, "trainable_ratio": 0.01,
+                                                    "trainable_clip": 0, "val_t2v_R1": 20.0, "val_v2t_R1": 22.0}
+        assert as_metrics_json({"params/trainable": 10.0, "test/t2v_R1": 1.0}) == {"trainable_params": 10.0,
+                                                                                  "t2v_R1": 1.0}
     assert [(m["step"], m["value"]) for m in sorted(history, key=lambda m: m["step"])] == [(1, 2.0), (2, 1.5)]
     old = {"test_t2v_R1": 1.0, "params_trainable": 2, "params_trainable_ratio": 0.1, "val_t2v_R1": 3.0, "lr": 0.1,
            "train_loss": 4.0}
@@ -450,3 +456,29 @@ def test_one_line_per_epoch_off_a_terminal():
     assert re.fullmatch(r"epoch 3/10  loss 1\.2346  val R@1 45\.0 t2v / 40\.0 v2t  0s  ETA 0s", lines[0]), lines
     assert re.fullmatch(r"epoch 4/10  loss 1\.1000  0s  ETA 0s", lines[1]), lines
     assert [duration(s) for s in (7.4, 65, 3725)] == ["7s", "1m05s", "1h02m"]
+
+
+def test_the_run_description_leads_with_the_numbers_and_names_what_changed():
+    from dgl.tracking import ABSENT, changed_params, description
+
+    committed = {"model": {"dgl": {"generator": "ulp", "local_prompt_len": 4}}, "train": {"epochs": 4}}
+    current = {"model": {"dgl": {"generator": "upt", "local_prompt_len": 4}}, "train": {"epochs": 1, "new": True}}
+    changes = changed_params(current, committed)
+    assert changes == [("model.dgl.generator", "ulp", "upt"), ("train.epochs", 4, 1), ("train.new", ABSENT, True)]
+    text = description({"t2v_R1": 47.6123, "content_R1": 65.0, "pair_acc": 0.6741, "v2t_R1": 43.0, "t2v_R5": 9.0},
+                       {"trainable": 285184, "trainable_ratio": 0.0342}, changes)
+    assert text == ("t2v R@1 47.6 · content R@1 65.0 · pair acc 0.674 · v2t R@1 43.0 · trainable 285,184 "
+                    "(3.42 %)\n\nChanged from the committed params.yaml: `model.dgl.generator` ulp → upt, "
+                    "`train.epochs` 4 → 1, `train.new` (none) → True")
+
+
+def test_the_printed_link_goes_where_mlflow_ui_serves(monkeypatch):
+    from dgl.tracking import run_url
+
+    monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
+    db = "sqlite:////tmp/mlflow.db"
+    link = run_url(db, "1", "abc", "http://127.0.0.1:5055")
+    assert link.startswith("http://127.0.0.1:5055/#/experiments/1/runs/abc?")
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://gpu-box:8080/")
+    assert run_url(db, "1", "abc", "http://127.0.0.1:5055").startswith("http://gpu-box:8080/#/experiments/1/runs/abc?")
+    assert run_url("http://server:5000", "1", "abc").startswith("http://server:5000/#/")  # a server is its own UI

@@ -38,9 +38,9 @@ from email.message import Message
 from pathlib import Path, PurePosixPath
 from typing import IO, Callable, Iterator
 
-from tqdm import tqdm
 
 from dgl.checksums import sha256_of
+from dgl.cli import progress_bar
 from dgl.errors import UserError
 
 CHUNK = 1 << 20
@@ -163,8 +163,8 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float, until: float
             offset, total = 0, int(length) if length is not None else None
             about = {"url": url, "validator": _validator(response.headers), "length": total}
             _about_path(part).write_text(json.dumps(about) + "\n")
-        bar = tqdm(total=total, initial=offset, desc=name, unit="B", unit_scale=True, unit_divisor=1024,
-                   disable=not progress)
+        bar = progress_bar(progress, total=total, initial=offset, desc=name, unit="B", unit_scale=True,
+                           unit_divisor=1024)
         with bar, open(part, "ab" if resumed else "wb") as out:
             try:
                 while chunk := response.read1(CHUNK):  # what has arrived: the deadline is checked as it comes

@@ -28,9 +28,9 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 import yaml
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from dgl.checksums import file_checksums, write_manifest
+from dgl.cli import progress_bar
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe, toolchain
 from dgl.settings import SyntheticConfig
@@ -438,7 +438,7 @@ def _write_video(job: tuple[Scene, SyntheticConfig, Path, str]) -> str:
 def _render_all(scenes: list[Scene], cfg: SyntheticConfig, videos_dir: Path, workers: int, progress: bool,
                 ffmpeg: str) -> None:
     jobs = [(scene, cfg, videos_dir, ffmpeg) for scene in scenes]
-    bar = functools.partial(tqdm, total=len(jobs), desc="synthetic videos", unit="video", disable=not progress)
+    bar = functools.partial(progress_bar, progress, total=len(jobs), desc="synthetic videos", unit="video")
     if workers <= 1:
         for _ in bar(map(_write_video, jobs)):
             pass

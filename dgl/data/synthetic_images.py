@@ -13,8 +13,8 @@ import itertools
 import re
 
 import numpy as np
-from tqdm import tqdm
 
+from dgl.cli import progress_bar
 from dgl.data.synthetic import IMAGE_STREAM, RENDERERS, Look, Sprite, paint, slot_values, vocab
 
 # What a caption says of one object: colour, shape, size word class, vertical and horizontal place.
@@ -116,7 +116,7 @@ def render_static_images(n: int, seed: int, resolution: int, *, frames_per_video
     rng = np.random.default_rng([seed, IMAGE_STREAM])
     images = np.empty((n, resolution, resolution, 3), dtype=np.uint8)
     captions, contents = [], []
-    bar = tqdm(total=n, desc="static images", unit="image", disable=not progress, mininterval=0.5)
+    bar = progress_bar(progress, total=n, desc="static images", unit="image", mininterval=0.5)
     while len(captions) < n:
         two_objects = rng.random() < vocab()["images"]["two_objects_share"]
         background, moments = _random_moments(rng, two_objects, min(frames_per_video, n - len(captions)))

@@ -13,7 +13,7 @@ from dgl.errors import UserError
 from dgl.models.adapters import Adapter, attached
 from dgl.models.methods.base import Method, register
 from dgl.models.prompted import TextPrompts, VideoPrompts
-from dgl.settings import AdapterConfig, BiasConfig, PartialConfig
+from dgl.settings import AdapterConfig, PartialConfig
 
 
 def _linear_biases(module: nn.Module, layer_norm: bool) -> set[str]:

@@ -1,0 +1,140 @@
+"""Ask a trained model: rank the test videos for a free-text query.
+
+    python -m dgl.search "a red circle moves to the left"                  # the workspace's models/trained
+    python -m dgl.search "a red circle moves to the left" --run upt --k 10 # the method an MLflow run kept
+    python -m dgl.search "a square turns from blue to green" --strip q.png # also the top videos as frames
+
+Prints each of the top k videos with its rank, id, cosine score and its time-reversed twin (the same
+frames in reverse order, the synthetic benchmark's hard negative): the twin's rank and score. A twin
+right below at the same score is a model that does not see the order of frames.
+
+The gallery is the cache's test split (data/cache, as evaluate encodes it); the query is tokenised
+as the cache's captions were (the backbone's tokenizer, the cache's context length). `--run NAME`
+downloads the trained weights and model.json that the run logged (artifact `model/`,
+dgl.tracking.log_trained), so only the backbone and the cache come from the workspace.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from dgl.artifacts import load_trained
+from dgl.cache import CachedSplit
+from dgl.cli import entry_point
+from dgl.errors import UserError
+from dgl.models.methods import Method
+from dgl.train import SplitView, encode_view, pick_device
+
+
+@dataclass(frozen=True)
+class Hit:
+    rank: int  # 1 = best
+    video: int  # index in the split
+    score: float  # cosine of query and video features
+    twin: int  # the video's time-reversed twin, -1 if it has none
+    twin_rank: int  # 0 where there is no twin
+    twin_score: float
+
+
+class Gallery:
+    """A trained method beside the features of every video of one cached split, ready for queries."""
+
+    def __init__(self, method: Method, info: dict, split: CachedSplit, device: torch.device, batch_size: int):
+        self.method, self.info, self.split, self.device = method, info, split, device
+        _, self.video, _, _ = encode_view(method, SplitView(split, np.arange(split.num_videos)), device, batch_size)
+        import open_clip  # the backbone's architecture is registered by now (load_trained built it)
+
+        self.tokenizer = open_clip.get_tokenizer(info["backbone"])
+
+    @classmethod
+    def load(cls, trained: Path, backbone: Path, cache: Path, params, split: str = "test") -> "Gallery":
+        cached = CachedSplit.load(cache, split)
+        method, info = load_trained(trained, backbone, params.model, num_frames=cached.num_frames)
+        return cls(method, info, cached, pick_device(params.train.device), params.eval.batch_size)
+
+    @torch.no_grad()
+    def scores(self, queries: list[str]) -> torch.Tensor:
+        """(Q, V) cosine scores of each query against every video."""
+        tokens = self.tokenizer(queries, context_length=self.split.tokens.shape[1]).long()
+        text_prompts, _ = self.method.prompts()
+        text = F.normalize(self.method.encode_text(tokens.to(self.device), text_prompts), dim=-1).cpu()
+        return text @ self.video.t()
+
+    def search(self, query: str, k: int) -> list[Hit]:
+        scores = self.scores([query])[0]
+        order = scores.argsort(descending=True, stable=True)
+        rank_of = torch.empty_like(order)
+        rank_of[order] = torch.arange(1, len(order) + 1)
+        hits = []
+        for rank, video in enumerate(order[:k].tolist(), start=1):
+            twin = int(self.split.twins[video])
+            hits.append(Hit(rank, video, float(scores[video]), twin, int(rank_of[twin]) if twin >= 0 else 0,
+                            float(scores[twin]) if twin >= 0 else float("nan")))
+        return hits
+
+
+def describe(hits: list[Hit], split: CachedSplit) -> list[str]:
+    """The hits as aligned lines: rank, video id, score, the twin's rank and score."""
+    ids = [split.video_ids[h.video] for h in hits]
+    width = max(len("video"), *map(len, ids))
+    lines = [f"{'rank':>4}  {'video':<{width}}  {'score':>6}  time-reversed twin"]
+    for hit, vid in zip(hits, ids):
+        twin = (f"{split.video_ids[hit.twin]}: rank {hit.twin_rank}, {hit.twin_score:.3f}"
+                + ("  (same score: order-blind)" if abs(hit.twin_score - hit.score) < 5e-4 else "")
+                if hit.twin >= 0 else "-")
+        lines.append(f"{hit.rank:>4}  {vid:<{width}}  {hit.score:>6.3f}  {twin}")
+    return lines
+
+
+@entry_point
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("query", help="the text to search the videos for")
+    source = ap.add_mutually_exclusive_group()
+    source.add_argument("--run", metavar="NAME", help="the trained method an MLflow run logged (its name)")
+    source.add_argument("--trained", type=Path, default=Path("models/trained"), metavar="DIR",
+                        help="a trained method's folder (default: models/trained)")
+    ap.add_argument("--k", type=int, default=5, help="how many videos to list (default 5)")
+    ap.add_argument("--strip", type=Path, metavar="PNG", help="also draw the top k videos' frames there")
+    ap.add_argument("--params", default="params.yaml")
+    ap.add_argument("--cache", type=Path, default=Path("data/cache"))
+    ap.add_argument("--backbone", type=Path, default=Path("models/backbone"))
+    args = ap.parse_args()
+    if args.k < 1:
+        raise UserError(f"--k {args.k}: give at least 1")
+    if not args.query.strip():
+        raise UserError("the query is empty; give the text to search for, e.g. \"a red circle moves to the left\"")
+    from dgl.settings import load_params
+
+    params = load_params(args.params)
+    start = time.monotonic()
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.run:
+            from dgl.tracking import trained_of_run
+
+            trained = trained_of_run(params.tracking, args.run, Path(tmp))
+        else:
+            trained = args.trained
+        gallery = Gallery.load(trained, args.backbone, args.cache, params)
+    hits = gallery.search(args.query, min(args.k, gallery.split.num_videos))
+    print("\n".join(describe(hits, gallery.split)))
+    if args.strip:
+        from dgl.figures import draw_retrieval
+
+        draw_retrieval(gallery.split.frames, [f'"{args.query}"'], np.array([[h.video for h in hits]]),
+                       np.array([-1]), f"{args.run or args.trained}: the top {len(hits)} test videos", args.strip)
+    where = f"run {args.run!r}" if args.run else str(args.trained)
+    print(f"searched {gallery.split.num_videos} test videos with {gallery.info['method']} from {where} in "
+          f"{time.monotonic() - start:.1f}s" + (f"; frames in {args.strip}" if args.strip else ""), file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
