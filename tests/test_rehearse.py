@@ -32,7 +32,8 @@ def test_each_dataset_is_written_as_its_adapter_reads_it_and_placed_by_hand_down
     (manual / spec.videos_folder).mkdir(parents=True)
     for video in videos:  # the download stage only finds them; the frames stage would decode them
         (manual / spec.videos_folder / f"{video.video_id}.mp4").touch()
-    summary = prepare_raw(dataset, tmp_path / "raw", progress=False)  # manual/ and downloads/ beside raw/
+    # manual/ and downloads/ beside raw/; VATEX as the rehearsal runs it (HGR's split needs its 1,500 videos)
+    summary = prepare_raw(dataset, tmp_path / "raw", progress=False, vatex_split="official_val")
     assert summary["downloaded"] == [] and summary["videos"] == len(videos) and summary["videos_absent"] == 0
     annotations = load_annotations(dataset, tmp_path / "raw")
     for split in ("train", "test"):
