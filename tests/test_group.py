@@ -140,7 +140,7 @@ def group(tmp_path_factory, tiny_repro) -> Iterator[Group]:
 @pytest.mark.slow
 def test_a_second_clone_pulls_every_output_and_recomputes_nothing(group):
     assert group.outputs["bob"] == group.outputs["alice"]
-    assert {"models/trained/weights.pt", "models/backbone/clip.pt", "data/cache/train_frames.npy",
+    assert {"models/trained/weights.pt", "models/backbone/clip.pt", "data/cache/frames-00000.bin",
             "plots/figures/retrieval.png", "metrics.json"} <= set(group.outputs["bob"])  # not only what git holds
     assert "Data and pipelines are up to date." in group.said["status"]
     assert "Running stage" not in group.said["repro"] and "Data and pipelines are up to date." in group.said["repro"]
