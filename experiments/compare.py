@@ -81,7 +81,7 @@ def page(sides: list[Side], count: int, k: int) -> str:
 
     def cell(rank: int, video: int, score: float, answer: int) -> str:
         if video not in images:
-            images[video] = png(strip(split.frames[video, frames_shown]))
+            images[video] = png(strip(split.video_pixels([video])[0, frames_shown]))
         kind = "correct" if video == answer else "twin" if video == int(split.twins[answer]) else ""
         note = {"correct": " correct", "twin": " twin of the correct"}.get(kind, "")
         return (f'<figure class="{kind}"><img src="{images[video]}" alt="{html.escape(split.video_ids[video])}">'

@@ -513,13 +513,14 @@ def test_a_locked_or_read_only_sqlite_store_is_our_line_only_with_sqlite_advice(
 
 
 _TRAIN_RUN = """
-from types import SimpleNamespace
 from dgl.cli import entry_point
+from dgl.settings import TrackingConfig
 from dgl.tracking import mlflow_run
 
 @entry_point
 def main():
-    with mlflow_run(SimpleNamespace(uri=None, experiment="x"), stage="train") as mlflow:
+    cfg = TrackingConfig(uri="", experiment="x", ui="http://127.0.0.1:5000", max_weights_mb=0)
+    with mlflow_run(cfg, stage="train") as mlflow:
         mlflow.log_param("a", 1)
 
 main()

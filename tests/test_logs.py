@@ -44,7 +44,8 @@ def test_a_stage_ends_with_one_human_line(tiny_repro, tmp_path, monkeypatch, cap
                                      "--raw", str(tiny_repro / "data/raw"), "--out", str(tmp_path / "frames")])
     main()
     out = capsys.readouterr().out.splitlines()
-    assert len(out) == 1 and out[0].startswith("frames: 34 of 34 videos sampled, 4 frames of 32 px each"), out
+    # the frames are stored at the backbone's input size (64 px), not at frames.size
+    assert len(out) == 1 and out[0].startswith("frames: 34 of 34 videos sampled, 4 frames of 64 px each"), out
     with pytest.raises(json.JSONDecodeError):
         json.loads(out[0])
 
