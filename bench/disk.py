@@ -12,7 +12,7 @@ one photo at 15 fps, encoded losslessly by the pinned ffmpeg (a lossy source wou
 JPEGs). Not synthetic flat shapes: these frames are as hard for JPEG as web video.
 
 per_recipe: the real stages on those videos with the recipe's frames params (frames per video,
-3 training candidates, 3 fps, 224 px, frames.codec jpeg at --quality): `dgl.video.extract_frames`
+3 training candidates, 3 fps, 224 px, frames.codec jpeg at --quality): `dgl.frames.extract.extract_frames`
 into data/frames, `dgl.cache.build_cache` into data/cache, then `dvc add` of data/raw, data/frames
 and data/cache in a git + DVC repo with this project's `cache.type`; bytes are summed over distinct
 inodes of data/ and .dvc/cache, so a linked file counts once and a copy twice.
@@ -53,9 +53,9 @@ from sklearn.datasets import load_sample_images
 from dgl.cache import build_cache
 from dgl.data.annotations import Annotations, Caption
 from dgl.data.synthetic import encode_mp4
-from dgl.frame_store import FrameStore, JpegCodec, RawCodec, write_arrays
+from dgl.frames.store import FrameStore, JpegCodec, RawCodec, write_arrays
 from dgl.settings import load_group
-from dgl.video import extract_frames
+from dgl.frames.extract import extract_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 GB, KIB = 1e9, 1024

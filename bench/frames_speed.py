@@ -36,7 +36,7 @@ from pathlib import Path
 from dgl.data.annotations import Annotations, Caption
 from dgl.ffmpeg import ffmpeg_exe
 from dgl.settings import FramesConfig, load_group
-from dgl.video import extract_frames, sample_frames
+from dgl.frames.extract import extract_frames, sample_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 

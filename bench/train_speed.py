@@ -56,7 +56,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from bench.memory import device_name, peak_memory, pick_device, reset_peak_memory, saved_for_backward
 from dgl.artifacts import TRAINED_WEIGHTS, save_trained
 from dgl.cache import CachedSplit, device_batches
-from dgl.frame_store import CODECS, FrameStore, codec_from, default_threads, write_arrays
+from dgl.frames.store import CODECS, FrameStore, codec_from, default_threads, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.loss import contrastive_loss
 from dgl.models.methods import build_method

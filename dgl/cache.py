@@ -4,7 +4,7 @@ video.
 
 Layout of a cache folder:
   frames-NNNNN.bin, index.npy, store.json
-                       the frame store (dgl/frame_store.py), hard links to data/frames' files (a copy
+                       the frame store (dgl/frames/store.py), hard links to data/frames' files (a copy
                        where the file system cannot link): the pixels exist once on disk
   <split>_rows.npy     int64 (V, T * K): each video's frames as rows of the store's index; K candidate
                        frames per segment for train (frames.train_candidates), 1 for test
@@ -37,7 +37,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from dgl.data.annotations import Annotations
 from dgl.errors import UserError
-from dgl.frame_store import RESIZE, FrameStore, default_threads, store_files
+from dgl.frames.store import RESIZE, FrameStore, default_threads, store_files
 from dgl.models.backbone import register_configs
 
 SPLITS = ("train", "test")

@@ -29,7 +29,7 @@ from dgl.data.synthetic import order_sensitive, plan_scenes, vocab
 from dgl.data.synthetic_images import render_static_images, static_caption_classes
 from dgl.data.twins import twin_wordings
 from dgl.determinism import seed_everything
-from dgl.frame_store import resize_center_crop
+from dgl.frames.store import resize_center_crop
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw, warmup_cosine

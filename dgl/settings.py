@@ -87,7 +87,7 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FramesConfig:
-    """`frames`: N frames per video at a fixed short side (dgl/video.py)."""
+    """`frames`: N frames per video at a fixed short side (dgl/frames/)."""
 
     num_frames: int = bounded(1, 512)
     train_candidates: int = bounded(1, 15)  # training videos: frames kept per segment, one drawn per step (odd)
@@ -95,7 +95,7 @@ class FramesConfig:
     backend: str = choice("ffmpeg", "decord")
     workers: int = bounded(1, 256)  # videos decoded (and synthetic videos rendered) in parallel
     reencode_fps: float | None  # resample every video to this frame rate first (CLIP4Clip: 3); None = off
-    codec: str = choice("raw", "jpeg")  # how the frame store keeps pixels (dgl/frame_store.py: CODECS)
+    codec: str = choice("raw", "jpeg")  # how the frame store keeps pixels (dgl/frames/store.py: CODECS)
     jpeg_quality: int = bounded(1, 100)  # codec jpeg: libjpeg's quality
 
     def validate(self) -> None:

@@ -39,7 +39,7 @@ from dgl.cli import entry_point
 from dgl.data.adapters import dataset_format, name_of_test_split
 from dgl.data.synthetic import Scene, encode_mp4, plan_scenes, render_frames
 from dgl.errors import UserError
-from dgl.frame_store import FrameStore
+from dgl.frames.store import FrameStore
 from dgl.settings import Params, SyntheticConfig
 from dgl.typed_yaml import build, flatten, read_yaml
 from experiments.recipe import applied, command, overrides

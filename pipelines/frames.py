@@ -1,5 +1,5 @@
 """Stage `frames`: data/frames/ — N frames sampled uniformly from every annotated video, cropped to the
-backbone's input size and kept once, encoded, in a frame store (dgl/frame_store.py)."""
+backbone's input size and kept once, encoded, in a frame store (dgl/frames/store.py)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,7 +8,7 @@ from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point, sho
 from dgl.data.adapters import load_annotations
 from dgl.ffmpeg import ffmpeg_exe
 from dgl.settings import backbone_image_size, load_params
-from dgl.video import extract_frames
+from dgl.frames.extract import extract_frames
 
 
 @entry_point

@@ -19,7 +19,7 @@ from conftest import group
 from dgl import train as train_module
 from dgl.cache import CachedSplit, Prefetcher, device_batches, normalise
 from dgl.errors import UserError
-from dgl.frame_store import RawCodec, write_arrays
+from dgl.frames.store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
 from dgl.train import SplitView, contrastive_step, encode_view, parallel_features, train_method

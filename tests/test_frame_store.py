@@ -1,4 +1,4 @@
-"""The frame store (dgl/frame_store.py): what is read is what the codec's decoder makes of the bytes
+"""The frame store (dgl/frames/store.py): what is read is what the codec's decoder makes of the bytes
 written, the bytes are the same on every write, a damaged shard is one line naming it, and after a
 real `dvc repro` the pixels exist once on disk (frames stage, cache and DVC's cache are one inode)."""
 from __future__ import annotations
@@ -14,8 +14,8 @@ from conftest import run, tiny_params
 from dgl.cache import CachedSplit
 from dgl.data.adapters import load_annotations
 from dgl.errors import UserError
-from dgl.frame_store import FrameStore, JpegCodec, RawCodec, resize_center_crop, shard_name, write_arrays
-from dgl.video import sample_frames
+from dgl.frames.store import FrameStore, JpegCodec, RawCodec, resize_center_crop, shard_name, write_arrays
+from dgl.frames.extract import sample_frames
 
 SIZE = 48
 

@@ -25,14 +25,16 @@ from test_adapters import write_csv, write_msrvtt
 from test_download import BLOB, server, sha256, zip_bytes  # noqa: F401 (server: the loopback fixture)
 from test_video import faststart_testsrc, make_testsrc
 
-import dgl.video
+import dgl.frames.extract
 from dgl.data.adapters import load_annotations
 from dgl.data.annotations import Annotations, Caption
 from dgl.data.download import download, extract
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
-from dgl.frame_store import FrameStore
-from dgl.video import VideoError, extract_frames, sample_frames
+from dgl.frames.extract import extract_frames, sample_frames
+from dgl.frames.mp4_index import mp4_video_track
+from dgl.frames.sampling import VideoError
+from dgl.frames.store import FrameStore
 
 
 def box(kind: bytes, payload: bytes = b"") -> bytes:
@@ -87,14 +89,14 @@ def test_any_fault_decoding_one_video_skips_it_and_only_a_setup_error_stops_the_
             raise MemoryError("cannot allocate 465 GB")
         return np.zeros((4, 32, 43, 3), np.uint8)
 
-    monkeypatch.setitem(dgl.video.BACKENDS, "ffmpeg", decoder)
+    monkeypatch.setitem(dgl.frames.extract.BACKENDS, "ffmpeg", decoder)
     reasons = frames_of(tmp_path / "raw", {"bad": b"x"}, tmp_path)
     assert reasons == {"bad": "videos/bad.mp4: unreadable (MemoryError: cannot allocate 465 GB)"}
 
     def no_ffmpeg(*args) -> np.ndarray:
         raise UserError("params: ffmpeg = system but there is no ffmpeg on PATH")
 
-    monkeypatch.setitem(dgl.video.BACKENDS, "ffmpeg", no_ffmpeg)
+    monkeypatch.setitem(dgl.frames.extract.BACKENDS, "ffmpeg", no_ffmpeg)
     (tmp_path / "again").mkdir()
     with pytest.raises(UserError, match="no ffmpeg on PATH"):
         frames_of(tmp_path / "raw2", {}, tmp_path / "again")
@@ -315,8 +317,8 @@ def test_yaml_nan_in_the_params_file_is_refused(tmp_path):
 
 def test_decord_refuses_a_frame_count_the_mp4_index_contradicts(tmp_path, monkeypatch):
     video = make_testsrc(tmp_path / "v.mp4", seconds=2)
-    real = dgl.video._mp4_video_track(video)
-    monkeypatch.setattr("dgl.video._mp4_video_track", lambda path: real._replace(frames=real.frames + 2))
+    real = mp4_video_track(video)
+    monkeypatch.setattr("dgl.frames.decord_decode.mp4_video_track", lambda path: real._replace(frames=real.frames + 2))
     with pytest.raises(VideoError, match=f"decord counts {real.frames} frames, the mp4 index lists {real.frames + 2}"):
         sample_frames(video, 4, 32, backend="decord")
 
@@ -330,7 +332,7 @@ def test_decord_refuses_a_frame_above_its_pixel_budget_and_decodes_one_frame_at_
     monkeypatch.setattr(decord.VideoReader, "get_batch", lambda self, i: batches.append(list(i)) or original(self, i))
     assert sample_frames(video, 4, 32, backend="decord", candidates=3).shape == (12, 32, 43, 3)
     assert max(map(len, batches)) == 1  # never more than one full-size frame at once
-    monkeypatch.setattr("dgl.video.DECORD_MAX_PIXELS", 64 * 48 - 1)
+    monkeypatch.setattr("dgl.frames.decord_decode.DECORD_MAX_PIXELS", 64 * 48 - 1)
     with pytest.raises(VideoError, match="^64x48 pixels, more than the decord backend decodes .*frames.backend: ffmpeg"):
         sample_frames(video, 4, 32, backend="decord")
 

@@ -33,7 +33,7 @@ from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.distributed import process_group
 from dgl.errors import UserError
-from dgl.frame_store import RawCodec, write_arrays
+from dgl.frames.store import RawCodec, write_arrays
 from dgl.launch import resolve, torchrun_command
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method

@@ -18,7 +18,7 @@ ORDER_DEPS = {"params.ok"}  # a dep only for order (stage `params` runs first); 
 
 
 def module_file(name: str) -> Path | None:
-    """The file of a project module (`dgl.video` -> dgl/video.py), or None outside the project."""
+    """The file of a project module (`dgl.frames.store` -> dgl/frames/store.py), or None outside the project."""
     base = ROOT.joinpath(*name.split("."))
     for candidate in (base.with_suffix(".py"), base / "__init__.py"):
         if candidate.is_file():

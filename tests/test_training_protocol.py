@@ -15,7 +15,7 @@ import torch
 from conftest import group
 from dgl.cache import CachedSplit, gallery_counts
 from dgl.errors import UserError
-from dgl.frame_store import RawCodec, write_arrays
+from dgl.frames.store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
 from dgl.train import (SplitView, encode_view, epoch_samples, into_batches, optimizer_for, train_method,

@@ -17,9 +17,12 @@ from conftest import group
 from dgl.data.annotations import Annotations, Caption
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
-from dgl.frame_store import FrameStore, resize_center_crop
-from dgl.video import (BACKENDS, VideoError, _decode_picked, _decode_seeks, _read_packets, _seek_plan, _select_expr,
-                       _Track, extract_frames, sample_frames, segment_candidates, uniform_indices)
+from dgl.frames.extract import BACKENDS, extract_frames, sample_frames
+from dgl.frames.ffmpeg_decode import _decode_picked, _select_expr
+from dgl.frames.ffmpeg_seek import _decode_seeks, _seek_plan, read_packets
+from dgl.frames.mp4_index import _Track
+from dgl.frames.sampling import VideoError, segment_candidates, uniform_indices
+from dgl.frames.store import FrameStore, resize_center_crop
 
 GRAY_STEP = 10  # frame i is painted gray level GRAY_STEP * i
 
@@ -215,7 +218,8 @@ def test_the_ffmpeg_backend_passes_only_the_picked_frames_out_of_ffmpeg(tmp_path
 
 def test_a_wrong_frame_count_guess_is_corrected_by_decoding_again(tmp_path, monkeypatch):
     video = counter_video(tmp_path / "counter.mp4", 100)
-    monkeypatch.setattr("dgl.video._mp4_video_track", lambda path: _Track(60, 2.4, 1))  # an index that lies
+    # an index that lies
+    monkeypatch.setattr("dgl.frames.ffmpeg_decode.mp4_video_track", lambda path: _Track(60, 2.4, 1))
     assert counter_indices(sample_frames(video, 4, 32)) == uniform_indices(100, 4).tolist()
 
 
@@ -253,7 +257,7 @@ SEEK_CASES = {
 def test_seeking_to_any_frame_gives_the_single_pass_frame_byte_for_byte(tmp_path, case):
     """Frame n by its timestamp, decoded from the keyframe before it, is frame n of decoding every frame."""
     video, exe = SEEK_CASES[case](tmp_path), ffmpeg_exe()
-    packets = _read_packets(video, exe)
+    packets = read_packets(video, exe)
     every, count = _decode_picked(video, exe, 32, None, packets.frames, packets.frames, 1)
     assert count == packets.frames and len(every) == count
     if case.startswith("an edit list"):
@@ -268,7 +272,7 @@ def test_seeking_to_any_frame_gives_the_single_pass_frame_byte_for_byte(tmp_path
 def single_pass(video: Path, monkeypatch, **kwargs) -> np.ndarray:
     """sample_frames without seeking."""
     with monkeypatch.context() as patch:
-        patch.setattr("dgl.video._sample_seeking", lambda *args: None)
+        patch.setattr("dgl.frames.ffmpeg_decode.sample_seeking", lambda *args: None)
         return sample_frames(video, **kwargs)
 
 
@@ -276,7 +280,7 @@ def forbid_the_single_pass(monkeypatch) -> None:
     def forbidden(*args):
         raise AssertionError("the single pass ran")
 
-    monkeypatch.setattr("dgl.video._decode_picked", forbidden)
+    monkeypatch.setattr("dgl.frames.ffmpeg_decode._decode_picked", forbidden)
 
 
 def test_a_long_video_is_sampled_by_seeking_with_the_single_pass_frames(tmp_path, monkeypatch):
@@ -297,13 +301,14 @@ def test_where_seeking_fails_the_single_pass_gives_the_frames(tmp_path, monkeypa
         video = pattern_video(tmp_path / "long.mp4", 400, "-g", "10")
 
         def shifted(path: Path, exe: str):
-            packets = _read_packets(path, exe)
+            packets = read_packets(path, exe)
             return dataclasses.replace(packets, pts=packets.pts + 1)
 
-        monkeypatch.setattr("dgl.video._read_packets", shifted)
+        monkeypatch.setattr("dgl.frames.ffmpeg_decode.read_packets", shifted)
     expected = single_pass(video, monkeypatch, num_frames=4, size=32)
     passes = []
-    monkeypatch.setattr("dgl.video._decode_picked", lambda *args: passes.append(args) or _decode_picked(*args))
+    monkeypatch.setattr("dgl.frames.ffmpeg_decode._decode_picked",
+                        lambda *args: passes.append(args) or _decode_picked(*args))
     assert np.array_equal(sample_frames(video, num_frames=4, size=32), expected)
     assert len(passes) == 1  # seeking was tried, and left it to the single pass
 
