@@ -17,6 +17,7 @@ line that names it and the stage that rebuilds it.
 """
 from __future__ import annotations
 
+import abc
 import concurrent.futures
 import json
 import os
@@ -54,17 +55,18 @@ def resize_center_crop(frames: np.ndarray, size: int) -> np.ndarray:
 # --- codecs -----------------------------------------------------------------------------------------
 
 
-class Codec:
+class Codec(abc.ABC):
     """Turns one (3, S, S) uint8 frame into bytes and back."""
 
     name: str
 
+    @abc.abstractmethod
     def encode(self, frame: np.ndarray) -> bytes:
-        raise NotImplementedError
+        """The bytes of `frame` (3, S, S) uint8."""
 
+    @abc.abstractmethod
     def decode(self, data: np.ndarray, out: np.ndarray) -> None:
         """Decode `data` (1-D uint8, writable) into `out` (3, S, S) uint8."""
-        raise NotImplementedError
 
     def settings(self) -> dict:
         return {"codec": self.name}
