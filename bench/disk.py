@@ -13,7 +13,7 @@ JPEGs). Not synthetic flat shapes: these frames are as hard for JPEG as web vide
 
 per_recipe: the real stages on those videos with the recipe's frames params (frames per video,
 3 training candidates, 3 fps, 224 px, frames.codec jpeg at --quality): `dgl.frames.extract.extract_frames`
-into data/frames, `dgl.cache.build_cache` into data/cache, then `dvc add` of data/raw, data/frames
+into data/frames, `dgl.cache.write.build_cache` into data/cache, then `dvc add` of data/raw, data/frames
 and data/cache in a git + DVC repo with this project's `cache.type`; bytes are summed over distinct
 inodes of data/ and .dvc/cache, so a linked file counts once and a copy twice.
   kib_per_frame_kept      per stored frame (training: all 3 candidates of a segment are stored):
@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from sklearn.datasets import load_sample_images
 
-from dgl.cache import build_cache
+from dgl.cache.write import build_cache
 from dgl.data.annotations import Annotations, Caption
 from dgl.data.synthetic import encode_mp4
 from dgl.frames.store import FrameStore, JpegCodec, RawCodec, write_arrays

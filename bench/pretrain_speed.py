@@ -39,7 +39,7 @@ import time
 import torch
 from torch import nn
 
-from dgl.cache import normalise
+from dgl.cache.read import normalise
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw

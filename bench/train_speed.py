@@ -28,7 +28,7 @@ data_path: a cache of --data-batch videos of the training layout (12 segments x 
 MSR-VTT 512 = 128 x 4 GPUs) into normalised float frames on the device, in batches per second:
   before             the synchronous read of a memory-mapped uint8 array (fancy indexing, normalise on
                      the CPU, then .to(device)), as the cache held frames before the frame store
-  after_synchronous  dgl.cache.device_batches without prefetching (CUDA: uint8 to the GPU, normalised there)
+  after_synchronous  dgl.cache.prefetch.device_batches without prefetching (CUDA: uint8 to the GPU, normalised there)
   after_prefetch     the same, one batch read ahead in a background thread (what training uses)
 beside the model's steps per second at that batch (DGL, its per-video speed from `runs`), and the
 share of a step's wall time the training thread waits for data, measured in a short DGL training
@@ -55,7 +55,8 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from bench.memory import device_name, peak_memory, pick_device, reset_peak_memory, saved_for_backward
 from dgl.artifacts import TRAINED_WEIGHTS, save_trained
-from dgl.cache import CachedSplit, device_batches
+from dgl.cache.prefetch import device_batches
+from dgl.cache.read import CachedSplit
 from dgl.frames.store import CODECS, FrameStore, codec_from, default_threads, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.loss import contrastive_loss

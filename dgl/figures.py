@@ -19,7 +19,7 @@ import torch
 from matplotlib.figure import Figure
 from torch import Tensor
 
-from dgl.cache import CachedSplit
+from dgl.cache.read import CachedSplit
 from dgl.models.attention_maps import global_frame_attention, has_global_prompts
 from dgl.models.methods import Method
 

@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from dgl.cache import image_size_of, normalise
+from dgl.cache.read import image_size_of, normalise
 from dgl.cli import progress_bar
 from dgl.data.synthetic import order_sensitive, plan_scenes, vocab
 from dgl.data.synthetic_images import render_static_images, static_caption_classes
@@ -47,7 +47,7 @@ def _tokens(captions: list[str], backbone: str, context_length: int) -> Tensor:
 
 def _pixels(images: np.ndarray, backbone: str) -> Tensor:
     """(N, H, W, 3) uint8 -> (N, 3, S, S) uint8, resized and centre-cropped as CLIP expects; batches are
-    normalised as they are drawn (dgl.cache.normalise), so all of them stay 4x smaller in memory."""
+    normalised as they are drawn (dgl.cache.read.normalise), so all of them stay 4x smaller in memory."""
     return torch.from_numpy(resize_center_crop(images, image_size_of(backbone)))
 
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from dgl.artifacts import load_trained
-from dgl.cache import CachedSplit
+from dgl.cache.read import CachedSplit
 from dgl.cli import entry_point
 from dgl.errors import UserError
 from dgl.models.methods import Method

@@ -13,7 +13,8 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
-from dgl.cache import CachedSplit, device_batches
+from dgl.cache.prefetch import device_batches
+from dgl.cache.read import CachedSplit
 from dgl.checkpoint import rng_state, set_rng_state
 from dgl.data.twins import twin_wordings
 from dgl.distributed import Dist, data_parallel, gather
@@ -24,7 +25,7 @@ from dgl.models.loss import contrastive_loss
 from dgl.optim import adamw, unless_bias, warmup_cosine
 
 
-PREFETCH = 1  # batches read ahead of the one in use (dgl.cache.device_batches)
+PREFETCH = 1  # batches read ahead of the one in use (dgl.cache.prefetch.device_batches)
 MAX_LOGIT_SCALE = math.log(100)  # CLIP4Clip clamps a trained logit scale to at most 100 after every step
 
 

@@ -331,7 +331,7 @@ def check_trained(project: Path, dataset: str) -> str:
     import torch
 
     from dgl.artifacts import load_trained
-    from dgl.cache import CachedSplit
+    from dgl.cache.read import CachedSplit
     from dgl.train import SplitView, evaluate_view
 
     params = build(Params, read_yaml(project / "params.yaml"))

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 
 from dgl.artifacts import load_trained
-from dgl.cache import CachedSplit, gallery_counts
+from dgl.cache.read import CachedSplit, gallery_counts
 from dgl.cli import StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.data.adapters import name_of_test_split
 from dgl.data.twins import twin_wordings

@@ -15,7 +15,7 @@ import torch
 
 from dgl import distributed, launch
 from dgl.artifacts import save_trained
-from dgl.cache import CachedSplit
+from dgl.cache.read import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.cli import EpochLog, StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.determinism import seed_everything

@@ -17,7 +17,7 @@ def two_runs(tiny_repro, tmp_path_factory) -> tuple[Path, str, str]:
     """A copy of the tiny project whose store holds its DGL run and a second run, `zeroshot-probe`: a
     zero-shot method on the same backbone, logged as a training logs its trained method."""
     from dgl.artifacts import save_trained
-    from dgl.cache import CachedSplit
+    from dgl.cache.read import CachedSplit
     from dgl.models.backbone import load_backbone
     from dgl.models.methods import build_method, count_parameters
     from dgl.settings import load_params

@@ -17,7 +17,8 @@ import torch
 from bench.memory import saved_for_backward
 from conftest import group
 from dgl import train as train_module
-from dgl.cache import CachedSplit, Prefetcher, device_batches, normalise
+from dgl.cache.prefetch import Prefetcher, device_batches
+from dgl.cache.read import CachedSplit, normalise
 from dgl.errors import UserError
 from dgl.frames.store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip

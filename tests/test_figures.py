@@ -16,7 +16,7 @@ import yaml
 from PIL import Image
 
 from conftest import ROOT, group, run
-from dgl.cache import CachedSplit
+from dgl.cache.read import CachedSplit
 from dgl.frames.store import RawCodec, write_arrays
 from dgl.figures import (ATTENTION_ROW, CELL_INCHES, DPI, FRAME_INCHES, TITLE_INCHES, TOP_K, global_attention_title,
                          method_title, strip, write_figures)

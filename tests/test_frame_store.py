@@ -11,7 +11,7 @@ import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
 from conftest import run, tiny_params
-from dgl.cache import CachedSplit
+from dgl.cache.read import CachedSplit
 from dgl.data.adapters import load_annotations
 from dgl.errors import UserError
 from dgl.frames.store import FrameStore, JpegCodec, RawCodec, resize_center_crop, shard_name, write_arrays

@@ -17,7 +17,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
 from conftest import ROOT, group
 from dgl.artifacts import TRAINED_INFO, load_trained, save_trained
-from dgl.cache import normalise
+from dgl.cache.read import normalise
 from dgl.checksums import file_checksums, sha256_of, write_manifest
 from dgl.errors import UserError
 from dgl.models.backbone import BACKBONE_WEIGHTS, build_clip, recipe_for, save_backbone

@@ -151,7 +151,7 @@ def test_the_towers_side_by_side_give_the_gradients_of_one_backward_bit_for_bit(
 
     torch.set_num_threads(one_thread)
     try:
-        from dgl.cache import normalise
+        from dgl.cache.read import normalise
         image = clip.encode_image(normalise(images))
         text = encode_by_length(PromptedCLIP(clip), tokens)
         whole = pretrain_loss(clip, heads, image, text, content_id, labels)

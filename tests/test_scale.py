@@ -29,7 +29,7 @@ import yaml
 from torch.nn.parallel import DistributedDataParallel
 
 from conftest import ROOT, group, merge, stage_cmd, tiny_params
-from dgl.cache import CachedSplit
+from dgl.cache.read import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.distributed import process_group
 from dgl.errors import UserError

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from conftest import group
-from dgl.cache import CachedSplit, gallery_counts
+from dgl.cache.read import CachedSplit, gallery_counts
 from dgl.errors import UserError
 from dgl.frames.store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip

@@ -5,7 +5,7 @@ fewer than N frames gives all its frames and then repeats the last (docs/method.
 "Input"). Training videos also keep `train_candidates` frames per segment, the centres of K equal
 parts of it (the middle one is the segment's centre), so that training can draw a random frame
 within each segment, as the reference does, from a cache of K x N frames instead of the whole
-video (dgl/cache.py: `CachedSplit.jitter`). Frames are sampled at short side `size`, aspect ratio
+video (dgl/cache/read.py: `CachedSplit.jitter`). Frames are sampled at short side `size`, aspect ratio
 kept; the stage then crops them as the backbone takes them and stores each once, encoded
 (dgl/frames/store.py).
 
