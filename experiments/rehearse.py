@@ -332,7 +332,8 @@ def check_trained(project: Path, dataset: str) -> str:
 
     from dgl.artifacts import load_trained
     from dgl.cache import CachedSplit
-    from dgl.train import SplitView, evaluate_view
+    from dgl.evaluation import evaluate_view
+    from dgl.views import SplitView
 
     params = build(Params, read_yaml(project / "params.yaml"))
     split = CachedSplit.load(project / "data/cache", "test")
