@@ -56,7 +56,8 @@ def epoch_samples(view: SplitView, captions: str, rng: np.random.Generator,
     """One epoch's (video, caption) samples in training order, as units that share a batch.
 
     train.captions:
-    - `all`, the papers' protocol (CLIP4Clip's expand_msrvtt_sentences; docs/method.md, "Input"): every caption once, spread over the epoch (`_spread`).
+    - `all`, the papers' protocol (CLIP4Clip's expand_msrvtt_sentences; docs/method.md, "Input"): every
+      caption once, spread over the epoch (`_spread`).
     - `one`: every video once, with one of its captions drawn at random.
     train.sampler:
     - `random`: every sample is its own unit; batches are random (the papers).
