@@ -44,7 +44,7 @@ def check_endpoint(value: str, where: str) -> str:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """`data.synthetic`: the embedded benchmark (dgl/data/synthetic.py checks it against the vocabulary)."""
+    """`data.synthetic`: the embedded benchmark (dgl/data/synthetic_scenes.py checks it against the vocabulary)."""
 
     seed: int = bounded(0, SEED_MAX)
     train_videos: int = bounded(1, 1_000_000)

@@ -37,7 +37,9 @@ import numpy as np
 
 from dgl.cli import entry_point
 from dgl.data.adapters import dataset_format, name_of_test_split
-from dgl.data.synthetic import Scene, encode_mp4, plan_scenes, render_frames
+from dgl.data.synthetic import encode_mp4
+from dgl.data.synthetic_render import render_frames
+from dgl.data.synthetic_scenes import Scene, plan_scenes
 from dgl.errors import UserError
 from dgl.frame_store import FrameStore
 from dgl.settings import Params, SyntheticConfig
