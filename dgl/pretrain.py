@@ -25,8 +25,8 @@ from torch import Tensor, nn
 
 from dgl.cache.read import image_size_of, normalise
 from dgl.cli import progress_bar
-from dgl.data.synthetic import order_sensitive, plan_scenes, vocab
 from dgl.data.synthetic_images import render_static_images, static_caption_classes
+from dgl.data.synthetic_scenes import order_sensitive, plan_scenes, vocab
 from dgl.data.twins import twin_wordings
 from dgl.determinism import seed_everything
 from dgl.frames.store import resize_center_crop

@@ -31,7 +31,9 @@ from dgl.cache.read import CachedSplit
 from dgl.cli import entry_point
 from dgl.errors import UserError
 from dgl.models.methods import Method
-from dgl.train import SplitView, encode_view, pick_device
+from dgl.devices import pick_device
+from dgl.evaluation import encode_view
+from dgl.views import SplitView
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,7 @@ METHOD_NAMES = (
 )
 VIDEO_POOLS = ("global", "global_mean", "cls_mean", "both")  # dgl/models/prompted.py: VIDEO_POOLS
 VATEX_SPLITS = ("hgr", "official_val")  # data.vatex_split: dgl/data/adapters.py VATEX_SPLITS
-SAMPLERS = ("random", "twins")  # train.sampler: dgl/train.py epoch_samples
+SAMPLERS = ("random", "twins")  # train.sampler: dgl/sampling.py epoch_samples
 C10D_PORT = 29400  # torchrun's default port for its c10d rendezvous (dgl/launch.py)
 ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 SEED_MAX = 2**32 - 1  # numpy's global seed (dgl/determinism.py) takes 32 bits
@@ -44,7 +44,7 @@ def check_endpoint(value: str, where: str) -> str:
 
 @dataclass(frozen=True)
 class SyntheticConfig:
-    """`data.synthetic`: the embedded benchmark (dgl/data/synthetic.py checks it against the vocabulary)."""
+    """`data.synthetic`: the embedded benchmark (dgl/data/synthetic_scenes.py checks it against the vocabulary)."""
 
     seed: int = bounded(0, SEED_MAX)
     train_videos: int = bounded(1, 1_000_000)

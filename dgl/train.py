@@ -1,4 +1,5 @@
-"""Training and encoding loops; nothing in here knows which method it trains."""
+"""The training loop and its step; nothing in here knows which method it trains. Which samples form
+which batch is dgl.sampling's; validation runs dgl.evaluation."""
 from __future__ import annotations
 
 import contextlib
@@ -14,147 +15,18 @@ from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
 from dgl.cache.prefetch import device_batches
-from dgl.cache.read import CachedSplit
 from dgl.checkpoint import rng_state, set_rng_state
-from dgl.data.twins import twin_wordings
 from dgl.distributed import Dist, data_parallel, gather
 from dgl.errors import UserError
-from dgl.metrics import evaluate_retrieval
+from dgl.evaluation import evaluate_view
 from dgl.models.methods import Method
 from dgl.models.loss import contrastive_loss
 from dgl.optim import adamw, unless_bias, warmup_cosine
+from dgl.sampling import epoch_samples, into_batches
+from dgl.views import PREFETCH, SplitView
 
 
-PREFETCH = 1  # batches read ahead of the one in use (dgl.cache.prefetch.device_batches)
 MAX_LOGIT_SCALE = math.log(100)  # CLIP4Clip clamps a trained logit scale to at most 100 after every step
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("params: train.device = 'cuda' but no CUDA device is visible; use auto or cpu")
-    return torch.device(name)
-
-
-@dataclass(frozen=True)
-class SplitView:
-    """A subset of a cached split's videos (e.g. train minus the validation hold-out)."""
-
-    split: CachedSplit
-    videos: np.ndarray  # indices into split's videos
-
-    def captions(self) -> tuple[list[int], Tensor]:
-        """Captions of these videos, and each caption's video index *within this view*."""
-        position = {v: i for i, v in enumerate(self.videos.tolist())}
-        keep = [c for c, v in enumerate(self.split.caption_video.tolist()) if v in position]
-        return keep, torch.tensor([position[self.split.caption_video[c].item()] for c in keep])
-
-
-def twin_units(split: CachedSplit, videos: np.ndarray) -> list[list[int]]:
-    """The videos as units: a video with its time-reversed twin where both are among `videos`, else alone."""
-    present = set(videos.tolist())
-    units, seen = [], set()
-    for v in videos.tolist():
-        if v in seen:
-            continue
-        twin = int(split.twins[v])
-        unit = [v, twin] if twin in present and twin != v else [v]
-        seen.update(unit)
-        units.append(unit)
-    return units
-
-
-def train_val_views(split: CachedSplit, val_fraction: float, seed: int) -> tuple[SplitView, SplitView | None]:
-    """Hold out about val_fraction of the training videos for validation, twins together, so that
-    validation holds twin pairs like the test split and no video's reversal trains while it validates."""
-    units = twin_units(split, np.arange(split.num_videos))
-    order = np.random.default_rng(seed).permutation(len(units))
-    target, held = int(round(split.num_videos * val_fraction)), []
-    for i in order:
-        if len(held) >= target:
-            break
-        held += units[i]
-    held = np.array(sorted(held), dtype=np.int64)
-    train = SplitView(split, np.setdiff1d(np.arange(split.num_videos), held))
-    return train, (SplitView(split, held) if len(held) >= 2 else None)
-
-
-Sample = tuple[int, int]  # (video index, caption index)
-
-
-def _spread(groups: list[list[Sample]], rng: np.random.Generator) -> list[list[Sample]]:
-    """Order units so that each video's n units get random times in the n equal parts of the epoch,
-    so a video with many captions is spread over the epoch instead of filling its end (where no
-    batch could hold two of them). `groups` holds each video's (or twin pair's) units."""
-    timed = []
-    for units in groups:
-        times = (np.arange(len(units)) + rng.random(len(units))) / len(units)
-        timed += [(t, k, unit) for k, (t, unit) in enumerate(zip(times.tolist(), units))]
-    return [unit for _, _, unit in sorted(timed, key=lambda x: (x[0], x[1]))]
-
-
-def epoch_samples(view: SplitView, captions: str, rng: np.random.Generator,
-                  sampler: str = "random") -> list[list[Sample]]:
-    """One epoch's (video, caption) samples in training order, as units that share a batch.
-
-    train.captions:
-    - `all`, the papers' protocol (CLIP4Clip's expand_msrvtt_sentences; docs/method.md, "Input"): every caption once, spread over the epoch (`_spread`).
-    - `one`: every video once, with one of its captions drawn at random.
-    train.sampler:
-    - `random`: every sample is its own unit; batches are random (the papers).
-    - `twins`: a video and its time-reversed twin form one unit (their k-th captions, in random
-      order, paired), so every batch holding one holds the other: each is the other's hard
-      negative, which is what rewards a method for seeing frame order. Videos without a twin in
-      the view stay single."""
-    groups = view.split.captions_of()
-    units = twin_units(view.split, view.videos) if sampler == "twins" else [[v] for v in view.videos.tolist()]
-    units = [units[i] for i in rng.permutation(len(units))]
-    if captions == "one":
-        return [[(v, int(rng.choice(groups[v]))) for v in unit] for unit in units]
-    per_group = []
-    for unit in units:
-        orders = [rng.permutation(groups[v]).tolist() for v in unit]
-        count = max(len(o) for o in orders)
-        per_group.append([[(v, o[k]) for v, o in zip(unit, orders) if k < len(o)] for k in range(count)])
-    return _spread(per_group, rng)
-
-
-def into_batches(units: list[list[Sample]], batch_size: int, parts: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Cut units of samples into contrastive batches in order, never a video twice in one batch (the
-    targets are the diagonal) and never a unit split: a unit that does not fit waits for the next
-    batch. The last batch may be smaller, never a lone sample (it takes one from the batch before);
-    every batch is trimmed to a multiple of `parts` (processes x sub-batches), so with one process
-    and no accumulation every sample is used exactly once."""
-    batches, waiting, i = [], [], 0
-    while i < len(units) or waiting:
-        batch, videos, still = [], set(), []
-
-        def place(unit: list[Sample]) -> bool:
-            unit_videos = {v for v, _ in unit}
-            if len(batch) + len(unit) > batch_size or videos & unit_videos:
-                return False
-            batch.extend(unit)
-            videos.update(unit_videos)
-            return True
-
-        for unit in waiting:
-            if not place(unit):
-                still.append(unit)
-        waiting = still
-        while len(batch) < batch_size and i < len(units):
-            unit, i = units[i], i + 1
-            if not place(unit):
-                waiting.append(unit)
-        batches.append(batch)
-    if len(batches) > 1 and len(batches[-1]) == 1:
-        lone = batches[-1][0][0]
-        give = next((s for s in reversed(batches[-2]) if s[0] != lone), None)
-        if give is not None and len(batches[-2]) > 2:
-            batches[-2].remove(give)
-            batches[-1].insert(0, give)
-    trimmed = [np.array(b[: len(b) // parts * parts]) for b in batches]
-    return [(b[:, 0], b[:, 1]) for b in trimmed if len(b) >= 2]
 
 
 class Features(nn.Module):
@@ -375,32 +247,3 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
                 })
             on_epoch(epoch, record)
     return history
-
-
-@torch.no_grad()
-def encode_view(method: Method, view: SplitView, device: torch.device, batch_size: int,
-                progress: bool = False) -> tuple[Tensor, Tensor, list[int], Tensor]:
-    """L2-normalised text (C, E) and video (V, E) features of a view, prompts generated once."""
-    method.eval().to(device)
-    text_prompts, video_prompts = method.prompts()
-    captions, caption_video = view.captions()
-    tokens = view.split.tokens[captions]
-    text = torch.cat([F.normalize(method.encode_text(t.to(device), text_prompts), dim=-1).cpu()
-                      for t in tokens.split(batch_size)])
-    parts = np.array_split(view.videos, max(1, math.ceil(len(view.videos) / batch_size)))
-    with device_batches(view.split, [(v, None, None) for v in parts], device, PREFETCH) as loader:
-        video = torch.cat([F.normalize(method.encode_video(frames, video_prompts), dim=-1).cpu()
-                           for frames, _ in tqdm(loader, total=len(parts), desc="encode videos",
-                                                 disable=not progress, unit="batch")])
-    return text, video, captions, caption_video
-
-
-def evaluate_view(method: Method, view: SplitView, device: torch.device, batch_size: int, *,
-                  dsl: bool = False, chunk_size: int = 1024, progress: bool = False):
-    text, video, captions, caption_video = encode_view(method, view, device, batch_size, progress)
-    position = {v: i for i, v in enumerate(view.videos.tolist())}
-    twins = torch.tensor([position.get(view.split.twins[v].item(), -1) for v in view.videos])
-    categories = [view.split.categories[c] for c in captions]
-    wordings = twin_wordings([view.split.texts[c] for c in captions], caption_video.tolist(), twins.tolist())
-    return evaluate_retrieval(text, video, caption_video, categories=categories, twins=twins, wordings=wordings,
-                              dsl=dsl, chunk_size=chunk_size, logit_scale=float(method.logit_scale()))

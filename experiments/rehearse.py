@@ -37,7 +37,9 @@ import numpy as np
 
 from dgl.cli import entry_point
 from dgl.data.adapters import dataset_format, name_of_test_split
-from dgl.data.synthetic import Scene, encode_mp4, plan_scenes, render_frames
+from dgl.data.synthetic import encode_mp4
+from dgl.data.synthetic_render import render_frames
+from dgl.data.synthetic_scenes import Scene, plan_scenes
 from dgl.errors import UserError
 from dgl.frames.store import FrameStore
 from dgl.settings import Params, SyntheticConfig
@@ -332,7 +334,8 @@ def check_trained(project: Path, dataset: str) -> str:
 
     from dgl.artifacts import load_trained
     from dgl.cache.read import CachedSplit
-    from dgl.train import SplitView, evaluate_view
+    from dgl.evaluation import evaluate_view
+    from dgl.views import SplitView
 
     params = build(Params, read_yaml(project / "params.yaml"))
     split = CachedSplit.load(project / "data/cache", "test")

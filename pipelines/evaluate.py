@@ -14,13 +14,13 @@ from dgl.artifacts import load_trained
 from dgl.cache.read import CachedSplit, gallery_counts
 from dgl.cli import StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
 from dgl.data.adapters import name_of_test_split
-from dgl.data.twins import twin_wordings
+from dgl.devices import pick_device
+from dgl.evaluation import encode_view, score_view
 from dgl.figures import method_title, write_figures
-from dgl.metrics import evaluate_retrieval
 from dgl.models.backbone import backbone_info, check_preprocessing
 from dgl.settings import load_params
 from dgl.tracking import describe_run, evaluation_metrics, evaluation_run, log_files, training_run_of
-from dgl.train import SplitView, encode_view, pick_device
+from dgl.views import SplitView
 
 
 @entry_point
@@ -41,12 +41,10 @@ def main() -> None:
     check_preprocessing(backbone_info(args.backbone), split.preprocessing(), args.cache)
     method, info = load_trained(args.trained, args.backbone, params.model, num_frames=split.num_frames)
     device = pick_device(params.train.device)
-    text, video, _, caption_video = encode_view(method, SplitView(split, np.arange(split.num_videos)), device,
-                                                       params.eval.batch_size, progress=show_progress())
-    wordings = twin_wordings(split.texts, caption_video.tolist(), split.twins.tolist())
-    result = evaluate_retrieval(text, video, caption_video, categories=split.categories, twins=split.twins,
-                                wordings=wordings, dsl=params.eval.dsl, chunk_size=params.eval.chunk_size,
-                                logit_scale=float(method.logit_scale()))
+    view = SplitView(split, np.arange(split.num_videos))
+    encoded = encode_view(method, view, device, params.eval.batch_size, progress=show_progress())
+    result = score_view(method, view, encoded, dsl=params.eval.dsl, chunk_size=params.eval.chunk_size)
+    text, video = encoded[:2]  # the figures draw from the same features
     metrics = {k: round(v, 4) for k, v in result.metrics.items()}
     # R@1 on the training videos train held out, measured by train on the final weights: what a
     # learning-rate sweep chooses by (experiments/README.md), never the test split

@@ -16,14 +16,17 @@ import torch
 
 from bench.memory import saved_for_backward
 from conftest import group
+from dgl import evaluation as evaluation_module
 from dgl import train as train_module
 from dgl.cache.prefetch import Prefetcher, device_batches
 from dgl.cache.read import CachedSplit, normalise
 from dgl.errors import UserError
+from dgl.evaluation import encode_view
 from dgl.frames.store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
-from dgl.train import SplitView, contrastive_step, encode_view, parallel_features, train_method
+from dgl.train import contrastive_step, parallel_features, train_method
+from dgl.views import SplitView
 
 VIDEOS, FRAMES, CANDIDATES, SIZE = 10, 3, 3, 64
 CPU = torch.device("cpu")
@@ -139,6 +142,7 @@ def test_training_gives_the_same_bits_with_and_without_prefetching(tmp_path, mon
 
     def trained(prefetch: int):
         monkeypatch.setattr(train_module, "PREFETCH", prefetch)
+        monkeypatch.setattr(evaluation_module, "PREFETCH", prefetch)
         method = tiny(name="dgl", frames=FRAMES)
         history = train_method(method, view, None, cfg, CPU, on_epoch=lambda *_: None, progress=False)
         return method, history, encode_view(method, view, CPU, batch_size=4)

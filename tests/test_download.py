@@ -26,7 +26,8 @@ import yaml
 from conftest import merge, tiny_params
 from dgl.data import sources
 from dgl.data.adapters import HGR_LISTS, load_annotations
-from dgl.data.download import download, extract
+from dgl.data.download import download
+from dgl.data.extract import extract
 from dgl.data.sources import prepare_raw
 from dgl.errors import UserError
 from test_video import make_testsrc

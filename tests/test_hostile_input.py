@@ -28,7 +28,8 @@ from test_video import faststart_testsrc, make_testsrc
 import dgl.frames.extract
 from dgl.data.adapters import load_annotations
 from dgl.data.annotations import Annotations, Caption
-from dgl.data.download import download, extract
+from dgl.data.download import download
+from dgl.data.extract import extract
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
 from dgl.frames.extract import extract_frames, sample_frames

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from conftest import group
-from dgl.data.synthetic import vocab
+from dgl.data.synthetic_scenes import vocab
 from dgl.models.backbone import build_clip
 from dgl.pretrain import (_images_and_tokens, _lone_object_labels, _unknown_tokens, factor_loss, twin_text_report,
                           warmup, with_unknown_words, zero_shot_image_text_r1)

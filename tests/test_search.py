@@ -10,10 +10,11 @@ import pytest
 import torch
 
 from dgl.checksums import sha256_of
+from dgl.evaluation import encode_view
 from dgl.search import Gallery, main
 from dgl.settings import load_params
 from dgl.tracking import WEIGHTS_TAG, trained_of_run
-from dgl.train import SplitView, encode_view
+from dgl.views import SplitView
 
 
 @pytest.fixture

@@ -12,16 +12,9 @@ import numpy as np
 import pytest
 
 from conftest import group
-from dgl.data.synthetic import (
-    check_vocabulary,
-    encode_mp4,
-    generate,
-    held_out_combos,
-    order_sensitive,
-    plan_scenes,
-    render_frames,
-    vocab,
-)
+from dgl.data.synthetic import encode_mp4, generate
+from dgl.data.synthetic_render import render_frames
+from dgl.data.synthetic_scenes import check_vocabulary, held_out_combos, order_sensitive, plan_scenes, vocab
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
 
@@ -193,7 +186,7 @@ def test_captions_fit_the_tiny_clip_context():
 
 
 def test_every_kind_has_a_renderer_and_matching_templates():
-    from dgl.data.synthetic import RENDERERS
+    from dgl.data.synthetic_render import RENDERERS
 
     kinds = vocab()["kinds"]
     assert {k for c in vocab()["categories"].values() for k in c["kinds"]} == set(kinds) == set(RENDERERS)

@@ -15,11 +15,13 @@ import torch
 from conftest import group
 from dgl.cache.read import CachedSplit, gallery_counts
 from dgl.errors import UserError
+from dgl.evaluation import encode_view
 from dgl.frames.store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
-from dgl.train import (SplitView, encode_view, epoch_samples, into_batches, optimizer_for, train_method,
-                       train_val_views)
+from dgl.sampling import epoch_samples, into_batches, train_val_views
+from dgl.train import optimizer_for, train_method
+from dgl.views import SplitView
 
 FRAMES, CANDIDATES, SIZE = 4, 3, 64  # the tiny CLIP sees 64 x 64
 

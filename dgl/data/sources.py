@@ -42,7 +42,8 @@ from typing import Callable
 from dgl.checksums import file_checksums, sha256_of, write_manifest
 from dgl.data.adapters import (VATEX_CAPTIONS, VATEX_SPLITS, VATEX_TEST, VATEX_TRAIN, VIDEO_EXTENSIONS,
                                dataset_format, load_annotations)
-from dgl.data.download import ChecksumMismatch, download, extract
+from dgl.data.download import ChecksumMismatch, download
+from dgl.data.extract import extract
 from dgl.errors import UserError
 
 Installer = Callable[[Path, Path, int | None], None]  # (downloaded file, raw folder, extraction cap in bytes)

@@ -15,7 +15,8 @@ import re
 import numpy as np
 
 from dgl.cli import progress_bar
-from dgl.data.synthetic import IMAGE_STREAM, RENDERERS, Look, Sprite, paint, slot_values, vocab
+from dgl.data.synthetic_render import RENDERERS, Sprite, paint
+from dgl.data.synthetic_scenes import IMAGE_STREAM, Look, slot_values, vocab
 
 # What a caption says of one object: colour, shape, size word class, vertical and horizontal place.
 ObjectWords = tuple[str, str, str, str, str]
