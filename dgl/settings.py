@@ -25,7 +25,7 @@ METHOD_NAMES = (
 )
 VIDEO_POOLS = ("global", "global_mean", "cls_mean", "both")  # dgl/models/prompted.py: VIDEO_POOLS
 VATEX_SPLITS = ("hgr", "official_val")  # data.vatex_split: dgl/data/adapters.py VATEX_SPLITS
-SAMPLERS = ("random", "twins")  # train.sampler: dgl/sampling.py epoch_samples
+SAMPLERS = ("random", "twins")  # train.sampler: dgl/batch_order.py epoch_samples
 C10D_PORT = 29400  # torchrun's default port for its c10d rendezvous (dgl/launch.py)
 ENDPOINT = re.compile(r"^(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 SEED_MAX = 2**32 - 1  # numpy's global seed (dgl/determinism.py) takes 32 bits

@@ -1,5 +1,5 @@
 """The training loop and its step; nothing in here knows which method it trains. Which samples form
-which batch is dgl.sampling's; validation runs dgl.evaluation."""
+which batch is dgl.batch_order's; validation runs dgl.evaluation."""
 from __future__ import annotations
 
 import contextlib
@@ -22,7 +22,7 @@ from dgl.evaluation import evaluate_view
 from dgl.models.methods import Method
 from dgl.models.loss import contrastive_loss
 from dgl.optim import adamw, unless_bias, warmup_cosine
-from dgl.sampling import epoch_samples, into_batches
+from dgl.batch_order import epoch_samples, into_batches
 from dgl.views import PREFETCH, SplitView
 
 

@@ -25,7 +25,7 @@ from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
 from dgl.tracking import (WEIGHTS_TAG, active_run_id, end_abandoned_run, epoch_metrics, log_missing_epochs,
                           log_trained, log_training_setup, mlflow_run, resumable_run, run_label)
-from dgl.sampling import train_val_views
+from dgl.batch_order import train_val_views
 from dgl.train import batch_size_used, train_method
 
 

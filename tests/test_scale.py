@@ -37,7 +37,7 @@ from dgl.frames.store import RawCodec, write_arrays
 from dgl.launch import resolve, torchrun_command
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
-from dgl.sampling import train_val_views
+from dgl.batch_order import train_val_views
 from dgl.settings import Params, TrainConfig
 from dgl.train import Features, Precision, contrastive_step, parallel_features, pick_precision, train_method
 from dgl.typed_yaml import build

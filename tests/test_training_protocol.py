@@ -19,7 +19,7 @@ from dgl.evaluation import encode_view
 from dgl.frames.store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
-from dgl.sampling import epoch_samples, into_batches, train_val_views
+from dgl.batch_order import epoch_samples, into_batches, train_val_views
 from dgl.train import optimizer_for, train_method
 from dgl.views import SplitView
 
