@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: setup repro test test-quick rehearse gpu-check clean
+.PHONY: setup repro test test-quick lint rehearse gpu-check clean
 
 $(BIN)/.installed: requirements.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -26,6 +26,10 @@ test: $(BIN)/.installed
 
 test-quick: $(BIN)/.installed  # for development: leaves out the tests marked slow (tests/conftest.py)
 	$(PYTEST) -m "not slow"
+
+lint: $(BIN)/.installed  # ruff, configured in pyproject.toml; `ruff check --fix . && ruff format .` fixes most
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 
 rehearse: setup  # the real-data recipes at the paper's shapes on CPU, in a temporary folder (README, "Real data")
 	$(BIN)/python -m experiments.rehearse
