@@ -1,7 +1,8 @@
 """Pictures of a trained model, written by the evaluate stage into plots/figures/:
 
 - retrieval.png: for a few test captions, the top-5 videos (first, middle and last frame each,
-  apart, time running left to right), the correct one framed in green;
+  apart, time running left to right), the correct one framed in green and its time-reversed twin
+  in orange; at most `MAX_WIDTH_PX` wide, so that MLflow's artifact pane shows it unscaled;
 - attention.png (methods with global prompts only): DGL's Figure 5, how the global prompts'
   attention spreads over the frames of a few test videos (see dgl/models/attention_maps.py); the
   title names the block, the prompts and the heads it averages.
@@ -26,10 +27,18 @@ from dgl.models.methods import Method
 DPI = 100
 FRAME_INCHES = 1.2  # one frame of the attention figure; its bars below take 0.8 of that
 ATTENTION_ROW = 1.9  # one video's row of the attention figure (caption, frames, bars), in FRAME_INCHES
-CELL_INCHES = (3.6, 1.9)  # one ranked video of the retrieval figure: 3 frames of ~1 inch (width, height incl. titles)
+CELL_INCHES = (1.9, 1.2)  # one ranked video of the retrieval figure: 3 frames of ~0.55 inch (width, height incl. titles)
 TITLE_INCHES = 0.6  # the figure's title band
 TOP_K = 5
+MAX_WIDTH_PX = 1000  # the retrieval figure's width: MLflow's artifact pane shows it without scaling it down
 GAP = 1 / 8  # white space between two frames, as a share of a frame's width
+MARKS = {"correct": ("tab:green", "correct"), "twin": ("tab:orange", "its twin")}  # colour, label
+
+
+def mark(video: int, answer: int, twin_of_answer: int) -> str:
+    """How a ranked video is marked: "correct", "twin" (the correct video's time-reversed twin, the
+    synthetic benchmark's hard negative) or "" (experiments/compare.py marks its page the same way)."""
+    return "correct" if video == answer else "twin" if video == twin_of_answer >= 0 else ""
 
 
 def strip(frames: np.ndarray, gap: float = GAP) -> np.ndarray:
@@ -80,35 +89,35 @@ def draw_frame_attention(frames: np.ndarray, weights: np.ndarray, titles: list[s
     fig.savefig(path)
 
 
-def draw_retrieval(frames: np.ndarray, titles: list[str], ranked: np.ndarray, answers: np.ndarray, title: str,
-                   path: Path) -> None:
+def draw_retrieval(frames: np.ndarray, titles: list[str], ranked: np.ndarray, answers: np.ndarray,
+                   twins: np.ndarray, title: str, path: Path) -> None:
     """frames uint8 (Q, K, T, 3, S, S): per query its ranked videos' frames; per query a title, its
-    ranked (Q, K) videos, best first, and its correct video, answers (Q,): each query a row of videos
-    (first, middle and last frame)."""
+    ranked (Q, K) videos, best first, its correct video, answers (Q,), and that video's twin, twins
+    (Q,), -1 where none: each query a row of videos (first, middle and last frame)."""
     q, k = ranked.shape
     num_frames, size = frames.shape[2], frames.shape[-1]
     shown = [0, num_frames // 2, num_frames - 1]
     centres = [(i * (1 + GAP) + 0.5) * size for i in range(len(shown))]
     fig = Figure(figsize=(k * CELL_INCHES[0], q * CELL_INCHES[1] + TITLE_INCHES), dpi=DPI)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=9)
     top = 1 - TITLE_INCHES / fig.get_figheight()
     rows = fig.subfigures(q + 1, 1, height_ratios=[1 - top] + [top / q] * q)[1:]
     for row, sub in enumerate(rows):
         sub.suptitle(titles[row], fontsize=8)
-        axes = np.atleast_1d(sub.subplots(1, k, gridspec_kw={"wspace": 0.08, "bottom": 0.2, "top": 0.78,
+        axes = np.atleast_1d(sub.subplots(1, k, gridspec_kw={"wspace": 0.1, "bottom": 0.14, "top": 0.7,
                                                                   "left": 0.02, "right": 0.98}))
         for rank, (ax, video) in enumerate(zip(axes, ranked[row]), start=1):
             ax.imshow(strip(frames[row, rank - 1, shown]))
-            ax.set_xticks(centres, [f"frame {i + 1}" for i in shown], fontsize=6)
+            ax.set_xticks(centres, [f"{i + 1}" for i in shown], fontsize=7)
             ax.set_yticks([])
-            hit = video == answers[row]
-            ax.set_title(f"#{rank}" + ("  correct" if hit else ""), fontsize=7,
-                         color="tab:green" if hit else "black", fontweight="bold" if hit else "normal")
+            colour, label = MARKS.get(mark(video, answers[row], twins[row]), ("black", ""))
+            ax.set_title(f"#{rank}  {label}".rstrip(), fontsize=8, color=colour,
+                         fontweight="bold" if label else "normal")
             if rank == 1:
-                ax.set_xlabel("time →", fontsize=6, loc="left")
+                ax.set_xlabel("frame, time →", fontsize=7, loc="left")
             for spine in ax.spines.values():
-                spine.set_edgecolor("tab:green" if hit else "lightgrey")
-                spine.set_linewidth(4 if hit else 1)
+                spine.set_edgecolor(colour if label else "lightgrey")
+                spine.set_linewidth(3 if label else 1)
     fig.savefig(path)
 
 
@@ -126,7 +135,8 @@ def write_figures(out_dir: Path, method: Method, split: CachedSplit, text: Tenso
     suffix = f" — {title}" if title else ""
     shown = split.video_pixels(ranked.ravel()).reshape(*ranked.shape, split.num_frames, *split.frame_shape)
     draw_retrieval(shown, [f'"{t}"  (correct video: rank {r} of {len(video)})' for t, r in zip(titles, rank.tolist())],
-                   ranked, answers, f"Text-to-video retrieval, the top {ranked.shape[1]} videos per caption{suffix}",
+                   ranked, answers, split.twins[answers].numpy(),
+                   f"Text-to-video retrieval, the top {ranked.shape[1]} videos per caption{suffix}",
                    out_dir / "retrieval.png")
     if has_global_prompts(method):
         weights = global_frame_attention(method, split.video_batch(answers).to(device)).cpu().numpy()

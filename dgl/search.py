@@ -133,8 +133,8 @@ def main() -> None:
 
         ranked = np.array([[h.video for h in hits]])  # (1, K)
         frames = gallery.split.video_pixels(ranked.ravel())[None]  # (1, K, T, 3, S, S)
-        draw_retrieval(frames, [f'"{args.query}"'], ranked,
-                       np.array([-1]), f"{args.run or args.trained}: the top {len(hits)} test videos", args.strip)
+        draw_retrieval(frames, [f'"{args.query}"'], ranked, np.array([-1]), np.array([-1]),
+                       f"{args.run or args.trained}: the top {len(hits)} test videos", args.strip)
     where = f"run {args.run!r}" if args.run else str(args.trained)
     print(f"searched {gallery.split.num_videos} test videos with {gallery.info['method']} from {where} in "
           f"{time.monotonic() - start:.1f}s" + (f"; frames in {args.strip}" if args.strip else ""), file=sys.stderr)

@@ -28,7 +28,7 @@ from PIL import Image
 
 from dgl.cli import atomic_write, entry_point
 from dgl.errors import UserError
-from dgl.figures import strip
+from dgl.figures import mark, strip
 from dgl.search import Gallery
 from dgl.settings import load_params
 
@@ -82,7 +82,7 @@ def page(sides: list[Side], count: int, k: int) -> str:
     def cell(rank: int, video: int, score: float, answer: int) -> str:
         if video not in images:
             images[video] = png(strip(split.video_pixels([video])[0, frames_shown]))
-        kind = "correct" if video == answer else "twin" if video == int(split.twins[answer]) else ""
+        kind = mark(video, answer, int(split.twins[answer]))
         note = {"correct": " correct", "twin": " twin of the correct"}.get(kind, "")
         return (f'<figure class="{kind}"><img src="{images[video]}" alt="{html.escape(split.video_ids[video])}">'
                 f"<figcaption>#{rank} {html.escape(split.video_ids[video])} {score:.3f}{note}</figcaption></figure>")

@@ -18,8 +18,8 @@ from PIL import Image
 from conftest import ROOT, group, run
 from dgl.cache.read import CachedSplit
 from dgl.frames.store import RawCodec, write_arrays
-from dgl.figures import (ATTENTION_ROW, CELL_INCHES, DPI, FRAME_INCHES, TITLE_INCHES, TOP_K, global_attention_title,
-                         method_title, strip, write_figures)
+from dgl.figures import (ATTENTION_ROW, CELL_INCHES, DPI, FRAME_INCHES, MAX_WIDTH_PX, TITLE_INCHES, TOP_K,
+                         draw_retrieval, global_attention_title, method_title, strip, write_figures)
 from dgl.models.attention import global_local_mask
 from dgl.models.attention_maps import global_attention, global_frame_attention
 from dgl.models.backbone import build_clip
@@ -55,6 +55,23 @@ def png_size(path) -> tuple[int, int]:
     with Image.open(path) as image:
         assert image.format == "PNG"
         return image.size
+
+
+def colour_pixels(path, rgb: tuple[int, int, int]) -> int:
+    with Image.open(path) as image:
+        pixels = np.asarray(image.convert("RGB")).reshape(-1, 3)
+    return int((np.abs(pixels.astype(int) - rgb).max(1) <= 8).sum())
+
+
+def test_the_retrieval_figure_fits_the_artifact_pane_and_marks_the_correct_video_and_its_twin(tmp_path):
+    grey = np.full((1, TOP_K, FRAMES, 3, SIZE, SIZE), 128, np.uint8)  # no frame holds green or orange
+    ranked = np.arange(TOP_K)[None]
+    green, orange = (44, 160, 44), (255, 127, 14)  # matplotlib's tab:green, tab:orange
+    draw_retrieval(grey, ["a caption"], ranked, np.array([3]), np.array([1]), "title", tmp_path / "twin.png")
+    draw_retrieval(grey, ["a caption"], ranked, np.array([3]), np.array([-1]), "title", tmp_path / "alone.png")
+    assert png_size(tmp_path / "twin.png")[0] <= MAX_WIDTH_PX
+    assert colour_pixels(tmp_path / "twin.png", green) > 50 and colour_pixels(tmp_path / "twin.png", orange) > 50
+    assert colour_pixels(tmp_path / "alone.png", green) > 50 and colour_pixels(tmp_path / "alone.png", orange) == 0
 
 
 def test_global_prompt_attention_is_a_distribution_over_frames(dgl_method, split):
