@@ -3,6 +3,8 @@ one an MLflow run logged; it must rank as evaluate's features do."""
 from __future__ import annotations
 
 import os
+import shutil
+from pathlib import Path
 
 import mlflow
 import numpy as np
@@ -74,6 +76,42 @@ def test_the_run_alone_gives_the_workspace_models_answer(in_project, tmp_path, m
     assert answers[0] == answers[1]
     downloaded = trained_of_run(load_params("params.yaml").tracking, run.info.run_name, tmp_path / "dl")
     assert sha256_of(downloaded / "weights.pt") == run.data.tags[WEIGHTS_TAG]  # the weights the run names
+
+
+def test_a_folder_of_videos_ranks_as_the_cache_ranks_the_same_videos(in_project, tmp_path, monkeypatch, capsys):
+    """--videos DIR goes through the frames stage's sampling and cropping: the same videos score as
+    their cached frames do; a file that cannot be sampled is named and left out."""
+    params = load_params("params.yaml")
+    cached = Gallery.load(Path("models/trained"), Path("models/backbone"), Path("data/cache"), params)
+    chosen = cached.split.video_ids[:4]
+    folder = tmp_path / "clips"
+    folder.mkdir()
+    for video in chosen:
+        shutil.copy(in_project / "data/raw/videos" / f"{video}.mp4", folder)
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    (folder / "notes.txt").write_text("not a video either")
+    gallery = Gallery.of_folder(folder, Path("models/trained"), Path("models/backbone"), params)
+    assert gallery.videos.ids == sorted(f"{video}.mp4" for video in chosen) and gallery.split is None
+    order = [cached.split.video_ids.index(name.removesuffix(".mp4")) for name in gallery.videos.ids]
+    query = cached.split.texts[0]
+    torch.testing.assert_close(gallery.scores([query])[0], cached.scores([query])[0][order], rtol=0, atol=1e-5)
+    assert "left out broken.mp4: " in capsys.readouterr().err
+
+    strip = tmp_path / "s.png"
+    monkeypatch.setattr("sys.argv", ["search", query, "--videos", str(folder), "--k", "3", "--strip", str(strip)])
+    main()
+    out, err = capsys.readouterr()
+    assert len(out.splitlines()) == 4 and out.splitlines()[1].split()[1] in gallery.videos.ids
+    assert f"searched 4 videos of {folder} with dgl" in err and strip.stat().st_size > 0
+
+
+def test_a_folder_without_videos_is_one_line(in_project, tmp_path, monkeypatch, capsys):
+    (tmp_path / "notes.txt").write_text("x")
+    monkeypatch.setattr("sys.argv", ["search", "a query", "--videos", str(tmp_path)])
+    with pytest.raises(SystemExit) as exit_:
+        main()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 2 and f"--videos {tmp_path}: no video files" in err and len(err.splitlines()) == 1
 
 
 @pytest.mark.parametrize("argv,needle", [
