@@ -83,6 +83,7 @@ class DataConfig:
     synthetic: SyntheticConfig
     vatex_split: str = choice(*VATEX_SPLITS)  # VATEX's test videos: HGR's 1,500 (the papers') or the official 3,000
     max_extract_gb: float = bounded(0.001, 100_000.0)  # real datasets: the most one archive may write (GB)
+    keep_archives: bool  # real datasets: keep each downloaded archive beside its extracted videos
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,8 @@ def main() -> None:
                      progress=show_progress())
         else:
             prepare_raw(params.data.dataset, work, progress=show_progress(),
-                        max_extract_bytes=round(params.data.max_extract_gb * 1e9), vatex_split=params.data.vatex_split)
+                        max_extract_bytes=round(params.data.max_extract_gb * 1e9), vatex_split=params.data.vatex_split,
+                        keep_archives=params.data.keep_archives)
     files = len(json.loads((args.out / "manifest.json").read_text())["files"])
     print(f"download: {params.data.dataset} {'rendered' if synthetic else 'in place'} in {args.out}, {files} files "
           f"with their sha256 in {args.out / 'manifest.json'}")

@@ -468,6 +468,23 @@ def test_prepare_raw_downloads_extracts_and_records_checksums(server, msrvtt_ser
     assert again["downloads"]["MSRVTT.zip"]["checked"] == "recorded on first use"
 
 
+def test_without_keep_archives_the_archives_go_once_checked_and_a_refetch_is_checked_against_the_record(
+        server, msrvtt_served, tmp_path, capsys):
+    downloads = tmp_path / "downloads"
+    prepare_raw("msrvtt", tmp_path / "raw", progress=False, downloads_dir=downloads, manual_dir=tmp_path / "manual",
+                keep_archives=False)
+    assert sorted(p.name for p in downloads.iterdir()) == ["MSRVTT.zip.sha256", "msrvtt_data.zip.sha256"]
+    assert "deleted the extracted archives (msrvtt_data.zip, MSRVTT.zip)" in capsys.readouterr().err
+    assert len(load_annotations("msrvtt", tmp_path / "raw").train) == 4
+
+    requests = len(server.requests)
+    again = prepare_raw("msrvtt", tmp_path / "raw2", progress=False, downloads_dir=downloads,
+                        manual_dir=tmp_path / "manual", keep_archives=False)
+    assert len(server.requests) > requests and again["downloaded"] == ["MSRVTT.zip", "msrvtt_data.zip"]
+    manifest = json.loads((tmp_path / "raw2" / "manifest.json").read_text())
+    assert manifest["downloads"]["MSRVTT.zip"]["checked"] == "recorded on first use"
+
+
 def test_prepare_raw_with_a_pinned_checksum_mismatch_extracts_nothing(server, msrvtt_served, tmp_path, monkeypatch):
     source = sources.SOURCES["msrvtt"]
     pinned = tuple(dataclasses.replace(r, sha256="f" * 64) for r in source.remotes)

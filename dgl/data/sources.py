@@ -239,8 +239,11 @@ def _place_by_hand(manual_dir: Path, raw_dir: Path) -> int:
 
 
 def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_dir: Path | None = None,
-                manual_dir: Path | None = None, max_extract_bytes: int | None = None, vatex_split: str = "hgr") -> dict:
+                manual_dir: Path | None = None, max_extract_bytes: int | None = None, vatex_split: str = "hgr",
+                keep_archives: bool = True) -> dict:
     """Assemble `raw_dir` for a real dataset: place, download, extract, check, write the manifest.
+    Without `keep_archives`, each archive is deleted once everything is extracted and checked; its
+    checksum record stays, so an archive fetched again is checked against it (docs/storage.md).
 
     `downloads_dir` defaults to <raw_dir's parent>/downloads/<dataset>, `manual_dir` to
     <raw_dir's parent>/manual/<dataset>; each archive may write at most `max_extract_bytes`.
@@ -255,11 +258,12 @@ def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_di
     by_hand = source.by_hand.format(manual=manual_dir, downloads=downloads_dir)
 
     placed = _place_by_hand(manual_dir, raw_dir)
-    downloads, records = {}, {}
+    downloads, records, archives = {}, {}, []
     for remote in source.remotes:
         if not any((raw_dir / path).exists() for path in remote.unless_present):
             path, downloads[remote.filename], record = _fetch(remote, downloads_dir, progress)
             remote.install(path, raw_dir, max_extract_bytes)
+            archives.append(path)
             if record is not None:
                 records[record] = downloads[remote.filename]["sha256"]
     if source.derive is not None:
@@ -283,5 +287,11 @@ def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_di
         print(f"{dataset}: {len(absent)} of {len(annotations.videos)} videos named by the annotations are absent "
               f"(first: {absent[0]}); the frames stage lists them in skipped.json. {by_hand}", file=sys.stderr)
     write_manifest(raw_dir, {"files": file_checksums(raw_dir, progress), "downloads": downloads}, sort_keys=True)
+    if not keep_archives:
+        for path in archives:
+            path.unlink()
+        if archives:
+            print(f"{dataset}: deleted the extracted archives ({', '.join(p.name for p in archives)}); their sha256 "
+                  f"stays recorded (`data.keep_archives: true` keeps them)", file=sys.stderr)
     return {"dataset": dataset, "placed_by_hand": placed, "downloaded": sorted(downloads),
             "videos": len(annotations.videos), "videos_absent": len(absent)}
