@@ -11,7 +11,7 @@ right below at the same score is a model that does not see the order of frames.
 The gallery is the cache's test split (data/cache, as evaluate encodes it); the query is tokenised
 as the cache's captions were (the backbone's tokenizer, the cache's context length). `--run NAME`
 downloads the trained weights and model.json that the run logged (artifact `model/`,
-dgl.tracking.log_trained), so only the backbone and the cache come from the workspace.
+dgl.tracking.runs.log_trained), so only the backbone and the cache come from the workspace.
 """
 from __future__ import annotations
 
@@ -118,7 +118,7 @@ def main() -> None:
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         if args.run:
-            from dgl.tracking import trained_of_run
+            from dgl.tracking.runs import trained_of_run
 
             trained = trained_of_run(params.tracking, args.run, Path(tmp))
         else:

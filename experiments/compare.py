@@ -133,7 +133,8 @@ def main() -> None:
         raise UserError(f"--queries {args.queries} --k {args.k}: give at least 1 of each")
     import mlflow
 
-    from dgl.tracking import named_run, trained_of_run, tracking_uri
+    from dgl.tracking.runs import named_run, trained_of_run
+    from dgl.tracking.store import tracking_uri
 
     params = load_params(args.params)
     out = args.out or Path(f"compare-{args.runs[0]}-vs-{args.runs[1]}.html".replace("/", "_"))

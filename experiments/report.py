@@ -144,7 +144,8 @@ def from_mlflow(params_file: Path) -> list[Experiment]:
     from mlflow.exceptions import MlflowException
 
     from dgl.settings import load_params
-    from dgl.tracking import COUNT, as_metrics_json, fail_fast, tracking_uri
+    from dgl.tracking.names import COUNT, as_metrics_json
+    from dgl.tracking.store import fail_fast, tracking_uri
 
     tracking = load_params(params_file).tracking
     uri = tracking_uri(tracking)

@@ -22,8 +22,9 @@ from dgl.determinism import seed_everything
 from dgl.models.backbone import check_preprocessing, load_backbone
 from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
-from dgl.tracking import (WEIGHTS_TAG, active_run_id, end_abandoned_run, epoch_metrics, log_missing_epochs,
-                          log_trained, log_training_setup, mlflow_run, resumable_run, run_label)
+from dgl.tracking.names import WEIGHTS_TAG, epoch_metrics, run_label
+from dgl.tracking.runs import (active_run_id, end_abandoned_run, log_missing_epochs, log_trained, log_training_setup,
+                               mlflow_run, resumable_run)
 from dgl.train import batch_size_used, pick_device, train_method, train_val_views
 
 

@@ -116,7 +116,7 @@ def _python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_importing_tracking_leaves_the_environment_alone_until_the_store_is_reached(tmp_path):
-    code = ("import os, dgl.tracking as t; before = os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES'); "
+    code = ("import os, dgl.tracking.store as t; before = os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES'); "
             "t.fail_fast(); print(before, os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], "
             "os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'])")
     assert _python(code, ROOT).stdout.split() == ["None", "1", "10"]
