@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dgl.cli import binary_output
 from dgl.errors import disk_full
+from dgl.files import binary_output
 from dgl.typed_yaml import flatten
 
 GROUPS = ("ffmpeg", "data", "frames", "preprocess", "model", "train")

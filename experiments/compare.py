@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dgl.cli import atomic_write, entry_point
+from dgl.cli import entry_point
 from dgl.errors import UserError
 from dgl.figures import strip
+from dgl.files import atomic_write
 from dgl.search import Gallery
 from dgl.settings import load_params
 

@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dgl.cli import atomic_write, entry_point
+from dgl.cli import entry_point
 from dgl.errors import UserError
+from dgl.files import atomic_write
 from dgl.settings import SAMPLERS
 from dgl.typed_yaml import flatten
 from experiments.queue import GRID, Row, dvc, expand, load_grid

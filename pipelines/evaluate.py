@@ -12,10 +12,11 @@ import numpy as np
 
 from dgl.artifacts import load_trained
 from dgl.cache import CachedSplit, gallery_counts
-from dgl.cli import StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, entry_point, show_progress
 from dgl.data.adapters import name_of_test_split
 from dgl.data.twins import twin_wordings
 from dgl.figures import method_title, write_figures
+from dgl.files import atomic_dir, atomic_write, check_writable
 from dgl.metrics import evaluate_retrieval
 from dgl.models.backbone import backbone_info, check_preprocessing
 from dgl.settings import load_params

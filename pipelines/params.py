@@ -22,8 +22,9 @@ import os
 import sys
 from pathlib import Path
 
-from dgl.cli import StageArguments, atomic_write, check_writable, entry_point
+from dgl.cli import StageArguments, entry_point
 from dgl.errors import UserError
+from dgl.files import atomic_write, check_writable
 from dgl.settings import load_params
 from dgl.tracking.provenance import ABSENT, changed_params, committed_params
 from dgl.typed_yaml import read_yaml

@@ -17,8 +17,9 @@ from dgl import distributed, launch
 from dgl.artifacts import save_trained
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
-from dgl.cli import EpochLog, StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
+from dgl.cli import EpochLog, StageArguments, entry_point, show_progress
 from dgl.determinism import seed_everything
+from dgl.files import atomic_dir, atomic_write, check_writable
 from dgl.models.backbone import check_preprocessing, load_backbone
 from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
