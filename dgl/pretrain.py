@@ -253,8 +253,8 @@ def side_by_side(pool: ThreadPoolExecutor, *calls: Callable) -> list:
     return [future.result() for future in [pool.submit(call) for call in calls]]
 
 
-def contrastive_step(pool: ThreadPoolExecutor, clip: nn.Module, encoder: PromptedCLIP, heads: nn.ModuleList,
-                     images: Tensor, captions: Tensor, content_id: Tensor, labels: Tensor) -> float:
+def pretrain_step(pool: ThreadPoolExecutor, clip: nn.Module, encoder: PromptedCLIP, heads: nn.ModuleList,
+                  images: Tensor, captions: Tensor, content_id: Tensor, labels: Tensor) -> float:
     """Accumulate the gradients of one batch's loss (duplicate-aware contrastive + the factor heads')
     and return it. The towers share no weights, so each runs its forward and then its backward on its
     own thread (side_by_side); between the two, the loss is differentiated with respect to the
@@ -328,8 +328,8 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
                 batch = order[step * pretrain.batch_size : (step + 1) * pretrain.batch_size]
                 captions = with_unknown_words(tokens[batch], unknown, generator, most=most_unknown)
                 optimizer.zero_grad(set_to_none=True)
-                loss = contrastive_step(pool, clip, encoder, heads, images[batch], captions, content_id[batch],
-                                        labels[batch])
+                loss = pretrain_step(pool, clip, encoder, heads, images[batch], captions, content_id[batch],
+                                   labels[batch])
                 optimizer.step()
                 scheduler.step()
                 with torch.no_grad():
