@@ -237,8 +237,8 @@ def twin_text_report(clip: nn.Module, synthetic: SyntheticConfig, backbone: str,
 def towers_side_by_side() -> Iterator[ThreadPoolExecutor]:
     """Two threads, one per tower, while each op runs on half of torch's threads (at least one). An
     op's bits depend on its thread count only, so they are those of running the towers one after the
-    other with that count. At this scale ops use two threads poorly; bench.pretrain_speed measures
-    the gain per contrastive step (0.995-1.12x on idle 2-core machines, 1.98x while other jobs held them)."""
+    other with that count. At this scale ops use two threads poorly, so two towers side by side use
+    the cores better than one after the other; bench/pretrain_speed.py measures the gain per step."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // 2))
     try:
