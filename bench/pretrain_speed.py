@@ -43,8 +43,8 @@ from dgl.cache.read import normalise
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw
-from dgl.pretrain import (_images_and_tokens, _lone_object_labels, _unknown_tokens, content_ids, contrastive_step,
-                          encode_by_length, pretrain_loss, towers_side_by_side, warmup_classes, warmup_loss,
+from dgl.pretrain import (_images_and_tokens, _lone_object_labels, _unknown_tokens, content_ids, encode_by_length,
+                          pretrain_loss, pretrain_step, towers_side_by_side, warmup_classes, warmup_loss,
                           with_unknown_words)
 from dgl.settings import load_params
 
@@ -117,7 +117,7 @@ def main() -> None:
     def side(step: int) -> float:
         with towers_side_by_side() as pool:
             optimizer.zero_grad(set_to_none=True)
-            seconds = timed(lambda: contrastive_step(pool, clip, encoder, heads, *batch(step)))
+            seconds = timed(lambda: pretrain_step(pool, clip, encoder, heads, *batch(step)))
             optimizer.step()
         return seconds
 

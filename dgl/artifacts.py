@@ -15,8 +15,8 @@ import torch
 
 from dgl.checkpoint import non_finite
 from dgl.checksums import sha256_of
-from dgl.cli import binary_output
 from dgl.errors import UserError
+from dgl.files import binary_output
 from dgl.models.backbone import load_backbone
 from dgl.models.methods import Method, build_method
 from dgl.settings import ModelConfig, merge

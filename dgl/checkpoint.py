@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from dgl.cli import binary_output
 from dgl.errors import disk_full
+from dgl.files import binary_output
 from dgl.typed_yaml import flatten
 
 GROUPS = ("ffmpeg", "data", "frames", "preprocess", "model", "train")
@@ -60,7 +60,7 @@ class Checkpoint:
     def load(self, verbose: bool = True) -> dict | None:
         """The saved state when it belongs to this run, else None. A checkpoint of other params or
         another backbone, or an unreadable one, is `abandoned`: the caller ends its MLflow run
-        (`abandoned_run_id`, dgl.tracking.end_abandoned_run), then removes it."""
+        (`abandoned_run_id`, dgl.tracking.runs.end_abandoned_run), then removes it."""
         state, reason = _read(self.path, mmap=False)
         if state is None and reason is None:
             self.abandoned_run_id = _marked_run(self.run_path)  # a training killed before its first checkpoint

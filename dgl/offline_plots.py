@@ -18,8 +18,9 @@ import tarfile
 import tempfile
 from pathlib import Path
 
-from dgl.cli import atomic_write, entry_point
+from dgl.cli import entry_point
 from dgl.errors import UserError
+from dgl.files import atomic_write
 
 TEMPLATE = Path(".dvc/plots/offline.html")
 LIBRARIES = ("vega", "vega-lite", "vega-embed")

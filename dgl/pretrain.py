@@ -237,8 +237,8 @@ def twin_text_report(clip: nn.Module, synthetic: SyntheticConfig, backbone: str,
 def towers_side_by_side() -> Iterator[ThreadPoolExecutor]:
     """Two threads, one per tower, while each op runs on half of torch's threads (at least one). An
     op's bits depend on its thread count only, so they are those of running the towers one after the
-    other with that count. At this scale ops use two threads poorly; bench.pretrain_speed measures
-    the gain per contrastive step (0.995-1.12x on idle 2-core machines, 1.98x while other jobs held them)."""
+    other with that count. At this scale ops use two threads poorly, so two towers side by side use
+    the cores better than one after the other; bench/pretrain_speed.py measures the gain per step."""
     threads = torch.get_num_threads()
     torch.set_num_threads(max(1, threads // 2))
     try:
@@ -253,8 +253,8 @@ def side_by_side(pool: ThreadPoolExecutor, *calls: Callable) -> list:
     return [future.result() for future in [pool.submit(call) for call in calls]]
 
 
-def contrastive_step(pool: ThreadPoolExecutor, clip: nn.Module, encoder: PromptedCLIP, heads: nn.ModuleList,
-                     images: Tensor, captions: Tensor, content_id: Tensor, labels: Tensor) -> float:
+def pretrain_step(pool: ThreadPoolExecutor, clip: nn.Module, encoder: PromptedCLIP, heads: nn.ModuleList,
+                  images: Tensor, captions: Tensor, content_id: Tensor, labels: Tensor) -> float:
     """Accumulate the gradients of one batch's loss (duplicate-aware contrastive + the factor heads')
     and return it. The towers share no weights, so each runs its forward and then its backward on its
     own thread (side_by_side); between the two, the loss is differentiated with respect to the
@@ -328,8 +328,8 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
                 batch = order[step * pretrain.batch_size : (step + 1) * pretrain.batch_size]
                 captions = with_unknown_words(tokens[batch], unknown, generator, most=most_unknown)
                 optimizer.zero_grad(set_to_none=True)
-                loss = contrastive_step(pool, clip, encoder, heads, images[batch], captions, content_id[batch],
-                                        labels[batch])
+                loss = pretrain_step(pool, clip, encoder, heads, images[batch], captions, content_id[batch],
+                                   labels[batch])
                 optimizer.step()
                 scheduler.step()
                 with torch.no_grad():

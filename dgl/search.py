@@ -15,7 +15,7 @@ ranks the video files in DIR instead: each is sampled and cropped as the frames 
 (`frames` params, dgl/frames/extract.py) and normalised as the backbone's record says; a file that
 cannot be sampled is named with its reason and left out. `--run NAME`
 downloads the trained weights and model.json that the run logged (artifact `model/`,
-dgl.tracking.log_trained), so only the backbone and the cache come from the workspace.
+dgl.tracking.runs.log_trained), so only the backbone and the cache come from the workspace.
 """
 from __future__ import annotations
 
@@ -185,7 +185,7 @@ def main() -> None:
     start = time.monotonic()
     with tempfile.TemporaryDirectory() as tmp:
         if args.run:
-            from dgl.tracking import trained_of_run
+            from dgl.tracking.runs import trained_of_run
 
             trained = trained_of_run(params.tracking, args.run, Path(tmp))
         else:

@@ -26,9 +26,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from dgl.cli import atomic_write, entry_point
+from dgl.cli import entry_point
 from dgl.errors import UserError
 from dgl.figures import mark, strip
+from dgl.files import atomic_write
 from dgl.search import Gallery
 from dgl.settings import load_params
 
@@ -133,7 +134,8 @@ def main() -> None:
         raise UserError(f"--queries {args.queries} --k {args.k}: give at least 1 of each")
     import mlflow
 
-    from dgl.tracking import named_run, trained_of_run, tracking_uri
+    from dgl.tracking.runs import named_run, trained_of_run
+    from dgl.tracking.store import tracking_uri
 
     params = load_params(args.params)
     out = args.out or Path(f"compare-{args.runs[0]}-vs-{args.runs[1]}.html".replace("/", "_"))

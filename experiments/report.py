@@ -32,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from dgl.cli import atomic_write, entry_point
+from dgl.cli import entry_point
 from dgl.errors import UserError
+from dgl.files import atomic_write
 from dgl.settings import SAMPLERS
 from dgl.typed_yaml import flatten
 from experiments.queue import GRID, Row, dvc, expand, load_grid
@@ -144,7 +145,8 @@ def from_mlflow(params_file: Path) -> list[Experiment]:
     from mlflow.exceptions import MlflowException
 
     from dgl.settings import load_params
-    from dgl.tracking import COUNT, as_metrics_json, fail_fast, tracking_uri
+    from dgl.tracking.names import COUNT, as_metrics_json
+    from dgl.tracking.store import fail_fast, tracking_uri
 
     tracking = load_params(params_file).tracking
     uri = tracking_uri(tracking)
@@ -165,7 +167,8 @@ def from_mlflow(params_file: Path) -> list[Experiment]:
     return list(newest.values())
 
 
-def rate(value: float) -> str:
+def fmt_recall(value: float) -> str:
+    """A recall (R@K, in %) or a rank (MdR, MnR), to one decimal."""
     return f"{value:.1f}"
 
 
@@ -183,14 +186,14 @@ def columns(experiments: list[Experiment]) -> tuple[list[Column], list[Column]]:
     categories = [k.removeprefix("t2v_R1_") for k in keys if k.startswith("t2v_R1_")]
     retrieval = [("Params", "trainable_params", lambda v: f"{int(v):,}"),
                  ("Params %", "trainable_ratio", lambda v: f"{100 * v:.3g}"),
-                 *[(f"t2v {m}", f"t2v_{m.replace('@', '')}", rate) for m in ("R@1", "R@5", "R@10", "MdR", "MnR")],
-                 ("v2t R@1", "v2t_R1", rate),
-                 *[(f"R@1 {c}", f"t2v_R1_{c}", rate) for c in categories]]
-    time = [("t2v R@1", "t2v_R1", rate), ("content R@1", "content_R1", rate),
+                 *[(f"t2v {m}", f"t2v_{m.replace('@', '')}", fmt_recall) for m in ("R@1", "R@5", "R@10", "MdR", "MnR")],
+                 ("v2t R@1", "v2t_R1", fmt_recall),
+                 *[(f"R@1 {c}", f"t2v_R1_{c}", fmt_recall) for c in categories]]
+    time = [("t2v R@1", "t2v_R1", fmt_recall), ("content R@1", "content_R1", fmt_recall),
             ("pair acc", "pair_acc", acc), ("pair acc words", "pair_acc_words", acc),
             ("pair acc order", "pair_acc_order", acc),
             *[(f"pair acc {c}", f"pair_acc_{c}", acc) for c in categories],
-            *[(f"content R@1 {c}", f"content_R1_{c}", rate) for c in categories]]
+            *[(f"content R@1 {c}", f"content_R1_{c}", fmt_recall) for c in categories]]
     return retrieval, [c for c in time if c[1] in keys]
 
 
@@ -328,7 +331,7 @@ def table(experiments: list[Experiment], grid: list[Row]) -> str:
     extra = ["lr", "clip lr"] + (["seeds", "Δ zeroshot"] if seeded else [])
     first = render(head + extra + [h for h, _, _ in retrieval], [
         label(line) + rates(line)
-        + ([str(len(line.seeds)), difference(line, by_key.get(("zeroshot", line.sampler)), "t2v_R1", rate,
+        + ([str(len(line.seeds)), difference(line, by_key.get(("zeroshot", line.sampler)), "t2v_R1", fmt_recall,
                                                        other_seeded=False)]
            if seeded else [])
         + cells(line, retrieval) for line in table_lines])

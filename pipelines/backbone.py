@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, entry_point, show_progress
 from dgl.errors import UserError
+from dgl.files import atomic_dir, check_writable
 from dgl.models.backbone import build_clip, recipe_for, save_backbone
 from dgl.pretrain import pretrain_clip
 from dgl.settings import load_params

@@ -4,10 +4,11 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, entry_point, show_progress
 from dgl.data.sources import prepare_raw
 from dgl.data.synthetic import generate
 from dgl.ffmpeg import ffmpeg_exe
+from dgl.files import atomic_dir, check_writable
 from dgl.settings import load_params
 
 

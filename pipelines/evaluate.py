@@ -1,8 +1,8 @@
 """Stage `evaluate`: metrics.json, plots/recall.json and plots/figures/, logged to the training's
 MLflow run together with params.yaml and every plot; to a new run that names the training's (tag
-`train_run_id`) when that run already holds test metrics (dgl.tracking.evaluation_run). dvc.lock is
+`train_run_id`) when that run already holds test metrics (dgl.tracking.runs.evaluation_run). dvc.lock is
 not logged: DVC writes it after this stage ends; the run's `git_commit`, `git_dirty` and params say
-what ran (dgl/tracking.py)."""
+what ran (dgl/tracking/)."""
 from __future__ import annotations
 
 import json
@@ -12,14 +12,16 @@ import numpy as np
 
 from dgl.artifacts import load_trained
 from dgl.cache.read import CachedSplit, gallery_counts
-from dgl.cli import StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, entry_point, show_progress
 from dgl.data.adapters import name_of_test_split
 from dgl.devices import pick_device
 from dgl.evaluation import encode_view, score_view
 from dgl.figures import method_title, write_figures
+from dgl.files import atomic_dir, atomic_write, check_writable
 from dgl.models.backbone import backbone_info, check_preprocessing
 from dgl.settings import load_params
-from dgl.tracking import describe_run, evaluation_metrics, evaluation_run, log_files, training_run_of
+from dgl.tracking.names import evaluation_metrics
+from dgl.tracking.runs import describe_run, evaluation_run, log_files, training_run_of
 from dgl.views import SplitView
 
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point, show_progress
+from dgl.cli import StageArguments, entry_point, show_progress
 from dgl.data.adapters import load_annotations
 from dgl.ffmpeg import ffmpeg_exe
+from dgl.files import atomic_dir, check_writable
 from dgl.settings import backbone_image_size, load_params
 from dgl.frames.extract import extract_frames
 

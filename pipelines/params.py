@@ -22,10 +22,11 @@ import os
 import sys
 from pathlib import Path
 
-from dgl.cli import StageArguments, atomic_write, check_writable, entry_point
+from dgl.cli import StageArguments, entry_point
 from dgl.errors import UserError
+from dgl.files import atomic_write, check_writable
 from dgl.settings import load_params
-from dgl.tracking import ABSENT, changed_params, committed_params
+from dgl.tracking.provenance import ABSENT, changed_params, committed_params
 from dgl.typed_yaml import read_yaml
 
 MARK = "params.yaml passed the checks of dgl/settings.py (stage `params` in dvc.yaml)\n"
@@ -70,7 +71,7 @@ def main() -> None:
     marker = args.checkpoint.with_name(args.checkpoint.name + ".run")  # dgl.checkpoint.run_marker
     if args.checkpoint.exists() or marker.exists():  # torch and MLflow are imported only then: the check stays cheap
         from dgl.checkpoint import abandoned_by
-        from dgl.tracking import end_abandoned_run
+        from dgl.tracking.runs import end_abandoned_run
 
         abandoned, run_id = abandoned_by(args.checkpoint, params)
         if abandoned:

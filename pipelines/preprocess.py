@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from dgl.cache.write import build_cache
-from dgl.cli import StageArguments, atomic_dir, check_writable, entry_point
+from dgl.cli import StageArguments, entry_point
 from dgl.data.adapters import load_annotations
+from dgl.files import atomic_dir, check_writable
 from dgl.settings import load_params
 
 

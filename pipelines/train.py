@@ -17,14 +17,16 @@ from dgl import distributed, launch
 from dgl.artifacts import save_trained
 from dgl.cache.read import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
-from dgl.cli import EpochLog, StageArguments, atomic_dir, atomic_write, check_writable, entry_point, show_progress
+from dgl.cli import EpochLog, StageArguments, entry_point, show_progress
 from dgl.determinism import seed_everything
 from dgl.devices import pick_device
+from dgl.files import atomic_dir, atomic_write, check_writable
 from dgl.models.backbone import check_preprocessing, load_backbone
 from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
-from dgl.tracking import (WEIGHTS_TAG, active_run_id, end_abandoned_run, epoch_metrics, log_missing_epochs,
-                          log_trained, log_training_setup, mlflow_run, resumable_run, run_label)
+from dgl.tracking.names import WEIGHTS_TAG, epoch_metrics, run_label
+from dgl.tracking.runs import (active_run_id, end_abandoned_run, log_missing_epochs, log_trained, log_training_setup,
+                               mlflow_run, resumable_run)
 from dgl.batch_order import train_val_views
 from dgl.train import batch_size_used, train_method
 

@@ -99,6 +99,7 @@ def make_project(dest: Path, params: dict) -> Path:
     """The project's pipeline files in a fresh git repo with DVC initialised and one commit."""
     for name in ("dgl", "pipelines", "experiments"):
         shutil.copytree(ROOT / name, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "dgl_guard.py", dest / "dgl_guard.py")  # what the packages above run first
     shutil.copy(ROOT / "dvc.yaml", dest / "dvc.yaml")
     shutil.copy(ROOT / ".gitignore", dest / ".gitignore")
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

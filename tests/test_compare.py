@@ -21,7 +21,7 @@ def two_runs(tiny_repro, tmp_path_factory) -> tuple[Path, str, str]:
     from dgl.models.backbone import load_backbone
     from dgl.models.methods import build_method, count_parameters
     from dgl.settings import load_params
-    from dgl.tracking import log_trained
+    from dgl.tracking.runs import log_trained
 
     root = copy_project(tiny_repro, tmp_path_factory.mktemp("compare") / "p")
     params = load_params(root / "params.yaml")
@@ -52,7 +52,7 @@ def test_the_page_shows_each_runs_own_ranking_with_the_correct_video_and_its_twi
         two_runs, monkeypatch, capsys):
     from dgl.search import Gallery
     from dgl.settings import load_params
-    from dgl.tracking import trained_of_run
+    from dgl.tracking.runs import trained_of_run
     from experiments.compare import main, query_captions
 
     root, first, second = two_runs

@@ -185,7 +185,7 @@ def test_both_runs_meet_in_one_tracking_server_on_postgresql(group):
 
 def test_mlflow_tracking_uri_wins_over_params(monkeypatch):
     from dgl.settings import TrackingConfig
-    from dgl.tracking import tracking_uri
+    from dgl.tracking.store import tracking_uri
 
     cfg = TrackingConfig(uri="http://params-server:5000", experiment="dgl", ui="http://127.0.0.1:5000", max_weights_mb=100)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://group-server:5000")

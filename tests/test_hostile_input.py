@@ -500,25 +500,25 @@ def test_nan_in_trained_weights_is_one_line_at_evaluation(tmp_path, monkeypatch)
 def test_a_locked_or_read_only_sqlite_store_is_our_line_only_with_sqlite_advice(tmp_path, capsys):
     import sqlalchemy.exc
 
-    from dgl.tracking import _reported
+    from dgl.tracking.store import reported
 
     db = tmp_path / "mlflow.db"
     for words, advice in (("database is locked", "another process holds it locked"),
                           ("attempt to write a readonly database", "check that the file and its folder are writable")):
         error = sqlalchemy.exc.OperationalError("INSERT INTO runs ...", {}, sqlite3.OperationalError(words))
-        with pytest.raises(UserError) as caught, _reported(f"sqlite:///{db}"):
+        with pytest.raises(UserError) as caught, reported(f"sqlite:///{db}"):
             raise error
         assert str(caught.value).startswith(f"MLflow store {db}: {words}; {advice}")
         assert "start the server" not in str(caught.value) and "\n" not in str(caught.value)
     with pytest.raises(UserError, match=r"^MLflow at http://127.0.0.1:9: .*; start the server"), \
-            _reported("http://127.0.0.1:9"):
+            reported("http://127.0.0.1:9"):
         raise __import__("mlflow.exceptions").exceptions.MlflowException("API request failed\nmore")
 
 
 _TRAIN_RUN = """
 from dgl.cli import entry_point
 from dgl.settings import TrackingConfig
-from dgl.tracking import mlflow_run
+from dgl.tracking.runs import mlflow_run
 
 @entry_point
 def main():
@@ -555,7 +555,7 @@ def test_a_read_only_sqlite_store_is_one_line_and_no_mlflow_log(tmp_path):
 def test_a_store_whose_lock_file_cannot_be_made_is_one_line(tmp_path, monkeypatch):
     from filelock import FileLock
 
-    from dgl.tracking import _store_lock
+    from dgl.tracking.store import store_lock
 
     def read_only(self, *args, **kwargs):
         raise OSError(30, "Read-only file system")
@@ -563,14 +563,14 @@ def test_a_store_whose_lock_file_cannot_be_made_is_one_line(tmp_path, monkeypatc
     monkeypatch.setattr(FileLock, "acquire", read_only)
     with pytest.raises(UserError, match=rf"^MLflow store {re.escape(str(tmp_path))}/mlflow.db: cannot create its lock "
                                         r"file .*mlflow.db.lock \(Read-only file system\); make the folder writable"):
-        with _store_lock(f"sqlite:///{tmp_path / 'mlflow.db'}"):
+        with store_lock(f"sqlite:///{tmp_path / 'mlflow.db'}"):
             pass
 
 
 def test_mlflows_own_logging_of_a_store_error_is_silenced(capsys):
     import logging
 
-    from dgl.tracking import fail_fast
+    from dgl.tracking.store import fail_fast
 
     fail_fast()
     logger = logging.getLogger("mlflow.store.db.utils")

@@ -116,18 +116,21 @@ def _python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
 
 
 def test_importing_tracking_leaves_the_environment_alone_until_the_store_is_reached(tmp_path):
-    code = ("import os, dgl.tracking as t; before = os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES'); "
+    code = ("import os, dgl.tracking.store as t; before = os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES'); "
             "t.fail_fast(); print(before, os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], "
             "os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'])")
     assert _python(code, ROOT).stdout.split() == ["None", "1", "10"]
     assert _python(code, ROOT, MLFLOW_HTTP_REQUEST_TIMEOUT="60").stdout.split() == ["None", "1", "60"]
 
 
-def test_a_dgl_that_is_not_this_project_is_one_line(tmp_path):
+@pytest.mark.parametrize("entry", ["pipelines.params", "experiments.report", "bench.disk"])
+def test_a_dgl_that_is_not_this_project_is_one_line(tmp_path, entry):
+    """Every entry package checks where `dgl` comes from (dgl_guard.py) without importing it: the other
+    package's import would crash here, before a line could be printed."""
     (tmp_path / "dgl").mkdir()
-    (tmp_path / "dgl" / "__init__.py").write_text('"""Another package called dgl."""\n')
-    out = _python("import pipelines.params", tmp_path)  # the current folder comes first on the path
+    (tmp_path / "dgl" / "__init__.py").write_text('import os\nos.abort()  # another package called dgl\n')
+    out = _python(f"import {entry}", tmp_path)  # the current folder comes first on the path
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: `dgl` resolves to ")
     assert str(tmp_path / "dgl") in out.stderr and "Deep Graph Library" in out.stderr
-    assert _python("import pipelines.params", ROOT).returncode == 0
+    assert _python(f"import {entry}", ROOT).returncode == 0

@@ -44,7 +44,7 @@ def test_dvc_repro_runs_every_stage_and_logs_one_mlflow_run(tiny_repro):
                                            f"({100 * metrics['trainable_ratio']:.3g} %)\n\n"
                                            "The committed params.yaml, unchanged.")
     assert tags["mlflow.source.name"] == "pipelines/evaluate.py (dvc stage evaluate)"
-    assert "test/t2v_R1" in keys and not any(k.startswith("params/") for k in keys)  # counts: params (dgl/tracking.py)
+    assert "test/t2v_R1" in keys and not any(k.startswith("params/") for k in keys)  # counts: params (tracking.names)
     assert {"count.trainable", "count.total", "count.trainable_ratio"} <= params.keys()
     assert params["model.dgl.generator"] == "ulp"
     assert steps == [1, 2]

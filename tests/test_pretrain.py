@@ -126,10 +126,9 @@ def test_unknown_words_are_inserted_between_start_and_end_and_never_known():
 
 
 def test_the_towers_side_by_side_give_the_gradients_of_one_backward_bit_for_bit():
-    """contrastive_step runs each tower's forward and backward on its own thread, the loss in between;
+    """pretrain_step runs each tower's forward and backward on its own thread, the loss in between;
     the gradients are those of one graph through both towers on one thread, to the last bit."""
-    from dgl.pretrain import (contrastive_step, encode_by_length, pretrain_loss, towers_side_by_side,
-                              warmup_classes)
+    from dgl.pretrain import encode_by_length, pretrain_loss, pretrain_step, towers_side_by_side, warmup_classes
     from dgl.models.prompted import PromptedCLIP
 
     torch.manual_seed(0)
@@ -142,7 +141,7 @@ def test_the_towers_side_by_side_give_the_gradients_of_one_backward_bit_for_bit(
     threads = torch.get_num_threads()
     with towers_side_by_side() as pool:
         assert torch.get_num_threads() == max(1, threads // 2)
-        loss = contrastive_step(pool, clip, PromptedCLIP(clip), heads, images, tokens, content_id, labels)
+        loss = pretrain_step(pool, clip, PromptedCLIP(clip), heads, images, tokens, content_id, labels)
         one_thread = torch.get_num_threads()
     assert torch.get_num_threads() == threads
     side = [p.grad.clone() for p in parameters]

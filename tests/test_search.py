@@ -15,7 +15,8 @@ from dgl.checksums import sha256_of
 from dgl.evaluation import encode_view
 from dgl.search import Gallery, main
 from dgl.settings import load_params
-from dgl.tracking import WEIGHTS_TAG, trained_of_run
+from dgl.tracking.names import WEIGHTS_TAG
+from dgl.tracking.runs import trained_of_run
 from dgl.views import SplitView
 
 
@@ -128,7 +129,7 @@ def test_a_bad_search_is_one_line(in_project, monkeypatch, capsys, argv, needle)
 
 
 def test_weights_over_the_limit_stay_out_of_the_run_which_says_why(tmp_path, capsys):
-    from dgl.tracking import log_trained
+    from dgl.tracking.runs import log_trained
 
     class Run:  # what log_trained asks of the mlflow module
         def __init__(self):

@@ -245,7 +245,7 @@ def values(entries: list[dict]) -> dict:
 WORKER = """
 import sys
 from dgl.settings import TrackingConfig
-from dgl.tracking import mlflow_run
+from dgl.tracking.runs import mlflow_run
 
 uri, worker, runs, steps = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
 for r in range(runs):
@@ -305,8 +305,8 @@ def store(tmp_path, monkeypatch) -> Path:
 def log_training(stage: str = "train", run_id: str | None = None) -> str:
     """What the train and evaluate stages log, through the same calls; the run's id."""
     from dgl.settings import load_params
-    from dgl.tracking import (active_run_id, epoch_metrics, evaluation_metrics, log_training_setup, mlflow_run,
-                              run_label)
+    from dgl.tracking.names import epoch_metrics, evaluation_metrics, run_label
+    from dgl.tracking.runs import active_run_id, log_training_setup, mlflow_run
 
     params = load_params(ROOT / "params.yaml")
     with mlflow_run(params.tracking, run_id=run_id, stage=stage, label=run_label(params.model)) as mlflow:
@@ -321,7 +321,7 @@ def log_training(stage: str = "train", run_id: str | None = None) -> str:
 @pytest.mark.slow
 def test_the_ui_opens_a_training_experiment_with_unique_names_and_grouped_metrics(store):
     """Two trainings of one method in one store, then `mlflow ui` on that store, read over its REST API."""
-    from dgl.tracking import as_metrics_json
+    from dgl.tracking.names import as_metrics_json
 
     first, second = log_training(), log_training()
     with mlflow_ui(store, "ui") as url:
@@ -360,7 +360,7 @@ def test_the_ui_opens_a_training_experiment_with_unique_names_and_grouped_metric
 def test_a_taken_name_gets_a_number_and_dvc_names_the_run(store, monkeypatch):
     import mlflow
 
-    from dgl.tracking import run_name
+    from dgl.tracking.runs import run_name
 
     monkeypatch.setenv("DVC_EXP_NAME", "upt")
     first, second = log_training(), log_training()  # `dvc exp run -n upt` twice (the second with -f)
@@ -459,7 +459,8 @@ def test_one_line_per_epoch_off_a_terminal():
 
 
 def test_the_run_description_leads_with_the_numbers_and_names_what_changed():
-    from dgl.tracking import ABSENT, changed_params, description
+    from dgl.tracking.provenance import ABSENT, changed_params
+    from dgl.tracking.runs import description
 
     committed = {"model": {"dgl": {"generator": "ulp", "local_prompt_len": 4}}, "train": {"epochs": 4}}
     current = {"model": {"dgl": {"generator": "upt", "local_prompt_len": 4}}, "train": {"epochs": 1, "new": True}}
@@ -473,7 +474,7 @@ def test_the_run_description_leads_with_the_numbers_and_names_what_changed():
 
 
 def test_the_printed_link_goes_where_mlflow_ui_serves(monkeypatch):
-    from dgl.tracking import run_url
+    from dgl.tracking.names import run_url
 
     monkeypatch.delenv("MLFLOW_UI_URL", raising=False)
     db = "sqlite:////tmp/mlflow.db"

@@ -66,7 +66,7 @@ def read_packets(path: Path, exe: str) -> _Packets:
 # Seeking (see the module docstring): frame n is the shown packet with the n-th smallest pts, and
 # `select` lets through only the frame with exactly that pts; whatever goes unexpectedly (a pick
 # that does not come out, an error line) leaves the video to the single pass.
-_SEEKS_PER_RUN = 4  # inputs one ffmpeg opens at once: each holds a decoder (about 9 MB at 720p)
+_SEEKS_PER_RUN = 4  # inputs one ffmpeg opens at once: each holds a decoder and its frame buffers
 _PICKS_PER_SEEK = 16  # frames one seek may give (bounds the length of its select expression)
 
 

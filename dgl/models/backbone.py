@@ -20,8 +20,8 @@ from torch import nn
 
 from dgl.checkpoint import non_finite
 from dgl.checksums import sha256_of
-from dgl.cli import binary_output
 from dgl.errors import UserError
+from dgl.files import binary_output
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 BACKBONE_WEIGHTS, BACKBONE_INFO, BACKBONE_PROBE = "clip.pt", "backbone.json", "probe.pt"
