@@ -4,6 +4,7 @@ this project's dgl/, not the Deep Graph Library, which installs a package of the
 It asks only where `dgl` would be imported from and imports nothing of it, so another package of that
 name can neither crash nor run here. It lives beside dgl/, not in it: importing any module under dgl/
 imports whichever `dgl` comes first on the path, the very thing to check."""
+
 from __future__ import annotations
 
 import importlib.util
@@ -20,7 +21,10 @@ def check_dgl() -> None:
         return
     where = (spec.origin or ", ".join(spec.submodule_search_locations or [])) if spec else None
     found = f"`dgl` resolves to {where}" if where else "no `dgl` package is importable"
-    print(f"error: {found}, not this project's dgl/ (the Deep Graph Library also installs as `dgl`); "
-          "run the stages from the repository root (dvc repro does), or uninstall the other package "
-          "from this environment (README, \"The name dgl\")", file=sys.stderr)
+    print(
+        f"error: {found}, not this project's dgl/ (the Deep Graph Library also installs as `dgl`); "
+        "run the stages from the repository root (dvc repro does), or uninstall the other package "
+        'from this environment (README, "The name dgl")',
+        file=sys.stderr,
+    )
     sys.exit(2)

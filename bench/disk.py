@@ -35,6 +35,7 @@ core's rate and the stated GPU step time (--gpu-step-s, not measured here). data
 (ViT-B/32, random weights) training loop on CPU reading a JPEG store of these frames
 (bench.train_speed --child-wait): the share of its wall time spent waiting for data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,9 +54,9 @@ from sklearn.datasets import load_sample_images
 from dgl.cache.write import build_cache
 from dgl.data.annotations import Annotations, Caption
 from dgl.data.synthetic import encode_mp4
+from dgl.frames.extract import extract_frames
 from dgl.frames.store import FrameStore, JpegCodec, RawCodec, write_arrays
 from dgl.settings import load_group
-from dgl.frames.extract import extract_frames
 
 ROOT = Path(__file__).resolve().parents[1]
 GB, KIB = 1e9, 1024
@@ -78,7 +79,7 @@ def panning_video(photo: np.ndarray, width: int, height: int, seconds: float) ->
     count = round(seconds * SOURCE_FPS)
     xs = np.linspace(0, photo.shape[1] - width, count).round().astype(int)
     ys = np.linspace(0, (photo.shape[0] - height) // 2, count).round().astype(int)
-    return np.stack([photo[y:y + height, x:x + width] for x, y in zip(xs, ys)])
+    return np.stack([photo[y : y + height, x : x + width] for x, y in zip(xs, ys)])
 
 
 def check(value: float, limit: float, at_least: bool = False) -> dict:
@@ -110,11 +111,22 @@ def measure_recipe(name: str, recipe: dict, quality: int, photos: list[np.ndarra
     for i, photo in enumerate(photos):
         encode_mp4(panning_video(photo, width, height, seconds), SOURCE_FPS, raw / "videos" / f"v{i}.mp4")
         videos[f"v{i}"] = f"videos/v{i}.mp4"
-    annotations = Annotations(videos=videos, train=tuple(Caption(v, f"a camera pans over photo {v}") for v in videos),
-                              test=())
-    cfg = load_group("frames", {"num_frames": recipe["frames"], "train_candidates": CANDIDATES, "size": SIZE,
-                                "reencode_fps": FPS, "codec": "jpeg", "jpeg_quality": quality, "workers": 1},
-                     ROOT / "params.yaml")
+    annotations = Annotations(
+        videos=videos, train=tuple(Caption(v, f"a camera pans over photo {v}") for v in videos), test=()
+    )
+    cfg = load_group(
+        "frames",
+        {
+            "num_frames": recipe["frames"],
+            "train_candidates": CANDIDATES,
+            "size": SIZE,
+            "reencode_fps": FPS,
+            "codec": "jpeg",
+            "jpeg_quality": quality,
+            "workers": 1,
+        },
+        ROOT / "params.yaml",
+    )
     for folder in ("frames", "cache"):
         (project / "data" / folder).mkdir()
     extract_frames(raw, annotations, project / "data/frames", cfg, ffmpeg="pinned", image_size=SIZE, progress=False)
@@ -122,21 +134,29 @@ def measure_recipe(name: str, recipe: dict, quality: int, photos: list[np.ndarra
     annotations = Annotations(videos=videos, train=annotations.train, test=annotations.train[:1])
     build_cache(annotations, project / "data/frames", project / "data/cache", backbone="ViT-B-32", context_length=32)
     frames = len(FrameStore(project / "data/frames", "frames").index)
-    git_dvc = ["git", "init", "-q"], [sys.executable, "-m", "dvc", "init", "-q"], \
-        [sys.executable, "-m", "dvc", "config", "cache.type", dvc_cache_type()]
+    git_dvc = (
+        ["git", "init", "-q"],
+        [sys.executable, "-m", "dvc", "init", "-q"],
+        [sys.executable, "-m", "dvc", "config", "cache.type", dvc_cache_type()],
+    )
     for cmd in git_dvc:
         run(cmd, project)
     run([sys.executable, "-m", "dvc", "add", "-q", "data/raw", "data/frames", "data/cache"], project)
     data, frames_dir, cache_dir = project / "data", project / "data/frames", project / "data/cache"
-    kept = {"frames_stage": disk_bytes(frames_dir),
-            "preprocess_adds": disk_bytes(frames_dir, cache_dir) - disk_bytes(frames_dir),
-            "dvc_cache_adds": disk_bytes(data, project / ".dvc/cache") - disk_bytes(data)}
+    kept = {
+        "frames_stage": disk_bytes(frames_dir),
+        "preprocess_adds": disk_bytes(frames_dir, cache_dir) - disk_bytes(frames_dir),
+        "dvc_cache_adds": disk_bytes(data, project / ".dvc/cache") - disk_bytes(data),
+    }
     short_side = (round(SIZE * width / height), SIZE)
     before = 2 * (short_side[0] * short_side[1] * 3 + SIZE * SIZE * 3)  # .npy frames + crops, each copied by DVC
-    return {"source": f"{width}x{height}", "frames_stored": frames,
-            "kib_per_frame_kept": {k: round(v / frames / KIB, 3) for k, v in kept.items()},
-            "kib_per_frame_after": round(sum(kept.values()) / frames / KIB, 2),
-            "kib_per_frame_before": round(before / KIB, 1)}
+    return {
+        "source": f"{width}x{height}",
+        "frames_stored": frames,
+        "kib_per_frame_kept": {k: round(v / frames / KIB, 3) for k, v in kept.items()},
+        "kib_per_frame_after": round(sum(kept.values()) / frames / KIB, 2),
+        "kib_per_frame_before": round(before / KIB, 1),
+    }
 
 
 def dvc_cache_type() -> str:
@@ -154,7 +174,7 @@ def natural_frames(photos: list[np.ndarray], count: int) -> np.ndarray:
         photo = photos[i % len(photos)]
         y = (i * 37) % (photo.shape[0] - SIZE)
         x = (i * 53) % (photo.shape[1] - SIZE)
-        crops.append(photo[y:y + SIZE, x:x + SIZE].transpose(2, 0, 1))
+        crops.append(photo[y : y + SIZE, x : x + SIZE].transpose(2, 0, 1))
     return np.ascontiguousarray(np.stack(crops))
 
 
@@ -174,9 +194,11 @@ def decode_rates(frames: np.ndarray, qualities: list[int], tmp: Path, seconds: f
             while time.perf_counter() - start < seconds:
                 store.read(rows)  # on this thread (the store's threads: 1)
                 done += len(rows)
-            out[label] = {"frames_per_cpu_s": round(done / (time.thread_time() - cpu)),
-                          "frames_per_wall_s": round(done / (time.perf_counter() - start)),
-                          "kib_per_frame": round(disk_bytes(folder) / len(rows) / KIB, 2)}
+            out[label] = {
+                "frames_per_cpu_s": round(done / (time.thread_time() - cpu)),
+                "frames_per_wall_s": round(done / (time.perf_counter() - start)),
+                "kib_per_frame": round(disk_bytes(folder) / len(rows) / KIB, 2),
+            }
     finally:
         torch.set_num_threads(threads)
     return out
@@ -188,10 +210,22 @@ def data_wait(frames: np.ndarray, quality: int, tmp: Path, steps: int) -> dict:
     (folder / "store").mkdir(parents=True)
     per_video = 12 * CANDIDATES
     videos = len(frames) // per_video
-    write_arrays(folder / "store", frames[: videos * per_video].reshape(videos, per_video, *frames.shape[1:]),
-                 JpegCodec(quality))
-    cmd = [sys.executable, "-m", "bench.train_speed", "--child-wait", str(folder), "--batch", "2", "--steps",
-           str(steps), "--device", "cpu"]
+    write_arrays(
+        folder / "store", frames[: videos * per_video].reshape(videos, per_video, *frames.shape[1:]), JpegCodec(quality)
+    )
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.train_speed",
+        "--child-wait",
+        str(folder),
+        "--batch",
+        "2",
+        "--steps",
+        str(steps),
+        "--device",
+        "cpu",
+    ]
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=True)
     return json.loads(out.stdout.splitlines()[-1])
 
@@ -199,8 +233,12 @@ def data_wait(frames: np.ndarray, quality: int, tmp: Path, steps: int) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quality", type=int, default=load_group("frames", {}, ROOT / "params.yaml").jpeg_quality)
-    ap.add_argument("--gpu-step-s", type=float, default=0.5, help="the GPU's DGL step time at the paper's per-GPU "
-                                                                   "batch (stated, not measured here)")
+    ap.add_argument(
+        "--gpu-step-s",
+        type=float,
+        default=0.5,
+        help="the GPU's DGL step time at the paper's per-GPU batch (stated, not measured here)",
+    )
     ap.add_argument("--wait-steps", type=int, default=2, help="timed DGL steps of the data-wait loop")
     args = ap.parse_args()
     photos = list(load_sample_images().images)
@@ -216,29 +254,53 @@ def main() -> None:
         stored = (train * CANDIDATES + test) * recipe["frames"]
         after = stored * per_recipe[name]["kib_per_frame_after"] * KIB / GB
         before = stored * per_recipe[name]["kib_per_frame_before"] * KIB / GB
-        projections[name] = {"videos": train + test, "frames_stored": stored, "derived_gb_before": round(before, 1),
-                             "derived_gb_after": round(after, 2), "limit_gb": recipe["limit_gb"]}
+        projections[name] = {
+            "videos": train + test,
+            "frames_stored": stored,
+            "derived_gb_before": round(before, 1),
+            "derived_gb_after": round(after, 2),
+            "limit_gb": recipe["limit_gb"],
+        }
     rate = decode[f"jpeg_q{args.quality}"]["frames_per_cpu_s"]
     msrvtt_total = MSRVTT_VIDEOS_GB + projections["msrvtt"]["derived_gb_after"]  # archive deleted by hand
-    checks = {f"{name}_kib_per_frame": check(r["kib_per_frame_after"], LIMITS["kib_per_frame"])
-              for name, r in per_recipe.items()}
-    checks |= {f"{name}_derived_gb": check(p["derived_gb_after"], p["limit_gb"])
-               for name, p in projections.items() if p["limit_gb"] is not None}
+    checks = {
+        f"{name}_kib_per_frame": check(r["kib_per_frame_after"], LIMITS["kib_per_frame"])
+        for name, r in per_recipe.items()
+    }
+    checks |= {
+        f"{name}_derived_gb": check(p["derived_gb_after"], p["limit_gb"])
+        for name, p in projections.items()
+        if p["limit_gb"] is not None
+    }
     checks["msrvtt_total_over_archive"] = check(msrvtt_total / MSRVTT_VIDEOS_GB, LIMITS["msrvtt_total_over_archive"])
     checks["decode_frames_per_s_per_core"] = check(rate, LIMITS["decode_per_core"], at_least=True)
     checks["data_wait_share"] = check(wait["after"]["wait_share"], LIMITS["wait_share"])
-    print(json.dumps({
-        "quality": args.quality, "cores": len(os.sched_getaffinity(0)), "load_average": os.getloadavg()[0],
-        "dvc_cache_type": dvc_cache_type(),
-        "per_recipe": per_recipe, "projections": projections,
-        "msrvtt_total_gb": {"videos": MSRVTT_VIDEOS_GB, "derived": projections["msrvtt"]["derived_gb_after"],
-                            "total_archive_deleted": round(msrvtt_total, 2),
-                            "total_archive_kept": round(msrvtt_total + MSRVTT_VIDEOS_GB, 2)},
-        "decode": decode,
-        "cores_per_gpu": {"frames_per_step": PAPER_BATCH_FRAMES, "gpu_step_s": args.gpu_step_s,
-                          "cores": round(PAPER_BATCH_FRAMES / args.gpu_step_s / rate, 1)},
-        "data_wait": wait, "checks": checks,
-    }))
+    print(
+        json.dumps(
+            {
+                "quality": args.quality,
+                "cores": len(os.sched_getaffinity(0)),
+                "load_average": os.getloadavg()[0],
+                "dvc_cache_type": dvc_cache_type(),
+                "per_recipe": per_recipe,
+                "projections": projections,
+                "msrvtt_total_gb": {
+                    "videos": MSRVTT_VIDEOS_GB,
+                    "derived": projections["msrvtt"]["derived_gb_after"],
+                    "total_archive_deleted": round(msrvtt_total, 2),
+                    "total_archive_kept": round(msrvtt_total + MSRVTT_VIDEOS_GB, 2),
+                },
+                "decode": decode,
+                "cores_per_gpu": {
+                    "frames_per_step": PAPER_BATCH_FRAMES,
+                    "gpu_step_s": args.gpu_step_s,
+                    "cores": round(PAPER_BATCH_FRAMES / args.gpu_step_s / rate, 1),
+                },
+                "data_wait": wait,
+                "checks": checks,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

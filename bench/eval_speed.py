@@ -17,6 +17,7 @@ process CPU time, steadier on a machine shared with other work.
 peak_extra_mib: CPU, peak resident memory over the resident size before the call (Linux /proc; glibc
 may keep freed blocks resident, so it can read higher than what the code holds); CUDA, peak allocated.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -58,25 +59,30 @@ def timed(device: torch.device, work) -> tuple[float, float]:
 
 
 def half(items: list, which: int) -> list:
-    return items[: len(items) // 2] if which == 0 else items[len(items) // 2:]
+    return items[: len(items) // 2] if which == 0 else items[len(items) // 2 :]
 
 
-def rows_product(text: torch.Tensor, video: torch.Tensor, caption_video: torch.Tensor, chunk_size: int,
-                 which: int) -> None:
+def rows_product(
+    text: torch.Tensor, video: torch.Tensor, caption_video: torch.Tensor, chunk_size: int, which: int
+) -> None:
     """Half `which` of S = text @ video.T: `chunk_size` captions against all videos at a time."""
     buffer = torch.empty(min(len(text), chunk_size), len(video), dtype=text.dtype, device=text.device)
     for queries in half(list(text.split(chunk_size)), which):
         torch.mm(queries, video.T, out=buffer[: len(queries)])
 
 
-def tiles_product(text: torch.Tensor, video: torch.Tensor, caption_video: torch.Tensor, chunk_size: int,
-                  which: int) -> None:
+def tiles_product(
+    text: torch.Tensor, video: torch.Tensor, caption_video: torch.Tensor, chunk_size: int, which: int
+) -> None:
     """Half `which` of S = text @ video.T over the tiles evaluate_retrieval ranks (dgl.metrics.ranking_tiles)."""
     order = torch.argsort(caption_video, stable=True)
     blocks, spans = ranking_tiles(caption_video, len(video), chunk_size)
     chunks = [chunk for block in blocks for chunk in block.chunks]
-    buffer = torch.empty(max(c.rows.stop - c.rows.start for c in chunks) * max(s.stop - s.start for s in spans),
-                         dtype=text.dtype, device=text.device)
+    buffer = torch.empty(
+        max(c.rows.stop - c.rows.start for c in chunks) * max(s.stop - s.start for s in spans),
+        dtype=text.dtype,
+        device=text.device,
+    )
     for chunk in half(chunks, which):
         queries = text[order[chunk.rows]]
         for span in spans:
@@ -89,24 +95,34 @@ def time_one(num_videos: int, args: argparse.Namespace, device: torch.device) ->
     products = (rows_product, tiles_product)
 
     def time_products(which: int) -> list[tuple[float, float]]:
-        return [timed(device, lambda: product(text, video, caption_video, args.chunk_size, which)) for product in products]
+        return [
+            timed(device, lambda: product(text, video, caption_video, args.chunk_size, which)) for product in products
+        ]
 
     load = os.getloadavg()[0]
     first = time_products(0)
     before = reset_peak_memory(device)
-    seconds, cpu_seconds = timed(device, lambda: evaluate_retrieval(text, video, caption_video, dsl=args.dsl,
-                                                                    chunk_size=args.chunk_size))
+    seconds, cpu_seconds = timed(
+        device, lambda: evaluate_retrieval(text, video, caption_video, dsl=args.dsl, chunk_size=args.chunk_size)
+    )
     peak = peak_memory(device) - before
     second = time_products(1)
     totals = [(a[0] + b[0], a[1] + b[1]) for a, b in zip(first, second)]
     limit, limit_cpu = min(totals)  # the faster schedule, by wall time
-    return {"videos": num_videos, "captions": len(text),
-            "seconds": round(seconds, 3), "matmul_seconds": round(limit, 3),
-            "ratio_to_matmul": round(seconds / limit, 3), "limit": RATIO_LIMIT,
-            "cpu_seconds": round(cpu_seconds, 3), "matmul_cpu_seconds": round(limit_cpu, 3),
-            "cpu_ratio_to_matmul": round(cpu_seconds / limit_cpu, 3),
-            "matmul_gflops": round(2 * text.numel() * len(video) / limit / 1e9, 1),
-            "peak_extra_mib": round(peak, 1), "load_average": [round(load, 2), round(os.getloadavg()[0], 2)]}
+    return {
+        "videos": num_videos,
+        "captions": len(text),
+        "seconds": round(seconds, 3),
+        "matmul_seconds": round(limit, 3),
+        "ratio_to_matmul": round(seconds / limit, 3),
+        "limit": RATIO_LIMIT,
+        "cpu_seconds": round(cpu_seconds, 3),
+        "matmul_cpu_seconds": round(limit_cpu, 3),
+        "cpu_ratio_to_matmul": round(cpu_seconds / limit_cpu, 3),
+        "matmul_gflops": round(2 * text.numel() * len(video) / limit / 1e9, 1),
+        "peak_extra_mib": round(peak, 1),
+        "load_average": [round(load, 2), round(os.getloadavg()[0], 2)],
+    }
 
 
 def main() -> None:
@@ -121,8 +137,17 @@ def main() -> None:
     device = pick_device(args.device)
     time_one(100, args, device)  # warm up: kernels, threads, CUDA context
     runs = [time_one(v, args, device) for v in args.videos]
-    print(json.dumps({"device": device_name(device), "dim": args.dim, "chunk_size": args.chunk_size, "dsl": args.dsl,
-                      "runs": runs}))
+    print(
+        json.dumps(
+            {
+                "device": device_name(device),
+                "dim": args.dim,
+                "chunk_size": args.chunk_size,
+                "dsl": args.dsl,
+                "runs": runs,
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

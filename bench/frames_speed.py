@@ -20,6 +20,7 @@ memory per video length (flat: it does not grow), and plain decoding of each who
 Run from the repository root: `python -m bench.frames_speed [--videos 200] [--workers 2]`, or
 `python -m bench.frames_speed --long-minutes 1 5 --size 224`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,8 +36,8 @@ from pathlib import Path
 
 from dgl.data.annotations import Annotations, Caption
 from dgl.ffmpeg import ffmpeg_exe
-from dgl.settings import FramesConfig, load_group
 from dgl.frames.extract import extract_frames, sample_frames
+from dgl.settings import FramesConfig, load_group
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,9 +59,12 @@ def render_videos(folder: Path, count: int, seconds: float, resolution: int, fps
 
 def time_plain_decode(paths: list[Path], workers: int, threads: str) -> tuple[float, float]:
     """Wall and CPU seconds of `ffmpeg -i x -f null -` on every file."""
+
     def decode(path: Path) -> None:
-        subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", threads, "-i", str(path),
-                        "-f", "null", "-"], check=True)
+        subprocess.run(
+            [ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", threads, "-i", str(path), "-f", "null", "-"],
+            check=True,
+        )
 
     start, cpu = time.perf_counter(), _cpu_seconds()
     with concurrent.futures.ThreadPoolExecutor(workers) as pool:
@@ -72,12 +76,14 @@ def time_backend(raw_dir: Path, paths: list[Path], cfg: FramesConfig) -> tuple[f
     """Wall and CPU seconds (this process and its ffmpeg runs) of the frames stage's code (frames
     cropped to `cfg.size` and stored with `cfg.codec`)."""
     ids = [p.stem for p in paths]
-    annotations = Annotations(videos={v: f"videos/{v}.mp4" for v in ids},
-                              train=tuple(Caption(v, "a video") for v in ids), test=())
+    annotations = Annotations(
+        videos={v: f"videos/{v}.mp4" for v in ids}, train=tuple(Caption(v, "a video") for v in ids), test=()
+    )
     with tempfile.TemporaryDirectory() as out:
         start, cpu = time.perf_counter(), _cpu_seconds()
-        summary = extract_frames(raw_dir, annotations, Path(out), cfg, ffmpeg="pinned", image_size=cfg.size,
-                                 progress=False)
+        summary = extract_frames(
+            raw_dir, annotations, Path(out), cfg, ffmpeg="pinned", image_size=cfg.size, progress=False
+        )
         elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
     if summary["skipped"]:
         raise SystemExit(f"{cfg.backend}: {summary['skipped']} videos skipped; the benchmark is invalid")
@@ -99,15 +105,21 @@ def measure_here(path: str, backend: str, num_frames: int, size: int) -> dict:
     start, cpu = time.perf_counter(), _cpu_seconds()
     frames = sample_frames(Path(path), num_frames, size, backend=backend)
     elapsed, cpu = time.perf_counter() - start, _cpu_seconds() - cpu
-    return {"seconds": round(elapsed, 3), "cpu_seconds": round(cpu, 3), "frames": list(frames.shape),
-            "python_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "ffmpeg_peak_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1)}
+    return {
+        "seconds": round(elapsed, 3),
+        "cpu_seconds": round(cpu, 3),
+        "frames": list(frames.shape),
+        "python_peak_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+        "ffmpeg_peak_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
 
 
 def measure(path: Path, backend: str, num_frames: int, size: int) -> dict:
     """`measure_here` in a fresh Python process, so that each peak is this one sampling's."""
-    code = ("import json; from bench.frames_speed import measure_here; "
-            f"print(json.dumps(measure_here({str(path)!r}, {backend!r}, {num_frames}, {size})))")
+    code = (
+        "import json; from bench.frames_speed import measure_here; "
+        f"print(json.dumps(measure_here({str(path)!r}, {backend!r}, {num_frames}, {size})))"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     if result.returncode != 0:
         raise SystemExit(f"{backend} on {path.name}: the measuring process failed:\n{result.stderr[-2000:]}")
@@ -117,8 +129,9 @@ def measure(path: Path, backend: str, num_frames: int, size: int) -> dict:
 def plain_decode_cpu(path: Path) -> float:
     """CPU seconds of `ffmpeg -threads 1 -i x -f null -`: decoding every frame, nothing else."""
     start = resource.getrusage(resource.RUSAGE_CHILDREN)
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", "1", "-i", str(path), "-f", "null", "-"],
-                   check=True)
+    subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-v", "error", "-threads", "1", "-i", str(path), "-f", "null", "-"], check=True
+    )
     end = resource.getrusage(resource.RUSAGE_CHILDREN)
     return end.ru_utime + end.ru_stime - start.ru_utime - start.ru_stime
 
@@ -126,8 +139,13 @@ def plain_decode_cpu(path: Path) -> float:
 def long_videos(args: argparse.Namespace) -> dict:
     """The long-video case: seconds and peak memory per backend, per length and frame count; then the
     ffmpeg backend's time over decord's beside the limit (2), and its peak memory per length."""
-    report: dict = {"resolution": args.resolution, "fps": args.fps, "size": args.size, "cpu_cores": os.cpu_count(),
-                    "runs": []}
+    report: dict = {
+        "resolution": args.resolution,
+        "fps": args.fps,
+        "size": args.size,
+        "cpu_cores": os.cpu_count(),
+        "runs": [],
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for minutes in args.long_minutes:
             (path,) = render_videos(Path(tmp), 1, minutes * 60, args.resolution, args.fps, 1)
@@ -136,19 +154,39 @@ def long_videos(args: argparse.Namespace) -> dict:
                 for backend in ("ffmpeg", "decord"):
                     # the least time of a few runs (the others waited on a busy machine), the largest peaks
                     runs = [measure(path, backend, num_frames, args.size) for _ in range(args.long_repeats)]
-                    best = {key: (min if key.endswith("seconds") else max)(run[key] for run in runs)
-                            for key in runs[0] if key != "frames"}
-                    report["runs"].append({"minutes": minutes, "num_frames": num_frames, "backend": backend,
-                                           "frames": runs[0]["frames"], **best})
+                    best = {
+                        key: (min if key.endswith("seconds") else max)(run[key] for run in runs)
+                        for key in runs[0]
+                        if key != "frames"
+                    }
+                    report["runs"].append(
+                        {
+                            "minutes": minutes,
+                            "num_frames": num_frames,
+                            "backend": backend,
+                            "frames": runs[0]["frames"],
+                            **best,
+                        }
+                    )
             path.unlink()
     by = {(r["minutes"], r["num_frames"], r["backend"]): r for r in report["runs"]}
     report["ffmpeg_over_decord"] = [
-        {"minutes": m, "num_frames": n, "limit": 2.0,
-         **{key: round(by[m, n, "ffmpeg"][key] / by[m, n, "decord"][key], 2) for key in ("cpu_seconds", "seconds")}}
-        for m in args.long_minutes for n in args.long_frames]
+        {
+            "minutes": m,
+            "num_frames": n,
+            "limit": 2.0,
+            **{key: round(by[m, n, "ffmpeg"][key] / by[m, n, "decord"][key], 2) for key in ("cpu_seconds", "seconds")},
+        }
+        for m in args.long_minutes
+        for n in args.long_frames
+    ]
     report["ffmpeg_peak_mib_by_minutes"] = {  # the larger of Python's and ffmpeg's: flat if it does not grow
-        str(n): {str(m): max(by[m, n, "ffmpeg"]["python_peak_mib"], by[m, n, "ffmpeg"]["ffmpeg_peak_mib"])
-                 for m in args.long_minutes} for n in args.long_frames}
+        str(n): {
+            str(m): max(by[m, n, "ffmpeg"]["python_peak_mib"], by[m, n, "ffmpeg"]["ffmpeg_peak_mib"])
+            for m in args.long_minutes
+        }
+        for n in args.long_frames
+    }
     return report
 
 
@@ -176,8 +214,13 @@ def main() -> None:
         paths = render_videos(raw_dir / "videos", args.videos, args.seconds, args.resolution, args.fps, args.workers)
         plain = {f"threads_{t}": time_plain_decode(paths, args.workers, t) for t in ("1", "auto")}
         backends = {
-            b: time_backend(raw_dir, paths, load_group("frames", {"num_frames": args.num_frames, "size": args.size,
-                                                                  "backend": b, "workers": args.workers}))
+            b: time_backend(
+                raw_dir,
+                paths,
+                load_group(
+                    "frames", {"num_frames": args.num_frames, "size": args.size, "backend": b, "workers": args.workers}
+                ),
+            )
             for b in ("ffmpeg", "decord")
         }
 
@@ -196,8 +239,11 @@ def main() -> None:
             "frames_sampled_per_s": round(args.videos * args.num_frames / elapsed, 1),
             "ratio_to_plain_decode": round(limit / elapsed, 3),
         }
-    report["ffmpeg_over_decord"] = {"wall": round(backends["ffmpeg"][0] / backends["decord"][0], 2),
-                                    "cpu": round(backends["ffmpeg"][1] / backends["decord"][1], 2), "limit": 2.0}
+    report["ffmpeg_over_decord"] = {
+        "wall": round(backends["ffmpeg"][0] / backends["decord"][0], 2),
+        "cpu": round(backends["ffmpeg"][1] / backends["decord"][1], 2),
+        "limit": 2.0,
+    }
     print(json.dumps(report, indent=1))
 
 

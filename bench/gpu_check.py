@@ -12,6 +12,7 @@ Prints one JSON summary (each part's exit code and its figures; `ok` when all th
 held). Without CUDA it prints one line and exits 0. Each part has its own time limit, so the whole stays
 within LIMITS' sum (450 s) plus start-up.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,24 +49,44 @@ def train_speed() -> dict:
     if not report:
         return {"rc": code}
     runs = report["runs"]
-    step = {f"{m}{'' if on == 'off' else '_checkpointing'}": runs[m][f"checkpointing_{on}"]["step_s"]
-            for m in ("dgl", "full") for on in ("off", "on")}
-    return {"rc": code, "device": report["device"], "amp": report["amp"], "batch": report["batch"],
-            "step_s": step, "dgl_over_full_step_time": round(step["dgl"] / step["full"], 3),
-            "activation_mib_per_video": {m: runs[m]["checkpointing_off"]["activation_mib_per_video"]
-                                         for m in ("dgl", "full")},
-            "cuda_peak_mib_per_video": {m: runs[m]["checkpointing_off"].get("cuda_peak_mib_per_video")
-                                        for m in ("dgl", "full")},
-            "data_wait_share": report["data_path"]["wait"]["after"]["wait_share"],
-            "checks_within": {name: c["within"] for name, c in report["checks"].items()}}
+    step = {
+        f"{m}{'' if on == 'off' else '_checkpointing'}": runs[m][f"checkpointing_{on}"]["step_s"]
+        for m in ("dgl", "full")
+        for on in ("off", "on")
+    }
+    return {
+        "rc": code,
+        "device": report["device"],
+        "amp": report["amp"],
+        "batch": report["batch"],
+        "step_s": step,
+        "dgl_over_full_step_time": round(step["dgl"] / step["full"], 3),
+        "activation_mib_per_video": {
+            m: runs[m]["checkpointing_off"]["activation_mib_per_video"] for m in ("dgl", "full")
+        },
+        "cuda_peak_mib_per_video": {
+            m: runs[m]["checkpointing_off"].get("cuda_peak_mib_per_video") for m in ("dgl", "full")
+        },
+        "data_wait_share": report["data_path"]["wait"]["after"]["wait_share"],
+        "checks_within": {name: c["within"] for name, c in report["checks"].items()},
+    }
 
 
 def eval_speed() -> dict:
     code, out = run(["-m", "bench.eval_speed", "--device", "cuda", "--videos", "1000", "100000"], LIMITS["eval"])
     report = last_json(out)
-    return {"rc": code, **({"ratio_to_matmul": {r["videos"]: r["ratio_to_matmul"] for r in report["runs"]},
-                            "seconds": {r["videos"]: r["seconds"] for r in report["runs"]},
-                            "limit": report["runs"][0]["limit"]} if report else {})}
+    return {
+        "rc": code,
+        **(
+            {
+                "ratio_to_matmul": {r["videos"]: r["ratio_to_matmul"] for r in report["runs"]},
+                "seconds": {r["videos"]: r["seconds"] for r in report["runs"]},
+                "limit": report["runs"][0]["limit"],
+            }
+            if report
+            else {}
+        ),
+    }
 
 
 def main() -> None:
@@ -74,13 +95,21 @@ def main() -> None:
     if not torch.cuda.is_available():
         print("gpu-check: skipped, no CUDA device visible (torch.cuda.is_available() is False)")
         return
-    summary = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-               "cuda_tests": cuda_tests(), "train": train_speed(), "eval": eval_speed()}
+    summary = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "cuda_tests": cuda_tests(),
+        "train": train_speed(),
+        "eval": eval_speed(),
+    }
     evaluated = summary["eval"].get("ratio_to_matmul", {})
-    summary["ok"] = (all(part["rc"] == 0 for part in (summary["cuda_tests"], summary["train"], summary["eval"]))
-                     and summary["cuda_tests"].get("failed", 0) == 0
-                     and all(summary["train"].get("checks_within", {"missing": False}).values())
-                     and bool(evaluated) and all(r <= summary["eval"]["limit"] for r in evaluated.values()))
+    summary["ok"] = (
+        all(part["rc"] == 0 for part in (summary["cuda_tests"], summary["train"], summary["eval"]))
+        and summary["cuda_tests"].get("failed", 0) == 0
+        and all(summary["train"].get("checks_within", {"missing": False}).values())
+        and bool(evaluated)
+        and all(r <= summary["eval"]["limit"] for r in evaluated.values())
+    )
     print(json.dumps(summary, indent=1))
     sys.exit(0 if summary["ok"] else 1)
 

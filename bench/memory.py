@@ -4,11 +4,12 @@ autograd keeps for the backward pass.
 CPU memory is the process's resident size from Linux /proc (VmRSS now, VmHWM the peak, reset by
 writing 5 to /proc/self/clear_refs); CUDA memory is what torch has allocated on the device.
 `saved_for_backward` counts what autograd saves (saved_tensors_hooks), exactly and on any device."""
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Iterable, Iterator
 
 import torch
 

@@ -29,6 +29,7 @@ runs; under load side by side gains more). The `dvc repro` has 10 minutes on 2 c
 stages take 150 s of them (measured idle) and the backbone stage's rendering, diagnostics and
 start-up 20 s, which leaves the loops 430 s; LOOPS_LIMIT_S keeps 30 s of that in hand.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,9 +44,19 @@ from dgl.cache.read import normalise
 from dgl.models.backbone import build_clip
 from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw
-from dgl.pretrain import (_images_and_tokens, _lone_object_labels, _unknown_tokens, content_ids, encode_by_length,
-                          pretrain_loss, pretrain_step, towers_side_by_side, warmup_classes, warmup_loss,
-                          with_unknown_words)
+from dgl.pretrain import (
+    _images_and_tokens,
+    _lone_object_labels,
+    _unknown_tokens,
+    content_ids,
+    encode_by_length,
+    pretrain_loss,
+    pretrain_step,
+    towers_side_by_side,
+    warmup_classes,
+    warmup_loss,
+    with_unknown_words,
+)
 from dgl.settings import load_params
 
 LOOPS_LIMIT_S = 400.0
@@ -53,8 +64,17 @@ BY_LENGTH_LIMIT = 1.1  # captions by length over padded, one after the other
 SIDE_BY_SIDE_LIMIT = 0.97  # the towers side by side over one after the other, captions by length
 
 
-def one_after_the_other(clip: nn.Module, encoder: PromptedCLIP, heads: nn.ModuleList, images, captions,
-                        content_id, labels, *, by_length: bool) -> float:
+def one_after_the_other(
+    clip: nn.Module,
+    encoder: PromptedCLIP,
+    heads: nn.ModuleList,
+    images,
+    captions,
+    content_id,
+    labels,
+    *,
+    by_length: bool,
+) -> float:
     """The step as one graph through both towers, each op on all of torch's threads; the captions
     encoded by length or all at the full context length."""
     image = clip.encode_image(normalise(images))
@@ -93,9 +113,14 @@ def main() -> None:
     torch.manual_seed(0)
     clip = build_clip(name)
     encoder = PromptedCLIP(clip)
-    images, tokens, _, contents = _images_and_tokens(args.images, 0, params.data.synthetic, name,
-                                                     params.preprocess.context_length,
-                                                     frames_per_video=pretrain.frames_per_video)
+    images, tokens, _, contents = _images_and_tokens(
+        args.images,
+        0,
+        params.data.synthetic,
+        name,
+        params.preprocess.context_length,
+        frames_per_video=pretrain.frames_per_video,
+    )
     labels = _lone_object_labels(contents)
     content_id = content_ids(contents)
     heads = nn.ModuleList(nn.Linear(clip.visual.output_dim, len(c)) for c in warmup_classes())
@@ -105,8 +130,12 @@ def main() -> None:
 
     def batch(step: int) -> tuple:
         chosen = torch.arange(step * pretrain.batch_size, (step + 1) * pretrain.batch_size) % len(images)
-        return (images[chosen], with_unknown_words(tokens[chosen], unknown, generator), content_id[chosen],
-                labels[chosen])
+        return (
+            images[chosen],
+            with_unknown_words(tokens[chosen], unknown, generator),
+            content_id[chosen],
+            labels[chosen],
+        )
 
     def serial(step: int, by_length: bool) -> float:
         optimizer.zero_grad(set_to_none=True)
@@ -121,14 +150,17 @@ def main() -> None:
             optimizer.step()
         return seconds
 
-    kinds = {"padded": lambda step: serial(step, False), "by_length": lambda step: serial(step, True),
-             "side_by_side": side}
+    kinds = {
+        "padded": lambda step: serial(step, False),
+        "by_length": lambda step: serial(step, True),
+        "side_by_side": side,
+    }
     for step, kind in enumerate(kinds.values()):  # first calls allocate
         kind(step)
     times = {name: [] for name in kinds}
     names = list(kinds)
     for step in range(args.steps):
-        for name in names[step % 3:] + names[: step % 3]:
+        for name in names[step % 3 :] + names[: step % 3]:
             times[name].append(kinds[name](step))
     step_s = {name: statistics.median(t) for name, t in times.items()}
 
@@ -143,22 +175,35 @@ def main() -> None:
     warmup_s = statistics.median(timed(warmup_step) for _ in range(args.steps))
     steps = pretrain.epochs * (pretrain.images // pretrain.batch_size)
     loops = pretrain.warmup_steps * warmup_s + steps * step_s["side_by_side"]
-    speedups = {"by_length_speedup": (step_s["padded"] / step_s["by_length"], BY_LENGTH_LIMIT),
-                "side_by_side_speedup": (step_s["by_length"] / step_s["side_by_side"], SIDE_BY_SIDE_LIMIT)}
+    speedups = {
+        "by_length_speedup": (step_s["padded"] / step_s["by_length"], BY_LENGTH_LIMIT),
+        "side_by_side_speedup": (step_s["by_length"] / step_s["side_by_side"], SIDE_BY_SIDE_LIMIT),
+    }
     gflops = {"before": round(gflops_before, 1), "after": round(matmul_gflops(), 1)}
-    print(json.dumps({
-        "threads": torch.get_num_threads(),
-        "matmul_gflops": gflops,
-        "contrastive_step_s": {k: round(v, 3) for k, v in step_s.items()},
-        "warmup_step_s": round(warmup_s, 3),
-        "projected_loops_s": round(loops, 1),
-        "checks": {
-            **{name: {"value": round(value, 3), "limit": limit, "within": value >= limit}
-               for name, (value, limit) in speedups.items()},
-            "projected_loops_s": {"value": round(loops, 1), "limit": LOOPS_LIMIT_S, "within": loops <= LOOPS_LIMIT_S,
-                                  "steps": {"warmup": pretrain.warmup_steps, "contrastive": steps}},
-        },
-    }, indent=1))
+    print(
+        json.dumps(
+            {
+                "threads": torch.get_num_threads(),
+                "matmul_gflops": gflops,
+                "contrastive_step_s": {k: round(v, 3) for k, v in step_s.items()},
+                "warmup_step_s": round(warmup_s, 3),
+                "projected_loops_s": round(loops, 1),
+                "checks": {
+                    **{
+                        name: {"value": round(value, 3), "limit": limit, "within": value >= limit}
+                        for name, (value, limit) in speedups.items()
+                    },
+                    "projected_loops_s": {
+                        "value": round(loops, 1),
+                        "limit": LOOPS_LIMIT_S,
+                        "within": loops <= LOOPS_LIMIT_S,
+                        "steps": {"warmup": pretrain.warmup_steps, "contrastive": steps},
+                    },
+                },
+            },
+            indent=1,
+        )
+    )
 
 
 if __name__ == "__main__":

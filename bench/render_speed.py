@@ -3,6 +3,7 @@
 Run from the repository root: `python -m bench.render_speed [--workers W]`.
 Prints JSON: {"videos_per_second": ..., "videos": N, "workers": W, "seconds": ...}.
 """
+
 from __future__ import annotations
 
 import argparse

@@ -35,6 +35,7 @@ share of a step's wall time the training thread waits for data, measured in a sh
 loop at --batch on the same cache, before (synchronous) and after (prefetching).
 saved_mib: the size of models/trained/weights.pt (trainable weights only) per method; zeroshot saves none.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -110,8 +111,9 @@ class Trainer:
 
 
 def random_batch(batch: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    tokens = open_clip.get_tokenizer(BACKBONE)([f"a video of thing number {i}" for i in range(batch)],
-                                               context_length=32).to(device)
+    tokens = open_clip.get_tokenizer(BACKBONE)(
+        [f"a video of thing number {i}" for i in range(batch)], context_length=32
+    ).to(device)
     return tokens, torch.randn(batch, FRAMES, 3, SIZE, SIZE, device=device)
 
 
@@ -130,7 +132,7 @@ def measure(name: str, batch: int, steps: int, device: torch.device) -> dict:
     allocator = {label: [] for label in SETTINGS}
     cpu = torch.device("cpu")
     for i in range(steps):
-        for label in (SETTINGS if i % 2 == 0 else reversed(SETTINGS)):  # off, on, then on, off: no drift
+        for label in SETTINGS if i % 2 == 0 else reversed(SETTINGS):  # off, on, then on, off: no drift
             trainer.method.encoder.activation_checkpointing = SETTINGS[label]
             trainer.optimizer.zero_grad(set_to_none=True)  # the last step's gradients leave the window
             synchronize(device)
@@ -143,12 +145,18 @@ def measure(name: str, batch: int, steps: int, device: torch.device) -> dict:
             process[label].append(peak_memory(cpu) - rss)
             if device.type == "cuda":
                 allocator[label].append(peak_memory(device) - allocated)
-    out["checkpointing_step_time_ratio"] = round(statistics.median(
-        on / off for on, off in zip(seconds["checkpointing_on"], seconds["checkpointing_off"])), 3)
+    out["checkpointing_step_time_ratio"] = round(
+        statistics.median(on / off for on, off in zip(seconds["checkpointing_on"], seconds["checkpointing_off"])), 3
+    )
     for label in SETTINGS:
         step_s = statistics.median(seconds[label])
-        out[label].update({"step_s": round(step_s, 3), "videos_per_s": round(batch / step_s, 3),
-                           "process_peak_mib_per_video": round(max(process[label]) / batch, 1)})
+        out[label].update(
+            {
+                "step_s": round(step_s, 3),
+                "videos_per_s": round(batch / step_s, 3),
+                "process_peak_mib_per_video": round(max(process[label]) / batch, 1),
+            }
+        )
         if device.type == "cuda":
             out[label]["cuda_peak_mib_per_video"] = round(max(allocator[label]) / batch, 1)
     return out
@@ -156,11 +164,13 @@ def measure(name: str, batch: int, steps: int, device: torch.device) -> dict:
 
 # ---- the data path --------------------------------------------------------------------------------
 
+
 def write_cache(folder: Path, videos: int, codec: str = "raw") -> Path:
     """A training split's frames, (V, T * K, 3, S, S) uint8, twice: memory-mapped as the cache held
     them before the frame store (pixels.npy, for `legacy_read`), and as a frame store in `codec`."""
-    pixels = np.lib.format.open_memmap(folder / "pixels.npy", mode="w+", dtype=np.uint8,
-                                       shape=(videos, FRAMES * CANDIDATES, 3, SIZE, SIZE))
+    pixels = np.lib.format.open_memmap(
+        folder / "pixels.npy", mode="w+", dtype=np.uint8, shape=(videos, FRAMES * CANDIDATES, 3, SIZE, SIZE)
+    )
     pattern = np.arange(FRAMES * CANDIDATES * 3 * SIZE * SIZE, dtype=np.uint64).astype(np.uint8)
     for v in range(videos):
         pixels[v] = (pattern + v).reshape(pixels.shape[1:])
@@ -174,12 +184,23 @@ def cached_split(folder: Path) -> CachedSplit:
     store = FrameStore(folder / "store", "preprocess", default_threads())
     videos = len(store.videos)
     rows = np.stack([store.rows_of(str(v)) for v in range(videos)])
-    tokens = open_clip.get_tokenizer(BACKBONE)([f"a video of thing number {i}" for i in range(videos)],
-                                               context_length=32)
+    tokens = open_clip.get_tokenizer(BACKBONE)(
+        [f"a video of thing number {i}" for i in range(videos)], context_length=32
+    )
     mean, std = torch.tensor(OPENAI_DATASET_MEAN), torch.tensor(OPENAI_DATASET_STD)
-    return CachedSplit(store=store, rows=rows, tokens=tokens, caption_video=torch.arange(videos), texts=[""] * videos,
-                       categories=["static"] * videos, twins=torch.full((videos,), -1),
-                       video_ids=[str(v) for v in range(videos)], mean=mean, std=std, candidates=CANDIDATES)
+    return CachedSplit(
+        store=store,
+        rows=rows,
+        tokens=tokens,
+        caption_video=torch.arange(videos),
+        texts=[""] * videos,
+        categories=["static"] * videos,
+        twins=torch.full((videos,), -1),
+        video_ids=[str(v) for v in range(videos)],
+        mean=mean,
+        std=std,
+        candidates=CANDIDATES,
+    )
 
 
 def jobs_for(split: CachedSplit, batch: int, count: int, seed: int = 0) -> list:
@@ -192,8 +213,9 @@ def jobs_for(split: CachedSplit, batch: int, count: int, seed: int = 0) -> list:
     return jobs
 
 
-def legacy_read(pixels: np.ndarray, split: CachedSplit, videos: np.ndarray, picks: np.ndarray,
-                device: torch.device) -> torch.Tensor:
+def legacy_read(
+    pixels: np.ndarray, split: CachedSplit, videos: np.ndarray, picks: np.ndarray, device: torch.device
+) -> torch.Tensor:
     """The read before device_batches, as it was: fancy indexing of the memory-mapped pixels,
     normalised on the CPU (three float arrays), then copied."""
     frame = np.arange(split.num_frames) * split.candidates + picks
@@ -276,12 +298,17 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--batch", type=int, default=0, help="videos per training step; 0 = 2 on CPU, 32 on CUDA")
     ap.add_argument("--steps", type=int, default=4, help="timed steps per method and checkpointing setting")
-    ap.add_argument("--data-batch", type=int, default=128, help="videos per batch of the data path (the paper's "
-                                                                "per-GPU batch)")
+    ap.add_argument(
+        "--data-batch", type=int, default=128, help="videos per batch of the data path (the paper's per-GPU batch)"
+    )
     ap.add_argument("--data-batches", type=int, default=3, help="timed batches per data path")
     ap.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    ap.add_argument("--codec", choices=sorted(CODECS), default="raw", help="the data path's frame store (jpeg: "
-                    "quality 90; bench.disk measures the JPEG path on natural images)")
+    ap.add_argument(
+        "--codec",
+        choices=sorted(CODECS),
+        default="raw",
+        help="the data path's frame store (jpeg: quality 90; bench.disk measures the JPEG path on natural images)",
+    )
     ap.add_argument("--child", choices=METHODS, help=argparse.SUPPRESS)
     ap.add_argument("--child-wait", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -301,38 +328,81 @@ def main() -> None:
         waits = child(["--child-wait", str(path), *common])
     dgl, full = runs["dgl"], runs["full"]
     model_steps = dgl["checkpointing_off"]["videos_per_s"] / args.data_batch  # at the data path's batch
-    print(json.dumps({
-        "device": device_name(device), "backbone": BACKBONE, "batch": batch, "frames": FRAMES, "size": SIZE,
-        "amp": str(pick_precision("auto", device).dtype or "off"), "runs": runs,
-        "speedup_dgl_over_full": round(dgl["checkpointing_off"]["videos_per_s"]
-                                       / full["checkpointing_off"]["videos_per_s"], 2),
-        "memory_ratio_full_over_dgl": round(full["checkpointing_off"]["activation_mib_per_video"]
-                                            / dgl["checkpointing_off"]["activation_mib_per_video"], 2),
-        "process_peak_dgl_checkpointed_over_full": round(dgl["checkpointing_on"]["process_peak_mib_per_video"]
-                                                         / full["checkpointing_off"]["process_peak_mib_per_video"], 3),
-        "data_path": {"batch": args.data_batch, "frames": FRAMES, "candidates": CANDIDATES, "size": SIZE,
-                      "batches_per_s": rates, "model_steps_per_s": round(model_steps, 5),
-                      "wait": {"batch": batch, "steps": args.steps, **waits}},
-        "checks": {
-            "dgl_over_full_activation": check(
-                dgl["checkpointing_on"]["activation_mib_per_video"] / full["checkpointing_off"]["activation_mib_per_video"],
-                LIMITS["activation"], compared="saved for backward per video: DGL with checkpointing over full "
-                                               "fine-tuning without (as users run it)"),
-            **({"dgl_over_full_cuda_peak": check(
-                dgl["checkpointing_on"]["cuda_peak_mib_per_video"] / full["checkpointing_off"]["cuda_peak_mib_per_video"],
-                LIMITS["activation"], compared="CUDA allocator peak per video, same pair")} if device.type == "cuda" else {}),
-            "dgl_checkpointing_step_time": check(
-                dgl["checkpointing_step_time_ratio"], LIMITS["step_time"],
-                compared="DGL's step time with checkpointing over without: the median over adjacent pairs of steps"),
-            "data_wait_share": check(waits["after"]["wait_share"], LIMITS["wait_share"],
-                                     compared=f"share of a DGL training step's wall time waiting for data, "
-                                              f"prefetching, batch {batch}"),
-            "data_over_model_rate": check(rates["after_prefetch"] / model_steps, LIMITS["data_over_model"], at_least=True,
-                                          compared=f"batches read per second over DGL steps per second at "
-                                                   f"batch {args.data_batch}: at least 1 keeps up"),
-        },
-        "saved_mib": saved_sizes(),
-    }))
+    print(
+        json.dumps(
+            {
+                "device": device_name(device),
+                "backbone": BACKBONE,
+                "batch": batch,
+                "frames": FRAMES,
+                "size": SIZE,
+                "amp": str(pick_precision("auto", device).dtype or "off"),
+                "runs": runs,
+                "speedup_dgl_over_full": round(
+                    dgl["checkpointing_off"]["videos_per_s"] / full["checkpointing_off"]["videos_per_s"], 2
+                ),
+                "memory_ratio_full_over_dgl": round(
+                    full["checkpointing_off"]["activation_mib_per_video"]
+                    / dgl["checkpointing_off"]["activation_mib_per_video"],
+                    2,
+                ),
+                "process_peak_dgl_checkpointed_over_full": round(
+                    dgl["checkpointing_on"]["process_peak_mib_per_video"]
+                    / full["checkpointing_off"]["process_peak_mib_per_video"],
+                    3,
+                ),
+                "data_path": {
+                    "batch": args.data_batch,
+                    "frames": FRAMES,
+                    "candidates": CANDIDATES,
+                    "size": SIZE,
+                    "batches_per_s": rates,
+                    "model_steps_per_s": round(model_steps, 5),
+                    "wait": {"batch": batch, "steps": args.steps, **waits},
+                },
+                "checks": {
+                    "dgl_over_full_activation": check(
+                        dgl["checkpointing_on"]["activation_mib_per_video"]
+                        / full["checkpointing_off"]["activation_mib_per_video"],
+                        LIMITS["activation"],
+                        compared="saved for backward per video: DGL with checkpointing over full "
+                        "fine-tuning without (as users run it)",
+                    ),
+                    **(
+                        {
+                            "dgl_over_full_cuda_peak": check(
+                                dgl["checkpointing_on"]["cuda_peak_mib_per_video"]
+                                / full["checkpointing_off"]["cuda_peak_mib_per_video"],
+                                LIMITS["activation"],
+                                compared="CUDA allocator peak per video, same pair",
+                            )
+                        }
+                        if device.type == "cuda"
+                        else {}
+                    ),
+                    "dgl_checkpointing_step_time": check(
+                        dgl["checkpointing_step_time_ratio"],
+                        LIMITS["step_time"],
+                        compared="DGL's step time with checkpointing over without: the median over adjacent pairs of steps",
+                    ),
+                    "data_wait_share": check(
+                        waits["after"]["wait_share"],
+                        LIMITS["wait_share"],
+                        compared=f"share of a DGL training step's wall time waiting for data, "
+                        f"prefetching, batch {batch}",
+                    ),
+                    "data_over_model_rate": check(
+                        rates["after_prefetch"] / model_steps,
+                        LIMITS["data_over_model"],
+                        at_least=True,
+                        compared=f"batches read per second over DGL steps per second at "
+                        f"batch {args.data_batch}: at least 1 keeps up",
+                    ),
+                },
+                "saved_mib": saved_sizes(),
+            }
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ is saved by dgl/models/backbone.py), so a DGL checkpoint is a few MB instead of 
 model.json also holds the `model` group of params.yaml the weights were trained with, and the
 method is rebuilt from it: evaluating never depends on what params.yaml says now. A model.json
 written before it held that group is read with the current params.yaml's group, and says so."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,8 +42,7 @@ def save_trained(method: Method, out_dir: Path, info: dict, model_cfg: ModelConf
     return sha256_of(out_dir / TRAINED_WEIGHTS)
 
 
-def load_trained(trained_dir: Path, backbone_dir: Path, model_cfg: ModelConfig,
-                 num_frames: int) -> tuple[Method, dict]:
+def load_trained(trained_dir: Path, backbone_dir: Path, model_cfg: ModelConfig, num_frames: int) -> tuple[Method, dict]:
     """The trained method and its model.json, with the weights' sha256 added (`weights_sha256`).
 
     The method is built from the configuration saved in model.json (`trained_config`); `model_cfg`,
@@ -51,8 +51,10 @@ def load_trained(trained_dir: Path, backbone_dir: Path, model_cfg: ModelConfig,
     info = _read_info(trained_dir / TRAINED_INFO)
     clip, backbone = load_backbone(backbone_dir)
     if backbone["sha256"] != info["backbone_sha256"]:
-        raise UserError(f"{trained_dir}: trained on another backbone (sha256 {info['backbone_sha256'][:12]}, "
-                        f"now {backbone['sha256'][:12]}); re-run `dvc repro train`")
+        raise UserError(
+            f"{trained_dir}: trained on another backbone (sha256 {info['backbone_sha256'][:12]}, "
+            f"now {backbone['sha256'][:12]}); re-run `dvc repro train`"
+        )
     cfg = trained_config(trained_dir / TRAINED_INFO, info, model_cfg)
     method = build_method(info["method"], clip, cfg, num_frames)
     weights = trained_dir / TRAINED_WEIGHTS
@@ -72,8 +74,10 @@ def load_trained(trained_dir: Path, backbone_dir: Path, model_cfg: ModelConfig,
     trainable = {n for n, p in method.named_parameters() if p.requires_grad}
     wrong = [n for n in sorted(set(state) & set(own)) if state[n].shape != own[n].shape]
     if unexpected or wrong or trainable - set(state):
-        raise UserError(f"{weights}: weights do not match method {info['method']!r} as configured "
-                        f"(e.g. {(unexpected + wrong + sorted(trainable - set(state)))[0]}); {REBUILD}")
+        raise UserError(
+            f"{weights}: weights do not match method {info['method']!r} as configured "
+            f"(e.g. {(unexpected + wrong + sorted(trainable - set(state)))[0]}); {REBUILD}"
+        )
     method.load_state_dict(state, strict=False)
     return method, {**info, "weights_sha256": sha256_of(weights)}
 
@@ -84,9 +88,11 @@ def trained_config(path: Path, info: dict, current: ModelConfig) -> ModelConfig:
     it was saved) falls back to `current` entirely, with a notice."""
     saved = info.get(MODEL_KEY)
     if saved is None:
-        print(f"{path}: no saved model configuration (written by an older version); building the method from "
-              f"params.yaml's `model` group, which must be what it was trained with ({REBUILD} to save it)",
-              file=sys.stderr)
+        print(
+            f"{path}: no saved model configuration (written by an older version); building the method from "
+            f"params.yaml's `model` group, which must be what it was trained with ({REBUILD} to save it)",
+            file=sys.stderr,
+        )
         return current
     if not isinstance(saved, dict):
         raise UserError(f"{path}: damaged ({MODEL_KEY!r} is not a mapping); {REBUILD}")

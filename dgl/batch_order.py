@@ -1,5 +1,6 @@
 """The training protocol's order of samples: the validation hold-out (twins together), each epoch's
 (video, caption) samples, and their cut into contrastive batches. Nothing here touches a tensor."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -51,8 +52,9 @@ def _spread(groups: list[list[Sample]], rng: np.random.Generator) -> list[list[S
     return [unit for _, _, unit in sorted(timed, key=lambda x: (x[0], x[1]))]
 
 
-def epoch_samples(view: SplitView, captions: str, rng: np.random.Generator,
-                  sampler: str = "random") -> list[list[Sample]]:
+def epoch_samples(
+    view: SplitView, captions: str, rng: np.random.Generator, sampler: str = "random"
+) -> list[list[Sample]]:
     """One epoch's (video, caption) samples in training order, as units that share a batch.
 
     train.captions:
@@ -113,4 +115,3 @@ def into_batches(units: list[list[Sample]], batch_size: int, parts: int) -> list
             batches[-1].insert(0, give)
     trimmed = [np.array(b[: len(b) // parts * parts]) for b in batches]
     return [(b[:, 0], b[:, 1]) for b in trimmed if len(b) >= 2]
-

@@ -16,6 +16,7 @@ stage does the same for a checkpoint of other params whenever params.yaml change
 orphan checkpoint nor a run stuck in RUNNING. A training killed before its first checkpoint leaves
 only `<checkpoint>.run`, its run's id, written as the run starts: both stages end that run alike.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -35,8 +36,16 @@ from dgl.typed_yaml import flatten
 GROUPS = ("ffmpeg", "data", "frames", "preprocess", "model", "train")
 # These change only speed, or where processes run: train.batch_size is the global batch whatever the
 # processes, machines and sub-batches.
-SPEED_ONLY = {"frames.workers", "train.threads", "train.nproc", "train.accum_steps", "train.activation_checkpointing",
-              "train.nnodes", "train.rdzv_endpoint", "train.dist_timeout"}
+SPEED_ONLY = {
+    "frames.workers",
+    "train.threads",
+    "train.nproc",
+    "train.accum_steps",
+    "train.activation_checkpointing",
+    "train.nnodes",
+    "train.rdzv_endpoint",
+    "train.dist_timeout",
+}
 
 
 def params_fingerprint(params) -> str:
@@ -76,8 +85,11 @@ class Checkpoint:
             return state
         self.abandoned, self.abandoned_run_id = True, _run_id(state)
         if verbose:
-            print(f"{self.path}: {reason or 'made with other params or another backbone'}; ignored, training "
-                  "starts afresh", file=sys.stderr)
+            print(
+                f"{self.path}: {reason or 'made with other params or another backbone'}; ignored, training "
+                "starts afresh",
+                file=sys.stderr,
+            )
         return None
 
     def save(self, state: dict) -> None:
@@ -121,8 +133,14 @@ def _marked_run(marker: Path) -> str | None:
 
 def non_finite(state: dict) -> str | None:
     """The name of the first floating-point tensor of `state` that holds NaN or inf, else None."""
-    return next((name for name, t in state.items()
-                 if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()), None)
+    return next(
+        (
+            name
+            for name, t in state.items()
+            if isinstance(t, torch.Tensor) and t.is_floating_point() and not torch.isfinite(t).all()
+        ),
+        None,
+    )
 
 
 def _read(path: Path, mmap: bool = True) -> tuple[dict | None, str | None]:
@@ -159,8 +177,12 @@ def abandoned_by(path: Path, params) -> tuple[bool, str | None]:
 
 def rng_state(batches: np.random.Generator) -> dict:
     """Every RNG training may draw from; `batches` is the generator that shuffles and picks captions."""
-    return {"python": random.getstate(), "batches": batches.bit_generator.state, "torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
+    return {
+        "python": random.getstate(),
+        "batches": batches.bit_generator.state,
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
 
 
 def set_rng_state(state: dict, batches: np.random.Generator) -> None:

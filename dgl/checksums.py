@@ -1,4 +1,5 @@
 """File checksums and the manifest that records them (data/raw/<dataset>/manifest.json)."""
+
 from __future__ import annotations
 
 import hashlib

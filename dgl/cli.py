@@ -1,5 +1,6 @@
 """What every command-line entry point shares: one-line errors, a stage's arguments, progress lines
 and bars. Writing the outputs (atomically, refusing an unwritable one first) is dgl/files.py's."""
+
 from __future__ import annotations
 
 import argparse
@@ -7,7 +8,7 @@ import functools
 import os
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 from dgl.errors import DISK_FULL, USER_ERROR, UserError
 
@@ -26,8 +27,10 @@ def entry_point(main: Callable[[], None]) -> Callable[[], None]:
         except OSError as e:
             if e.errno not in DISK_FULL:
                 raise
-            print(f"error: {e.filename or 'an output'}: {os.strerror(e.errno)}; free some space and run again",
-                  file=sys.stderr)
+            print(
+                f"error: {e.filename or 'an output'}: {os.strerror(e.errno)}; free some space and run again",
+                file=sys.stderr,
+            )
             sys.exit(USER_ERROR)
         except KeyboardInterrupt:
             print("interrupted; outputs were left as they were", file=sys.stderr)
@@ -46,8 +49,11 @@ class StageArguments(argparse.ArgumentParser):
 
     def error(self, message: str):
         self.print_usage(sys.stderr)
-        self.exit(2, f"error: {message}; dvc.yaml gives stage {self.stage} its paths: run it with "
-                     f"`dvc repro -s {self.stage}` (`dvc repro` runs the whole chain)\n")
+        self.exit(
+            2,
+            f"error: {message}; dvc.yaml gives stage {self.stage} its paths: run it with "
+            f"`dvc repro -s {self.stage}` (`dvc repro` runs the whole chain)\n",
+        )
 
 
 def show_progress() -> bool:
@@ -67,8 +73,18 @@ class LogLines:
     that printed any, e.g. `pretrain backbone: 120/390 step (31%)  1m02s  ETA 2m17s  loss=1.234`.
     A loop shorter than LOG_EVERY prints nothing."""
 
-    def __init__(self, iterable=None, total: int | None = None, desc: str = "", unit: str = "it",
-                 initial: int = 0, unit_scale: bool = False, every: float = LOG_EVERY, stream=None, **_ignored):
+    def __init__(
+        self,
+        iterable=None,
+        total: int | None = None,
+        desc: str = "",
+        unit: str = "it",
+        initial: int = 0,
+        unit_scale: bool = False,
+        every: float = LOG_EVERY,
+        stream=None,
+        **_ignored,
+    ):
         self.iterable, self.total, self.desc, self.unit = iterable, total, desc, unit
         if total is None and hasattr(iterable, "__len__"):
             self.total = len(iterable)
@@ -83,7 +99,7 @@ class LogLines:
             self.update()
         self.close()
 
-    def __enter__(self) -> "LogLines":
+    def __enter__(self) -> LogLines:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -112,8 +128,11 @@ class LogLines:
         where = self._count(self.n) + (f"/{self._count(self.total)}" if self.total else "") + unit
         if self.total:
             where += f" ({100 * self.n / self.total:.0f}%)"
-        eta = (f"  ETA {duration(took / done * (self.total - self.n))}"
-               if self.total and done > 0 and self.n < self.total else "")
+        eta = (
+            f"  ETA {duration(took / done * (self.total - self.n))}"
+            if self.total and done > 0 and self.n < self.total
+            else ""
+        )
         print(f"{self.desc}: {where}  {duration(took)}{eta}{self.postfix}", file=self.stream or sys.stderr, flush=True)
         self.printed, self.shown = True, self.n
 
@@ -151,7 +170,13 @@ class EpochLog:
         now = time.monotonic()
         took, self.last = now - self.last, now
         eta = (now - self.start) / (epoch - self.first + 1) * (self.epochs - epoch)
-        val = (f"  val R@1 {record['val_t2v_R1']:.1f} t2v / {record['val_v2t_R1']:.1f} v2t"
-               if "val_t2v_R1" in record and "val_v2t_R1" in record else "")
-        print(f"epoch {epoch}/{self.epochs}  loss {record['train_loss']:.4f}{val}  {duration(took)}  ETA {duration(eta)}",
-              file=self.stream or sys.stderr, flush=True)
+        val = (
+            f"  val R@1 {record['val_t2v_R1']:.1f} t2v / {record['val_v2t_R1']:.1f} v2t"
+            if "val_t2v_R1" in record and "val_v2t_R1" in record
+            else ""
+        )
+        print(
+            f"epoch {epoch}/{self.epochs}  loss {record['train_loss']:.4f}{val}  {duration(took)}  ETA {duration(eta)}",
+            file=self.stream or sys.stderr,
+            flush=True,
+        )

@@ -7,6 +7,7 @@ differently across threads and SIMD widths: expect differences in the last bits,
 rank and so a recall by a caption or two), and GPU kernels (cuBLAS, cuDNN and atomics in
 attention differ by device and driver; with these settings torch warns where it cannot be exact).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -1,4 +1,5 @@
 """The device a stage runs on, from params (train.device); train, evaluate and dgl.search share it."""
+
 from __future__ import annotations
 
 import torch

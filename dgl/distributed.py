@@ -7,15 +7,16 @@ the same global batches and encodes its own slice; `gather` builds the global ba
 the contrastive loss and `data_parallel` sums the ranks' gradients, so training equals one process
 on the whole batch (see dgl.train.contrastive_step).
 """
+
 from __future__ import annotations
 
 import contextlib
 import os
 import re
 import socket
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Iterator
 
 import torch
 import torch.distributed as dist
@@ -55,8 +56,9 @@ def check_nproc(nproc: int, device: torch.device) -> None:
     else:
         available, what = len(os.sched_getaffinity(0)), "CPU cores available to this process"
     if nproc > available:
-        raise UserError(f"params: train.nproc = {nproc} processes, but there are {available} {what}; "
-                        f"use train.nproc <= {available}")
+        raise UserError(
+            f"params: train.nproc = {nproc} processes, but there are {available} {what}; use train.nproc <= {available}"
+        )
 
 
 @contextlib.contextmanager
@@ -78,9 +80,11 @@ def process_group(device: torch.device, timeout_s: int = 300) -> Iterator[tuple[
     except RuntimeError as e:
         if not lost_peer(e):
             raise
-        raise UserError(f"rank {rank} of {world} on {socket.gethostname()}: lost the other processes "
-                        f"({_what(e)}); a process or machine died, or stalled beyond "
-                        f"train.dist_timeout = {timeout_s} s: see the other machines' logs") from None
+        raise UserError(
+            f"rank {rank} of {world} on {socket.gethostname()}: lost the other processes "
+            f"({_what(e)}); a process or machine died, or stalled beyond "
+            f"train.dist_timeout = {timeout_s} s: see the other machines' logs"
+        ) from None
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()
@@ -110,9 +114,11 @@ def _ignore_in_ddp(module: nn.Module, names: list[str]) -> None:
         return
     setter = getattr(DistributedDataParallel, "_set_params_and_buffers_to_ignore_for_model", None)
     if setter is None:
-        raise UserError(f"torch {torch.__version__}: DistributedDataParallel no longer offers "
-                        "_set_params_and_buffers_to_ignore_for_model, which multi-process training of "
-                        f"{', '.join(names)} relies on (dgl/distributed.py); use train.nproc: 1 or an older torch")
+        raise UserError(
+            f"torch {torch.__version__}: DistributedDataParallel no longer offers "
+            "_set_params_and_buffers_to_ignore_for_model, which multi-process training of "
+            f"{', '.join(names)} relies on (dgl/distributed.py); use train.nproc: 1 or an older torch"
+        )
     setter(module, names)
 
 

@@ -1,4 +1,5 @@
 """User-facing errors: one line that names the thing and what to do, no traceback."""
+
 from __future__ import annotations
 
 import errno

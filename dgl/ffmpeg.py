@@ -6,6 +6,7 @@ imageio-ffmpeg wheel pinned in requirements.txt ships: the same bytes on every m
 `system` runs the ffmpeg on PATH instead (e.g. for a codec the static build lacks); the outputs
 record which binary made them (`toolchain()`), so a lock made with another build shows why.
 """
+
 from __future__ import annotations
 
 import functools
@@ -15,6 +16,7 @@ import subprocess
 
 from dgl.checksums import sha256_of
 from dgl.errors import UserError
+
 
 @functools.cache
 def ffmpeg_exe(which: str = "pinned") -> str:
@@ -29,8 +31,10 @@ def ffmpeg_exe(which: str = "pinned") -> str:
     binaries = importlib.resources.files("imageio_ffmpeg.binaries")
     shipped = sorted(p for p in binaries.iterdir() if p.name.startswith("ffmpeg-"))
     if not shipped:
-        raise UserError("the installed imageio-ffmpeg ships no ffmpeg binary for this platform; "
-                        "reinstall it from its platform wheel (make setup) or set `ffmpeg: system` in params.yaml")
+        raise UserError(
+            "the installed imageio-ffmpeg ships no ffmpeg binary for this platform; "
+            "reinstall it from its platform wheel (make setup) or set `ffmpeg: system` in params.yaml"
+        )
     return str(shipped[0])
 
 

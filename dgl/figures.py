@@ -11,6 +11,7 @@ Each figure's title names the method and the test split. Not the run: a figure i
 the same params must give the same bytes (a run name holds the time).
 Drawn on matplotlib's Agg canvas (no display needed); sizes are fixed: `DPI` and inches per cell.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -27,7 +28,10 @@ from dgl.models.methods import Method
 DPI = 100
 FRAME_INCHES = 1.2  # one frame of the attention figure; its bars below take 0.8 of that
 ATTENTION_ROW = 1.9  # one video's row of the attention figure (caption, frames, bars), in FRAME_INCHES
-CELL_INCHES = (1.9, 1.2)  # one ranked video of the retrieval figure: 3 frames of ~0.55 inch (width, height incl. titles)
+CELL_INCHES = (
+    1.9,
+    1.2,
+)  # one ranked video of the retrieval figure: 3 frames of ~0.55 inch (width, height incl. titles)
 TITLE_INCHES = 0.6  # the figure's title band
 TOP_K = 5
 MAX_WIDTH_PX = 1000  # the retrieval figure's width: MLflow's artifact pane shows it without scaling it down
@@ -58,9 +62,11 @@ def global_attention_title(method: Method) -> str:
     """Which attention attention_maps.global_frame_attention shows: block, prompts and heads."""
     blocks = method.clip.visual.transformer.resblocks
     _, prompts = method.prompts()
-    return (f"last vision block ({len(blocks)} of {len(blocks)}): its {prompts.global_.shape[0]} global prompts' "
-            f"attention, averaged over them and {blocks[-1].attn.num_heads} heads\n"
-            "summed over each frame's tokens; dashed line: uniform")
+    return (
+        f"last vision block ({len(blocks)} of {len(blocks)}): its {prompts.global_.shape[0]} global prompts' "
+        f"attention, averaged over them and {blocks[-1].attn.num_heads} heads\n"
+        "summed over each frame's tokens; dashed line: uniform"
+    )
 
 
 def draw_frame_attention(frames: np.ndarray, weights: np.ndarray, titles: list[str], title: str, path: Path) -> None:
@@ -72,8 +78,9 @@ def draw_frame_attention(frames: np.ndarray, weights: np.ndarray, titles: list[s
     rows = fig.subfigures(n + 1, 1, height_ratios=[1 - top] + [top / n] * n)[1:]
     for row, sub in enumerate(rows):
         sub.suptitle(f'"{titles[row]}"', fontsize=8)
-        grid = sub.add_gridspec(2, t, height_ratios=[1, 0.8], wspace=0.15, hspace=0.3, top=0.88, bottom=0.12,
-                                left=0.1, right=0.97)
+        grid = sub.add_gridspec(
+            2, t, height_ratios=[1, 0.8], wspace=0.15, hspace=0.3, top=0.88, bottom=0.12, left=0.1, right=0.97
+        )
         for i in range(t):
             ax = sub.add_subplot(grid[0, i])
             ax.imshow(frames[row, i].transpose(1, 2, 0))
@@ -89,8 +96,15 @@ def draw_frame_attention(frames: np.ndarray, weights: np.ndarray, titles: list[s
     fig.savefig(path)
 
 
-def draw_retrieval(frames: np.ndarray, titles: list[str], ranked: np.ndarray, answers: np.ndarray,
-                   twins: np.ndarray, title: str, path: Path) -> None:
+def draw_retrieval(
+    frames: np.ndarray,
+    titles: list[str],
+    ranked: np.ndarray,
+    answers: np.ndarray,
+    twins: np.ndarray,
+    title: str,
+    path: Path,
+) -> None:
     """frames uint8 (Q, K, T, 3, S, S): per query its ranked videos' frames; per query a title, its
     ranked (Q, K) videos, best first, its correct video, answers (Q,), and that video's twin, twins
     (Q,), -1 where none: each query a row of videos (first, middle and last frame)."""
@@ -104,15 +118,17 @@ def draw_retrieval(frames: np.ndarray, titles: list[str], ranked: np.ndarray, an
     rows = fig.subfigures(q + 1, 1, height_ratios=[1 - top] + [top / q] * q)[1:]
     for row, sub in enumerate(rows):
         sub.suptitle(titles[row], fontsize=8)
-        axes = np.atleast_1d(sub.subplots(1, k, gridspec_kw={"wspace": 0.1, "bottom": 0.14, "top": 0.7,
-                                                                  "left": 0.02, "right": 0.98}))
+        axes = np.atleast_1d(
+            sub.subplots(1, k, gridspec_kw={"wspace": 0.1, "bottom": 0.14, "top": 0.7, "left": 0.02, "right": 0.98})
+        )
         for rank, (ax, video) in enumerate(zip(axes, ranked[row]), start=1):
             ax.imshow(strip(frames[row, rank - 1, shown]))
             ax.set_xticks(centres, [f"{i + 1}" for i in shown], fontsize=7)
             ax.set_yticks([])
             colour, label = MARKS.get(mark(video, answers[row], twins[row]), ("black", ""))
-            ax.set_title(f"#{rank}  {label}".rstrip(), fontsize=8, color=colour,
-                         fontweight="bold" if label else "normal")
+            ax.set_title(
+                f"#{rank}  {label}".rstrip(), fontsize=8, color=colour, fontweight="bold" if label else "normal"
+            )
             if rank == 1:
                 ax.set_xlabel("frame, time →", fontsize=7, loc="left")
             for spine in ax.spines.values():
@@ -121,8 +137,16 @@ def draw_retrieval(frames: np.ndarray, titles: list[str], ranked: np.ndarray, an
     fig.savefig(path)
 
 
-def write_figures(out_dir: Path, method: Method, split: CachedSplit, text: Tensor, video: Tensor,
-                  device: torch.device, count: int = 4, title: str = "") -> None:
+def write_figures(
+    out_dir: Path,
+    method: Method,
+    split: CachedSplit,
+    text: Tensor,
+    video: Tensor,
+    device: torch.device,
+    count: int = 4,
+    title: str = "",
+) -> None:
     """text (C, E), video (V, E): L2-normalised features of all the split's captions and videos.
     The examples are `count` captions spread evenly over the split, and their videos. `title`: what
     ran on what, e.g. `dgl (ULP generator) on synthetic test`, heads both figures."""
@@ -134,12 +158,21 @@ def write_figures(out_dir: Path, method: Method, split: CachedSplit, text: Tenso
     titles = [split.texts[c] for c in queries]
     suffix = f" — {title}" if title else ""
     shown = split.video_pixels(ranked.ravel()).reshape(*ranked.shape, split.num_frames, *split.frame_shape)
-    draw_retrieval(shown, [f'"{t}"  (correct video: rank {r} of {len(video)})' for t, r in zip(titles, rank.tolist())],
-                   ranked, answers, split.twins[answers].numpy(),
-                   f"Text-to-video retrieval, the top {ranked.shape[1]} videos per caption{suffix}",
-                   out_dir / "retrieval.png")
+    draw_retrieval(
+        shown,
+        [f'"{t}"  (correct video: rank {r} of {len(video)})' for t, r in zip(titles, rank.tolist())],
+        ranked,
+        answers,
+        split.twins[answers].numpy(),
+        f"Text-to-video retrieval, the top {ranked.shape[1]} videos per caption{suffix}",
+        out_dir / "retrieval.png",
+    )
     if has_global_prompts(method):
         weights = global_frame_attention(method, split.video_batch(answers).to(device)).cpu().numpy()
-        draw_frame_attention(split.video_pixels(answers), weights, titles,
-                             f"Where the global prompts look{suffix}\n{global_attention_title(method)}",
-                             out_dir / "attention.png")
+        draw_frame_attention(
+            split.video_pixels(answers),
+            weights,
+            titles,
+            f"Where the global prompts look{suffix}\n{global_attention_title(method)}",
+            out_dir / "attention.png",
+        )

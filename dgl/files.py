@@ -1,12 +1,13 @@
 """Writing outputs: refuse an unwritable one before any work, write files and folders atomically (a
 sibling `.partial` renamed at the end), and report a full disk as such, with the partial output removed."""
+
 from __future__ import annotations
 
 import contextlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from dgl.errors import UserError, disk_full
 
@@ -23,8 +24,10 @@ def check_writable(*paths: Path) -> None:
             raise UserError(f"{path}: cannot be written, {parent} is a file, not a folder; move it away")
         for folder in (parent, path):
             if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
-                raise UserError(f"{path}: cannot be written, {folder} is not writable; "
-                                f"make it writable (chmod u+w {folder}) and run again")
+                raise UserError(
+                    f"{path}: cannot be written, {folder} is not writable; "
+                    f"make it writable (chmod u+w {folder}) and run again"
+                )
 
 
 @contextlib.contextmanager
@@ -43,8 +46,12 @@ def atomic_dir(target: Path, keep_partial: bool = False) -> Iterator[Path]:
         if not keep_partial:
             shutil.rmtree(work, ignore_errors=True)
         full = isinstance(e, OSError) and disk_full(
-            e, target, f"{work} is kept for the next run to resume from" if keep_partial
-            else f"the partial output was removed and {target} left as it was")
+            e,
+            target,
+            f"{work} is kept for the next run to resume from"
+            if keep_partial
+            else f"the partial output was removed and {target} left as it was",
+        )
         if full:
             raise full from None
         raise

@@ -20,6 +20,7 @@ reads for these flags), then what the scheduler knows of this job, then params.y
 waits for the others in a collective (dgl.distributed.process_group), so a node that dies or stalls
 ends the others' runs instead of hanging them.
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,8 @@ import signal
 import socket
 import subprocess
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Mapping
 
 from dgl.errors import USER_ERROR, UserError
 from dgl.settings import C10D_PORT, check_endpoint
@@ -62,8 +63,10 @@ def under_torchrun() -> bool:
 def _count(env: Mapping[str, str], name: str) -> int:
     value = env[name]
     if not value.isdigit() or int(value) < 1:
-        raise UserError(f"{name} = {value!r} must be a whole number of at least 1 (elastic ranges such as 1:4 "
-                        f"are not supported); unset it or fix it")
+        raise UserError(
+            f"{name} = {value!r} must be a whole number of at least 1 (elastic ranges such as 1:4 "
+            f"are not supported); unset it or fix it"
+        )
     return int(value)
 
 
@@ -84,25 +87,35 @@ def resolve(cfg, env: Mapping[str, str] = os.environ) -> Launch:
         return name, convert(env, name) if name in env and (slurm or not scheduler) else None
 
     slurm_host = env.get("SLURMD_NODENAME") if slurm else None
-    nnodes = first("nnodes", var("PET_NNODES", _count), var("SLURM_JOB_NUM_NODES", _count, scheduler=True),
-                   ("train.nnodes", cfg.nnodes))
+    nnodes = first(
+        "nnodes",
+        var("PET_NNODES", _count),
+        var("SLURM_JOB_NUM_NODES", _count, scheduler=True),
+        ("train.nnodes", cfg.nnodes),
+    )
     nproc = first("nproc", var("PET_NPROC_PER_NODE", _count), ("train.nproc", cfg.nproc))
-    endpoint = first("endpoint", var("PET_RDZV_ENDPOINT"),
-                     ("SLURMD_NODENAME", slurm_host and f"{slurm_host}:{C10D_PORT}"),
-                     ("train.rdzv_endpoint", cfg.rdzv_endpoint))
+    endpoint = first(
+        "endpoint",
+        var("PET_RDZV_ENDPOINT"),
+        ("SLURMD_NODENAME", slurm_host and f"{slurm_host}:{C10D_PORT}"),
+        ("train.rdzv_endpoint", cfg.rdzv_endpoint),
+    )
     rdzv_id = first("rdzv_id", var("PET_RDZV_ID"), var("SLURM_JOB_ID", scheduler=True), default=DEFAULT_ID)
-    launch = Launch(nnodes, nproc, endpoint, rdzv_id, cfg.dist_timeout, slurm and nnodes > 1,
-                    tuple(sources.items()))
+    launch = Launch(nnodes, nproc, endpoint, rdzv_id, cfg.dist_timeout, slurm and nnodes > 1, tuple(sources.items()))
     if launch.nnodes > 1:
         if not launch.endpoint:
-            raise UserError(f"{nnodes} machines (nnodes from {launch.source('nnodes')}) need a rendezvous "
-                            "endpoint: set train.rdzv_endpoint or PET_RDZV_ENDPOINT to host:port of one of them")
+            raise UserError(
+                f"{nnodes} machines (nnodes from {launch.source('nnodes')}) need a rendezvous "
+                "endpoint: set train.rdzv_endpoint or PET_RDZV_ENDPOINT to host:port of one of them"
+            )
         check_endpoint(launch.endpoint, launch.source("endpoint"))
     parts = launch.world * cfg.accum_steps
     if cfg.batch_size % parts:
-        raise UserError(f"params: train.batch_size = {cfg.batch_size} (the global batch) must split evenly over "
-                        f"{launch.nnodes} machines ({launch.source('nnodes')}) x {launch.nproc} processes "
-                        f"({launch.source('nproc')}) x train.accum_steps = {cfg.accum_steps}; change one of them")
+        raise UserError(
+            f"params: train.batch_size = {cfg.batch_size} (the global batch) must split evenly over "
+            f"{launch.nnodes} machines ({launch.source('nnodes')}) x {launch.nproc} processes "
+            f"({launch.source('nproc')}) x train.accum_steps = {cfg.accum_steps}; change one of them"
+        )
     return launch
 
 
@@ -114,9 +127,15 @@ def torchrun_command(launch: Launch, module: str, argv: list[str]) -> list[str]:
         cmd += ["--standalone", f"--nproc-per-node={launch.nproc}"]
     else:
         t = launch.timeout
-        cmd += [f"--nnodes={launch.nnodes}", f"--nproc-per-node={launch.nproc}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={launch.endpoint}", f"--rdzv-id={launch.rdzv_id}",
-                f"--rdzv-conf=join_timeout={t},read_timeout={t},close_timeout={t}", "--max-restarts=0"]
+        cmd += [
+            f"--nnodes={launch.nnodes}",
+            f"--nproc-per-node={launch.nproc}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={launch.endpoint}",
+            f"--rdzv-id={launch.rdzv_id}",
+            f"--rdzv-conf=join_timeout={t},read_timeout={t},close_timeout={t}",
+            "--max-restarts=0",
+        ]
     return [*cmd, "-m", module, *argv]
 
 
@@ -125,18 +144,26 @@ def node_command(launch: Launch, module: str, argv: list[str]) -> list[str]:
     torchrun = torchrun_command(launch, module, argv)
     if not launch.srun:
         return torchrun
-    return ["srun", f"--nodes={launch.nnodes}", f"--ntasks={launch.nnodes}", "--ntasks-per-node=1",
-            "--kill-on-bad-exit=1", *torchrun]
+    return [
+        "srun",
+        f"--nodes={launch.nnodes}",
+        f"--ntasks={launch.nnodes}",
+        "--ntasks-per-node=1",
+        "--kill-on-bad-exit=1",
+        *torchrun,
+    ]
 
 
 def describe(launch: Launch) -> str:
     """One line for the log: the shape of the run and where each setting came from."""
     if launch.nnodes == 1:
         return f"torchrun: {launch.nproc} processes on this machine ({launch.source('nproc')})"
-    return (f"torchrun: {launch.nnodes} machines ({launch.source('nnodes')}) x {launch.nproc} processes "
-            f"({launch.source('nproc')}), rendezvous {launch.rdzv_id!r} ({launch.source('rdzv_id')}) at "
-            f"{launch.endpoint} ({launch.source('endpoint')}), timeout {launch.timeout} s"
-            + (", every machine's agent started by srun" if launch.srun else ", this machine's agent"))
+    return (
+        f"torchrun: {launch.nnodes} machines ({launch.source('nnodes')}) x {launch.nproc} processes "
+        f"({launch.source('nproc')}), rendezvous {launch.rdzv_id!r} ({launch.source('rdzv_id')}) at "
+        f"{launch.endpoint} ({launch.source('endpoint')}), timeout {launch.timeout} s"
+        + (", every machine's agent started by srun" if launch.srun else ", this machine's agent")
+    )
 
 
 def run_nodes(launch: Launch, module: str, argv: list[str]) -> int:
@@ -147,8 +174,10 @@ def run_nodes(launch: Launch, module: str, argv: list[str]) -> int:
     try:
         return subprocess.run(cmd).returncode
     except FileNotFoundError:
-        raise UserError(f"{cmd[0]}: not found; run the stage inside the SLURM job's batch script, or set "
-                        "PET_NNODES and PET_RDZV_ENDPOINT and start it on each machine yourself") from None
+        raise UserError(
+            f"{cmd[0]}: not found; run the stage inside the SLURM job's batch script, or set "
+            "PET_NNODES and PET_RDZV_ENDPOINT and start it on each machine yourself"
+        ) from None
 
 
 def agent(argv: list[str]) -> None:
@@ -175,13 +204,18 @@ def agent(argv: list[str]) -> None:
         rank, failure = e.get_first_failure()
         if failure.exitcode == USER_ERROR:
             sys.exit(USER_ERROR)
-        how = (f"was killed by {signal.Signals(-failure.exitcode).name}" if failure.exitcode < 0
-               else f"ended with exit code {failure.exitcode}")
+        how = (
+            f"was killed by {signal.Signals(-failure.exitcode).name}"
+            if failure.exitcode < 0
+            else f"ended with exit code {failure.exitcode}"
+        )
         raise UserError(f"torchrun on {host}: rank {rank} (pid {failure.pid}) {how}; its output is above") from None
     except RendezvousError as e:
-        raise UserError(f"torchrun on {host}: rendezvous {args.rdzv_id!r} at {args.rdzv_endpoint} failed "
-                        f"({str(e).strip().splitlines()[0][:160]}): every machine must start within "
-                        "train.dist_timeout and reach it, and the machine serving it must stay up") from None
+        raise UserError(
+            f"torchrun on {host}: rendezvous {args.rdzv_id!r} at {args.rdzv_endpoint} failed "
+            f"({str(e).strip().splitlines()[0][:160]}): every machine must start within "
+            "train.dist_timeout and reach it, and the machine serving it must stay up"
+        ) from None
 
 
 if __name__ == "__main__":

@@ -18,11 +18,12 @@ and its ranks no longer line up with queries, and the multi-caption path takes t
 argsort happens to give, which can put the match first among its ties. A collapsed model (constant
 similarity) must score the worst rank, never a lucky one, so ties here always count against the query.
 """
+
 from __future__ import annotations
 
 import bisect
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -48,9 +49,18 @@ class RetrievalResult:
 
 
 @torch.no_grad()
-def evaluate_retrieval(text_feats: Tensor, video_feats: Tensor, caption_video: Tensor, *,
-                       categories: Sequence[str] | None = None, twins: Tensor | None = None,
-                       wordings: Sequence[str] | None = None, dsl: bool = False, chunk_size: int = 1024, logit_scale: float = 100.0) -> RetrievalResult:
+def evaluate_retrieval(
+    text_feats: Tensor,
+    video_feats: Tensor,
+    caption_video: Tensor,
+    *,
+    categories: Sequence[str] | None = None,
+    twins: Tensor | None = None,
+    wordings: Sequence[str] | None = None,
+    dsl: bool = False,
+    chunk_size: int = 1024,
+    logit_scale: float = 100.0,
+) -> RetrievalResult:
     """Retrieval metrics of L2-normalised text (C, D) and video (V, D) features.
 
     caption_video (C,): index of each caption's video; every video needs at least one caption.
@@ -71,16 +81,29 @@ def evaluate_retrieval(text_feats: Tensor, video_feats: Tensor, caption_video: T
     # DSL's softmax runs over all queries: per video for t2v (V,), per caption for v2t (C,).
     t2v_normaliser = dsl_normaliser(text_feats, video_feats, chunk_size, logit_scale) if dsl else None
     v2t_normaliser = dsl_normaliser(video_feats, text_feats, chunk_size, logit_scale) if dsl else None
-    t2v_ranks, v2t_ranks = (ranks.cpu().numpy() for ranks in retrieval_ranks(
-        text_feats, video_feats, caption_video, *ranking_tiles(caption_video, len(video_feats), chunk_size),
-        t2v_normaliser, v2t_normaliser, logit_scale))
+    t2v_ranks, v2t_ranks = (
+        ranks.cpu().numpy()
+        for ranks in retrieval_ranks(
+            text_feats,
+            video_feats,
+            caption_video,
+            *ranking_tiles(caption_video, len(video_feats), chunk_size),
+            t2v_normaliser,
+            v2t_normaliser,
+            logit_scale,
+        )
+    )
     metrics = rank_metrics("t2v", t2v_ranks) | rank_metrics("v2t", v2t_ranks)
     caption_categories = np.asarray(categories if categories is not None else [""] * len(text_feats), dtype=str)
     metrics |= category_means("t2v_R1", 100.0 * (t2v_ranks == 1), caption_categories)
     if twins is not None:
         twins = twins.to(device=device, dtype=torch.long)
-        content = 100.0 * (content_ranks(text_feats, video_feats, caption_video, twins, chunk_size,
-                                         t2v_normaliser, logit_scale).cpu().numpy() == 1)
+        content = 100.0 * (
+            content_ranks(text_feats, video_feats, caption_video, twins, chunk_size, t2v_normaliser, logit_scale)
+            .cpu()
+            .numpy()
+            == 1
+        )
         metrics |= {"content_R1": float(content.mean())} | category_means("content_R1", content, caption_categories)
         metrics |= pair_accuracy(text_feats, video_feats, caption_video, twins, caption_categories, wordings)
     ks = np.arange(1, min(CURVE_MAX_K, len(video_feats)) + 1)
@@ -88,8 +111,15 @@ def evaluate_retrieval(text_feats: Tensor, video_feats: Tensor, caption_video: T
     return RetrievalResult(metrics, curves, t2v_ranks, v2t_ranks)
 
 
-def check_inputs(text: Tensor, video: Tensor, caption_video: Tensor, categories: Sequence[str] | None,
-                 twins: Tensor | None, chunk_size: int, wordings: Sequence[str] | None = None) -> None:
+def check_inputs(
+    text: Tensor,
+    video: Tensor,
+    caption_video: Tensor,
+    categories: Sequence[str] | None,
+    twins: Tensor | None,
+    chunk_size: int,
+    wordings: Sequence[str] | None = None,
+) -> None:
     num_captions, num_videos = len(text), len(video)
     if text.ndim != 2 or video.ndim != 2 or text.shape[1] != video.shape[1]:
         raise ValueError(f"need text (C, D) and video (V, D) features, got {tuple(text.shape)}, {tuple(video.shape)}")
@@ -197,16 +227,21 @@ def shaped(buffer: Tensor, rows: int, cols: int) -> Tensor:
     return buffer[: rows * cols].view(rows, cols)
 
 
-def tile_scores(queries: Tensor, videos: Tensor, t2v_normaliser: Tensor | None, v2t_normaliser: Tensor | None,
-                logit_scale: float, out: Tensor) -> tuple[Tensor, Tensor]:
+def tile_scores(
+    queries: Tensor,
+    videos: Tensor,
+    t2v_normaliser: Tensor | None,
+    v2t_normaliser: Tensor | None,
+    logit_scale: float,
+    out: Tensor,
+) -> tuple[Tensor, Tensor]:
     """t2v and v2t scores (q, w) of a tile: captions (q, D) against videos (w, D), the similarities
     written into `out`; the same tensor unless DSL re-weights each direction by its own softmax
     (normalisers: (w,) and (q,))."""
     sim = torch.mm(queries, videos.T, out=shaped(out, len(queries), len(videos)))  # (q, w)
     if t2v_normaliser is None:
         return sim, sim
-    return (dual_softmax(sim, t2v_normaliser, logit_scale),
-            dual_softmax(sim, v2t_normaliser[:, None], logit_scale))
+    return (dual_softmax(sim, t2v_normaliser, logit_scale), dual_softmax(sim, v2t_normaliser[:, None], logit_scale))
 
 
 def best_caption_scores(scores: Tensor, group: Tensor, num_groups: int) -> Tensor:
@@ -227,9 +262,16 @@ def count_at_least(scores: Tensor, threshold: Tensor, dim: int, mask: Tensor, on
     return counts.to(torch.int32)
 
 
-def retrieval_ranks(text: Tensor, video: Tensor, caption_video: Tensor, blocks: list[VideoBlock],
-                    spans: list[slice], t2v_normaliser: Tensor | None, v2t_normaliser: Tensor | None,
-                    logit_scale: float) -> tuple[Tensor, Tensor]:
+def retrieval_ranks(
+    text: Tensor,
+    video: Tensor,
+    caption_video: Tensor,
+    blocks: list[VideoBlock],
+    spans: list[slice],
+    t2v_normaliser: Tensor | None,
+    v2t_normaliser: Tensor | None,
+    logit_scale: float,
+) -> tuple[Tensor, Tensor]:
     """1-based t2v ranks (C,) and v2t ranks (V,) from one pass over S (`ranking_tiles`).
 
     First the true scores, each caption chunk's product with its block of videos (block / V of S
@@ -253,9 +295,14 @@ def retrieval_ranks(text: Tensor, video: Tensor, caption_video: Tensor, blocks: 
     ones = torch.ones(max(rows, width), dtype=torch.float32, device=text.device)
 
     def scores(chunk: CaptionChunk, videos: slice, queries: Tensor) -> tuple[Tensor, Tensor]:
-        return tile_scores(queries, video[videos], None if t2v_normaliser is None else t2v_normaliser[videos],
-                           None if v2t_normaliser is None else v2t_normaliser[order[chunk.rows]], logit_scale,
-                           sim_buffer)
+        return tile_scores(
+            queries,
+            video[videos],
+            None if t2v_normaliser is None else t2v_normaliser[videos],
+            None if v2t_normaliser is None else v2t_normaliser[order[chunk.rows]],
+            logit_scale,
+            sim_buffer,
+        )
 
     def count(chunk: CaptionChunk, span: slice, t2v_scores: Tensor, v2t_scores: Tensor) -> None:
         own = own_video[chunk.rows]
@@ -282,10 +329,18 @@ def retrieval_ranks(text: Tensor, video: Tensor, caption_video: Tensor, blocks: 
     return torch.empty_like(t2v).index_copy_(0, order, t2v), v2t
 
 
-def content_ranks(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor, chunk_size: int,
-                  log_normaliser: Tensor | None, logit_scale: float) -> Tensor:
+def content_ranks(
+    text: Tensor,
+    video: Tensor,
+    caption_video: Tensor,
+    twins: Tensor,
+    chunk_size: int,
+    log_normaliser: Tensor | None,
+    logit_scale: float,
+) -> Tensor:
     """1-based rank (C,) of each caption's video and its twin taken as one candidate: how many other
     videos score >= the better of the two, plus one."""
+
     def ranks(rows: Tensor) -> Tensor:
         scores = query_scores(text[rows], video, log_normaliser, logit_scale)  # (q, V)
         own, twin = caption_video[rows], twins[caption_video[rows]]
@@ -307,8 +362,10 @@ def recall_at(ranks: np.ndarray, ks: np.ndarray) -> np.ndarray:
 
 def rank_metrics(direction: str, ranks: np.ndarray) -> dict[str, float]:
     recalls = recall_at(ranks, np.array(REPORTED_K))
-    return ({f"{direction}_R{k}": float(r) for k, r in zip(REPORTED_K, recalls)}
-            | {f"{direction}_MdR": float(np.median(ranks)), f"{direction}_MnR": float(np.mean(ranks))})
+    return {f"{direction}_R{k}": float(r) for k, r in zip(REPORTED_K, recalls)} | {
+        f"{direction}_MdR": float(np.median(ranks)),
+        f"{direction}_MnR": float(np.mean(ranks)),
+    }
 
 
 def category_means(name: str, values: np.ndarray, categories: np.ndarray) -> dict[str, float]:
@@ -331,8 +388,14 @@ def pair_wins(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor)
     return torch.where(tie, 0.5, (own > other).double()).cpu().numpy()
 
 
-def pair_accuracy(text: Tensor, video: Tensor, caption_video: Tensor, twins: Tensor, categories: np.ndarray,
-                  wordings: Sequence[str] | None = None) -> dict[str, float]:
+def pair_accuracy(
+    text: Tensor,
+    video: Tensor,
+    caption_video: Tensor,
+    twins: Tensor,
+    categories: np.ndarray,
+    wordings: Sequence[str] | None = None,
+) -> dict[str, float]:
     """Does a caption prefer its own video to its time-reversed twin? `pair_acc`, per category and, with
     wordings, per wording; empty when no video has a twin.
 

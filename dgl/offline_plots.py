@@ -9,6 +9,7 @@ dvc-render upgrade changes the versions; needs npm and its registry):
 
     python -m dgl.offline_plots            # writes .dvc/plots/offline.html
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,8 +71,11 @@ def build_page(build_files: dict[str, str], licences: dict[str, str], versions: 
     scripts = "\n".join(f"    <script>/* {n}@{versions[n]} */\n{build_files[n]}\n    </script>" for n in LIBRARIES)
     notices = "\n\n".join(f"{n}@{versions[n]}:\n{licences[n].replace('--', '- -')}" for n in LIBRARIES)
     page = PAGE
-    for key, value in (("{versions}", ", ".join(f"{n}@{versions[n]}" for n in LIBRARIES)),
-                       ("{licences}", notices), ("{libraries}", scripts)):  # the libraries last: never re-scanned
+    for key, value in (
+        ("{versions}", ", ".join(f"{n}@{versions[n]}" for n in LIBRARIES)),
+        ("{licences}", notices),
+        ("{libraries}", scripts),
+    ):  # the libraries last: never re-scanned
         page = page.replace(key, value)
     return page
 
@@ -81,8 +85,10 @@ def fetch(versions: dict[str, str], work: Path) -> tuple[dict[str, str], dict[st
     specs = [f"{n}@{versions[n]}" for n in LIBRARIES]
     out = subprocess.run(["npm", "pack", "--silent", *specs], cwd=work, capture_output=True, text=True)
     if out.returncode != 0:
-        raise UserError(f"npm pack {' '.join(specs)} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}; "
-                        "this needs npm and its registry")
+        raise UserError(
+            f"npm pack {' '.join(specs)} failed: {(out.stderr.strip().splitlines() or ['?'])[-1]}; "
+            "this needs npm and its registry"
+        )
     builds, licences = {}, {}
     for name in LIBRARIES:
         with tarfile.open(work / f"{name}-{versions[name]}.tgz") as tar:

@@ -2,10 +2,11 @@
 whose name has no `bias` (`unless_bias`), linear warm-up then cosine decay to 0 (docs/method.md,
 "Optimisation"), and CLIP4Clip's two learning rates: pretrained weights at their own, smaller rate
 (its `--coef_lr`)."""
+
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -23,20 +24,35 @@ def matrices_only(name: str, param: nn.Parameter) -> bool:
     return param.ndim >= 2
 
 
-def adamw(params: list[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
-          group_of: Callable[[str], str] | None = None, rates: dict[str, float] | None = None,
-          decays: Callable[[str, nn.Parameter], bool] = matrices_only) -> torch.optim.AdamW:
+def adamw(
+    params: list[tuple[str, nn.Parameter]],
+    lr: float,
+    weight_decay: float,
+    group_of: Callable[[str], str] | None = None,
+    rates: dict[str, float] | None = None,
+    decays: Callable[[str, nn.Parameter], bool] = matrices_only,
+) -> torch.optim.AdamW:
     """AdamW with weight decay on the parameters `decays` picks, none on the others. With `group_of`,
     each parameter's group name picks its learning rate from `rates` (else `lr`); every optimizer
     group carries its `name` (e.g. `clip/decay`) so the rates can be read back and logged."""
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, p in params:
         groups.setdefault((group_of(name) if group_of else "all", decays(name, p)), []).append(p)
-    return torch.optim.AdamW([
-        {"params": ps, "name": f"{group}/{'decay' if decay else 'no_decay'}",
-         "lr": (rates or {}).get(group, lr), "weight_decay": weight_decay if decay else 0.0}
-        for (group, decay), ps in sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))
-    ], lr=lr, betas=(0.9, 0.98), eps=1e-6, fused=True)
+    return torch.optim.AdamW(
+        [
+            {
+                "params": ps,
+                "name": f"{group}/{'decay' if decay else 'no_decay'}",
+                "lr": (rates or {}).get(group, lr),
+                "weight_decay": weight_decay if decay else 0.0,
+            }
+            for (group, decay), ps in sorted(groups.items(), key=lambda item: (item[0][0], not item[0][1]))
+        ],
+        lr=lr,
+        betas=(0.9, 0.98),
+        eps=1e-6,
+        fused=True,
+    )
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, total_steps: int, warmup_fraction: float):

@@ -11,6 +11,7 @@ Ratios are given to the whole model and to CLIP4Clip's fine-tuned set (CLIP minu
 embeddings: 123,540,993 at ViT-B/32, the DGL paper's denominator). The VoP paper's own "Full"
 (119.8M) matches no clear subset of CLIP's parameters, so it is not offered as a denominator.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,9 +23,21 @@ from dgl.settings import METHOD_NAMES, load_group
 
 # What the papers print for ViT-B/32 with 12 frames, in M: the DGL and VoP tables.
 PUBLISHED_M = {
-    "zeroshot": 0.0, "full": 123.54, "bias": 0.1, "proj": 0.7, "partial": 7.7, "adapter_attn": 2.0,
-    "adapter_ffn": 2.0, "vop": 0.1, "vop_p": 0.5, "vop_c": 14.3, "vop_f": 0.1, "vop_fp": 0.4, "vop_fc": 14.1,
-    "dgl/ulp": 0.83, "dgl/upt": 9.57,
+    "zeroshot": 0.0,
+    "full": 123.54,
+    "bias": 0.1,
+    "proj": 0.7,
+    "partial": 7.7,
+    "adapter_attn": 2.0,
+    "adapter_ffn": 2.0,
+    "vop": 0.1,
+    "vop_p": 0.5,
+    "vop_c": 14.3,
+    "vop_f": 0.1,
+    "vop_fp": 0.4,
+    "vop_fc": 14.1,
+    "dgl/ulp": 0.83,
+    "dgl/upt": 9.57,
 }
 
 
@@ -38,27 +51,40 @@ def method_counts(clip, method: str, generator: str = "ulp", frames: int = 12) -
 
 
 def describe(counts: dict[str, int | float]) -> list[str]:
-    rows = [(k.removeprefix("trainable_"), f"{v:,}") for k, v in counts.items()
-            if k.startswith("trainable_") and not k.startswith("trainable_ratio")]
-    rows += [("trainable", f"{counts['trainable']:,}"), ("total", f"{counts['total']:,}"),
-             ("trainable / total", f"{100 * counts['trainable_ratio']:.3f} %"),
-             (f"trainable / CLIP4Clip's {counts['clip4clip_denominator']:,}",
-              f"{100 * counts['trainable_ratio_clip4clip']:.3f} %")]
+    rows = [
+        (k.removeprefix("trainable_"), f"{v:,}")
+        for k, v in counts.items()
+        if k.startswith("trainable_") and not k.startswith("trainable_ratio")
+    ]
+    rows += [
+        ("trainable", f"{counts['trainable']:,}"),
+        ("total", f"{counts['total']:,}"),
+        ("trainable / total", f"{100 * counts['trainable_ratio']:.3f} %"),
+        (
+            f"trainable / CLIP4Clip's {counts['clip4clip_denominator']:,}",
+            f"{100 * counts['trainable_ratio_clip4clip']:.3f} %",
+        ),
+    ]
     width = max(len(k) for k, _ in rows)
     return [f"  {k:<{width}}  {v:>15}" for k, v in rows]
 
 
 def table(clip, backbone: str, frames: int) -> list[str]:
-    lines = [f"Trainable parameters, {backbone}, {frames} frames (paper: ViT-B/32, 12 frames)", "",
-             "| method | trainable | M | paper (M) | % of total | % of CLIP4Clip |",
-             "|---|---:|---:|---:|---:|---:|"]
+    lines = [
+        f"Trainable parameters, {backbone}, {frames} frames (paper: ViT-B/32, 12 frames)",
+        "",
+        "| method | trainable | M | paper (M) | % of total | % of CLIP4Clip |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
     rows = [(m, "ulp") for m in METHOD_NAMES if m != "dgl"] + [("dgl", "ulp"), ("dgl", "upt")]
     for method, generator in rows:
         key = f"dgl/{generator}" if method == "dgl" else method
         c = method_counts(clip, method, generator, frames)
         paper = PUBLISHED_M.get(key, "")
-        lines.append(f"| {key} | {c['trainable']:,} | {c['trainable'] / 1e6:.2f} | {paper} | "
-                     f"{100 * c['trainable_ratio']:.3f} | {100 * c['trainable_ratio_clip4clip']:.3f} |")
+        lines.append(
+            f"| {key} | {c['trainable']:,} | {c['trainable'] / 1e6:.2f} | {paper} | "
+            f"{100 * c['trainable_ratio']:.3f} | {100 * c['trainable_ratio_clip4clip']:.3f} |"
+        )
     return lines
 
 

@@ -10,6 +10,7 @@ contrastive phase lets shape fade: it is rarely what separates a batch's pairs).
 discarded after. In the contrastive phase half the captions get a few words they never use
 (`with_unknown_words`), as web captions are full of words no image shows: the text tower learns to
 read the words it knows and pass over the others, such as a video caption's verbs."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -35,7 +36,6 @@ from dgl.models.prompted import PromptedCLIP
 from dgl.optim import adamw, warmup_cosine
 from dgl.settings import SyntheticConfig
 
-
 UNKNOWN_WORDS = 3  # at most this many unknown words inserted into a caption (`with_unknown_words`)
 
 
@@ -51,12 +51,25 @@ def _pixels(images: np.ndarray, backbone: str) -> Tensor:
     return torch.from_numpy(resize_center_crop(images, image_size_of(backbone)))
 
 
-def _images_and_tokens(n: int, seed: int, synthetic: SyntheticConfig, backbone: str, context_length: int, *,
-                       frames_per_video: int = 1, progress: bool = False) -> tuple[Tensor, Tensor, list[str], list[tuple]]:
+def _images_and_tokens(
+    n: int,
+    seed: int,
+    synthetic: SyntheticConfig,
+    backbone: str,
+    context_length: int,
+    *,
+    frames_per_video: int = 1,
+    progress: bool = False,
+) -> tuple[Tensor, Tensor, list[str], list[tuple]]:
     """n rendered frames as uint8 CLIP input (N, 3, S, S) (`_pixels`), their captions' tokens, the
     captions and what each frame shows."""
-    images, captions, contents = render_static_images(n, seed, synthetic.resolution,  # (N, H, W, 3) uint8
-                                                      frames_per_video=frames_per_video, progress=progress)
+    images, captions, contents = render_static_images(
+        n,
+        seed,
+        synthetic.resolution,  # (N, H, W, 3) uint8
+        frames_per_video=frames_per_video,
+        progress=progress,
+    )
     return _pixels(images, backbone), _tokens(captions, backbone, context_length), captions, contents
 
 
@@ -79,8 +92,9 @@ def _lone_object_labels(contents: list[tuple]) -> Tensor:
     return torch.tensor(rows)
 
 
-def with_unknown_words(tokens: Tensor, unknown: Tensor, generator: torch.Generator, *, most: int = 3,
-                       share: float = 0.5) -> Tensor:
+def with_unknown_words(
+    tokens: Tensor, unknown: Tensor, generator: torch.Generator, *, most: int = 3, share: float = 0.5
+) -> Tensor:
     """Tokens (N, L) of captions (start token, words, end token, padding) -> (N, L + most) where a
     `share` of the captions have 1..`most` tokens drawn from `unknown` inserted at random places
     between their start and end tokens; every other token keeps its order."""
@@ -92,8 +106,10 @@ def with_unknown_words(tokens: Tensor, unknown: Tensor, generator: torch.Generat
     # Sort keys: a kept token's position; an inserted word goes into one of the gaps after the start
     # token 0 .. before the end token (gap g: key g + 0.5); unused slots go last, as padding.
     gap = (torch.rand(n, most, generator=generator) * end[:, None]).floor() + 0.5
-    keys = torch.cat([torch.arange(length, dtype=torch.float).expand(n, -1),
-                      torch.where(used, gap, torch.tensor(float("inf")))], dim=1)
+    keys = torch.cat(
+        [torch.arange(length, dtype=torch.float).expand(n, -1), torch.where(used, gap, torch.tensor(float("inf")))],
+        dim=1,
+    )
     values = torch.cat([tokens, torch.where(used, inserted, torch.zeros_like(inserted))], dim=1)
     return values.gather(1, keys.argsort(dim=1, stable=True))
 
@@ -112,8 +128,9 @@ def factor_loss(heads: nn.ModuleList, feature: Tensor, labels: Tensor) -> Tensor
     lone = labels[:, 0] >= 0
     if not lone.any():
         return feature.new_zeros(())
-    return sum((F.cross_entropy(head(feature[lone]), labels[lone, i]) for i, head in enumerate(heads)),
-               feature.new_zeros(()))
+    return sum(
+        (F.cross_entropy(head(feature[lone]), labels[lone, i]) for i, head in enumerate(heads)), feature.new_zeros(())
+    )
 
 
 def _duplicate_aware_loss(image: Tensor, text: Tensor, content_id: Tensor, scale: Tensor) -> Tensor:
@@ -125,12 +142,13 @@ def _duplicate_aware_loss(image: Tensor, text: Tensor, content_id: Tensor, scale
     return (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target)) / 2
 
 
-def pretrain_loss(clip: nn.Module, heads: nn.ModuleList, image: Tensor, text: Tensor, content_id: Tensor,
-                  labels: Tensor) -> Tensor:
+def pretrain_loss(
+    clip: nn.Module, heads: nn.ModuleList, image: Tensor, text: Tensor, content_id: Tensor, labels: Tensor
+) -> Tensor:
     """One batch's loss from the towers' outputs: duplicate-aware contrastive + the factor heads'."""
-    return (_duplicate_aware_loss(F.normalize(image, dim=-1), F.normalize(text, dim=-1), content_id,
-                                  clip.logit_scale.exp())
-            + factor_loss(heads, image, labels))
+    return _duplicate_aware_loss(
+        F.normalize(image, dim=-1), F.normalize(text, dim=-1), content_id, clip.logit_scale.exp()
+    ) + factor_loss(heads, image, labels)
 
 
 def grouped_order(n: int, group: int, generator: torch.Generator) -> Tensor:
@@ -146,8 +164,9 @@ def encode_by_length(encoder: PromptedCLIP, tokens: Tensor, runs: int = 4) -> Te
     the captions, ordered by length, are encoded in `runs` runs, each cut after its longest caption."""
     end = tokens.argmax(1)  # the end token has the largest id
     order = end.argsort(stable=True)
-    features = torch.cat([encoder.encode_text(tokens[run, : int(end[run].max()) + 1])
-                          for run in order.tensor_split(runs)])
+    features = torch.cat(
+        [encoder.encode_text(tokens[run, : int(end[run].max()) + 1]) for run in order.tensor_split(runs)]
+    )
     return features[order.argsort()]
 
 
@@ -157,8 +176,9 @@ def _image_features(clip: nn.Module, images: Tensor) -> Tensor:
 
 
 @torch.no_grad()
-def zero_shot_class_accuracy(clip: nn.Module, n: int, seed: int, synthetic: SyntheticConfig, backbone: str,
-                             context_length: int) -> dict[str, float]:
+def zero_shot_class_accuracy(
+    clip: nn.Module, n: int, seed: int, synthetic: SyntheticConfig, backbone: str, context_length: int
+) -> dict[str, float]:
     """Held-out one-object frames, each classified among the captions of every (colour, shape,
     background): the share whose whole caption wins, and the share right on each factor alone."""
     clip.eval()
@@ -173,8 +193,9 @@ def zero_shot_class_accuracy(clip: nn.Module, n: int, seed: int, synthetic: Synt
 
 
 @torch.no_grad()
-def zero_shot_image_text_r1(clip: nn.Module, images: Tensor, tokens: Tensor, captions: list[str],
-                            contents: list[tuple]) -> float:
+def zero_shot_image_text_r1(
+    clip: nn.Module, images: Tensor, tokens: Tensor, captions: list[str], contents: list[tuple]
+) -> float:
     """Each held-out frame ranks every distinct static caption; R@1 = share whose top caption
     describes what the frame shows (any paraphrase of it: the template is not in the pixels)."""
     clip.eval()
@@ -204,8 +225,11 @@ def twin_text_report(clip: nn.Module, synthetic: SyntheticConfig, backbone: str,
     units = []  # per video and wording: its captions and its twin's, template by template
     for scene in scenes:
         spec, look = vocab()["kinds"][scene.kind], dataclasses.asdict(scene.look)
-        own_templates, twin_templates = ((spec["reversed_templates"], spec["templates"]) if scene.reversed
-                                         else (spec["templates"], spec["reversed_templates"]))
+        own_templates, twin_templates = (
+            (spec["reversed_templates"], spec["templates"])
+            if scene.reversed
+            else (spec["templates"], spec["reversed_templates"])
+        )
         own = [t.format(**look) for t in own_templates]
         twin = [t.format(**look) for t in twin_templates]
         wordings = twin_wordings(own + twin, [0] * len(own) + [1] * len(twin), [1, 0])[: len(own)]
@@ -253,14 +277,23 @@ def side_by_side(pool: ThreadPoolExecutor, *calls: Callable) -> list:
     return [future.result() for future in [pool.submit(call) for call in calls]]
 
 
-def pretrain_step(pool: ThreadPoolExecutor, clip: nn.Module, encoder: PromptedCLIP, heads: nn.ModuleList,
-                  images: Tensor, captions: Tensor, content_id: Tensor, labels: Tensor) -> float:
+def pretrain_step(
+    pool: ThreadPoolExecutor,
+    clip: nn.Module,
+    encoder: PromptedCLIP,
+    heads: nn.ModuleList,
+    images: Tensor,
+    captions: Tensor,
+    content_id: Tensor,
+    labels: Tensor,
+) -> float:
     """Accumulate the gradients of one batch's loss (duplicate-aware contrastive + the factor heads')
     and return it. The towers share no weights, so each runs its forward and then its backward on its
     own thread (side_by_side); between the two, the loss is differentiated with respect to the
     towers' outputs alone, as GradCache does."""
-    image, text = side_by_side(pool, lambda: clip.encode_image(normalise(images)),
-                               lambda: encode_by_length(encoder, captions))
+    image, text = side_by_side(
+        pool, lambda: clip.encode_image(normalise(images)), lambda: encode_by_length(encoder, captions)
+    )
     image_out, text_out = image.detach().requires_grad_(), text.detach().requires_grad_()
     loss = pretrain_loss(clip, heads, image_out, text_out, content_id, labels)
     loss.backward()  # the heads', logit scale's and the two outputs' gradients
@@ -268,8 +301,15 @@ def pretrain_step(pool: ThreadPoolExecutor, clip: nn.Module, encoder: PromptedCL
     return loss.item()
 
 
-def warmup_loss(clip: nn.Module, heads: nn.ModuleList, images: Tensor, labels: Tensor, lone: Tensor,
-                batch_size: int, generator: torch.Generator) -> Tensor:
+def warmup_loss(
+    clip: nn.Module,
+    heads: nn.ModuleList,
+    images: Tensor,
+    labels: Tensor,
+    lone: Tensor,
+    batch_size: int,
+    generator: torch.Generator,
+) -> Tensor:
     """The factor heads' loss on a batch of `batch_size` lone-object frames drawn from `lone`."""
     batch = lone[torch.randint(len(lone), (batch_size,), generator=generator)]
     return factor_loss(heads, clip.encode_image(normalise(images[batch])), labels[batch])
@@ -298,14 +338,21 @@ def warmup(clip: nn.Module, images: Tensor, labels: Tensor, pretrain, progress: 
     return heads, loss.item()
 
 
-def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_length: int,
-                  progress: bool = True) -> tuple[nn.Module, dict]:
+def pretrain_clip(
+    backbone: str, pretrain, synthetic: SyntheticConfig, context_length: int, progress: bool = True
+) -> tuple[nn.Module, dict]:
     seed_everything(pretrain.seed)
     clip = build_clip(backbone)
     encoder = PromptedCLIP(clip)  # encodes text of any length up to the context (no prompts here)
-    images, tokens, _, contents = _images_and_tokens(pretrain.images, pretrain.seed, synthetic, backbone,
-                                                     context_length, frames_per_video=pretrain.frames_per_video,
-                                                     progress=progress)
+    images, tokens, _, contents = _images_and_tokens(
+        pretrain.images,
+        pretrain.seed,
+        synthetic,
+        backbone,
+        context_length,
+        frames_per_video=pretrain.frames_per_video,
+        progress=progress,
+    )
     report = {}
     labels = _lone_object_labels(contents)
     heads = nn.ModuleList()
@@ -328,8 +375,9 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
                 batch = order[step * pretrain.batch_size : (step + 1) * pretrain.batch_size]
                 captions = with_unknown_words(tokens[batch], unknown, generator, most=most_unknown)
                 optimizer.zero_grad(set_to_none=True)
-                loss = pretrain_step(pool, clip, encoder, heads, images[batch], captions, content_id[batch],
-                                   labels[batch])
+                loss = pretrain_step(
+                    pool, clip, encoder, heads, images[batch], captions, content_id[batch], labels[batch]
+                )
                 optimizer.step()
                 scheduler.step()
                 with torch.no_grad():
@@ -338,11 +386,16 @@ def pretrain_clip(backbone: str, pretrain, synthetic: SyntheticConfig, context_l
             losses.append(loss)
             bar.set_postfix(epoch=epoch + 1, loss=f"{losses[-1]:.3f}")
     bar.close()
-    held_out = _images_and_tokens(pretrain.eval_images, pretrain.seed + 1_000_003, synthetic, backbone, context_length,
-                                  progress=progress)
-    report |= {"zeroshot_image_text_R1": zero_shot_image_text_r1(clip, *held_out),
-               **zero_shot_class_accuracy(clip, pretrain.eval_images, pretrain.seed + 2_000_003, synthetic, backbone,
-                                         context_length),
-               **twin_text_report(clip, synthetic, backbone, context_length),
-               "final_loss": losses[-1], "logit_scale": clip.logit_scale.exp().item()}
+    held_out = _images_and_tokens(
+        pretrain.eval_images, pretrain.seed + 1_000_003, synthetic, backbone, context_length, progress=progress
+    )
+    report |= {
+        "zeroshot_image_text_R1": zero_shot_image_text_r1(clip, *held_out),
+        **zero_shot_class_accuracy(
+            clip, pretrain.eval_images, pretrain.seed + 2_000_003, synthetic, backbone, context_length
+        ),
+        **twin_text_report(clip, synthetic, backbone, context_length),
+        "final_loss": losses[-1],
+        "logit_scale": clip.logit_scale.exp().item(),
+    }
     return clip, report

@@ -17,6 +17,7 @@ cannot be sampled is named with its reason and left out. `--run NAME`
 downloads the trained weights and model.json that the run logged (artifact `model/`,
 dgl.tracking.runs.log_trained), so only the backbone and the cache come from the workspace.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -34,10 +35,10 @@ import torch.nn.functional as F
 from dgl.artifacts import load_trained
 from dgl.cache.read import CachedSplit, normalise
 from dgl.cli import entry_point
-from dgl.errors import UserError
-from dgl.models.methods import Method
 from dgl.devices import pick_device
+from dgl.errors import UserError
 from dgl.evaluation import encode_view
+from dgl.models.methods import Method
 from dgl.views import SplitView
 
 
@@ -60,15 +61,23 @@ class Videos:
     pixels: Callable[[np.ndarray], np.ndarray]  # video indices (B,) -> uint8 frames (B, T, 3, S, S)
 
     @classmethod
-    def of_split(cls, split: CachedSplit) -> "Videos":
+    def of_split(cls, split: CachedSplit) -> Videos:
         return cls(split.video_ids, split.twins, split.video_pixels)
 
 
 class Gallery:
     """A trained method beside the features of every video of a gallery, ready for queries."""
 
-    def __init__(self, method: Method, info: dict, videos: Videos, video: torch.Tensor, context_length: int,
-                 device: torch.device, split: CachedSplit | None = None):
+    def __init__(
+        self,
+        method: Method,
+        info: dict,
+        videos: Videos,
+        video: torch.Tensor,
+        context_length: int,
+        device: torch.device,
+        split: CachedSplit | None = None,
+    ):
         self.method, self.info, self.videos, self.video, self.device = method, info, videos, video, device
         self.context_length = context_length
         self.split = split  # the cached split the gallery holds (its captions, for experiments.compare); None: a folder
@@ -77,17 +86,18 @@ class Gallery:
         self.tokenizer = open_clip.get_tokenizer(info["backbone"])
 
     @classmethod
-    def load(cls, trained: Path, backbone: Path, cache: Path, params, split: str = "test") -> "Gallery":
+    def load(cls, trained: Path, backbone: Path, cache: Path, params, split: str = "test") -> Gallery:
         """The cache's `split`, encoded as the evaluate stage encodes it."""
         cached = CachedSplit.load(cache, split)
         method, info = load_trained(trained, backbone, params.model, num_frames=cached.num_frames)
         device = pick_device(params.train.device)
-        _, video, _, _ = encode_view(method, SplitView(cached, np.arange(cached.num_videos)), device,
-                                     params.eval.batch_size)
+        _, video, _, _ = encode_view(
+            method, SplitView(cached, np.arange(cached.num_videos)), device, params.eval.batch_size
+        )
         return cls(method, info, Videos.of_split(cached), video, cached.tokens.shape[1], device, cached)
 
     @classmethod
-    def of_folder(cls, folder: Path, trained: Path, backbone: Path, params) -> "Gallery":
+    def of_folder(cls, folder: Path, trained: Path, backbone: Path, params) -> Gallery:
         """The video files in `folder`, sampled and cropped as the frames stage would, normalised as
         the backbone's record says; files that cannot be sampled are named on stderr and left out."""
         from dgl.data.adapters import VIDEO_EXTENSIONS
@@ -119,10 +129,17 @@ class Gallery:
         method.eval().to(device)
         _, video_prompts = method.prompts()
         with torch.no_grad():
-            video = torch.cat([
-                F.normalize(method.encode_video(normalise(batch, preprocess["mean"], preprocess["std"]).to(device),
-                                                video_prompts), dim=-1).cpu()
-                for batch in np.array_split(pixels, max(1, -(-len(pixels) // params.eval.batch_size)))])
+            video = torch.cat(
+                [
+                    F.normalize(
+                        method.encode_video(
+                            normalise(batch, preprocess["mean"], preprocess["std"]).to(device), video_prompts
+                        ),
+                        dim=-1,
+                    ).cpu()
+                    for batch in np.array_split(pixels, max(1, -(-len(pixels) // params.eval.batch_size)))
+                ]
+            )
         videos = Videos(ids, torch.full((len(ids),), -1), lambda indices: pixels[indices])
         return cls(method, info, videos, video, params.preprocess.context_length, device)
 
@@ -142,8 +159,16 @@ class Gallery:
         hits = []
         for rank, video in enumerate(order[:k].tolist(), start=1):
             twin = int(self.videos.twins[video])
-            hits.append(Hit(rank, video, float(scores[video]), twin, int(rank_of[twin]) if twin >= 0 else 0,
-                            float(scores[twin]) if twin >= 0 else float("nan")))
+            hits.append(
+                Hit(
+                    rank,
+                    video,
+                    float(scores[video]),
+                    twin,
+                    int(rank_of[twin]) if twin >= 0 else 0,
+                    float(scores[twin]) if twin >= 0 else float("nan"),
+                )
+            )
         return hits
 
 
@@ -153,9 +178,12 @@ def describe(hits: list[Hit], videos: Videos) -> list[str]:
     width = max(len("video"), *map(len, ids))
     lines = [f"{'rank':>4}  {'video':<{width}}  {'score':>6}  time-reversed twin"]
     for hit, vid in zip(hits, ids):
-        twin = (f"{videos.ids[hit.twin]}: rank {hit.twin_rank}, {hit.twin_score:.3f}"
-                + ("  (same score: order-blind)" if abs(hit.twin_score - hit.score) < 5e-4 else "")
-                if hit.twin >= 0 else "-")
+        twin = (
+            f"{videos.ids[hit.twin]}: rank {hit.twin_rank}, {hit.twin_score:.3f}"
+            + ("  (same score: order-blind)" if abs(hit.twin_score - hit.score) < 5e-4 else "")
+            if hit.twin >= 0
+            else "-"
+        )
         lines.append(f"{hit.rank:>4}  {vid:<{width}}  {hit.score:>6.3f}  {twin}")
     return lines
 
@@ -166,8 +194,13 @@ def main() -> None:
     ap.add_argument("query", help="the text to search the videos for")
     source = ap.add_mutually_exclusive_group()
     source.add_argument("--run", metavar="NAME", help="the trained method an MLflow run logged (its name)")
-    source.add_argument("--trained", type=Path, default=Path("models/trained"), metavar="DIR",
-                        help="a trained method's folder (default: models/trained)")
+    source.add_argument(
+        "--trained",
+        type=Path,
+        default=Path("models/trained"),
+        metavar="DIR",
+        help="a trained method's folder (default: models/trained)",
+    )
     ap.add_argument("--videos", type=Path, metavar="DIR", help="rank the video files in DIR, not the test split")
     ap.add_argument("--k", type=int, default=5, help="how many videos to list (default 5)")
     ap.add_argument("--strip", type=Path, metavar="PNG", help="also draw the top k videos' frames there")
@@ -178,7 +211,7 @@ def main() -> None:
     if args.k < 1:
         raise UserError(f"--k {args.k}: give at least 1")
     if not args.query.strip():
-        raise UserError("the query is empty; give the text to search for, e.g. \"a red circle moves to the left\"")
+        raise UserError('the query is empty; give the text to search for, e.g. "a red circle moves to the left"')
     from dgl.settings import load_params
 
     params = load_params(args.params)
@@ -203,11 +236,21 @@ def main() -> None:
 
         ranked = np.array([[h.video for h in hits]])  # (1, K)
         frames = gallery.videos.pixels(ranked.ravel())[None]  # (1, K, T, 3, S, S)
-        draw_retrieval(frames, [f'"{args.query}"'], ranked, np.array([-1]), np.array([-1]),
-                       f"{args.run or args.trained}: the top {len(hits)} {gallery_name}", args.strip)
+        draw_retrieval(
+            frames,
+            [f'"{args.query}"'],
+            ranked,
+            np.array([-1]),
+            np.array([-1]),
+            f"{args.run or args.trained}: the top {len(hits)} {gallery_name}",
+            args.strip,
+        )
     where = f"run {args.run!r}" if args.run else str(args.trained)
-    print(f"searched {count} {gallery_name} with {gallery.info['method']} from {where} in "
-          f"{time.monotonic() - start:.1f}s" + (f"; frames in {args.strip}" if args.strip else ""), file=sys.stderr)
+    print(
+        f"searched {count} {gallery_name} with {gallery.info['method']} from {where} in "
+        f"{time.monotonic() - start:.1f}s" + (f"; frames in {args.strip}" if args.strip else ""),
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -4,6 +4,7 @@ Every key lives in params.yaml and nowhere else: these dataclasses give each key
 its allowed values, never a default, so a key missing from the file is an error that names it.
 Reading params imports neither torch nor open_clip (each stage's deps start here, see dvc.yaml).
 """
+
 from __future__ import annotations
 
 import importlib.util
@@ -19,9 +20,20 @@ from dgl.typed_yaml import bounded, build, choice, read_yaml
 
 DATASETS = ("synthetic", "msrvtt", "vatex", "lsmdc", "activitynet")
 METHOD_NAMES = (
-    "dgl", "zeroshot", "full",  # DGL; zero-shot CLIP; CLIP4Clip-meanP full fine-tuning
-    "bias", "proj", "partial", "adapter_attn", "adapter_ffn",  # efficient-tuning baselines (peft.py)
-    "vop", "vop_p", "vop_c", "vop_f", "vop_fp", "vop_fc",  # VoP and its video prompts (vop.py)
+    "dgl",
+    "zeroshot",
+    "full",  # DGL; zero-shot CLIP; CLIP4Clip-meanP full fine-tuning
+    "bias",
+    "proj",
+    "partial",
+    "adapter_attn",
+    "adapter_ffn",  # efficient-tuning baselines (peft.py)
+    "vop",
+    "vop_p",
+    "vop_c",
+    "vop_f",
+    "vop_fp",
+    "vop_fc",  # VoP and its video prompts (vop.py)
 )
 VIDEO_POOLS = ("global", "global_mean", "cls_mean", "both")  # dgl/models/prompted.py: VIDEO_POOLS
 VATEX_SPLITS = ("hgr", "official_val")  # data.vatex_split: dgl/data/adapters.py VATEX_SPLITS
@@ -35,12 +47,15 @@ def check_endpoint(value: str, where: str) -> str:
     """`value` when it is host:port (a rendezvous endpoint), else one line naming `where` it came from."""
     match = ENDPOINT.match(value)
     if not match or not 0 < int(match["port"]) < 65536:
-        raise UserError(f"{where} = {value!r} is not host:port (e.g. node01:{C10D_PORT}); set it to the address "
-                        "and a free port of one of the machines, reachable from all of them")
+        raise UserError(
+            f"{where} = {value!r} is not host:port (e.g. node01:{C10D_PORT}); set it to the address "
+            "and a free port of one of the machines, reachable from all of them"
+        )
     return value
 
 
 # --- data ----------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class SyntheticConfig:
@@ -101,8 +116,10 @@ class FramesConfig:
 
     def validate(self) -> None:
         if self.train_candidates % 2 == 0:
-            raise UserError(f"params: frames.train_candidates = {self.train_candidates} must be odd (the middle "
-                            f"candidate is the segment centre that evaluation uses); use {self.train_candidates + 1}")
+            raise UserError(
+                f"params: frames.train_candidates = {self.train_candidates} must be odd (the middle "
+                f"candidate is the segment centre that evaluation uses); use {self.train_candidates + 1}"
+            )
         if self.reencode_fps is not None and not 0 < self.reencode_fps <= 240:
             raise UserError(
                 f"params: frames.reencode_fps = {self.reencode_fps} is out of range; use a value in (0, 240] or null"
@@ -116,9 +133,11 @@ class PreprocessConfig:
 
 # --- backbone ------------------------------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class PretrainConfig:
     """Pretraining of the small CLIP on single synthetic frames with static captions."""
+
     images: int = bounded(64)
     eval_images: int = bounded(16)
     frames_per_video: int = bounded(1, 64)  # moments of one video per batch: hard negatives in place and size
@@ -163,15 +182,19 @@ class BackboneConfig:
     def validate(self) -> None:
         if self.name not in backbone_names():
             ours = ", ".join(sorted(config.stem for config in OUR_BACKBONES.glob("*.json")))
-            raise UserError(f"params: backbone.name = {self.name!r} is not an open_clip model; "
-                            f"use e.g. ViT-B-32, ViT-B-16 or one of {ours}")
+            raise UserError(
+                f"params: backbone.name = {self.name!r} is not an open_clip model; "
+                f"use e.g. ViT-B-32, ViT-B-16 or one of {ours}"
+            )
 
 
 # --- model: one group per method family ------------------------------------------------------------
 
+
 @dataclass(frozen=True)
 class DGLConfig:
     """`model.dgl` (dgl/models/methods/dgl.py)."""
+
     generator: str = choice("ulp", "upt")
     text_prompt_len: int = bounded(2, 64)  # UPT only (half prefix, half postfix); ULP derives 2 x local
     local_prompt_len: int = bounded(1, 64)  # frame prompts per frame (ULP: also prefix = postfix count)
@@ -183,8 +206,10 @@ class DGLConfig:
 
     def validate(self) -> None:
         if self.generator == "upt" and self.text_prompt_len % 2:
-            raise UserError(f"params: model.dgl.text_prompt_len = {self.text_prompt_len} must be even for UPT "
-                            "(half prefix, half postfix); use an even number")
+            raise UserError(
+                f"params: model.dgl.text_prompt_len = {self.text_prompt_len} must be even for UPT "
+                "(half prefix, half postfix); use an even number"
+            )
 
 
 @dataclass(frozen=True)
@@ -207,6 +232,7 @@ class AdapterConfig:
 @dataclass(frozen=True)
 class VoPConfig:
     """`model.vop` (dgl/models/methods/vop.py)."""
+
     text_prefix: int = bounded(0, 64)  # text prompts right after SOT
     text_postfix: int = bounded(0, 64)  # text prompts after the word slots (P^t = prefix + postfix = 8)
     video_prompts: int = bounded(1, 64)  # P^v: visual prompts per frame and layer
@@ -219,11 +245,14 @@ class VoPConfig:
 
     def validate(self) -> None:
         if self.text_prefix + self.text_postfix == 0:
-            raise UserError("params: model.vop.text_prefix + model.vop.text_postfix = 0; VoP needs text prompts, "
-                            "use e.g. 4 and 4")
+            raise UserError(
+                "params: model.vop.text_prefix + model.vop.text_postfix = 0; VoP needs text prompts, use e.g. 4 and 4"
+            )
         if self.specific_prompts > self.video_prompts:
-            raise UserError(f"params: model.vop.specific_prompts = {self.specific_prompts} exceeds "
-                            f"model.vop.video_prompts = {self.video_prompts}; use a value up to it")
+            raise UserError(
+                f"params: model.vop.specific_prompts = {self.specific_prompts} exceeds "
+                f"model.vop.video_prompts = {self.video_prompts}; use a value up to it"
+            )
 
 
 @dataclass(frozen=True)
@@ -237,6 +266,7 @@ class ModelConfig:
 
 
 # --- training and evaluation -------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -264,8 +294,10 @@ class TrainConfig:
     def validate(self) -> None:
         parts = self.nnodes * self.nproc * self.accum_steps
         if self.batch_size % parts:
-            raise UserError(f"params: train.batch_size = {self.batch_size} (the global batch) must split evenly over "
-                            f"train.nnodes x train.nproc x train.accum_steps = {parts}; change one of them")
+            raise UserError(
+                f"params: train.batch_size = {self.batch_size} (the global batch) must split evenly over "
+                f"train.nnodes x train.nproc x train.accum_steps = {parts}; change one of them"
+            )
         if self.rdzv_endpoint:
             check_endpoint(self.rdzv_endpoint, "params: train.rdzv_endpoint")
 

@@ -1,11 +1,12 @@
 """The training loop and its step; nothing in here knows which method it trains. Which samples form
 which batch is dgl.batch_order's; validation runs dgl.evaluation."""
+
 from __future__ import annotations
 
 import contextlib
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 import torch
@@ -14,17 +15,16 @@ from torch import Tensor, nn
 from torch.nn.parallel import DistributedDataParallel
 from tqdm import tqdm
 
+from dgl.batch_order import epoch_samples, into_batches
 from dgl.cache.prefetch import device_batches
 from dgl.checkpoint import rng_state, set_rng_state
 from dgl.distributed import Dist, data_parallel, gather
 from dgl.errors import UserError
 from dgl.evaluation import evaluate_view
-from dgl.models.methods import Method
 from dgl.models.loss import contrastive_loss
+from dgl.models.methods import Method
 from dgl.optim import adamw, unless_bias, warmup_cosine
-from dgl.batch_order import epoch_samples, into_batches
 from dgl.views import PREFETCH, SplitView
-
 
 MAX_LOGIT_SCALE = math.log(100)  # CLIP4Clip clamps a trained logit scale to at most 100 after every step
 
@@ -48,8 +48,9 @@ def parallel_features(method: Method, device: torch.device) -> nn.Module:
     """Features, under DDP when a process group is up. The logit scale enters the loss outside the
     forward, so DDP leaves it out (see distributed.data_parallel)."""
     features = Features(method)
-    return data_parallel(features, device, ignore=[n for n, p in features.named_parameters()
-                                                   if p is method.clip.logit_scale])
+    return data_parallel(
+        features, device, ignore=[n for n, p in features.named_parameters() if p is method.clip.logit_scale]
+    )
 
 
 @dataclass(frozen=True)
@@ -90,8 +91,15 @@ def pick_precision(name: str, device: torch.device) -> Precision:
     return Precision("cuda", dtype, torch.amp.GradScaler("cuda") if dtype == torch.float16 else None)
 
 
-def contrastive_step(model: nn.Module, tokens: Tensor, frames: Tensor, logit_scale: Callable[[], Tensor], *,
-                     accum_steps: int = 1, precision: Precision = Precision()) -> Tensor:
+def contrastive_step(
+    model: nn.Module,
+    tokens: Tensor,
+    frames: Tensor,
+    logit_scale: Callable[[], Tensor],
+    *,
+    accum_steps: int = 1,
+    precision: Precision = Precision(),
+) -> Tensor:
     """Loss of one step over the global batch, its gradients added to the parameters' .grad.
 
     `model` is a Features (or its DDP wrapper); tokens (b, L) and frames (b, T, 3, H, W) are this
@@ -141,8 +149,14 @@ def optimizer_for(method: Method, params: list[tuple[str, nn.Parameter]], cfg) -
     weight decay on every parameter whose name has no `bias`, as the reference scripts."""
     pretrained = {id(p) for p in method.clip.parameters()}
     group = {n: "clip" if id(p) in pretrained else "added" for n, p in params}
-    return adamw(params, cfg.lr, cfg.weight_decay, group_of=group.__getitem__,
-                 rates={"added": cfg.lr, "clip": cfg.clip_lr}, decays=unless_bias)
+    return adamw(
+        params,
+        cfg.lr,
+        cfg.weight_decay,
+        group_of=group.__getitem__,
+        rates={"added": cfg.lr, "clip": cfg.clip_lr},
+        decays=unless_bias,
+    )
 
 
 def current_rates(optimizer: torch.optim.Optimizer, cfg) -> dict[str, float]:
@@ -161,8 +175,10 @@ def batch_size_used(cfg, videos: int, world: int) -> int:
     parts = world * cfg.accum_steps
     used = min(cfg.batch_size, videos) // parts * parts
     if used < 2:
-        raise UserError(f"{videos} training videos cannot fill a batch split over {world} processes "
-                        f"x {cfg.accum_steps} sub-batches; lower train.nproc or train.accum_steps")
+        raise UserError(
+            f"{videos} training videos cannot fill a batch split over {world} processes "
+            f"x {cfg.accum_steps} sub-batches; lower train.nproc or train.accum_steps"
+        )
     return used
 
 
@@ -174,9 +190,19 @@ def clamp_logit_scale(method: Method) -> None:
         method.clip.logit_scale.clamp_(max=MAX_LOGIT_SCALE)
 
 
-def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, device: torch.device,
-                 on_epoch: Callable[[int, dict], None], progress: bool = True, *, dist: Dist = Dist(),
-                 resume: dict | None = None, save_checkpoint: Callable[[dict], None] | None = None) -> list[dict]:
+def train_method(
+    method: Method,
+    train: SplitView,
+    val: SplitView | None,
+    cfg,
+    device: torch.device,
+    on_epoch: Callable[[int, dict], None],
+    progress: bool = True,
+    *,
+    dist: Dist = Dist(),
+    resume: dict | None = None,
+    save_checkpoint: Callable[[dict], None] | None = None,
+) -> list[dict]:
     """Contrastive training of the method's trainable parameters; returns per-epoch history.
 
     train.batch_size is the global contrastive batch: every rank draws the same batches and encodes
@@ -217,15 +243,23 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
             local = slice(dist.rank * len(videos) // dist.world, (dist.rank + 1) * len(videos) // dist.world)
             jobs.append((videos[local], None if picks is None else picks[local], captions[local]))
         with device_batches(train.split, jobs, device, PREFETCH) as loader:  # reads batch k + 1 during step k
-            bar = tqdm(loader, total=len(jobs), desc=f"train epoch {epoch}/{cfg.epochs}",
-                       disable=not (progress and dist.main), unit="batch")
+            bar = tqdm(
+                loader,
+                total=len(jobs),
+                desc=f"train epoch {epoch}/{cfg.epochs}",
+                disable=not (progress and dist.main),
+                unit="batch",
+            )
             for frames, tokens in bar:
                 optimizer.zero_grad(set_to_none=True)
-                loss = contrastive_step(model, tokens, frames, method.logit_scale, accum_steps=cfg.accum_steps,
-                                        precision=precision).item()
+                loss = contrastive_step(
+                    model, tokens, frames, method.logit_scale, accum_steps=cfg.accum_steps, precision=precision
+                ).item()
                 if not math.isfinite(loss):
-                    raise UserError(f"training diverged at epoch {epoch} (loss {loss}); "
-                                    "lower train.lr or raise train.warmup_fraction")
+                    raise UserError(
+                        f"training diverged at epoch {epoch} (loss {loss}); "
+                        "lower train.lr or raise train.warmup_fraction"
+                    )
                 precision.step(optimizer, [p for _, p in params], cfg.grad_clip)
                 clamp_logit_scale(method)
                 scheduler.step()
@@ -233,17 +267,27 @@ def train_method(method: Method, train: SplitView, val: SplitView | None, cfg, d
                 bar.set_postfix(loss=f"{loss:.3f}")
         record = {"train_loss": float(np.mean(losses)), **current_rates(optimizer, cfg)}
         if val is not None:  # on every rank: cheaper than making the others wait for rank 0
-            record.update({f"val_{k}": v for k, v in evaluate_view(method, val, device, batch_size).metrics.items()
-                           if k in ("t2v_R1", "v2t_R1", "t2v_R5")})
+            record.update(
+                {
+                    f"val_{k}": v
+                    for k, v in evaluate_view(method, val, device, batch_size).metrics.items()
+                    if k in ("t2v_R1", "v2t_R1", "t2v_R5")
+                }
+            )
         history.append(record)
         if dist.main:  # checkpoint first: a logging failure (tracking server down) then loses no epoch
             if save_checkpoint is not None:
                 trainable = {n for n, _ in params}
-                save_checkpoint({
-                    "epoch": epoch, "history": history, "rng": rng_state(rng),
-                    "weights": {n: t.detach().cpu() for n, t in method.state_dict().items() if n in trainable},
-                    "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-                    "scaler": precision.scaler.state_dict() if precision.scaler else None,
-                })
+                save_checkpoint(
+                    {
+                        "epoch": epoch,
+                        "history": history,
+                        "rng": rng_state(rng),
+                        "weights": {n: t.detach().cpu() for n, t in method.state_dict().items() if n in trainable},
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "scaler": precision.scaler.state_dict() if precision.scaler else None,
+                    }
+                )
             on_epoch(epoch, record)
     return history

@@ -5,6 +5,7 @@ their own YAML through the same `build`. A dataclass holds types and bounds, nev
 defaults: every key must be in the file. A field's allowed values live in its metadata
 (`choice(...)`, `bounded(...)`), so one loader checks them all and names the bad key.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -124,8 +125,10 @@ class Yaml12Loader(yaml.SafeLoader):
 
 
 Yaml12Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float", re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
-    list("-+0123456789."))
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

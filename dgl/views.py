@@ -1,5 +1,6 @@
 """What the training and evaluation loops read: a view of a cached split's videos, and how far ahead
 of the batch in use the next is read."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass

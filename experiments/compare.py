@@ -12,6 +12,7 @@ the correct video is a model that misses the order of frames. Images are inline 
 has no script and no link: it opens offline and can be mailed. It is also logged to both runs as
 `compare/<page>`.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -64,8 +65,14 @@ def png(pixels: np.ndarray) -> str:
 
 
 def headline(metrics: dict[str, float]) -> str:
-    parts = [(label, metrics.get(key)) for label, key in
-             (("t2v R@1", "test/t2v_R1"), ("content R@1", "test/content_R1"), ("pair acc", "test/pair_acc"))]
+    parts = [
+        (label, metrics.get(key))
+        for label, key in (
+            ("t2v R@1", "test/t2v_R1"),
+            ("content R@1", "test/content_R1"),
+            ("pair acc", "test/pair_acc"),
+        )
+    ]
     return ", ".join(f"{label} {value:.3g}" for label, value in parts if value is not None) or "no test metrics"
 
 
@@ -85,8 +92,10 @@ def page(sides: list[Side], count: int, k: int) -> str:
             images[video] = png(strip(split.video_pixels([video])[0, frames_shown]))
         kind = mark(video, answer, int(split.twins[answer]))
         note = {"correct": " correct", "twin": " twin of the correct"}.get(kind, "")
-        return (f'<figure class="{kind}"><img src="{images[video]}" alt="{html.escape(split.video_ids[video])}">'
-                f"<figcaption>#{rank} {html.escape(split.video_ids[video])} {score:.3f}{note}</figcaption></figure>")
+        return (
+            f'<figure class="{kind}"><img src="{images[video]}" alt="{html.escape(split.video_ids[video])}">'
+            f"<figcaption>#{rank} {html.escape(split.video_ids[video])} {score:.3f}{note}</figcaption></figure>"
+        )
 
     captions = query_captions(split, count)
     texts = [split.texts[c] for c in captions]
@@ -94,16 +103,23 @@ def page(sides: list[Side], count: int, k: int) -> str:
     body = []
     for q, caption in enumerate(captions):
         answer = int(split.caption_video[caption])
-        body.append(f"<h2>&ldquo;{html.escape(texts[q])}&rdquo; <small>({html.escape(split.categories[caption])}, "
-                    f"correct video {html.escape(split.video_ids[answer])})</small></h2>")
+        body.append(
+            f"<h2>&ldquo;{html.escape(texts[q])}&rdquo; <small>({html.escape(split.categories[caption])}, "
+            f"correct video {html.escape(split.video_ids[answer])})</small></h2>"
+        )
         for side, score in zip(sides, scores):
             order = score[q].argsort(descending=True, stable=True)
             rank = int((order == answer).nonzero()[0, 0]) + 1
             cells = "".join(cell(r, v, float(score[q, v]), answer) for r, v in enumerate(order[:k].tolist(), start=1))
-            body.append(f'<div class="run"><div class="name">{html.escape(side.name)}<br>'
-                        f"<small>correct at #{rank}</small></div>{cells}</div>")
-    runs = "".join(f"<tr><th>{html.escape(s.name)}</th><td>{html.escape(s.gallery.info['method'])}</td>"
-                   f"<td>{html.escape(s.headline)}</td></tr>" for s in sides)
+            body.append(
+                f'<div class="run"><div class="name">{html.escape(side.name)}<br>'
+                f"<small>correct at #{rank}</small></div>{cells}</div>"
+            )
+    runs = "".join(
+        f"<tr><th>{html.escape(s.name)}</th><td>{html.escape(s.gallery.info['method'])}</td>"
+        f"<td>{html.escape(s.headline)}</td></tr>"
+        for s in sides
+    )
     title = " vs ".join(s.name for s in sides)
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}: retrievals</title>
@@ -150,8 +166,11 @@ def main() -> None:
     client = mlflow.MlflowClient(tracking_uri(params.tracking))
     for run_id in dict.fromkeys(run_ids):
         client.log_artifact(run_id, str(out), artifact_path="compare")
-    print(f"{out}: {args.runs[0]} and {args.runs[1]} on the same test captions; also in both runs' "
-          f"artifacts under compare/", file=sys.stderr)
+    print(
+        f"{out}: {args.runs[0]} and {args.runs[1]} on the same test captions; also in both runs' "
+        f"artifacts under compare/",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

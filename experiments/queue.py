@@ -16,6 +16,7 @@ run (download .. backbone, usually) are restored from DVC's run cache, not recom
 is already an experiment of this commit is refused unless --force, which overwrites it and, being
 `dvc exp run -f`, reruns every stage.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -51,6 +52,7 @@ class Row:
 class Run:
     """One DVC experiment of a row: a sweep value (or None), a batch sampler and a training seed (None:
     params.yaml's)."""
+
     row: Row
     value: object = None
     seed: int | None = None
@@ -81,8 +83,13 @@ def yaml_value(value: object) -> str:
 
 def expand(rows: list[Row], seeds: list[int] | None = None, samplers: list[str] | None = None) -> list[Run]:
     """Every experiment of `rows`: each sweep value, each sampler, each seed."""
-    return [Run(row, value, seed, sampler) for row in rows for value in (row.sweep_values or (None,))
-            for sampler in (samplers or [None]) for seed in (seeds or [None])]
+    return [
+        Run(row, value, seed, sampler)
+        for row in rows
+        for value in (row.sweep_values or (None,))
+        for sampler in (samplers or [None])
+        for seed in (seeds or [None])
+    ]
 
 
 def load_grid(path: Path = GRID) -> list[Row]:
@@ -90,7 +97,7 @@ def load_grid(path: Path = GRID) -> list[Row]:
         rows = yaml.safe_load(Path(path).read_text())["rows"]
         grid = []
         for r in rows:
-            (key, values), = (r.get("sweep") or {None: ()}).items()
+            ((key, values),) = (r.get("sweep") or {None: ()}).items()
             grid.append(Row(r["name"], tuple(r["set"]), bool(r.get("extension", False)), key, tuple(values)))
         return grid
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError) as e:
@@ -106,8 +113,10 @@ def select(grid: list[Row], names: str | None) -> list[Row]:
     variants = {run.variant: run for run in expand(grid)}
     unknown = [n for n in wanted if n not in {r.name for r in grid} and n not in variants]
     if unknown:
-        raise UserError(f"unknown grid row(s): {', '.join(unknown)}; the grid has: {', '.join(r.name for r in grid)}"
-                        " (or a sweep value of one, e.g. full-clip_lr0.001)")
+        raise UserError(
+            f"unknown grid row(s): {', '.join(unknown)}; the grid has: {', '.join(r.name for r in grid)}"
+            " (or a sweep value of one, e.g. full-clip_lr0.001)"
+        )
     chosen = []
     for row in grid:
         values = [variants[n].value for n in wanted if n in variants and variants[n].row is row]
@@ -176,13 +185,23 @@ def main() -> None:
     ap.add_argument("--rows", help="comma-separated row names (default: every row)")
     ap.add_argument("-j", "--jobs", type=int, default=1, help="queue workers (dvc queue start -j)")
     ap.add_argument("--wait", action="store_true", help="wait for the experiments; exit 2 if any failed")
-    ap.add_argument("-f", "--force", action="store_true",
-                    help="overwrite experiments of the same name (dvc exp run -f: every stage reruns)")
+    ap.add_argument(
+        "-f",
+        "--force",
+        action="store_true",
+        help="overwrite experiments of the same name (dvc exp run -f: every stage reruns)",
+    )
     ap.add_argument("--seeds", help="comma-separated training seeds: every experiment once per seed")
-    ap.add_argument("--samplers", help="comma-separated train.sampler values (random, twins): every experiment "
-                                       "once per sampler")
-    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="an override added to every experiment (repeatable), as dvc exp run -S")
+    ap.add_argument(
+        "--samplers", help="comma-separated train.sampler values (random, twins): every experiment once per sampler"
+    )
+    ap.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override added to every experiment (repeatable), as dvc exp run -S",
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the dvc commands, run nothing")
     args = ap.parse_args()
     if args.jobs < 1:
@@ -198,7 +217,9 @@ def main() -> None:
     bad = [o for o in args.set if "=" not in o]
     if bad:
         raise UserError(f"--set {bad[0]!r}: give KEY=VALUE, e.g. --set train.threads=1")
-    chosen = [dataclasses.replace(r, overrides=r.overrides + tuple(args.set)) for r in select(load_grid(args.grid), args.rows)]
+    chosen = [
+        dataclasses.replace(r, overrides=r.overrides + tuple(args.set)) for r in select(load_grid(args.grid), args.rows)
+    ]
     rows = expand(chosen, seeds, samplers)
     commands = [queue_command(run, args.force) for run in rows] + [["dvc", "queue", "start", "-j", str(args.jobs)]]
     if args.dry_run:
@@ -208,8 +229,10 @@ def main() -> None:
         existing = set(dvc("exp", "ls", "--name-only").split())
         taken = [r.name for r in rows if r.name in existing]
         if taken:
-            raise UserError(f"experiments already exist: {', '.join(taken)}; pass --force to rerun them "
-                            f"or `dvc exp remove {' '.join(taken)}` first")
+            raise UserError(
+                f"experiments already exist: {', '.join(taken)}; pass --force to rerun them "
+                f"or `dvc exp remove {' '.join(taken)}` first"
+            )
     before = set(queue_tasks())
     for command in commands[:-1]:
         print(dvc(*command[1:]).strip(), flush=True)

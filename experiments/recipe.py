@@ -15,6 +15,7 @@ validation (experiments/sweeps.yaml): `--sweep` queues one experiment per candid
 validation t2v R@1 from `dvc exp show` (or takes `--rate`) and trains on the whole training split.
 Keys and values are checked against params.yaml's schema before DVC starts, so a typo is one line.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -32,7 +33,7 @@ from dgl.errors import UserError
 from dgl.settings import METHOD_NAMES, Params
 from dgl.typed_yaml import build, read_yaml
 from experiments.queue import Row, dvc, expand, queue_command, yaml_value
-from experiments.report import SELECT_BY, SEED_SUFFIX, Experiment, from_dvc_show, mean
+from experiments.report import SEED_SUFFIX, SELECT_BY, Experiment, from_dvc_show, mean
 
 RECIPES = Path(__file__).with_name("recipes")
 SWEEPS = Path(__file__).with_name("sweeps.yaml")
@@ -52,6 +53,7 @@ def _recipe(recipe: str) -> dict:
 @dataclass(frozen=True)
 class Plan:
     """What `--method` runs under a recipe: the keys of the final run and where its rate comes from."""
+
     name: str  # the final experiment's name, <recipe>-<method>
     keys: dict[str, object]  # without the swept key, when there is one
     sweep: Row | None = None  # the validation sweep that chooses the rate; None: the paper states it
@@ -75,13 +77,15 @@ def plan(recipe: str, method: str | None = None) -> Plan:
         return Plan(f"{recipe}-{method}", keys | (stated.get(method) or {}))
     sweeps = yaml.safe_load(SWEEPS.read_text())
     if method not in sweeps["methods"]:
-        raise UserError(f"recipe {recipe} states no rate for {method} and {SWEEPS.name} has no sweep for it; "
-                        f"add one of them")
-    (key, values), = sweeps["methods"][method].items()
+        raise UserError(
+            f"recipe {recipe} states no rate for {method} and {SWEEPS.name} has no sweep for it; add one of them"
+        )
+    ((key, values),) = sweeps["methods"][method].items()
     keys.pop(key, None)  # the recipe's value for DGL, if any: the sweep's choice replaces it
     held_out = keys | sweeps["validation"]
-    row = Row(f"{recipe}-{method}", tuple(f"{k}={yaml_value(v)}" for k, v in held_out.items()), False, key,
-              tuple(values))
+    row = Row(
+        f"{recipe}-{method}", tuple(f"{k}={yaml_value(v)}" for k, v in held_out.items()), False, key, tuple(values)
+    )
     return Plan(f"{recipe}-{method}", keys, row)
 
 
@@ -90,8 +94,10 @@ def overrides(recipe: str, method: str | None = None) -> dict[str, object]:
     chosen on validation needs `rate`, see `chosen_rate`."""
     p = plan(recipe, method)
     if p.sweep is not None:
-        raise UserError(f"{p.name}: {p.sweep_key} is chosen on validation; run `python -m experiments.recipe "
-                        f"{recipe} --method {method} --sweep` first, or give --rate")
+        raise UserError(
+            f"{p.name}: {p.sweep_key} is chosen on validation; run `python -m experiments.recipe "
+            f"{recipe} --method {method} --sweep` first, or give --rate"
+        )
     return p.keys
 
 
@@ -164,13 +170,16 @@ def main() -> None:
     params = read_yaml(args.params)
     if args.sweep:
         if p.sweep is None:
-            raise UserError(f"--sweep: {p.name}'s rate is stated in experiments/recipes/{args.recipe}.yaml; "
-                            "run it without --sweep")
+            raise UserError(
+                f"--sweep: {p.name}'s rate is stated in experiments/recipes/{args.recipe}.yaml; run it without --sweep"
+            )
         runs = expand([p.sweep])
         for run in runs:  # every variant must be valid params
             build(Params, applied(params, {k: yaml.safe_load(v) for k, v in (o.split("=", 1) for o in run.overrides)}))
-        _run([queue_command(run, force=False) for run in runs] + [["dvc", "queue", "start", "-j", str(args.jobs)]],
-             args.dry_run)
+        _run(
+            [queue_command(run, force=False) for run in runs] + [["dvc", "queue", "start", "-j", str(args.jobs)]],
+            args.dry_run,
+        )
         return
     keys = p.keys
     if p.sweep is not None:
@@ -178,17 +187,25 @@ def main() -> None:
         if rate is None:
             choice = chosen_rate(p, _experiments(args.dry_run))
             if choice is None and not args.dry_run:
-                raise UserError(f"{p.name}: {p.sweep_key} is chosen on validation and the sweep has not finished "
-                                f"(`dvc exp show`); run `python -m experiments.recipe {args.recipe} --method "
-                                f"{keys['model.method']} --sweep` first, or give --rate")
+                raise UserError(
+                    f"{p.name}: {p.sweep_key} is chosen on validation and the sweep has not finished "
+                    f"(`dvc exp show`); run `python -m experiments.recipe {args.recipe} --method "
+                    f"{keys['model.method']} --sweep` first, or give --rate"
+                )
             if choice is not None:
                 rate, scores = choice
-                print(f"# {p.sweep_key} = {rate:g}: the best {SELECT_BY} of "
-                      + ", ".join(f"{v:g}: {s:.2f}" for v, s in scores.items()), flush=True)
+                print(
+                    f"# {p.sweep_key} = {rate:g}: the best {SELECT_BY} of "
+                    + ", ".join(f"{v:g}: {s:.2f}" for v, s in scores.items()),
+                    flush=True,
+                )
         if rate is None:  # a dry run before the sweep: the plan
-            print(f"# {p.sweep_key} is chosen on validation: `python -m experiments.recipe {args.recipe} --method "
-                  f"{keys['model.method']} --sweep` tries {', '.join(f'{v:g}' for v in p.sweep.sweep_values)}; "
-                  "then this runs with the best", flush=True)
+            print(
+                f"# {p.sweep_key} is chosen on validation: `python -m experiments.recipe {args.recipe} --method "
+                f"{keys['model.method']} --sweep` tries {', '.join(f'{v:g}' for v in p.sweep.sweep_values)}; "
+                "then this runs with the best",
+                flush=True,
+            )
             build(Params, applied(params, keys))
             print(shlex.join(command(keys, args.name or p.name, args.queue)) + f" -S {p.sweep_key}=<chosen>")
             return

@@ -18,6 +18,7 @@ its files gives evaluate's R@1 again. A mismatch is one line, and the command ex
     python -m experiments.rehearse                                   # msrvtt (UPT and ULP), vatex, activitynet
     python -m experiments.rehearse --datasets msrvtt --keep /tmp/rh  # keep the folder to look inside
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,9 +30,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
@@ -76,9 +77,18 @@ Texts = dict[str, list[str]]  # split -> the captions (queries) its cache must h
 def _write_msrvtt(folder: Path, videos: list[Video]) -> Texts:
     """CLIP4Clip's release: every caption in MSRVTT_data.json, the 9k train list, and the 1k-A test
     list (JSFusion): one caption per test video, the only test queries."""
-    entries = [{"category": i % 20, "url": f"https://www.youtube.com/watch?v=rehearse{i:03d}", "video_id": v.video_id,
-                "start time": 0.0, "end time": v.duration, "split": v.split,
-                "id": i} for i, v in enumerate(videos)]
+    entries = [
+        {
+            "category": i % 20,
+            "url": f"https://www.youtube.com/watch?v=rehearse{i:03d}",
+            "video_id": v.video_id,
+            "start time": 0.0,
+            "end time": v.duration,
+            "split": v.split,
+            "id": i,
+        }
+        for i, v in enumerate(videos)
+    ]
     captions = [(v.video_id, c) for v in videos for c in v.captions()]
     sentences = [{"caption": c, "video_id": v, "sen_id": i} for i, (v, c) in enumerate(captions)]
     info = {"contributor": "dgl rehearsal", "data_created": "2016-04-01 12:00:00", "version": "1.0"}
@@ -86,8 +96,9 @@ def _write_msrvtt(folder: Path, videos: list[Video]) -> Texts:
     train = [v for v in videos if v.split == "train"]
     test = [v for v in videos if v.split == "test"]
     (folder / "MSRVTT_train.9k.csv").write_text("video_id\n" + "".join(f"{v.video_id}\n" for v in train))
-    rows = [f"ret{i},msr{v.video_id.removeprefix('video')},{v.video_id},{v.captions()[0]}\n"
-            for i, v in enumerate(test)]
+    rows = [
+        f"ret{i},msr{v.video_id.removeprefix('video')},{v.video_id},{v.captions()[0]}\n" for i, v in enumerate(test)
+    ]
     (folder / "MSRVTT_JSFUSION_test.csv").write_text("key,vid_key,video_id,sentence\n" + "".join(rows))
     return {"train": [c for v in train for c in v.captions()], "test": [v.captions()[0] for v in test]}
 
@@ -138,15 +149,45 @@ def _youtube_id(n: int) -> str:
 
 
 DATASETS: dict[str, Dataset] = {
-    "msrvtt": Dataset(train_videos=4, test_videos=8, captions=2, events=1, seconds=8.0, fps=8, batch_size=4,
-                      generators=("upt", "ulp"), video_id=lambda n: f"video{n}", videos_folder="videos/all",
-                      write=_write_msrvtt),
-    "vatex": Dataset(train_videos=4, test_videos=4, captions=2, events=1, seconds=8.0, fps=8, batch_size=4,
-                     generators=("ulp",), video_id=lambda n: f"{_youtube_id(n)}_{10 * n:06d}_{10 * n + 8:06d}",
-                     videos_folder="videos", write=_write_vatex),
-    "activitynet": Dataset(train_videos=2, test_videos=2, captions=1, events=3, seconds=8.0, fps=8, batch_size=2,
-                           generators=("upt",), video_id=lambda n: f"v_{_youtube_id(n)}", videos_folder="videos",
-                           write=_write_activitynet),
+    "msrvtt": Dataset(
+        train_videos=4,
+        test_videos=8,
+        captions=2,
+        events=1,
+        seconds=8.0,
+        fps=8,
+        batch_size=4,
+        generators=("upt", "ulp"),
+        video_id=lambda n: f"video{n}",
+        videos_folder="videos/all",
+        write=_write_msrvtt,
+    ),
+    "vatex": Dataset(
+        train_videos=4,
+        test_videos=4,
+        captions=2,
+        events=1,
+        seconds=8.0,
+        fps=8,
+        batch_size=4,
+        generators=("ulp",),
+        video_id=lambda n: f"{_youtube_id(n)}_{10 * n:06d}_{10 * n + 8:06d}",
+        videos_folder="videos",
+        write=_write_vatex,
+    ),
+    "activitynet": Dataset(
+        train_videos=2,
+        test_videos=2,
+        captions=1,
+        events=3,
+        seconds=8.0,
+        fps=8,
+        batch_size=2,
+        generators=("upt",),
+        video_id=lambda n: f"v_{_youtube_id(n)}",
+        videos_folder="videos",
+        write=_write_activitynet,
+    ),
 }
 
 
@@ -155,23 +196,33 @@ DATASETS: dict[str, Dataset] = {
 
 def plan_videos(spec: Dataset, seed: int) -> tuple[list[Video], SyntheticConfig]:
     """The videos (train first), each of `spec.events` synthetic scenes of one split."""
-    cfg = build(SyntheticConfig, {"seed": seed, "train_videos": spec.train_videos * spec.events,
-                                  "test_videos": spec.test_videos * spec.events, "resolution": WIDTH,
-                                  "fps": spec.fps, "seconds": spec.seconds, "captions_per_video": spec.captions,
-                                  "held_out_fraction": 0.0}, "rehearsal")
+    cfg = build(
+        SyntheticConfig,
+        {
+            "seed": seed,
+            "train_videos": spec.train_videos * spec.events,
+            "test_videos": spec.test_videos * spec.events,
+            "resolution": WIDTH,
+            "fps": spec.fps,
+            "seconds": spec.seconds,
+            "captions_per_video": spec.captions,
+            "held_out_fraction": 0.0,
+        },
+        "rehearsal",
+    )
     videos: list[Video] = []
     planned = plan_scenes(cfg)
     for split in ("train", "test"):
         scenes = [s for s in planned if s.split == split]
         for i in range(0, len(scenes), spec.events):
-            videos.append(Video(spec.video_id(len(videos)), split, tuple(scenes[i:i + spec.events]), spec.seconds))
+            videos.append(Video(spec.video_id(len(videos)), split, tuple(scenes[i : i + spec.events]), spec.seconds))
     return videos, cfg
 
 
 def render(video: Video, cfg: SyntheticConfig, path: Path) -> None:
     """Its scenes one after the other, cut from square to WIDTH x HEIGHT, as an H.264 mp4 (pinned ffmpeg)."""
     top = (WIDTH - HEIGHT) // 2
-    frames = np.concatenate([render_frames(scene, cfg)[:, top:top + HEIGHT] for scene in video.scenes])
+    frames = np.concatenate([render_frames(scene, cfg)[:, top : top + HEIGHT] for scene in video.scenes])
     path.parent.mkdir(parents=True, exist_ok=True)
     encode_mp4(np.ascontiguousarray(frames), cfg.fps, path, "pinned")
 
@@ -209,17 +260,24 @@ def _run(cmd: list[str], cwd: Path, log: Path, env: dict[str, str] | None = None
         code = subprocess.run(cmd, cwd=cwd, stdout=out, stderr=subprocess.STDOUT, env=env).returncode
     if code:
         print("\n".join(log.read_text().splitlines()[-LOG_TAIL_LINES:]), file=sys.stderr)
-        raise UserError(f"rehearsal: `{' '.join(cmd[:5])} ...` failed (exit {code}); its output ends above, all of "
-                        f"it in {log} (kept with --keep DIR)")
+        raise UserError(
+            f"rehearsal: `{' '.join(cmd[:5])} ...` failed (exit {code}); its output ends above, all of "
+            f"it in {log} (kept with --keep DIR)"
+        )
 
 
 def copy_project(dest: Path, log: Path) -> None:
     """This working tree (tracked files and new ones git does not ignore) as a fresh git repository."""
-    listed = subprocess.run(["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"], cwd=ROOT,
-                            capture_output=True, text=True)
+    listed = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
     if listed.returncode:
-        raise UserError(f"{ROOT}: not a git working tree ({listed.stderr.strip()}); "
-                        "run `make setup`, which makes it one")
+        raise UserError(
+            f"{ROOT}: not a git working tree ({listed.stderr.strip()}); run `make setup`, which makes it one"
+        )
     for relative in filter(None, listed.stdout.split("\0")):
         if (ROOT / relative).is_file():  # a deleted file stays listed until its deletion is committed
             (dest / relative).parent.mkdir(parents=True, exist_ok=True)
@@ -243,9 +301,16 @@ def recipe_keys(dataset: str, generator: str, checkpoint: Path) -> dict[str, obj
     spec = DATASETS[dataset]
     # VATEX's default test split is HGR's 1,500 videos, which a rehearsal of a few videos cannot hold
     split = {"data.vatex_split": "official_val"} if dataset == "vatex" else {}
-    return {**overrides(dataset), **split, "model.dgl.generator": generator,
-            "backbone.name": BACKBONE, "backbone.pretrained": str(checkpoint),
-            "train.epochs": 1, "train.batch_size": spec.batch_size, "eval.batch_size": spec.batch_size}
+    return {
+        **overrides(dataset),
+        **split,
+        "model.dgl.generator": generator,
+        "backbone.name": BACKBONE,
+        "backbone.pretrained": str(checkpoint),
+        "train.epochs": 1,
+        "train.batch_size": spec.batch_size,
+        "eval.batch_size": spec.batch_size,
+    }
 
 
 # --- what each step left, checked ---------------------------------------------------------------
@@ -267,33 +332,45 @@ def check_data(project: Path, dataset: str, keys: dict, texts: Texts) -> list[st
     num_frames, words = keys["frames.num_frames"], keys["preprocess.context_length"]
     candidates = sampling["train_candidates"]
     store = FrameStore(cache, "preprocess")
-    _expect(skipped == 0 and sampling["num_frames"] == num_frames, f"{dataset}: frames: {skipped} skipped, "
-            f"{sampling['num_frames']} per video where the recipe says {num_frames}")
+    _expect(
+        skipped == 0 and sampling["num_frames"] == num_frames,
+        f"{dataset}: frames: {skipped} skipped, {sampling['num_frames']} per video where the recipe says {num_frames}",
+    )
     lines = [f"download     {len(manifest['files'])} files placed by hand in data/manual/{dataset}/, nothing fetched"]
     adapter, shapes = [], []
     for split in ("train", "test"):
         info = json.loads((cache / f"{split}.json").read_text())
-        _expect(sorted(info["texts"]) == sorted(texts[split]), f"{dataset}: the {split} captions in the cache are "
-                f"not the {len(texts[split])} written in {', '.join(dataset_format(dataset).files)}")
+        _expect(
+            sorted(info["texts"]) == sorted(texts[split]),
+            f"{dataset}: the {split} captions in the cache are "
+            f"not the {len(texts[split])} written in {', '.join(dataset_format(dataset).files)}",
+        )
         adapter.append(f"{split} {len(info['video_ids'])} videos / {len(info['texts'])} queries")
         rows = np.load(cache / f"{split}_rows.npy")
         first = store.read(rows[0])  # a video decoded from the cache's compressed store
         tokens = np.load(cache / f"{split}_tokens.npy", mmap_mode="r").shape
         per_video = num_frames * (candidates if split == "train" else 1)
-        _expect(rows.shape == (len(info["video_ids"]), per_video) and first.shape == (per_video, 3, 224, 224)
-                and tokens == (len(texts[split]), words),
-                f"{dataset}: {split} frames {first.shape} of {rows.shape[0]} videos cached, tokens {tokens}: "
-                f"not {per_video} frames at 224 and {words} tokens")
+        _expect(
+            rows.shape == (len(info["video_ids"]), per_video)
+            and first.shape == (per_video, 3, 224, 224)
+            and tokens == (len(texts[split]), words),
+            f"{dataset}: {split} frames {first.shape} of {rows.shape[0]} videos cached, tokens {tokens}: "
+            f"not {per_video} frames at 224 and {words} tokens",
+        )
         shapes.append(f"{split} {rows.shape[0]} x {first.shape}, tokens {tokens}")
     shards = [frames_dir / name for name in os.listdir(frames_dir) if name.endswith(".bin")]
-    _expect(store.codec.name == keys["frames.codec"] and all(
-        os.stat(shard).st_ino == os.stat(cache / shard.name).st_ino for shard in shards),
-            f"{dataset}: the cache's frames are not the frames stage's {keys['frames.codec']} shards, linked")
+    _expect(
+        store.codec.name == keys["frames.codec"]
+        and all(os.stat(shard).st_ino == os.stat(cache / shard.name).st_ino for shard in shards),
+        f"{dataset}: the cache's frames are not the frames stage's {keys['frames.codec']} shards, linked",
+    )
     kib = sum(shard.stat().st_size for shard in shards) / len(store.index) / 1024
     lines.append(f"adapter      {dataset_format(dataset).test_split}: {', '.join(adapter)}, as written")
-    lines.append(f"frames       {num_frames} per video at {keys['frames.reencode_fps']:g} fps, short side "
-                 f"{keys['frames.size']}, train x{candidates} candidates, {keys['frames.codec']} "
-                 f"{kib:.1f} KiB a frame, one copy (cache linked): {'; '.join(shapes)}")
+    lines.append(
+        f"frames       {num_frames} per video at {keys['frames.reencode_fps']:g} fps, short side "
+        f"{keys['frames.size']}, train x{candidates} candidates, {keys['frames.codec']} "
+        f"{kib:.1f} KiB a frame, one copy (cache linked): {'; '.join(shapes)}"
+    )
     lines.append(f"preprocess   {meta['image_size']} px crops, {meta['context_length']}-token captions")
     return lines
 
@@ -319,12 +396,17 @@ def check_backbone(project: Path, checkpoint: Path) -> str:
         got = [rebuilt.eval().encode_image(images), rebuilt.encode_text(tokens)]
         want = [reference.eval().encode_image(images), reference.encode_text(tokens)]
     diff = max((g - w).abs().max().item() for g, w in zip(got, want))
-    _expect(info["name"] == BACKBONE and info["pretrained"] == str(checkpoint)
-            and all(torch.allclose(g, w, rtol=1e-4, atol=1e-5) for g, w in zip(got, want)),
-            f"models/backbone ({info['name']}, {info['pretrained']}) does not compute what {checkpoint} does with "
-            f"QuickGELU: features differ by up to {diff:.3g}")
-    return (f"backbone     {BACKBONE} from the local checkpoint (weights_only), rebuilt from its record: image and "
-            f"text features equal a QuickGELU reference build's (max difference {diff:.1e})")
+    _expect(
+        info["name"] == BACKBONE
+        and info["pretrained"] == str(checkpoint)
+        and all(torch.allclose(g, w, rtol=1e-4, atol=1e-5) for g, w in zip(got, want)),
+        f"models/backbone ({info['name']}, {info['pretrained']}) does not compute what {checkpoint} does with "
+        f"QuickGELU: features differ by up to {diff:.3g}",
+    )
+    return (
+        f"backbone     {BACKBONE} from the local checkpoint (weights_only), rebuilt from its record: image and "
+        f"text features equal a QuickGELU reference build's (max difference {diff:.1e})"
+    )
 
 
 def check_trained(project: Path, dataset: str) -> str:
@@ -340,12 +422,21 @@ def check_trained(project: Path, dataset: str) -> str:
     params = build(Params, read_yaml(project / "params.yaml"))
     split = CachedSplit.load(project / "data/cache", "test")
     method, _ = load_trained(project / "models/trained", project / "models/backbone", params.model, split.num_frames)
-    result = evaluate_view(method, SplitView(split, np.arange(split.num_videos)), torch.device("cpu"),
-                           params.eval.batch_size, dsl=params.eval.dsl, chunk_size=params.eval.chunk_size)
+    result = evaluate_view(
+        method,
+        SplitView(split, np.arange(split.num_videos)),
+        torch.device("cpu"),
+        params.eval.batch_size,
+        dsl=params.eval.dsl,
+        chunk_size=params.eval.chunk_size,
+    )
     metrics = json.loads((project / "metrics.json").read_text())
     again = round(result.metrics["t2v_R1"], 4)
-    _expect(again == metrics["t2v_R1"], f"{dataset}: the trained method rebuilt from models/trained gives t2v R@1 "
-                                        f"{again}, evaluate wrote {metrics['t2v_R1']}")
+    _expect(
+        again == metrics["t2v_R1"],
+        f"{dataset}: the trained method rebuilt from models/trained gives t2v R@1 "
+        f"{again}, evaluate wrote {metrics['t2v_R1']}",
+    )
     return f"trained      rebuilt from models/trained: t2v R@1 {again} recomputed, as evaluate wrote it"
 
 
@@ -359,9 +450,12 @@ def check_results(project: Path, dataset: str, name: str, keys: dict, texts: Tex
     recall = [f"{d}_{m}" for d in ("t2v", "v2t") for m in ("R1", "R5", "R10", "MdR", "MnR")]
     _expect(len(history) == 1 and np.isfinite(history[0]["train_loss"]), f"{name}: plots/train.json: {history}")
     test_split = name_of_test_split(dataset, params.data.vatex_split)
-    _expect(all(k in metrics for k in recall) and metrics["test_split"] == test_split
-            and metrics["test_captions"] == len(texts["test"]),
-            f"{name}: metrics.json lacks the recipe's metrics: {metrics}")
+    _expect(
+        all(k in metrics for k in recall)
+        and metrics["test_split"] == test_split
+        and metrics["test_captions"] == len(texts["test"]),
+        f"{name}: metrics.json lacks the recipe's metrics: {metrics}",
+    )
     client = mlflow.MlflowClient(f"sqlite:///{project / 'mlflow.db'}")
     experiment = client.get_experiment_by_name(params.tracking.experiment)
     runs = client.search_runs([experiment.experiment_id], f"attributes.run_name = '{name}'") if experiment else []
@@ -370,15 +464,19 @@ def check_results(project: Path, dataset: str, name: str, keys: dict, texts: Tex
     logged = flatten(params)  # MLflow logs str() of each value
     wrong = {k: run.data.params.get(k) for k in keys if run.data.params.get(k) != str(logged[k])}
     t2v_r1 = round(run.data.metrics.get("test/t2v_R1", -1), 4)  # metrics.json rounds to 4 places
-    _expect(run.info.status == "FINISHED" and not wrong and t2v_r1 == metrics["t2v_R1"],
-            f"{name}: MLflow run {run.info.run_id} is {run.info.status}, test/t2v_R1 {t2v_r1}, "
-            f"params differing from the recipe: {wrong}")
-    return [f"train        1 epoch, loss {history[0]['train_loss']:.4f}, {metrics['trainable_params']:,} trainable "
-            f"parameters (DGL-{keys['model.dgl.generator'].upper()})",
-            f"evaluate     {metrics['test_split']}: {metrics['test_videos']} videos, "
-            f"{metrics['test_captions']} queries, t2v R@1 {metrics['t2v_R1']}, v2t R@1 {metrics['v2t_R1']}",
-            f"mlflow       run {name!r} {run.info.status}: {len(run.data.params)} params, "
-            f"{len(run.data.metrics)} metrics, test/t2v_R1 = {run.data.metrics['test/t2v_R1']}"]
+    _expect(
+        run.info.status == "FINISHED" and not wrong and t2v_r1 == metrics["t2v_R1"],
+        f"{name}: MLflow run {run.info.run_id} is {run.info.status}, test/t2v_R1 {t2v_r1}, "
+        f"params differing from the recipe: {wrong}",
+    )
+    return [
+        f"train        1 epoch, loss {history[0]['train_loss']:.4f}, {metrics['trainable_params']:,} trainable "
+        f"parameters (DGL-{keys['model.dgl.generator'].upper()})",
+        f"evaluate     {metrics['test_split']}: {metrics['test_videos']} videos, "
+        f"{metrics['test_captions']} queries, t2v R@1 {metrics['t2v_R1']}, v2t R@1 {metrics['v2t_R1']}",
+        f"mlflow       run {name!r} {run.info.status}: {len(run.data.params)} params, "
+        f"{len(run.data.metrics)} metrics, test/t2v_R1 = {run.data.metrics['test/t2v_R1']}",
+    ]
 
 
 # --- the rehearsal -------------------------------------------------------------------------------
@@ -409,15 +507,19 @@ def rehearse(work: Path, datasets: list[str]) -> None:
     env = stage_env()
     for dataset in datasets:
         texts, count = place_dataset(dataset, project / "data/manual" / dataset)
-        clock.say(f"{dataset}: {count} videos rendered at {WIDTH}x{HEIGHT} with its annotation files "
-                  f"in data/manual/{dataset}/")
+        clock.say(
+            f"{dataset}: {count} videos rendered at {WIDTH}x{HEIGHT} with its annotation files "
+            f"in data/manual/{dataset}/"
+        )
         for generator in DATASETS[dataset].generators:
             keys, name = recipe_keys(dataset, generator, checkpoint), f"{dataset}-{generator}"
             build(Params, applied(read_yaml(project / "params.yaml"), keys))
             _run(command(keys, name, queue=False), project, logs / f"{name}.log", env)
             clock.say(f"{name}: `dvc exp run` of the {dataset} recipe (1 epoch, batch {keys['train.batch_size']})")
-            for line in check_data(project, dataset, keys, texts) + [check_backbone(project, checkpoint),
-                                                                     check_trained(project, dataset)]:
+            for line in check_data(project, dataset, keys, texts) + [
+                check_backbone(project, checkpoint),
+                check_trained(project, dataset),
+            ]:
                 clock.note(line)
             for line in check_results(project, dataset, name, keys, texts):
                 clock.note(line)
@@ -427,10 +529,20 @@ def rehearse(work: Path, datasets: list[str]) -> None:
 @entry_point
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--datasets", nargs="+", choices=list(DATASETS), default=list(DATASETS), metavar="DATASET",
-                    help=f"which to rehearse (default: all of {', '.join(DATASETS)})")
-    ap.add_argument("--keep", type=Path, metavar="DIR",
-                    help="work in DIR (new or empty) and keep it: the project, its experiments and mlflow.db, logs")
+    ap.add_argument(
+        "--datasets",
+        nargs="+",
+        choices=list(DATASETS),
+        default=list(DATASETS),
+        metavar="DATASET",
+        help=f"which to rehearse (default: all of {', '.join(DATASETS)})",
+    )
+    ap.add_argument(
+        "--keep",
+        type=Path,
+        metavar="DIR",
+        help="work in DIR (new or empty) and keep it: the project, its experiments and mlflow.db, logs",
+    )
     args = ap.parse_args()
     if args.keep is None:
         with tempfile.TemporaryDirectory(prefix="dgl-rehearse-") as work:

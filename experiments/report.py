@@ -21,6 +21,7 @@ file replaces one of the same name in an earlier, so a grid run in parts (machin
 Each experiment carries the commit it ran from and the DVC hashes of its data and backbone; a table
 whose experiments differ in data or backbone is refused, whatever the source.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,9 +29,9 @@ import json
 import re
 import statistics
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from dgl.cli import entry_point
 from dgl.errors import UserError
@@ -43,21 +44,29 @@ METRICS_FILE = "metrics.json"
 SEED_SUFFIX = re.compile(r"-s(\d+)$")
 SELECT_BY = "val_t2v_R1"  # a sweep keeps the value with the best mean of this (validation, not test)
 MISSING = "–"
-CAPTION = {"data.dataset": "dataset", "backbone.name": "backbone", "frames.num_frames": "frames",
-           "train.epochs": "epochs"}
-LEGEND = ("Params: trainable parameters (% of all). lr: the rate of what a method adds (prompts, "
-          "generators, adapters); clip lr: of CLIP's own weights, where they train; a value in brackets "
-          "was chosen on validation R@1 among the others listed. sampler: train.sampler (random batches, or "
-          "twins: a video and its time-reversed twin always in one batch). t2v: text-to-video, v2t: "
-          "video-to-text; R@K in %, MdR/MnR: median/mean rank. With seeds: mean ± sample std over them; "
-          "Δ zeroshot: t2v R@1 minus zero-shot's (same sampler), marked * where it exceeds the two lines' "
-          "std summed.")
-TIME_LEGEND = ("content R@1: t2v R@1 where the time-reversed twin also counts as a hit (what a method "
-               "gets right without the order of frames). pair acc: how often a caption prefers its own "
-               "video to the time-reversed twin (0.5 = blind to time); words: captions whose twin's "
-               "captions differ in words (\"ends on the right\" / \"ends on the left\"), order: only in "
-               "word order (\"from left to right\" / \"from right to left\"). Δ random: pair acc words "
-               "minus the same method's with random batches, * where it exceeds the two lines' std summed.")
+CAPTION = {
+    "data.dataset": "dataset",
+    "backbone.name": "backbone",
+    "frames.num_frames": "frames",
+    "train.epochs": "epochs",
+}
+LEGEND = (
+    "Params: trainable parameters (% of all). lr: the rate of what a method adds (prompts, "
+    "generators, adapters); clip lr: of CLIP's own weights, where they train; a value in brackets "
+    "was chosen on validation R@1 among the others listed. sampler: train.sampler (random batches, or "
+    "twins: a video and its time-reversed twin always in one batch). t2v: text-to-video, v2t: "
+    "video-to-text; R@K in %, MdR/MnR: median/mean rank. With seeds: mean ± sample std over them; "
+    "Δ zeroshot: t2v R@1 minus zero-shot's (same sampler), marked * where it exceeds the two lines' "
+    "std summed."
+)
+TIME_LEGEND = (
+    "content R@1: t2v R@1 where the time-reversed twin also counts as a hit (what a method "
+    "gets right without the order of frames). pair acc: how often a caption prefers its own "
+    "video to the time-reversed twin (0.5 = blind to time); words: captions whose twin's "
+    'captions differ in words ("ends on the right" / "ends on the left"), order: only in '
+    'word order ("from left to right" / "from right to left"). Δ random: pair acc words '
+    "minus the same method's with random batches, * where it exceeds the two lines' std summed."
+)
 SAMPLER_SUFFIX = re.compile(r"-(" + "|".join(SAMPLERS) + r")$")
 INPUTS = ("data/cache", "models/backbone")  # what every method trains and is tested on: one table, one of each
 
@@ -93,17 +102,33 @@ def from_dvc_show(shown: list[dict]) -> tuple[list[Experiment], list[str]]:
     return found, without
 
 
-RUN_PARAMS = ("train.seed", "train.sampler", "train.lr", "train.clip_lr", *CAPTION)  # always saved: the table reads them
+RUN_PARAMS = (
+    "train.seed",
+    "train.sampler",
+    "train.lr",
+    "train.clip_lr",
+    *CAPTION,
+)  # always saved: the table reads them
 
 
 def save_runs(experiments: list[Experiment], path: Path) -> None:
     """The experiments as JSON: each one's metrics, the params the table reads and every param in which
     any two of them differ."""
-    keys = set(RUN_PARAMS) | {k for k in set().union(*(e.params for e in experiments))
-                              if len({json.dumps(e.params.get(k)) for e in experiments}) > 1}
-    runs = [{"name": e.name, "baseline": e.baseline, "inputs": e.inputs,
-             "params": {k: e.params[k] for k in sorted(keys) if k in e.params},
-             "metrics": e.metrics} for e in sorted(experiments, key=lambda e: e.name)]
+    keys = set(RUN_PARAMS) | {
+        k
+        for k in set().union(*(e.params for e in experiments))
+        if len({json.dumps(e.params.get(k)) for e in experiments}) > 1
+    }
+    runs = [
+        {
+            "name": e.name,
+            "baseline": e.baseline,
+            "inputs": e.inputs,
+            "params": {k: e.params[k] for k in sorted(keys) if k in e.params},
+            "metrics": e.metrics,
+        }
+        for e in sorted(experiments, key=lambda e: e.name)
+    ]
     atomic_write(path, json.dumps({"experiments": runs}, indent=1, sort_keys=False) + "\n")
 
 
@@ -112,16 +137,19 @@ def load_runs(paths: list[Path]) -> list[Experiment]:
     found: dict[str, Experiment] = {}
     for path in paths:
         if not Path(path).is_file():
-            raise UserError(f"{path}: no such file; --runs takes a file written by `python -m experiments.report "
-                            f"--save-runs`")
+            raise UserError(
+                f"{path}: no such file; --runs takes a file written by `python -m experiments.report --save-runs`"
+            )
         try:
             runs = json.loads(Path(path).read_text())["experiments"]
             for run in runs:
-                found[run["name"]] = Experiment(run["name"], dict(run["params"]), dict(run["metrics"]),
-                                                dict(run["inputs"]), str(run["baseline"]))
+                found[run["name"]] = Experiment(
+                    run["name"], dict(run["params"]), dict(run["metrics"]), dict(run["inputs"]), str(run["baseline"])
+                )
         except (OSError, json.JSONDecodeError, KeyError, TypeError) as e:
-            raise UserError(f"{path}: not a runs file of `python -m experiments.report --save-runs` "
-                            f"({type(e).__name__}: {e})") from None
+            raise UserError(
+                f"{path}: not a runs file of `python -m experiments.report --save-runs` ({type(e).__name__}: {e})"
+            ) from None
     return list(found.values())
 
 
@@ -133,10 +161,12 @@ def check_one_benchmark(experiments: list[Experiment]) -> None:
         for path, digest in e.inputs.items():
             seen = first.setdefault(path, e)
             if seen.inputs[path] != digest:
-                raise UserError(f"{seen.name} and {e.name} were trained on a different {path} "
-                                f"({seen.inputs[path][:8]} / {digest[:8]}): one table compares methods on one "
-                                f"data and backbone; tabulate them apart (--runs with one's files, or "
-                                f"`dvc exp remove` the others)")
+                raise UserError(
+                    f"{seen.name} and {e.name} were trained on a different {path} "
+                    f"({seen.inputs[path][:8]} / {digest[:8]}): one table compares methods on one "
+                    f"data and backbone; tabulate them apart (--runs with one's files, or "
+                    f"`dvc exp remove` the others)"
+                )
 
 
 def from_mlflow(params_file: Path) -> list[Experiment]:
@@ -153,8 +183,12 @@ def from_mlflow(params_file: Path) -> list[Experiment]:
     mlflow.set_tracking_uri(uri)
     fail_fast()
     try:
-        runs = mlflow.search_runs(experiment_names=[tracking.experiment], output_format="list",
-                                  filter_string="attributes.status = 'FINISHED'", order_by=["start_time DESC"])
+        runs = mlflow.search_runs(
+            experiment_names=[tracking.experiment],
+            output_format="list",
+            filter_string="attributes.status = 'FINISHED'",
+            order_by=["start_time DESC"],
+        )
     except MlflowException as e:
         raise UserError(f"MLflow at {uri}: {str(e).splitlines()[0][:200]}") from None
     newest: dict[str, Experiment] = {}
@@ -184,16 +218,22 @@ def columns(experiments: list[Experiment]) -> tuple[list[Column], list[Column]]:
     experiment has): content R@1, pair accuracy by twin wording and per category."""
     keys = list(dict.fromkeys(k for e in experiments for k in e.metrics))
     categories = [k.removeprefix("t2v_R1_") for k in keys if k.startswith("t2v_R1_")]
-    retrieval = [("Params", "trainable_params", lambda v: f"{int(v):,}"),
-                 ("Params %", "trainable_ratio", lambda v: f"{100 * v:.3g}"),
-                 *[(f"t2v {m}", f"t2v_{m.replace('@', '')}", fmt_recall) for m in ("R@1", "R@5", "R@10", "MdR", "MnR")],
-                 ("v2t R@1", "v2t_R1", fmt_recall),
-                 *[(f"R@1 {c}", f"t2v_R1_{c}", fmt_recall) for c in categories]]
-    time = [("t2v R@1", "t2v_R1", fmt_recall), ("content R@1", "content_R1", fmt_recall),
-            ("pair acc", "pair_acc", acc), ("pair acc words", "pair_acc_words", acc),
-            ("pair acc order", "pair_acc_order", acc),
-            *[(f"pair acc {c}", f"pair_acc_{c}", acc) for c in categories],
-            *[(f"content R@1 {c}", f"content_R1_{c}", fmt_recall) for c in categories]]
+    retrieval = [
+        ("Params", "trainable_params", lambda v: f"{int(v):,}"),
+        ("Params %", "trainable_ratio", lambda v: f"{100 * v:.3g}"),
+        *[(f"t2v {m}", f"t2v_{m.replace('@', '')}", fmt_recall) for m in ("R@1", "R@5", "R@10", "MdR", "MnR")],
+        ("v2t R@1", "v2t_R1", fmt_recall),
+        *[(f"R@1 {c}", f"t2v_R1_{c}", fmt_recall) for c in categories],
+    ]
+    time = [
+        ("t2v R@1", "t2v_R1", fmt_recall),
+        ("content R@1", "content_R1", fmt_recall),
+        ("pair acc", "pair_acc", acc),
+        ("pair acc words", "pair_acc_words", acc),
+        ("pair acc order", "pair_acc_order", acc),
+        *[(f"pair acc {c}", f"pair_acc_{c}", acc) for c in categories],
+        *[(f"content R@1 {c}", f"content_R1_{c}", fmt_recall) for c in categories],
+    ]
     return retrieval, [c for c in time if c[1] in keys]
 
 
@@ -209,6 +249,7 @@ def caption(experiments: list[Experiment]) -> str:
 @dataclass(frozen=True)
 class Line:
     """One line of the table: a grid row (its chosen sweep value, every seed of it) or another experiment."""
+
     name: str
     seeds: list[Experiment]  # the experiments averaged: one per seed
     swept: tuple[str, list] | None = None  # (key, values tried) when a sweep chose among values
@@ -291,8 +332,9 @@ def rates(line: Line) -> list[str]:
     return [rate_cell(line, "train.lr", trainable > clip), rate_cell(line, "train.clip_lr", clip > 0)]
 
 
-def difference(line: Line, other: Line | None, key: str, fmt: Callable[[float], str], *,
-               other_seeded: bool = True) -> str:
+def difference(
+    line: Line, other: Line | None, key: str, fmt: Callable[[float], str], *, other_seeded: bool = True
+) -> str:
     """`key` of line minus other's, * where it exceeds the two lines' seed std summed: needs seeds
     on this line, and on the other unless `other_seeded` is False (zero-shot trains nothing, so no
     seed changes its test numbers)."""
@@ -307,8 +349,11 @@ def difference(line: Line, other: Line | None, key: str, fmt: Callable[[float], 
 
 
 def render(header: list[str], body: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(header) + " |", "|---|" + "---:|" * (len(header) - 1),
-            *["| " + " | ".join(cells) + " |" for cells in body]]
+    return [
+        "| " + " | ".join(header) + " |",
+        "|---|" + "---:|" * (len(header) - 1),
+        *["| " + " | ".join(cells) + " |" for cells in body],
+    ]
 
 
 def table(experiments: list[Experiment], grid: list[Row]) -> str:
@@ -329,19 +374,35 @@ def table(experiments: list[Experiment], grid: list[Row]) -> str:
 
     head = ["Method"] + (["sampler"] if samplers else [])
     extra = ["lr", "clip lr"] + (["seeds", "Δ zeroshot"] if seeded else [])
-    first = render(head + extra + [h for h, _, _ in retrieval], [
-        label(line) + rates(line)
-        + ([str(len(line.seeds)), difference(line, by_key.get(("zeroshot", line.sampler)), "t2v_R1", fmt_recall,
-                                                       other_seeded=False)]
-           if seeded else [])
-        + cells(line, retrieval) for line in table_lines])
+    first = render(
+        head + extra + [h for h, _, _ in retrieval],
+        [
+            label(line)
+            + rates(line)
+            + (
+                [
+                    str(len(line.seeds)),
+                    difference(line, by_key.get(("zeroshot", line.sampler)), "t2v_R1", fmt_recall, other_seeded=False),
+                ]
+                if seeded
+                else []
+            )
+            + cells(line, retrieval)
+            for line in table_lines
+        ],
+    )
     out = [caption(experiments), "", *first, "", LEGEND]
     if time:
         versus = ["Δ random"] if samplers else []
-        second = render(head + versus + [h for h, _, _ in time], [
-            label(line) + ([difference(line, by_key.get((line.name, "random")), "pair_acc_words", acc)]
-                           if samplers else [])
-            + cells(line, time) for line in table_lines])
+        second = render(
+            head + versus + [h for h, _, _ in time],
+            [
+                label(line)
+                + ([difference(line, by_key.get((line.name, "random")), "pair_acc_words", acc)] if samplers else [])
+                + cells(line, time)
+                for line in table_lines
+            ],
+        )
         out += ["", *second, "", TIME_LEGEND]
     return "\n".join(out) + "\n"
 
@@ -353,8 +414,13 @@ def main() -> None:
     ap.add_argument("--params", type=Path, default=Path("params.yaml"), help="for the MLflow store and experiment")
     ap.add_argument("--grid", type=Path, default=GRID)
     ap.add_argument("--out", type=Path, help="also write the table here (e.g. experiments/results/<name>.md)")
-    ap.add_argument("--runs", type=Path, action="append", metavar="FILE",
-                    help="read experiments from a --save-runs file instead (repeatable: later files win by name)")
+    ap.add_argument(
+        "--runs",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="read experiments from a --save-runs file instead (repeatable: later files win by name)",
+    )
     ap.add_argument("--save-runs", type=Path, metavar="FILE", help="also write the experiments tabulated, as JSON")
     args = ap.parse_args()
     if args.runs and args.mlflow:

@@ -12,6 +12,7 @@ that one experiment changed; here a column is a param whose value differs betwee
 0.5 = blind to frame order) and the trainable parameters. When that is wider than the terminal
 ($COLUMNS), the table turns: one column per experiment, in as many blocks as the width needs.
 The paper-shaped comparison of a whole grid is `python -m experiments.report`."""
+
 from __future__ import annotations
 
 import argparse
@@ -27,8 +28,12 @@ from dgl.typed_yaml import flatten
 from experiments.queue import dvc
 from experiments.report import METRICS_FILE, Experiment, from_dvc_show, load_runs
 
-HEADLINE = (("t2v R@1", "t2v_R1", "{:.1f}"), ("content R@1", "content_R1", "{:.1f}"),
-            ("pair acc", "pair_acc", "{:.3f}"), ("trainable", "trainable_params", "{:,.0f}"))
+HEADLINE = (
+    ("t2v R@1", "t2v_R1", "{:.1f}"),
+    ("content R@1", "content_R1", "{:.1f}"),
+    ("pair acc", "pair_acc", "{:.3f}"),
+    ("trainable", "trainable_params", "{:,.0f}"),
+)
 GAP = "  "
 MISSING = "-"
 
@@ -80,23 +85,34 @@ def columns(experiments: list[Experiment]) -> list[tuple[str, list[str]]]:
     names = short_names(keys)
     cols = [("experiment", [e.name for e in experiments])]
     cols += [(names[k], [value(e.params.get(k)) for e in experiments]) for k in keys]
-    cols += [(header, [fmt.format(e.metrics[key]) if isinstance(e.metrics.get(key), (int, float)) else MISSING
-                       for e in experiments]) for header, key, fmt in HEADLINE]
+    cols += [
+        (
+            header,
+            [
+                fmt.format(e.metrics[key]) if isinstance(e.metrics.get(key), (int, float)) else MISSING
+                for e in experiments
+            ],
+        )
+        for header, key, fmt in HEADLINE
+    ]
     return cols
 
 
 def aligned(rows: list[list[str]], left: int = 1) -> list[str]:
     """Rows of cells padded to each column's width; the first `left` columns left-aligned, the rest right."""
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    return [GAP.join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths)))
-            .rstrip() for row in rows]
+    return [
+        GAP.join(cell.ljust(w) if i < left else cell.rjust(w) for i, (cell, w) in enumerate(zip(row, widths))).rstrip()
+        for row in rows
+    ]
 
 
 def render(experiments: list[Experiment], width: int) -> str:
     """One row per experiment if that fits in `width`; else one column per experiment, in blocks that fit."""
     cols = columns(experiments)
-    wide = aligned([[header for header, _ in cols]] + [[cells[i] for _, cells in cols]
-                                                      for i in range(len(experiments))])
+    wide = aligned(
+        [[header for header, _ in cols]] + [[cells[i] for _, cells in cols] for i in range(len(experiments))]
+    )
     if max(map(len, wide)) <= width:
         return "\n".join(wide) + "\n"
     label = [header for header, _ in cols]
@@ -119,11 +135,14 @@ def select(experiments: list[Experiment], names: list[str], pattern: str | None)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UserError(f"no experiment {unknown[0]!r} with metrics; known: {', '.join(sorted(known)) or 'none'}")
-    chosen = [e for e in experiments if (not names or e.name in names)
-              and (pattern is None or re.fullmatch(pattern, e.name))]
+    chosen = [
+        e for e in experiments if (not names or e.name in names) and (pattern is None or re.fullmatch(pattern, e.name))
+    ]
     if not chosen:
-        raise UserError("no experiments with metrics to show; run one with `dvc exp run --temp -S key=value`, "
-                        "or queue the grid with `python -m experiments.queue`")
+        raise UserError(
+            "no experiments with metrics to show; run one with `dvc exp run --temp -S key=value`, "
+            "or queue the grid with `python -m experiments.queue`"
+        )
     return chosen
 
 
@@ -132,8 +151,13 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("names", nargs="*", help="experiments to show (default: all with metrics)")
     ap.add_argument("--only", metavar="REGEX", help="only experiments whose whole name matches")
-    ap.add_argument("--runs", type=Path, action="append", metavar="FILE",
-                    help="read a --save-runs file of experiments.report instead of `dvc exp show`")
+    ap.add_argument(
+        "--runs",
+        type=Path,
+        action="append",
+        metavar="FILE",
+        help="read a --save-runs file of experiments.report instead of `dvc exp show`",
+    )
     args = ap.parse_args()
     if args.runs:
         experiments = select(load_runs(args.runs), args.names, args.only)

@@ -1,4 +1,5 @@
 """Stage `download`: data/raw/ — the synthetic benchmark rendered here, or a real dataset fetched."""
+
 from __future__ import annotations
 
 import json
@@ -25,15 +26,27 @@ def main() -> None:
         ffmpeg_exe(params.ffmpeg)  # a missing ffmpeg is one line before any output exists
     with atomic_dir(args.out) as work:
         if synthetic:
-            generate(work, params.data.synthetic, ffmpeg=params.ffmpeg, workers=params.frames.workers,
-                     progress=show_progress())
+            generate(
+                work,
+                params.data.synthetic,
+                ffmpeg=params.ffmpeg,
+                workers=params.frames.workers,
+                progress=show_progress(),
+            )
         else:
-            prepare_raw(params.data.dataset, work, progress=show_progress(),
-                        max_extract_bytes=round(params.data.max_extract_gb * 1e9), vatex_split=params.data.vatex_split,
-                        keep_archives=params.data.keep_archives)
+            prepare_raw(
+                params.data.dataset,
+                work,
+                progress=show_progress(),
+                max_extract_bytes=round(params.data.max_extract_gb * 1e9),
+                vatex_split=params.data.vatex_split,
+                keep_archives=params.data.keep_archives,
+            )
     files = len(json.loads((args.out / "manifest.json").read_text())["files"])
-    print(f"download: {params.data.dataset} {'rendered' if synthetic else 'in place'} in {args.out}, {files} files "
-          f"with their sha256 in {args.out / 'manifest.json'}")
+    print(
+        f"download: {params.data.dataset} {'rendered' if synthetic else 'in place'} in {args.out}, {files} files "
+        f"with their sha256 in {args.out / 'manifest.json'}"
+    )
 
 
 if __name__ == "__main__":

@@ -3,6 +3,7 @@ MLflow run together with params.yaml and every plot; to a new run that names the
 `train_run_id`) when that run already holds test metrics (dgl.tracking.runs.evaluation_run). dvc.lock is
 not logged: DVC writes it after this stage ends; the run's `git_commit`, `git_dirty` and params say
 what ran (dgl/tracking/)."""
+
 from __future__ import annotations
 
 import json
@@ -51,25 +52,40 @@ def main() -> None:
     # R@1 on the training videos train held out, measured by train on the final weights: what a
     # learning-rate sweep chooses by (experiments/README.md), never the test split
     metrics.update({k: round(v, 4) for k, v in info["validation"].items() if k in ("val_t2v_R1", "val_v2t_R1")})
-    metrics.update({"trainable_params": info["parameters"]["trainable"],
-                    "trainable_ratio": info["parameters"]["trainable_ratio"],
-                    "trainable_clip": info["parameters"].get("trainable_clip", 0),
-                    "test_split": name_of_test_split(params.data.dataset, params.data.vatex_split),
-                    **{f"test_{k}": v for k, v in gallery.items()}})
-    curves = [{"K": k + 1, "t2v": t, "v2t": v} for k, (t, v) in enumerate(zip(result.curves["t2v"], result.curves["v2t"]))]
+    metrics.update(
+        {
+            "trainable_params": info["parameters"]["trainable"],
+            "trainable_ratio": info["parameters"]["trainable_ratio"],
+            "trainable_clip": info["parameters"].get("trainable_clip", 0),
+            "test_split": name_of_test_split(params.data.dataset, params.data.vatex_split),
+            **{f"test_{k}": v for k, v in gallery.items()},
+        }
+    )
+    curves = [
+        {"K": k + 1, "t2v": t, "v2t": v} for k, (t, v) in enumerate(zip(result.curves["t2v"], result.curves["v2t"]))
+    ]
     atomic_write(args.metrics, json.dumps(metrics, indent=2))
     atomic_write(args.recall, json.dumps(curves, indent=1))
     with atomic_dir(args.figures) as work:
-        write_figures(work, method, split, text, video, device, title=f"{method_title(params.model)} on {metrics['test_split']}")
-    with evaluation_run(params, training_run_of(params.tracking, info["weights_sha256"]), evaluation_metrics(result.metrics),
-                        method=info["method"], counts=info["parameters"]) as mlflow:
+        write_figures(
+            work, method, split, text, video, device, title=f"{method_title(params.model)} on {metrics['test_split']}"
+        )
+    with evaluation_run(
+        params,
+        training_run_of(params.tracking, info["weights_sha256"]),
+        evaluation_metrics(result.metrics),
+        method=info["method"],
+        counts=info["parameters"],
+    ) as mlflow:
         describe_run(mlflow, result.metrics, info["parameters"], args.params)
         log_files(mlflow, [args.metrics, args.params])
         mlflow.log_artifact(str(args.recall), artifact_path="plots")
         mlflow.log_artifacts(str(args.figures), artifact_path=f"plots/{args.figures.name}")
-    print(f"evaluate: t2v R@1 {metrics['t2v_R1']:.1f}, content R@1 {metrics.get('content_R1', float('nan')):.1f}, "
-          f"pair_acc {metrics.get('pair_acc', float('nan')):.3f}, v2t R@1 {metrics['v2t_R1']:.1f} on "
-          f"{metrics['test_videos']} test videos (all in {args.metrics})")
+    print(
+        f"evaluate: t2v R@1 {metrics['t2v_R1']:.1f}, content R@1 {metrics.get('content_R1', float('nan')):.1f}, "
+        f"pair_acc {metrics.get('pair_acc', float('nan')):.3f}, v2t R@1 {metrics['v2t_R1']:.1f} on "
+        f"{metrics['test_videos']} test videos (all in {args.metrics})"
+    )
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """Stage `frames`: data/frames/ — N frames sampled uniformly from every annotated video, cropped to the
 backbone's input size and kept once, encoded, in a frame store (dgl/frames/store.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -8,8 +9,8 @@ from dgl.cli import StageArguments, entry_point, show_progress
 from dgl.data.adapters import load_annotations
 from dgl.ffmpeg import ffmpeg_exe
 from dgl.files import atomic_dir, check_writable
-from dgl.settings import backbone_image_size, load_params
 from dgl.frames.extract import extract_frames
+from dgl.settings import backbone_image_size, load_params
 
 
 @entry_point
@@ -25,11 +26,20 @@ def main() -> None:
         ffmpeg_exe(params.ffmpeg)  # a missing ffmpeg is one line before any output exists
     annotations = load_annotations(params.data.dataset, args.raw)
     with atomic_dir(args.out) as work:
-        summary = extract_frames(args.raw, annotations, work, params.frames, ffmpeg=params.ffmpeg,
-                                 image_size=backbone_image_size(params.backbone.name), progress=show_progress())
-    print(f"frames: {summary['sampled']} of {summary['videos']} videos sampled, {summary['num_frames']} frames of "
-          f"{summary['image_size']} px each, {summary['codec']} ({summary['backend']}); {summary['skipped']} skipped "
-          f"(reasons in {args.out / 'skipped.json'})")
+        summary = extract_frames(
+            args.raw,
+            annotations,
+            work,
+            params.frames,
+            ffmpeg=params.ffmpeg,
+            image_size=backbone_image_size(params.backbone.name),
+            progress=show_progress(),
+        )
+    print(
+        f"frames: {summary['sampled']} of {summary['videos']} videos sampled, {summary['num_frames']} frames of "
+        f"{summary['image_size']} px each, {summary['codec']} ({summary['backend']}); {summary['skipped']} skipped "
+        f"(reasons in {args.out / 'skipped.json'})"
+    )
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ differ from the experiment's baseline commit, what they were, and how to put the
 not `git checkout`. DVC rewrites the file within the second in which git last refreshed its index, and
 where the new value has the old one's width (the aligned comments keep the line's length) git's stat
 cache still calls the file clean: `git status` shows nothing and `git checkout` restores nothing."""
+
 from __future__ import annotations
 
 import os
@@ -79,8 +80,10 @@ def main() -> None:
             marker.unlink(missing_ok=True)
             if args.checkpoint.exists():
                 args.checkpoint.unlink()
-                print(f"{args.checkpoint}: left by a killed training that these params will not resume; removed",
-                      file=sys.stderr)
+                print(
+                    f"{args.checkpoint}: left by a killed training that these params will not resume; removed",
+                    file=sys.stderr,
+                )
     atomic_write(args.out, MARK)
 
 

@@ -1,5 +1,6 @@
 """Stage `preprocess`: data/cache/ — the frame store linked from data/frames, each split's rows into it,
 and the captions tokenised once."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -23,12 +24,20 @@ def main() -> None:
     check_writable(args.out)
     annotations = load_annotations(params.data.dataset, args.raw)
     with atomic_dir(args.out) as work:
-        summary = build_cache(annotations, args.frames, work, backbone=params.backbone.name,
-                              context_length=params.preprocess.context_length)
-    splits = ", ".join(f"{name} {split['videos']} videos / {split['captions']} captions"
-                       for name, split in summary["splits"].items())
-    print(f"preprocess: {splits} of {summary['image_size']} px frames (linked), {summary['context_length']} tokens "
-          f"(details in {args.out / 'meta.json'})")
+        summary = build_cache(
+            annotations,
+            args.frames,
+            work,
+            backbone=params.backbone.name,
+            context_length=params.preprocess.context_length,
+        )
+    splits = ", ".join(
+        f"{name} {split['videos']} videos / {split['captions']} captions" for name, split in summary["splits"].items()
+    )
+    print(
+        f"preprocess: {splits} of {summary['image_size']} px frames (linked), {summary['context_length']} tokens "
+        f"(details in {args.out / 'meta.json'})"
+    )
 
 
 if __name__ == "__main__":

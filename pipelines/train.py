@@ -4,6 +4,7 @@ With more than one process (train.nproc, train.nnodes, or a scheduler's environm
 the stage re-launches itself under torchrun (DDP), on every machine of a SLURM job through srun; only
 rank 0 logs and writes. After every epoch it checkpoints to --checkpoint, so a killed run resumes there, in the
 same MLflow run, and ends with the same results (dgl/checkpoint.py)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,6 +16,7 @@ import torch
 
 from dgl import distributed, launch
 from dgl.artifacts import save_trained
+from dgl.batch_order import train_val_views
 from dgl.cache.read import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.cli import EpochLog, StageArguments, entry_point, show_progress
@@ -25,9 +27,15 @@ from dgl.models.backbone import check_preprocessing, load_backbone
 from dgl.models.methods import build_method, count_parameters
 from dgl.settings import load_params
 from dgl.tracking.names import WEIGHTS_TAG, epoch_metrics, run_label
-from dgl.tracking.runs import (active_run_id, end_abandoned_run, log_missing_epochs, log_trained, log_training_setup,
-                               mlflow_run, resumable_run)
-from dgl.batch_order import train_val_views
+from dgl.tracking.runs import (
+    active_run_id,
+    end_abandoned_run,
+    log_missing_epochs,
+    log_trained,
+    log_training_setup,
+    mlflow_run,
+    resumable_run,
+)
 from dgl.train import batch_size_used, train_method
 
 
@@ -62,16 +70,22 @@ def main() -> None:
         train_view, val_view = train_val_views(split, cfg.val_fraction, cfg.seed)
         batch_size = batch_size_used(cfg, len(train_view.videos), dist.world)
         if dist.main and batch_size != cfg.batch_size:
-            print(f"train.batch_size = {cfg.batch_size}: the training set has {len(train_view.videos)} videos, "
-                  f"so batches of {batch_size} are used (MLflow param train.batch_size_used)", file=sys.stderr)
+            print(
+                f"train.batch_size = {cfg.batch_size}: the training set has {len(train_view.videos)} videos, "
+                f"so batches of {batch_size} are used (MLflow param train.batch_size_used)",
+                file=sys.stderr,
+            )
         checkpoint = Checkpoint(args.checkpoint, fingerprint(params, backbone["sha256"]))
         resume = checkpoint.load(verbose=dist.main)
         if dist.main and checkpoint.abandoned:  # no run will resume it: its run, killed with it, ends first
             end_abandoned_run(params.tracking, checkpoint.abandoned_run_id)
             checkpoint.remove()
         run_id = resumable_run(params.tracking, resume["mlflow_run_id"]) if resume and dist.main else None
-        tracking = (mlflow_run(params.tracking, run_id=run_id, stage="train", label=run_label(params.model))
-                    if dist.main else contextlib.nullcontext())
+        tracking = (
+            mlflow_run(params.tracking, run_id=run_id, stage="train", label=run_label(params.model))
+            if dist.main
+            else contextlib.nullcontext()
+        )
         with tracking as mlflow:
             if dist.main:
                 log_training_setup(mlflow, params, params.model.method, counts)
@@ -87,13 +101,27 @@ def main() -> None:
                 if log_line:
                     log_line(epoch, record)
 
-            history = train_method(method, train_view, val_view, cfg, device, on_epoch=on_epoch,
-                                   progress=show_progress(), dist=dist, resume=resume,
-                                   save_checkpoint=lambda state: checkpoint.save({**state, "mlflow_run_id": run_id}))
+            history = train_method(
+                method,
+                train_view,
+                val_view,
+                cfg,
+                device,
+                on_epoch=on_epoch,
+                progress=show_progress(),
+                dist=dist,
+                resume=resume,
+                save_checkpoint=lambda state: checkpoint.save({**state, "mlflow_run_id": run_id}),
+            )
             if dist.main:  # no run id in the outputs: the same params give the same bytes (dgl/tracking.py)
-                info = {"method": params.model.method, "backbone": backbone["name"],
-                        "backbone_sha256": backbone["sha256"], "parameters": counts, "epochs": len(history),
-                        "validation": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")}}
+                info = {
+                    "method": params.model.method,
+                    "backbone": backbone["name"],
+                    "backbone_sha256": backbone["sha256"],
+                    "parameters": counts,
+                    "epochs": len(history),
+                    "validation": {k: v for k, v in (history[-1] if history else {}).items() if k.startswith("val_")},
+                }
                 with atomic_dir(args.out) as work:
                     mlflow.set_tag(WEIGHTS_TAG, save_trained(method.cpu(), work, info, params.model))
                 log_trained(mlflow, args.out, params.tracking.max_weights_mb)
@@ -105,8 +133,10 @@ def main() -> None:
     last = history[-1] if history else {}
     val = f", val R@1 {last['val_t2v_R1']:.1f} t2v" if "val_t2v_R1" in last else ""
     loss = f", final loss {last['train_loss']:.4f}" if "train_loss" in last else ""
-    print(f"train: {params.model.method} ({counts['trainable']:,} trainable parameters), {len(history)} epochs{loss}"
-          f"{val}; weights in {args.out}")
+    print(
+        f"train: {params.model.method} ({counts['trainable']:,} trainable parameters), {len(history)} epochs{loss}"
+        f"{val}; weights in {args.out}"
+    )
 
 
 if __name__ == "__main__":

@@ -21,4 +21,5 @@ Modules: write.py builds the cache (the preprocess stage), read.py opens it (`Ca
 `normalise`, `gallery_counts`), prefetch.py reads batches ahead onto the device (`Prefetcher`,
 `device_batches`).
 """
+
 from __future__ import annotations

@@ -2,13 +2,15 @@
 and `device_batches`, which reads a cached split's batches with it and moves them to the device
 (CUDA: pinned memory, a side stream, normalised there).
 """
+
 from __future__ import annotations
 
 import functools
 import queue
 import threading
 import time
-from typing import Callable, Generic, Iterable, TypeVar
+from collections.abc import Callable, Iterable
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -30,8 +32,9 @@ class Prefetcher(Generic[J, T]):
     blocked on the next item. Jobs are taken from `jobs` in the background thread: give a list (or
     anything that draws no random numbers)."""
 
-    def __init__(self, make: Callable[[J], T], jobs: Iterable[J], depth: int = 1,
-                 finish: Callable[[T], T] | None = None):
+    def __init__(
+        self, make: Callable[[J], T], jobs: Iterable[J], depth: int = 1, finish: Callable[[T], T] | None = None
+    ):
         self.depth, self.waited = depth, 0.0
         self._make, self._finish, self._jobs = make, finish, iter(jobs)
         self._done = False
@@ -42,11 +45,15 @@ class Prefetcher(Generic[J, T]):
             self._stop = threading.Event()
             # The thread holds the queue, the slots and the stop flag, never `self`: an unclosed
             # Prefetcher is still garbage, and __del__ stops the thread.
-            self._thread = threading.Thread(target=_produce, name="dgl-prefetch", daemon=True,
-                                            args=(make, self._jobs, self._queue, self._slots, self._stop))
+            self._thread = threading.Thread(
+                target=_produce,
+                name="dgl-prefetch",
+                daemon=True,
+                args=(make, self._jobs, self._queue, self._slots, self._stop),
+            )
             self._thread.start()
 
-    def __iter__(self) -> "Prefetcher[J, T]":
+    def __iter__(self) -> Prefetcher[J, T]:
         return self
 
     def __next__(self) -> T:
@@ -78,7 +85,7 @@ class Prefetcher(Generic[J, T]):
             while not self._queue.empty():
                 self._queue.get_nowait()
 
-    def __enter__(self) -> "Prefetcher[J, T]":
+    def __enter__(self) -> Prefetcher[J, T]:
         return self
 
     def __exit__(self, *exc) -> None:
@@ -107,8 +114,9 @@ def _produce(make, jobs, out: queue.Queue, slots: threading.Semaphore, stop: thr
 Job = tuple[np.ndarray, "np.ndarray | None", "np.ndarray | None"]
 
 
-def device_batches(split: CachedSplit, jobs: Iterable[Job], device: torch.device,
-                   prefetch: int = 1) -> Prefetcher[Job, tuple[torch.Tensor, "torch.Tensor | None"]]:
+def device_batches(
+    split: CachedSplit, jobs: Iterable[Job], device: torch.device, prefetch: int = 1
+) -> Prefetcher[Job, tuple[torch.Tensor, torch.Tensor | None]]:
     """The batches `jobs` name, read from a cached split and ready on `device`: frames (B, T, 3, S, S)
     float32, normalised there, and tokens (b, L) (None for a job without captions), `prefetch`
     batches ahead of the one in use (0 = each read when asked, in the caller's thread).
@@ -123,8 +131,12 @@ def device_batches(split: CachedSplit, jobs: Iterable[Job], device: torch.device
     stream = torch.cuda.Stream(device)
     mean, std = split.mean.to(device), split.std.to(device)
     stream.wait_stream(torch.cuda.current_stream(device))  # mean and std are there first
-    return Prefetcher(functools.partial(_read_batch_cuda, split, device, stream, mean, std), jobs, prefetch,
-                      finish=functools.partial(_on_current_stream, device))
+    return Prefetcher(
+        functools.partial(_read_batch_cuda, split, device, stream, mean, std),
+        jobs,
+        prefetch,
+        finish=functools.partial(_on_current_stream, device),
+    )
 
 
 def _read_batch(split: CachedSplit, device: torch.device, job: Job) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -133,12 +145,12 @@ def _read_batch(split: CachedSplit, device: torch.device, job: Job) -> tuple[tor
     return frames, None if captions is None else split.tokens[captions].to(device)
 
 
-def _read_batch_cuda(split: CachedSplit, device: torch.device, stream, mean: torch.Tensor, std: torch.Tensor,
-                     job: Job) -> tuple[torch.Tensor, torch.Tensor | None, "torch.cuda.Event"]:
+def _read_batch_cuda(
+    split: CachedSplit, device: torch.device, stream, mean: torch.Tensor, std: torch.Tensor, job: Job
+) -> tuple[torch.Tensor, torch.Tensor | None, torch.cuda.Event]:
     videos, picks, captions = job
     with torch.cuda.stream(stream):
-        pixels = torch.empty((len(videos), split.num_frames, *split.frame_shape), dtype=torch.uint8,
-                             pin_memory=True)
+        pixels = torch.empty((len(videos), split.num_frames, *split.frame_shape), dtype=torch.uint8, pin_memory=True)
         split.video_pixels(videos, picks, out=pixels.numpy())
         # `pixels` may be freed when this returns: the caching host allocator keeps a pinned block
         # until the copies that read it have run

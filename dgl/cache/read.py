@@ -2,6 +2,7 @@
 from the frame store when a batch is read, its captions' tokens, and normalisation; a cache that is
 absent or damaged is one line that names the stage that rebuilds it.
 """
+
 from __future__ import annotations
 
 import json
@@ -48,16 +49,19 @@ def gallery_counts(cache_dir: Path, split: str, max_missing: float) -> dict[str,
     counts = _read_json(cache_dir / "meta.json")["splits"][split]
     annotated, skipped = counts["annotated_videos"], counts["skipped_videos"]
     if skipped > max_missing * annotated:
-        raise UserError(f"{cache_dir}: {skipped} of the {annotated} annotated {split} videos "
-                        f"({100 * skipped / annotated:.1f} %) could not be sampled (see data/frames/skipped.json); "
-                        "recall on the rest would be inflated. Add the missing videos, or accept a smaller "
-                        f"gallery with eval.max_missing >= {skipped / annotated:.4f}")
+        raise UserError(
+            f"{cache_dir}: {skipped} of the {annotated} annotated {split} videos "
+            f"({100 * skipped / annotated:.1f} %) could not be sampled (see data/frames/skipped.json); "
+            "recall on the rest would be inflated. Add the missing videos, or accept a smaller "
+            f"gallery with eval.max_missing >= {skipped / annotated:.4f}"
+        )
     return {"videos": counts["videos"], "captions": counts["captions"], "skipped_videos": skipped}
 
 
 def _missing(path: Path) -> UserError:
-    return UserError(f"{path.parent}: no preprocessed cache here ({path.name} is missing); "
-                     "run `dvc repro preprocess` first")
+    return UserError(
+        f"{path.parent}: no preprocessed cache here ({path.name} is missing); run `dvc repro preprocess` first"
+    )
 
 
 def _read_json(path: Path) -> dict:
@@ -75,7 +79,9 @@ def _read_npy(path: Path, mmap_mode: str | None = None) -> np.ndarray:
     try:
         return np.load(path, mmap_mode=mmap_mode)
     except (ValueError, OSError, EOFError) as e:  # truncated or not an .npy file
-        raise UserError(f"{path}: damaged ({type(e).__name__}); rebuild the cache with `dvc repro preprocess`") from None
+        raise UserError(
+            f"{path}: damaged ({type(e).__name__}); rebuild the cache with `dvc repro preprocess`"
+        ) from None
 
 
 @dataclass
@@ -95,7 +101,7 @@ class CachedSplit:
     candidates: int = 1  # K
 
     @classmethod
-    def load(cls, cache_dir: Path, split: str, decode_threads: int | None = None) -> "CachedSplit":
+    def load(cls, cache_dir: Path, split: str, decode_threads: int | None = None) -> CachedSplit:
         """One split; a cache that is absent (preprocess has not run) or damaged is one line.
         `decode_threads`: threads that decode a batch's frames (None: one per core)."""
         meta, info = _read_json(cache_dir / "meta.json"), _read_json(cache_dir / f"{split}.json")
@@ -144,8 +150,9 @@ class CachedSplit:
         if picks is None:
             picks = np.full((count, self.num_frames), self.candidates // 2)
         frame = np.arange(self.num_frames) * self.candidates + picks  # (B, T) positions in a video's rows
-        if count and (indices.min() < 0 or indices.max() >= self.num_videos or frame.min() < 0
-                      or frame.max() >= per_video):
+        if count and (
+            indices.min() < 0 or indices.max() >= self.num_videos or frame.min() < 0 or frame.max() >= per_video
+        ):
             raise IndexError(f"video or frame index out of range for {self.num_videos} videos x {per_video} frames")
         if out is None:
             out = np.empty((count, self.num_frames, *self.frame_shape), dtype=np.uint8)

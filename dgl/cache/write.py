@@ -2,6 +2,7 @@
 frame store linked from the frames stage's output, each split's rows into it, its captions'
 tokens, its video ids, captions and twins, and meta.json.
 """
+
 from __future__ import annotations
 
 import json
@@ -21,8 +22,9 @@ from dgl.frames.store import FrameStore, store_files
 SPLITS = ("train", "test")
 
 
-def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, backbone: str,
-                context_length: int) -> dict:
+def build_cache(
+    annotations: Annotations, frames_dir: Path, out_dir: Path, *, backbone: str, context_length: int
+) -> dict:
     """Write the cache into `out_dir`: the frame store linked from `frames_dir`, rows and tokens per split."""
     for name in ("skipped.json", "sampling.json"):
         if not (frames_dir / name).is_file():
@@ -32,15 +34,23 @@ def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, ba
     store = FrameStore(frames_dir, "frames")
     size = image_size_of(backbone)
     if store.frame_shape != (3, size, size):
-        raise UserError(f"{frames_dir}: frames of {store.frame_shape} where {backbone} takes (3, {size}, {size}); "
-                        "run `dvc repro frames`")
+        raise UserError(
+            f"{frames_dir}: frames of {store.frame_shape} where {backbone} takes (3, {size}, {size}); "
+            "run `dvc repro frames`"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     for path in store_files(frames_dir):
         _link_or_copy(path, out_dir / path.name)
     tokenizer = open_clip.get_tokenizer(backbone)
 
-    summary = {"image_size": size, "context_length": context_length, "mean": list(OPENAI_DATASET_MEAN),
-               "std": list(OPENAI_DATASET_STD), "dropped_videos": sorted(skipped), "splits": {}}
+    summary = {
+        "image_size": size,
+        "context_length": context_length,
+        "mean": list(OPENAI_DATASET_MEAN),
+        "std": list(OPENAI_DATASET_STD),
+        "dropped_videos": sorted(skipped),
+        "splits": {},
+    }
     for split in SPLITS:
         captions = [c for c in annotations.split(split) if c.video_id not in skipped]
         video_ids = list(dict.fromkeys(c.video_id for c in captions))
@@ -54,17 +64,26 @@ def build_cache(annotations: Annotations, frames_dir: Path, out_dir: Path, *, ba
         tokens = tokenizer([c.text for c in captions], context_length=context_length).numpy().astype(np.int32)
         np.save(out_dir / f"{split}_tokens.npy", tokens)
         twins = [index.get(annotations.twins.get(v, ""), -1) for v in video_ids]
-        (out_dir / f"{split}.json").write_text(json.dumps({
-            "video_ids": video_ids,
-            "caption_video": [index[c.video_id] for c in captions],
-            "texts": [c.text for c in captions],
-            "categories": [c.category for c in captions],
-            "twins": twins,
-        }))
+        (out_dir / f"{split}.json").write_text(
+            json.dumps(
+                {
+                    "video_ids": video_ids,
+                    "caption_video": [index[c.video_id] for c in captions],
+                    "texts": [c.text for c in captions],
+                    "categories": [c.category for c in captions],
+                    "twins": twins,
+                }
+            )
+        )
         annotated = set(annotations.split_videos(split))
-        summary["splits"][split] = {"videos": len(video_ids), "captions": len(captions), "frames": num_frames,
-                                    "candidates": candidates, "annotated_videos": len(annotated),
-                                    "skipped_videos": len(annotated & set(skipped))}
+        summary["splits"][split] = {
+            "videos": len(video_ids),
+            "captions": len(captions),
+            "frames": num_frames,
+            "candidates": candidates,
+            "annotated_videos": len(annotated),
+            "skipped_videos": len(annotated & set(skipped)),
+        }
     (out_dir / "meta.json").write_text(json.dumps(summary, indent=2))
     return summary
 

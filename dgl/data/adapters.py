@@ -24,14 +24,16 @@ Formats (files relative to the raw dataset folder):
   "timestamps", "sentences"}}; paragraph-to-video retrieval: one caption per video, its
   sentences joined with spaces.
 """
+
 from __future__ import annotations
 
 import contextlib
 import csv
 import json
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any, Callable, Iterable, Iterator
+from typing import Any
 
 from dgl.data.annotations import Annotations, Caption, id_path, video_id
 from dgl.errors import UserError
@@ -84,11 +86,17 @@ def _video_files(raw_dir: Path, video_ids: Iterable[str], default_extension: str
     return {v: found.get(v) or id_path(PurePosixPath("videos"), v, default_extension).as_posix() for v in video_ids}
 
 
-def _annotations(raw_dir: Path, train: tuple[Caption, ...], test: tuple[Caption, ...], default_extension: str,
-                 twins: dict[str, str] | None = None) -> Annotations:
+def _annotations(
+    raw_dir: Path,
+    train: tuple[Caption, ...],
+    test: tuple[Caption, ...],
+    default_extension: str,
+    twins: dict[str, str] | None = None,
+) -> Annotations:
     video_ids = dict.fromkeys(c.video_id for c in train + test)
-    return Annotations(videos=_video_files(raw_dir, video_ids, default_extension), train=train, test=test,
-                       twins=twins or {})
+    return Annotations(
+        videos=_video_files(raw_dir, video_ids, default_extension), train=train, test=test, twins=twins or {}
+    )
 
 
 # --- MSR-VTT (and the synthetic benchmark) -----------------------------------------------------
@@ -106,8 +114,10 @@ def _msrvtt(raw_dir: Path) -> Annotations:
     with _reading(raw_dir / MSRVTT_TRAIN, "CSV with a video_id column"):
         train_ids = {row["video_id"] for row in _read_csv(raw_dir / MSRVTT_TRAIN, ["video_id"])}
     with _reading(raw_dir / MSRVTT_TEST, "CSV with columns key, vid_key, video_id, sentence"):
-        test_rows = [(video_id(r["video_id"], raw_dir / MSRVTT_TEST), r["sentence"])
-                     for r in _read_csv(raw_dir / MSRVTT_TEST, ["video_id", "sentence"])]
+        test_rows = [
+            (video_id(r["video_id"], raw_dir / MSRVTT_TEST), r["sentence"])
+            for r in _read_csv(raw_dir / MSRVTT_TEST, ["video_id", "sentence"])
+        ]
     train = tuple(Caption(v, text, events.get(v, "")) for v, text in sentences if v in train_ids)
     test = tuple(Caption(v, text, events.get(v, "")) for v, text in test_rows)
     both_ways = twins | {twin: video for video, twin in twins.items()}
@@ -134,6 +144,7 @@ def _vatex_split(raw_dir: Path, list_name: str, captions: dict[str, list[str]]) 
 @dataclass(frozen=True)
 class VatexSplit:
     """A named VATEX test split: train is always the official training set."""
+
     test_ids: Path | None  # the test videos' ids, shipped with the code; None: the whole official validation set
     name: str  # as metrics.json names it
 
@@ -205,8 +216,9 @@ FORMATS: dict[str, Format] = {
     "synthetic": Format((MSRVTT_DATA, MSRVTT_TRAIN, MSRVTT_TEST), _msrvtt, f"synthetic test ({MSRVTT_TEST})"),
     "vatex": Format((VATEX_TRAIN, VATEX_TEST, VATEX_CAPTIONS), _vatex, VATEX_SPLITS["hgr"].name),
     "lsmdc": Format((LSMDC_TRAIN, LSMDC_TEST), _lsmdc, f"lsmdc {LSMDC_TEST}"),
-    "activitynet": Format((ACTIVITYNET_TRAIN, ACTIVITYNET_TEST), _activitynet,
-                          f"activitynet {ACTIVITYNET_TEST} (paragraphs)"),
+    "activitynet": Format(
+        (ACTIVITYNET_TRAIN, ACTIVITYNET_TEST), _activitynet, f"activitynet {ACTIVITYNET_TEST} (paragraphs)"
+    ),
 }
 
 

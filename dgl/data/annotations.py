@@ -9,6 +9,7 @@ Video ids come from downloaded files and become file names in every later stage
 (`video_id`): a plain file name, never a path. Every stage builds such a name with `id_path`,
 which checks again, so no id can reach outside its folder.
 """
+
 from __future__ import annotations
 
 import re
@@ -24,8 +25,11 @@ _MAX_ID_BYTES = 200  # a file name (id + extension) must stay under the usual 25
 
 def is_plain_id(video_id: str) -> bool:
     """Is `video_id` usable as a file name in one folder (no separator, not `.`/`..`, no control character)?"""
-    return (isinstance(video_id, str) and not _NOT_A_FILE_NAME.search(video_id)
-            and len(video_id.encode("utf-8", "surrogatepass")) <= _MAX_ID_BYTES)
+    return (
+        isinstance(video_id, str)
+        and not _NOT_A_FILE_NAME.search(video_id)
+        and len(video_id.encode("utf-8", "surrogatepass")) <= _MAX_ID_BYTES
+    )
 
 
 def video_id(value: object, source: Path) -> str:
@@ -33,8 +37,10 @@ def video_id(value: object, source: Path) -> str:
     name a path outside the dataset's folders."""
     text = str(value)
     if not is_plain_id(text):
-        raise UserError(f"{source}: video id {text!r} is not a plain file name (a path separator, '..', a control "
-                        f"character or over {_MAX_ID_BYTES} bytes); the file is not the published one: replace it")
+        raise UserError(
+            f"{source}: video id {text!r} is not a plain file name (a path separator, '..', a control "
+            f"character or over {_MAX_ID_BYTES} bytes); the file is not the published one: replace it"
+        )
     return text
 
 

@@ -12,6 +12,7 @@
   sha256 checked. One run gives up after DEADLINE seconds in all (a server that trickles bytes
   never times out a read), keeping the part for the next run.
 """
+
 from __future__ import annotations
 
 import http.client
@@ -144,8 +145,9 @@ def _transfer(url: str, part: Path, progress: bool, timeout: float, until: float
             offset, total = 0, int(length) if length is not None else None
             about = {"url": url, "validator": _validator(response.headers), "length": total}
             _about_path(part).write_text(json.dumps(about) + "\n")
-        bar = progress_bar(progress, total=total, initial=offset, desc=name, unit="B", unit_scale=True,
-                           unit_divisor=1024)
+        bar = progress_bar(
+            progress, total=total, initial=offset, desc=name, unit="B", unit_scale=True, unit_divisor=1024
+        )
         with bar, open(part, "ab" if resumed else "wb") as out:
             try:
                 while chunk := response.read1(CHUNK):  # what has arrived: the deadline is checked as it comes
@@ -183,8 +185,7 @@ def _check_end(url: str, part: Path, timeout: float) -> None:
             raise _Interrupted(f"the body ended at {size} bytes but the server has more; resuming")
 
 
-def _transfer_with_retries(url: str, part: Path, progress: bool, timeout: float, retries: int,
-                           until: float) -> None:
+def _transfer_with_retries(url: str, part: Path, progress: bool, timeout: float, retries: int, until: float) -> None:
     """`_transfer` (and `_check_end` after a body of unknown length), resumed at once after each of
     up to `retries` interruptions, until the monotonic time `until`."""
     for attempt in range(retries + 1):
@@ -199,8 +200,15 @@ def _transfer_with_retries(url: str, part: Path, progress: bool, timeout: float,
                 raise
 
 
-def download(url: str, dest: Path, sha256: str | None, progress: bool = True, retries: int = 3,
-             timeout: float = 60.0, deadline: float = DEADLINE) -> str:
+def download(
+    url: str,
+    dest: Path,
+    sha256: str | None,
+    progress: bool = True,
+    retries: int = 3,
+    timeout: float = 60.0,
+    deadline: float = DEADLINE,
+) -> str:
     """Fetch `url` to `dest` (resuming `dest.part`), check `sha256` if given; returns the file's sha256.
     `timeout` bounds each read, `deadline` the whole download (seconds).
 
@@ -217,26 +225,35 @@ def download(url: str, dest: Path, sha256: str | None, progress: bool = True, re
     except _PastDeadline as e:
         kept = part.stat().st_size if part.exists() else 0
         again = "resume" if _resumable(_read_about(part), url) else "start over"
-        raise UserError(f"{dest.name}: download from {url} took more than its {deadline:g} s ({e}; the server "
-                        f"sends too slowly); {kept} bytes kept in {part}: run again to {again}, or fetch the file "
-                        f"by hand and put it at {dest}") from None
+        raise UserError(
+            f"{dest.name}: download from {url} took more than its {deadline:g} s ({e}; the server "
+            f"sends too slowly); {kept} bytes kept in {part}: run again to {again}, or fetch the file "
+            f"by hand and put it at {dest}"
+        ) from None
     except _Interrupted as e:
         if part.exists() and part.stat().st_size and not _resumable(_read_about(part), url):
             _discard(part)  # the next run could not continue it anyway
-            raise UserError(f"{dest.name}: download from {url} interrupted ({e}) and the server gives no way to "
-                            "resume it: run again to start over") from None
+            raise UserError(
+                f"{dest.name}: download from {url} interrupted ({e}) and the server gives no way to "
+                "resume it: run again to start over"
+            ) from None
         if not part.exists() or part.stat().st_size == 0:
-            raise UserError(f"{dest.name}: cannot download {url} ({e}); check the network, or fetch the file "
-                            f"by hand and put it at {dest}") from None
-        raise UserError(f"{dest.name}: download from {url} interrupted ({e}); {part.stat().st_size} bytes kept "
-                        f"in {part}: run again to resume") from None
+            raise UserError(
+                f"{dest.name}: cannot download {url} ({e}); check the network, or fetch the file "
+                f"by hand and put it at {dest}"
+            ) from None
+        raise UserError(
+            f"{dest.name}: download from {url} interrupted ({e}); {part.stat().st_size} bytes kept "
+            f"in {part}: run again to resume"
+        ) from None
     digest = sha256_of(part)
     if sha256 is not None and digest != sha256:
         _discard(part)
         raise ChecksumMismatch(
             f"{dest.name}: sha256 mismatch (expected {sha256}, got {digest}); the download was removed: run "
             f"again, and if it happens again the file at {url} has changed: check it before trusting it",
-            sha256, digest,
+            sha256,
+            digest,
         )
     part.replace(dest)
     _about_path(part).unlink(missing_ok=True)

@@ -5,6 +5,7 @@
   than a cap in all, before writing anything; it writes into a temporary sibling folder and moves
   the result into place at the end, so a refused or failed extraction leaves nothing behind.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -17,9 +18,10 @@ import tarfile
 import tempfile
 import zipfile
 import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import IO, Callable, Iterator
+from typing import IO
 
 from dgl.errors import UserError
 
@@ -51,9 +53,13 @@ def _zip_unreadable(info: zipfile.ZipInfo) -> str | None:
 def _zip_entries(archive: Path) -> Iterator[list[_Entry]]:
     with zipfile.ZipFile(archive) as zf:
         yield [
-            _Entry(info.filename,
-                   "dir" if info.is_dir() else "link" if stat.S_ISLNK(info.external_attr >> 16) else "file",
-                   info.file_size, lambda info=info: zf.open(info), _zip_unreadable(info))
+            _Entry(
+                info.filename,
+                "dir" if info.is_dir() else "link" if stat.S_ISLNK(info.external_attr >> 16) else "file",
+                info.file_size,
+                lambda info=info: zf.open(info),
+                _zip_unreadable(info),
+            )
             for info in zf.infolist()
         ]
 
@@ -74,8 +80,9 @@ def _tar_members(tf: tarfile.TarFile, stops: list[tarfile.HeaderError]) -> list[
     members = tf.getmembers()
     if not stops or not isinstance(stops[-1], tarfile.EOFHeaderError):
         why = "a damaged header" if stops and isinstance(stops[-1], tarfile.InvalidHeaderError) else "its end"
-        raise tarfile.ReadError(f"truncated or damaged: {why} after {len(members)} entries, where an "
-                                "end-of-archive marker should be")
+        raise tarfile.ReadError(
+            f"truncated or damaged: {why} after {len(members)} entries, where an end-of-archive marker should be"
+        )
     while chunk := tf.fileobj.read(CHUNK):
         if chunk.count(0) != len(chunk):
             raise tarfile.ReadError(f"damaged: more data after an end-of-archive marker, after {len(members)} entries")
@@ -125,14 +132,20 @@ def _unsafe(name: str) -> bool:
 
 def _check(archive: Path, entry: _Entry, destination: str) -> None:
     if entry.unreadable:
-        raise UserError(f"{archive}: cannot unpack entry {entry.name!r}: {entry.unreadable}; unpack the archive "
-                        "with a tool that can and place its files in the manual folder, or get an unencrypted copy")
+        raise UserError(
+            f"{archive}: cannot unpack entry {entry.name!r}: {entry.unreadable}; unpack the archive "
+            "with a tool that can and place its files in the manual folder, or get an unencrypted copy"
+        )
     if entry.kind in ("link", "special"):
-        raise UserError(f"{archive}: refused entry {entry.name!r}: a {entry.kind} (only files and folders are "
-                        "extracted); the archive is not what was expected, get it from the official source")
+        raise UserError(
+            f"{archive}: refused entry {entry.name!r}: a {entry.kind} (only files and folders are "
+            "extracted); the archive is not what was expected, get it from the official source"
+        )
     if _unsafe(entry.name) or _unsafe(destination) or not destination.strip("/"):
-        raise UserError(f"{archive}: refused entry {entry.name!r}: it would be written outside the target folder; "
-                        "the archive is not what was expected, get it from the official source")
+        raise UserError(
+            f"{archive}: refused entry {entry.name!r}: it would be written outside the target folder; "
+            "the archive is not what was expected, get it from the official source"
+        )
 
 
 def _merge(source: Path, target: Path) -> None:
@@ -158,9 +171,11 @@ def _plan(archive: Path, entries: list[_Entry], select: Callable[[str], str | No
         if entry.kind == "file":
             destination = destination.strip("/")
             if destination in taken:  # e.g. two folders' files of one name, selected into one folder
-                raise UserError(f"{archive}: entries {taken[destination]!r} and {entry.name!r} would both be written "
-                                f"to {destination!r}; the archive is not what was expected, get it from the official "
-                                "source")
+                raise UserError(
+                    f"{archive}: entries {taken[destination]!r} and {entry.name!r} would both be written "
+                    f"to {destination!r}; the archive is not what was expected, get it from the official "
+                    "source"
+                )
             taken[destination] = entry.name
             plan.append((entry, destination))
     return plan
@@ -174,9 +189,11 @@ def _size(n: int) -> str:
 
 
 def _too_large(archive: Path, size: int, max_bytes: int) -> UserError:
-    return UserError(f"{archive}: extracting it would write {_size(size)}, more than the cap of {_size(max_bytes)} "
-                     "(data.max_extract_gb in params.yaml); if the archive is the one expected, raise the cap and "
-                     "run again")
+    return UserError(
+        f"{archive}: extracting it would write {_size(size)}, more than the cap of {_size(max_bytes)} "
+        "(data.max_extract_gb in params.yaml); if the archive is the one expected, raise the cap and "
+        "run again"
+    )
 
 
 def _write(archive: Path, plan: list[tuple[_Entry, str]], folder: Path, max_bytes: int | None) -> None:
@@ -192,8 +209,9 @@ def _write(archive: Path, plan: list[tuple[_Entry, str]], folder: Path, max_byte
                 out.write(chunk)
 
 
-def extract(archive: Path, target_dir: Path, select: Callable[[str], str | None] | None = None,
-            max_bytes: int | None = None) -> list[str]:
+def extract(
+    archive: Path, target_dir: Path, select: Callable[[str], str | None] | None = None, max_bytes: int | None = None
+) -> list[str]:
     """Unpack `archive` into `target_dir` (created if missing); returns the files written (relative paths).
 
     `select` maps an entry's path to where it goes under target_dir (None: skip it); by default

@@ -29,19 +29,27 @@ checked against that record (trust on first use). No hash here is made up.
 Every archive is extracted under a size cap (`data.max_extract_gb`): an archive that would write
 more is refused before anything is written.
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
 
 from dgl.checksums import file_checksums, sha256_of, write_manifest
-from dgl.data.adapters import (VATEX_CAPTIONS, VATEX_SPLITS, VATEX_TEST, VATEX_TRAIN, VIDEO_EXTENSIONS,
-                               dataset_format, load_annotations)
+from dgl.data.adapters import (
+    VATEX_CAPTIONS,
+    VATEX_SPLITS,
+    VATEX_TEST,
+    VATEX_TRAIN,
+    VIDEO_EXTENSIONS,
+    dataset_format,
+    load_annotations,
+)
 from dgl.data.download import ChecksumMismatch, download
 from dgl.data.extract import extract
 from dgl.errors import UserError
@@ -116,8 +124,10 @@ def _official_captions(raw_dir: Path, downloads_dir: Path, name: str) -> dict[st
         entries = json.loads((raw_dir / name).read_text(encoding="utf-8"))
         return {str(e["videoID"]): [str(c) for c in e["enCap"]] for e in entries}
     except (ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{name}: not VATEX's official caption format ({type(e).__name__}: {e}); delete "
-                        f"{downloads_dir / name} (or your copy in the manual folder) and run again") from None
+        raise UserError(
+            f"{name}: not VATEX's official caption format ({type(e).__name__}: {e}); delete "
+            f"{downloads_dir / name} (or your copy in the manual folder) and run again"
+        ) from None
 
 
 def _vatex_from_official(raw_dir: Path, downloads_dir: Path, split: str) -> None:
@@ -135,9 +145,11 @@ def _vatex_from_official(raw_dir: Path, downloads_dir: Path, split: str) -> None
     test_ids = listed.read_text().split() if listed else list(validation)
     absent = [v for v in test_ids if v not in validation]
     if absent:
-        raise UserError(f"{VATEX_OFFICIAL_VAL}: lacks {len(absent)} of the {len(test_ids)} videos of the {split} test "
-                        f"split (first: {absent[0]}); use VATEX's v1.0 validation file, or data.vatex_split: "
-                        "official_val")
+        raise UserError(
+            f"{VATEX_OFFICIAL_VAL}: lacks {len(absent)} of the {len(test_ids)} videos of the {split} test "
+            f"split (first: {absent[0]}); use VATEX's v1.0 validation file, or data.vatex_split: "
+            "official_val"
+        )
     (raw_dir / VATEX_TRAIN).write_text("".join(f"{v}\n" for v in train))
     (raw_dir / VATEX_TEST).write_text("".join(f"{v}\n" for v in test_ids))
     captions = train | {v: validation[v] for v in test_ids}
@@ -149,52 +161,69 @@ def _vatex_from_official(raw_dir: Path, downloads_dir: Path, split: str) -> None
 SOURCES: dict[str, Source] = {
     "msrvtt": Source(
         remotes=(
-            Remote("https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip", "msrvtt_data.zip",
-                   unpack(files_named("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv")),
-                   unless_present=("MSRVTT_data.json",)),
-            Remote("https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip", "MSRVTT.zip",
-                   unpack(videos_in("videos/all")), unless_present=("videos",)),
+            Remote(
+                "https://github.com/ArrowLuo/CLIP4Clip/releases/download/v0.0/msrvtt_data.zip",
+                "msrvtt_data.zip",
+                unpack(files_named("MSRVTT_data.json", "MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv")),
+                unless_present=("MSRVTT_data.json",),
+            ),
+            Remote(
+                "https://www.robots.ox.ac.uk/~maxbain/frozen-in-time/data/MSRVTT.zip",
+                "MSRVTT.zip",
+                unpack(videos_in("videos/all")),
+                unless_present=("videos",),
+            ),
         ),
         by_hand="MSR-VTT downloads by itself; if an address fails, fetch CLIP4Clip's msrvtt_data.zip and "
-                "Frozen-in-Time's MSRVTT.zip yourself into {downloads}/, or place MSRVTT_data.json, "
-                "MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv and videos/<video id>.mp4 in {manual}/",
+        "Frozen-in-Time's MSRVTT.zip yourself into {downloads}/, or place MSRVTT_data.json, "
+        "MSRVTT_train.9k.csv, MSRVTT_JSFUSION_test.csv and videos/<video id>.mp4 in {manual}/",
     ),
     "vatex": Source(
         remotes=tuple(
-            Remote(f"https://eric-xw.github.io/vatex-website/data/{name}", name, copy_as(name),
-                   unless_present=(name, VATEX_CAPTIONS))  # the official file, or the lists derived from it
+            Remote(
+                f"https://eric-xw.github.io/vatex-website/data/{name}",
+                name,
+                copy_as(name),
+                unless_present=(name, VATEX_CAPTIONS),
+            )  # the official file, or the lists derived from it
             for name in (VATEX_OFFICIAL_TRAIN, VATEX_OFFICIAL_VAL)
         ),
         by_hand="VATEX videos are YouTube clips: fetch each <videoID> (= <YouTube id>_<start>_<end>, seconds) "
-                "yourself (e.g. yt-dlp, then cut with ffmpeg) into {manual}/videos/<videoID>.mp4; the split lists "
-                "are derived from the official caption files (data.vatex_split)",
+        "yourself (e.g. yt-dlp, then cut with ffmpeg) into {manual}/videos/<videoID>.mp4; the split lists "
+        "are derived from the official caption files (data.vatex_split)",
         derive=_vatex_from_official,
     ),
     "lsmdc": Source(
         remotes=(),
         by_hand="LSMDC needs the MPII agreement: request access at "
-                "https://sites.google.com/site/describingmovies/download (LSMDC 2016), then put "
-                "LSMDC16_annos_training.csv and LSMDC16_challenge_1000_publictect.csv in {manual}/ and the clips "
-                "(<clip id>.avi, one folder per movie is fine) under {manual}/videos/",
+        "https://sites.google.com/site/describingmovies/download (LSMDC 2016), then put "
+        "LSMDC16_annos_training.csv and LSMDC16_challenge_1000_publictect.csv in {manual}/ and the clips "
+        "(<clip id>.avi, one folder per movie is fine) under {manual}/videos/",
     ),
     "activitynet": Source(
         remotes=(
             # sha256 pinned by a public third-party project that checks this archive on every use
             # (found by code search); we could not download it ourselves to confirm.
-            Remote("https://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip", "captions.zip",
-                   unpack(files_named("train.json", "val_1.json")), unless_present=("train.json",),
-                   sha256="7ed4f4d613d965683fbdbb9f01baad4fe2a439b99fc39cfd2f6fa6cf9201fd2b"),
+            Remote(
+                "https://cs.stanford.edu/people/ranjaykrishna/densevid/captions.zip",
+                "captions.zip",
+                unpack(files_named("train.json", "val_1.json")),
+                unless_present=("train.json",),
+                sha256="7ed4f4d613d965683fbdbb9f01baad4fe2a439b99fc39cfd2f6fa6cf9201fd2b",
+            ),
         ),
         by_hand="ActivityNet videos are not freely downloadable: request them with the form on "
-                "http://activity-net.org/download.html and put v_<id>.mp4 (or .mkv/.webm) under {manual}/videos/",
+        "http://activity-net.org/download.html and put v_<id>.mp4 (or .mkv/.webm) under {manual}/videos/",
     ),
 }
 
 
 def _source(dataset: str) -> Source:
     if dataset not in SOURCES:
-        raise UserError(f"dataset {dataset!r} has no download source; use one of: {', '.join(SOURCES)} "
-                        "(the synthetic benchmark is rendered locally, not downloaded)")
+        raise UserError(
+            f"dataset {dataset!r} has no download source; use one of: {', '.join(SOURCES)} "
+            "(the synthetic benchmark is rendered locally, not downloaded)"
+        )
     return SOURCES[dataset]
 
 
@@ -212,20 +241,25 @@ def _fetch(remote: Remote, downloads_dir: Path, progress: bool) -> tuple[Path, d
         digest = sha256_of(path)
         if expected is not None and digest != expected:
             forget = "" if remote.sha256 else f" (and the record {record}, if the file really changed at the source)"
-            raise UserError(f"{path}: sha256 {digest} does not match the expected {expected}; delete it{forget} "
-                            "and run again")
+            raise UserError(
+                f"{path}: sha256 {digest} does not match the expected {expected}; delete it{forget} and run again"
+            )
     else:
         try:
             digest = download(remote.url, path, expected, progress)
         except ChecksumMismatch as e:
             if remote.sha256:
-                raise UserError(f"{remote.filename}: sha256 {e.actual} from {remote.url} is not the {e.expected} "
-                                "pinned in dgl/data/sources.py; the download was removed: run again, and if it happens "
-                                "again the file has changed at the source: check it before changing the pin") from None
-            raise UserError(f"{remote.filename}: sha256 {e.actual} from {remote.url} differs from the {e.expected} "
-                            f"recorded at its first download; the download was removed: run again, and if it happens "
-                            f"again the file has changed at the source: if you trust it, delete {record} and run "
-                            "again") from None
+                raise UserError(
+                    f"{remote.filename}: sha256 {e.actual} from {remote.url} is not the {e.expected} "
+                    "pinned in dgl/data/sources.py; the download was removed: run again, and if it happens "
+                    "again the file has changed at the source: check it before changing the pin"
+                ) from None
+            raise UserError(
+                f"{remote.filename}: sha256 {e.actual} from {remote.url} differs from the {e.expected} "
+                f"recorded at its first download; the download was removed: run again, and if it happens "
+                f"again the file has changed at the source: if you trust it, delete {record} and run "
+                "again"
+            ) from None
     checked = "pinned" if remote.sha256 else "recorded on first use" if recorded else "first use (now recorded)"
     return path, {"url": remote.url, "sha256": digest, "checked": checked}, None if expected else record
 
@@ -238,9 +272,16 @@ def _place_by_hand(manual_dir: Path, raw_dir: Path) -> int:
     return len(files)
 
 
-def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_dir: Path | None = None,
-                manual_dir: Path | None = None, max_extract_bytes: int | None = None, vatex_split: str = "hgr",
-                keep_archives: bool = True) -> dict:
+def prepare_raw(
+    dataset: str,
+    raw_dir: Path,
+    progress: bool = True,
+    downloads_dir: Path | None = None,
+    manual_dir: Path | None = None,
+    max_extract_bytes: int | None = None,
+    vatex_split: str = "hgr",
+    keep_archives: bool = True,
+) -> dict:
     """Assemble `raw_dir` for a real dataset: place, download, extract, check, write the manifest.
     Without `keep_archives`, each archive is deleted once everything is extracted and checked; its
     checksum record stays, so an archive fetched again is checked against it (docs/storage.md).
@@ -278,20 +319,33 @@ def prepare_raw(dataset: str, raw_dir: Path, progress: bool = True, downloads_di
         origins = [str(downloads_dir / name) for name in downloads] + ([str(manual_dir)] if placed else [])
         if not origins:
             raise
-        raise UserError(f"{str(e).rsplit('; ', 1)[0]}; it came from {' or '.join(origins)}: replace it there "
-                        "(a deleted download is fetched anew) and run again") from None
+        raise UserError(
+            f"{str(e).rsplit('; ', 1)[0]}; it came from {' or '.join(origins)}: replace it there "
+            "(a deleted download is fetched anew) and run again"
+        ) from None
     for record, digest in records.items():  # the downloads proved good: trust them from now on
         record.write_text(digest + "\n")
     absent = [v for v, relative in annotations.videos.items() if not (raw_dir / relative).is_file()]
     if absent:
-        print(f"{dataset}: {len(absent)} of {len(annotations.videos)} videos named by the annotations are absent "
-              f"(first: {absent[0]}); the frames stage lists them in skipped.json. {by_hand}", file=sys.stderr)
+        print(
+            f"{dataset}: {len(absent)} of {len(annotations.videos)} videos named by the annotations are absent "
+            f"(first: {absent[0]}); the frames stage lists them in skipped.json. {by_hand}",
+            file=sys.stderr,
+        )
     write_manifest(raw_dir, {"files": file_checksums(raw_dir, progress), "downloads": downloads}, sort_keys=True)
     if not keep_archives:
         for path in archives:
             path.unlink()
         if archives:
-            print(f"{dataset}: deleted the extracted archives ({', '.join(p.name for p in archives)}); their sha256 "
-                  f"stays recorded (`data.keep_archives: true` keeps them)", file=sys.stderr)
-    return {"dataset": dataset, "placed_by_hand": placed, "downloaded": sorted(downloads),
-            "videos": len(annotations.videos), "videos_absent": len(absent)}
+            print(
+                f"{dataset}: deleted the extracted archives ({', '.join(p.name for p in archives)}); their sha256 "
+                f"stays recorded (`data.keep_archives: true` keeps them)",
+                file=sys.stderr,
+            )
+    return {
+        "dataset": dataset,
+        "placed_by_hand": placed,
+        "downloaded": sorted(downloads),
+        "videos": len(annotations.videos),
+        "videos_absent": len(absent),
+    }

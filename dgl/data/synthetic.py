@@ -11,6 +11,7 @@ Words, caption templates and layout numbers live in synthetic_vocab.yaml. The pl
 exist and what they show) is dgl/data/synthetic_scenes.py, their frames dgl/data/synthetic_render.py;
 this module encodes and writes them. Everything is seeded: the same config gives the same bytes.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
@@ -64,8 +65,9 @@ def _write_video(job: tuple[Scene, SyntheticConfig, Path, str]) -> str:
     return scene.video_id
 
 
-def _render_all(scenes: list[Scene], cfg: SyntheticConfig, videos_dir: Path, workers: int, progress: bool,
-                ffmpeg: str) -> None:
+def _render_all(
+    scenes: list[Scene], cfg: SyntheticConfig, videos_dir: Path, workers: int, progress: bool, ffmpeg: str
+) -> None:
     jobs = [(scene, cfg, videos_dir, ffmpeg) for scene in scenes]
     bar = functools.partial(progress_bar, progress, total=len(jobs), desc="synthetic videos", unit="video")
     if workers <= 1:

@@ -7,6 +7,7 @@ sizes are the ones the video captions use for where a motion ends or what a chan
 the backbone's text tower knows them the way CLIP knows words from images, without ever seeing
 a video (synthetic_vocab.yaml, `images`).
 """
+
 from __future__ import annotations
 
 import itertools
@@ -38,8 +39,9 @@ def _random_kind(rng: np.random.Generator, two_objects: bool, weighted: bool) ->
     return names[rng.choice(len(names), p=weights / weights.sum())]
 
 
-def _random_moments(rng: np.random.Generator, two_objects: bool, count: int,
-                    weighted: bool = True) -> tuple[str, list[list[Sprite]]]:
+def _random_moments(
+    rng: np.random.Generator, two_objects: bool, count: int, weighted: bool = True
+) -> tuple[str, list[list[Sprite]]]:
     """A background and the sprites of `count` random moments of one random video (each none, one
     object, or two): the same look in other places, sizes or colours."""
     kind = _random_kind(rng, two_objects, weighted)
@@ -105,8 +107,9 @@ def static_caption(background: str, sprites: list[Sprite], rng: np.random.Genera
     return _tidy(templates[rng.integers(len(templates))].format(**words))
 
 
-def render_static_images(n: int, seed: int, resolution: int, *, frames_per_video: int = 1,
-                         progress: bool = False) -> tuple[np.ndarray, list[str], list[tuple]]:
+def render_static_images(
+    n: int, seed: int, resolution: int, *, frames_per_video: int = 1, progress: bool = False
+) -> tuple[np.ndarray, list[str], list[tuple]]:
     """n single frames (n, S, S, 3) uint8 of random video moments, each with a static caption, and
     what each caption says: (background, (ObjectWords, ...)) with the objects sorted; frames with
     the same content are paraphrases of each other.

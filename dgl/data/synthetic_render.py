@@ -1,17 +1,18 @@
 """The synthetic benchmark's frames: one renderer per kind of event gives each frame's sprites, and
 `paint` draws them with PIL on the scene's background (the plan: dgl/data/synthetic_scenes.py).
 Seeded by the scene's layout seed: the same scene gives the same frames."""
+
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, NamedTuple
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image, ImageDraw
 
 from dgl.data.synthetic_scenes import Look, Scene, vocab
 from dgl.settings import SyntheticConfig
-
 
 # --- renderers: what each kind looks like over time --------------------------------------------
 

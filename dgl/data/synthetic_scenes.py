@@ -8,6 +8,7 @@ pair or two order-blind scenes, no description twice, and some (colour, shape, e
 are held out of training. Words, caption templates and layout numbers live in synthetic_vocab.yaml.
 Everything is seeded: the same config gives the same plan.
 """
+
 from __future__ import annotations
 
 import dataclasses

@@ -5,9 +5,10 @@ How a caption differs from its twin's decides what telling the pair apart takes:
 the same words in another order. Training's validation, the evaluation and the backbone's text
 diagnostic all split their numbers by it.
 """
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 
 def twin_wordings(texts: Sequence[str], caption_video: Sequence[int], twins: Sequence[int]) -> list[str]:
@@ -21,5 +22,7 @@ def twin_wordings(texts: Sequence[str], caption_video: Sequence[int], twins: Seq
     wordings = []
     for text, video in zip(texts, caption_video):
         twin = int(twins[int(video)])
-        wordings.append("" if twin < 0 else "order" if tuple(sorted(text.split())) in bags.get(twin, set()) else "words")
+        wordings.append(
+            "" if twin < 0 else "order" if tuple(sorted(text.split())) in bags.get(twin, set()) else "words"
+        )
     return wordings

@@ -3,6 +3,7 @@ frames and resizes those (PIL, bilinear with antialiasing). Pixels differ slight
 The lines its C++ code prints for an unreadable file are caught, not shown, and turned into a
 reason in a few words (`no video stream`, ...), with decord's own message in brackets.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -11,8 +12,8 @@ import re
 import sys
 import tempfile
 import threading
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -80,8 +81,9 @@ def _resize_short_side(frame: np.ndarray, size: int) -> np.ndarray:
 DECORD_MAX_PIXELS = 4096 * 2304  # 4K (DCI and UHD) passes; ffmpeg resizes inside its filter graph whatever the size
 
 
-def sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str,
-                  candidates: int) -> np.ndarray:
+def sample_decord(
+    path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str, candidates: int
+) -> np.ndarray:
     del binary  # decord decodes with the FFmpeg libraries it ships, not with an ffmpeg binary
     import decord  # imported here: it loads its own FFmpeg libraries, which only this backend needs
 
@@ -105,8 +107,10 @@ def sample_decord(path: Path, num_frames: int, size: int, reencode_fps: float | 
         for i in kept.tolist():  # one full-size frame at a time, resized at once: memory stays bounded
             frame = reader.get_batch([i]).asnumpy()[0]
             if frame.shape[0] * frame.shape[1] > DECORD_MAX_PIXELS:
-                raise VideoError(f"{frame.shape[1]}x{frame.shape[0]} pixels, more than the decord backend decodes "
-                                 "(4K); use frames.backend: ffmpeg")
+                raise VideoError(
+                    f"{frame.shape[1]}x{frame.shape[0]} pixels, more than the decord backend decodes "
+                    "(4K); use frames.backend: ffmpeg"
+                )
             frames.append(_resize_short_side(frame, size))
     except (RuntimeError, decord.DECORDError) as e:
         raise VideoError(_decord_reason(e, logged)) from None

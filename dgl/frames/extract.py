@@ -16,14 +16,15 @@ The frames stage runs `workers` videos at a time from a thread pool: the decodin
 processes or in decord's native code, which releases the GIL, so threads parallelise it without
 the start-up cost of Python worker processes.
 """
+
 from __future__ import annotations
 
 import concurrent.futures
 import functools
 import json
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator
 
 import numpy as np
 
@@ -37,13 +38,19 @@ from dgl.frames.sampling import VideoError
 from dgl.frames.store import Codec, StoreWriter, codec_from, resize_center_crop
 from dgl.settings import FramesConfig
 
-
 # frames.backend -> its sampler: (path, num_frames, size, reencode_fps, ffmpeg binary, candidates) -> frames
 BACKENDS: dict[str, Callable[..., np.ndarray]] = {"ffmpeg": sample_ffmpeg, "decord": sample_decord}
 
 
-def sample_frames(path: Path, num_frames: int, size: int, backend: str = "ffmpeg",
-                  reencode_fps: float | None = None, ffmpeg: str = "pinned", candidates: int = 1) -> np.ndarray:
+def sample_frames(
+    path: Path,
+    num_frames: int,
+    size: int,
+    backend: str = "ffmpeg",
+    reencode_fps: float | None = None,
+    ffmpeg: str = "pinned",
+    candidates: int = 1,
+) -> np.ndarray:
     """`num_frames` uniformly sampled frames (T, H, W, 3) uint8 with short side `size`; with
     `candidates` K > 1, K per segment: (T * K, H, W, 3), segment by segment.
 
@@ -78,8 +85,15 @@ def _extract_one(job: _Job) -> tuple[str, list[bytes] | None, str | None]:
     every video) stops the stage."""
     cfg = job.cfg
     try:
-        frames = sample_frames(job.raw_dir / job.relative_path, cfg.num_frames, cfg.size, cfg.backend,
-                               cfg.reencode_fps, job.ffmpeg, job.candidates)
+        frames = sample_frames(
+            job.raw_dir / job.relative_path,
+            cfg.num_frames,
+            cfg.size,
+            cfg.backend,
+            cfg.reencode_fps,
+            job.ffmpeg,
+            job.candidates,
+        )
         encoded = [job.codec.encode(frame) for frame in resize_center_crop(frames, job.image_size)]
     except UserError:
         raise
@@ -111,8 +125,16 @@ def decoder_toolchain(backend: str, ffmpeg: str) -> dict[str, str]:
     return {"backend": "ffmpeg", **toolchain(ffmpeg)}
 
 
-def extract_frames(raw_dir: Path, annotations: Annotations, out_dir: Path, cfg: FramesConfig, *, ffmpeg: str,
-                   image_size: int, progress: bool = True) -> dict:
+def extract_frames(
+    raw_dir: Path,
+    annotations: Annotations,
+    out_dir: Path,
+    cfg: FramesConfig,
+    *,
+    ffmpeg: str,
+    image_size: int,
+    progress: bool = True,
+) -> dict:
     """Sample every video the annotations name (train and test) into a frame store in out_dir
     (dgl/frames/store.py): each frame resized and centre-cropped to `image_size` (the backbone's
     input), encoded with `cfg.codec`, video after video in the annotations' order.
@@ -128,11 +150,18 @@ def extract_frames(raw_dir: Path, annotations: Annotations, out_dir: Path, cfg: 
     for v in video_ids:  # the store keys frames by id, yet an id is a plain file name in every stage
         id_path(out_dir, v, "")
     codec = codec_from({"codec": cfg.codec, "quality": cfg.jpeg_quality})
-    sampling = {"num_frames": cfg.num_frames, "train_candidates": cfg.train_candidates,
-                "decoder": decoder_toolchain(cfg.backend, ffmpeg)}
+    sampling = {
+        "num_frames": cfg.num_frames,
+        "train_candidates": cfg.train_candidates,
+        "decoder": decoder_toolchain(cfg.backend, ffmpeg),
+    }
     (out_dir / "sampling.json").write_text(json.dumps(sampling, indent=1) + "\n")
-    jobs = [_Job(v, raw_dir, annotations.videos[v], cfg, ffmpeg, cfg.train_candidates if v in train else 1,
-                 image_size, codec) for v in video_ids]
+    jobs = [
+        _Job(
+            v, raw_dir, annotations.videos[v], cfg, ffmpeg, cfg.train_candidates if v in train else 1, image_size, codec
+        )
+        for v in video_ids
+    ]
     store = StoreWriter(out_dir, codec, (3, image_size, image_size))
     skipped = []
     for video_id, encoded, reason in _run_jobs(jobs, cfg.workers, progress):
@@ -142,6 +171,14 @@ def extract_frames(raw_dir: Path, annotations: Annotations, out_dir: Path, cfg: 
             skipped.append({"video_id": video_id, "reason": reason})
     meta = store.close()
     (out_dir / "skipped.json").write_text(json.dumps({"count": len(skipped), "skipped": skipped}, indent=1) + "\n")
-    return {"videos": len(jobs), "sampled": len(jobs) - len(skipped), "skipped": len(skipped),
-            "num_frames": cfg.num_frames, "size": cfg.size, "backend": cfg.backend, "image_size": image_size,
-            "codec": cfg.codec, "bytes": sum(shard["bytes"] for shard in meta["shards"])}
+    return {
+        "videos": len(jobs),
+        "sampled": len(jobs) - len(skipped),
+        "skipped": len(skipped),
+        "num_frames": cfg.num_frames,
+        "size": cfg.size,
+        "backend": cfg.backend,
+        "image_size": image_size,
+        "codec": cfg.codec,
+        "bytes": sum(shard["bytes"] for shard in meta["shards"]),
+    }

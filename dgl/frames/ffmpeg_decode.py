@@ -9,6 +9,7 @@ is not decoded whole but sought (dgl/frames/ffmpeg_seek.py). A non-zero exit cod
 error-level line from ffmpeg (a truncated file, a damaged stream) skips the video with a reason in
 words (dgl/frames/ffmpeg_run.py).
 """
+
 from __future__ import annotations
 
 import re
@@ -47,8 +48,9 @@ def _select_expr(frame_count: int, num_frames: int, candidates: int) -> str:
     return f"lt((2*ceil(({two_p}*n-{f})/{2 * f})+1)*{f},{two_p}*(n+1))"
 
 
-def _decode_picked(path: Path, exe: str, size: int, reencode_fps: float | None, frame_count: int,
-                   num_frames: int, candidates: int) -> tuple[np.ndarray, int]:
+def _decode_picked(
+    path: Path, exe: str, size: int, reencode_fps: float | None, frame_count: int, num_frames: int, candidates: int
+) -> tuple[np.ndarray, int]:
     """The frames `segment_candidates(frame_count, ...)` picks, each once, in order (U, H, W, 3), and how
     many frames the video really has (after `reencode_fps`): one decoding run."""
     video = ffmpeg.input(str(path), threads=1)["V:0"]  # one decoder thread: the workers are the parallelism
@@ -69,15 +71,17 @@ def _decode_picked(path: Path, exe: str, size: int, reencode_fps: float | None, 
     return ppm_frames(stdout), count
 
 
-def sample_ffmpeg(path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str,
-                  candidates: int) -> np.ndarray:
+def sample_ffmpeg(
+    path: Path, num_frames: int, size: int, reencode_fps: float | None, binary: str, candidates: int
+) -> np.ndarray:
     exe = ffmpeg_exe(binary)
     # the frame count, guessed from the mp4 index without running anything, else from a demux-only run;
     # only a guess: decoding counts every frame, and the picks are made again should it be wrong
     track = mp4_video_track(path)
     # seeking may pay off where there are more keyframes than picks (known before decoding, for an mp4)
-    seeking = reencode_fps is None and (track is None or track.keyframes >= len(np.unique(
-        segment_candidates(track.frames, num_frames, candidates))))
+    seeking = reencode_fps is None and (
+        track is None or track.keyframes >= len(np.unique(segment_candidates(track.frames, num_frames, candidates)))
+    )
     if track is None or seeking:
         packets = read_packets(path, exe)
         frames = sample_seeking(path, exe, size, packets, num_frames, candidates) if seeking else None

@@ -3,6 +3,7 @@ lines turned into a reason in a few words (`truncated: ...`, `no video stream`, 
 message in brackets, never a filter graph), and its PPM output split into frames. Which ffmpeg
 binary runs: dgl/ffmpeg.py.
 """
+
 from __future__ import annotations
 
 import re
@@ -34,14 +35,17 @@ def ppm_frames(data: bytes) -> np.ndarray:
     frame_bytes = header.end() + width * height * 3
     if len(data) % frame_bytes:
         raise VideoError("frame size changes within the video")
-    frames = np.frombuffer(data, np.uint8).reshape(-1, frame_bytes)[:, header.end():]
+    frames = np.frombuffer(data, np.uint8).reshape(-1, frame_bytes)[:, header.end() :]
     return frames.reshape(-1, height, width, 3)
 
 
 def _ffmpeg_errors(log: str) -> list[str]:
     """ffmpeg's error-level messages, without their `[demuxer @ 0x...] [error]` prefixes."""
-    return [re.sub(r"^(\[[^]]*\]\s*)+", "", line).strip() for line in log.splitlines()
-            if re.match(r"^(\[[^]]*\]\s*)*\[(error|fatal|panic)\]", line)]
+    return [
+        re.sub(r"^(\[[^]]*\]\s*)+", "", line).strip()
+        for line in log.splitlines()
+        if re.match(r"^(\[[^]]*\]\s*)*\[(error|fatal|panic)\]", line)
+    ]
 
 
 def _ffmpeg_reason(errors: list[str], returncode: int) -> str:

@@ -7,6 +7,7 @@ and let through by its exact timestamp. These are the single pass's frames, byte
 videos); where a picked frame does not come out, ffmpeg reports an error (e.g. an open GOP's
 keyframe), or seeking would decode over 3/4 of the video, the single pass decodes it instead.
 """
+
 from __future__ import annotations
 
 import re
@@ -37,16 +38,31 @@ class _Packets:
 
 
 # a line of ffmpeg's framecrc output: stream, dts, pts, duration, size, checksum[, F=flags]
-_PACKET = re.compile(r"^0, *(?:-?\d+|NOPTS), *(-?\d+|NOPTS), *-?\d+, *\d+, 0x[0-9a-f]+(?:, F=0x([0-9a-f]+))?",
-                     re.IGNORECASE | re.MULTILINE)
+_PACKET = re.compile(
+    r"^0, *(?:-?\d+|NOPTS), *(-?\d+|NOPTS), *-?\d+, *\d+, 0x[0-9a-f]+(?:, F=0x([0-9a-f]+))?",
+    re.IGNORECASE | re.MULTILINE,
+)
 _KEY, _DISCARD = 0x1, 0x4  # AV_PKT_FLAG_KEY, AV_PKT_FLAG_DISCARD
 
 
 def read_packets(path: Path, exe: str) -> _Packets:
     """Every packet of the first video stream, from a demux-only run: the whole file is read (so a
     truncated one fails here), nothing is decoded. Timestamps as the demuxer gives them (`-copyts`)."""
-    command = [exe, *LOG_ARGS, "-copyts", "-i", str(path), "-map", "0:V:0", "-c", "copy", "-copyinkf",
-               "-f", "framecrc", "-"]
+    command = [
+        exe,
+        *LOG_ARGS,
+        "-copyts",
+        "-i",
+        str(path),
+        "-map",
+        "0:V:0",
+        "-c",
+        "copy",
+        "-copyinkf",
+        "-f",
+        "framecrc",
+        "-",
+    ]
     stdout, log = run_ffmpeg(command)
     text = stdout.decode(errors="replace")
     rows = _PACKET.findall(text)
@@ -58,9 +74,11 @@ def read_packets(path: Path, exe: str) -> _Packets:
     duration = re.search(r"Duration: (\d+):(\d\d):(\d\d(?:\.\d+)?)", log)
     return _Packets(
         pts=None if "NOPTS" in pts else np.array(pts, np.int64),
-        key=(flag & _KEY) > 0, shown=(flag & _DISCARD) == 0,
+        key=(flag & _KEY) > 0,
+        shown=(flag & _DISCARD) == 0,
         time_base=Fraction(int(time_base[1]), int(time_base[2])) if time_base else Fraction(0),
-        seconds=3600 * int(duration[1]) + 60 * int(duration[2]) + float(duration[3]) if duration else 0.0)
+        seconds=3600 * int(duration[1]) + 60 * int(duration[2]) + float(duration[3]) if duration else 0.0,
+    )
 
 
 # Seeking (see the module docstring): frame n is the shown packet with the n-th smallest pts, and
@@ -96,7 +114,7 @@ def _seek_plan(packets: _Packets, picks: np.ndarray) -> list[_Seek] | None:
     seeks: list[_Seek] = []
     for packet in by_time[picks]:
         i = np.searchsorted(clean, packet, side="right") - 1
-        while i >= 0 and pts[clean[i]:packet + 1].min() < pts[clean[i]]:
+        while i >= 0 and pts[clean[i] : packet + 1].min() < pts[clean[i]]:
             i -= 1
         k = clean[i] if i >= 0 else 0  # else from the first packet, as the single pass
         start = None if k == 0 else int(pts[k])
@@ -118,25 +136,41 @@ def _decode_seeks(path: Path, exe: str, size: int, seeks: list[_Seek], time_base
             command += ["-seek_timestamp", "1", "-noaccurate_seek", "-ss", f"{micros}us"]
         command += ["-threads", "1", "-i", str(path)]
         wanted = "+".join(f"eq(pts,{p})" for p in seek.pts)
-        branches.append(f"[{i}:V:0]trim=end_pts={seek.pts[-1] + 1},select='{wanted}',"
-                        f"scale=w='if(lte(iw,ih),{size},-1)':h='if(lte(iw,ih),-1,{size})':flags=area[v{i}]")
+        branches.append(
+            f"[{i}:V:0]trim=end_pts={seek.pts[-1] + 1},select='{wanted}',"
+            f"scale=w='if(lte(iw,ih),{size},-1)':h='if(lte(iw,ih),-1,{size})':flags=area[v{i}]"
+        )
     inputs = "".join(f"[v{i}]" for i in range(len(seeks)))
     graph = ";".join([*branches, f"{inputs}concat=n={len(seeks)}:v=1:a=0[out]"])
-    command += ["-filter_complex", graph, "-filter_complex_threads", "1", "-map", "[out]",
-                "-fps_mode", "passthrough", "-f", "image2pipe", "-vcodec", "ppm", "pipe:"]
+    command += [
+        "-filter_complex",
+        graph,
+        "-filter_complex_threads",
+        "1",
+        "-map",
+        "[out]",
+        "-fps_mode",
+        "passthrough",
+        "-f",
+        "image2pipe",
+        "-vcodec",
+        "ppm",
+        "pipe:",
+    ]
     stdout, _ = run_ffmpeg(command)
     return ppm_frames(stdout)
 
 
-def sample_seeking(path: Path, exe: str, size: int, packets: _Packets, num_frames: int,
-                    candidates: int) -> np.ndarray | None:
+def sample_seeking(
+    path: Path, exe: str, size: int, packets: _Packets, num_frames: int, candidates: int
+) -> np.ndarray | None:
     """The sampled frames by seeking, or None where the single pass is to decode them."""
     wanted = segment_candidates(packets.frames, num_frames, candidates)
     kept = np.unique(wanted)
     seeks = _seek_plan(packets, kept)
     if seeks is None or 4 * sum(seek.decoded for seek in seeks) > 3 * len(packets.key):  # little to spare
         return None
-    runs = [seeks[i:i + _SEEKS_PER_RUN] for i in range(0, len(seeks), _SEEKS_PER_RUN)]
+    runs = [seeks[i : i + _SEEKS_PER_RUN] for i in range(0, len(seeks), _SEEKS_PER_RUN)]
     try:
         parts = [_decode_seeks(path, exe, size, run, packets.time_base) for run in runs]
     except VideoError:  # the single pass says what is wrong, if anything is

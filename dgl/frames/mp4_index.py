@@ -4,11 +4,13 @@ its picks from the frame count and chooses seeking from the keyframes; the decor
 its own count against it. Every read of the index is bounded: a crafted or damaged file is a
 VideoError, never an IndexError, a struct.error or a read past the file's end.
 """
+
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from dgl.frames.sampling import VideoError
 
@@ -73,8 +75,10 @@ def _mp4_moov(path: Path) -> bytes | None:
             size = size or file_size - position
             if kind == b"moov":
                 if size > min(file_size - position, _MAX_MOOV):
-                    raise VideoError(f"truncated or damaged: its index (moov) claims {size} bytes, "
-                                     f"{file_size - position} are left in the file")
+                    raise VideoError(
+                        f"truncated or damaged: its index (moov) claims {size} bytes, "
+                        f"{file_size - position} are left in the file"
+                    )
                 f.seek(position)
                 return f.read(size)
             if size < 8:
@@ -109,8 +113,11 @@ def mp4_video_track(path: Path) -> _Track | None:
         if sizes is None or mdhd is None:
             return None
         samples = index.field(">I", sizes, 8)[0]  # after version, flags and one field
-        timescale, duration = (index.field(">IQ", mdhd, 20) if index.field(">B", mdhd, 0)[0] == 1  # version 1
-                               else index.field(">II", mdhd, 12))
+        timescale, duration = (
+            index.field(">IQ", mdhd, 20)
+            if index.field(">B", mdhd, 0)[0] == 1  # version 1
+            else index.field(">II", mdhd, 12)
+        )
         sync = stbl.get(b"stss")  # no sync sample table: every sample is one
         keyframes = index.field(">I", sync, 4)[0] if sync else samples
         return _Track(samples, duration / timescale if timescale else 0.0, keyframes) if samples else None

@@ -13,6 +13,7 @@ kept; the stage then crops them as the backbone takes them and stores each once,
 a new file: ffmpeg's `fps` filter resamples the decoded stream (and so spares resizing the dropped
 frames); decord picks the frame nearest to each tick of the new rate (`resampled_indices`).
 """
+
 from __future__ import annotations
 
 import numpy as np
@@ -57,4 +58,3 @@ def short_side_shape(height: int, width: int, size: int) -> tuple[int, int]:
     if width <= height:
         return (height * size + width // 2) // width, size
     return size, (width * size + height // 2) // height
-

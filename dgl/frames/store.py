@@ -15,6 +15,7 @@ reader serves both: it checks each frame's CRC, then decodes on `threads` thread
 decoder releases the GIL). A shard that is missing, has the wrong size or fails a checksum is one
 line that names it and the stage that rebuilds it.
 """
+
 from __future__ import annotations
 
 import abc
@@ -22,9 +23,9 @@ import concurrent.futures
 import json
 import os
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -157,9 +158,13 @@ class StoreWriter:
             self._file.close()
         index = np.array(self._rows, dtype=np.int64).reshape(-1, INDEX_COLUMNS)
         np.save(self.folder / "index.npy", index)
-        meta = {**self.codec.settings(), "encoder": encoder_version(), "frame_shape": list(self.frame_shape),
-                "shards": [{"name": shard_name(i), "bytes": size} for i, size in enumerate(self._sizes)],
-                "videos": self._videos}
+        meta = {
+            **self.codec.settings(),
+            "encoder": encoder_version(),
+            "frame_shape": list(self.frame_shape),
+            "shards": [{"name": shard_name(i), "bytes": size} for i, size in enumerate(self._sizes)],
+            "videos": self._videos,
+        }
         (self.folder / "store.json").write_text(json.dumps(meta) + "\n")
         return meta
 
@@ -185,8 +190,10 @@ class FrameStore:
         self.videos: dict[str, tuple[int, int]] = {v: tuple(span) for v, span in meta["videos"].items()}
         self.index = self._read_index()
         self._shards = [self._map_shard(s["name"], s["bytes"]) for s in meta["shards"]]
-        if len(self.index) and (self.index[:, 0].max() >= len(self._shards)
-                                or (self.index[:, 1] + self.index[:, 2] > self._shard_sizes()).any()):
+        if len(self.index) and (
+            self.index[:, 0].max() >= len(self._shards)
+            or (self.index[:, 1] + self.index[:, 2] > self._shard_sizes()).any()
+        ):
             raise self._damaged(self.folder / "index.npy", "it points past the end of a shard")
         self._pool: concurrent.futures.ThreadPoolExecutor | None = None
 
@@ -195,8 +202,10 @@ class FrameStore:
         `dvc repro` alone would link the damaged bytes back: every link goes first (docs/storage.md)."""
         if not path.exists():
             return UserError(f"{path}: damaged ({why}); rebuild it with `dvc repro {self.stage}`")
-        return UserError(f"{path}: damaged ({why}); DVC's cache links the same bytes: remove every link, then "
-                         f"rebuild: `find data .dvc/cache -samefile {path} -delete && dvc repro {self.stage}`")
+        return UserError(
+            f"{path}: damaged ({why}); DVC's cache links the same bytes: remove every link, then "
+            f"rebuild: `find data .dvc/cache -samefile {path} -delete && dvc repro {self.stage}`"
+        )
 
     def _read_meta(self) -> dict:
         path = self.folder / "store.json"
@@ -268,8 +277,9 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def write_arrays(folder: Path, frames: np.ndarray, codec: Codec,
-                 stage: str = "preprocess") -> tuple[FrameStore, np.ndarray]:
+def write_arrays(
+    folder: Path, frames: np.ndarray, codec: Codec, stage: str = "preprocess"
+) -> tuple[FrameStore, np.ndarray]:
     """A store in `folder` of `frames` uint8 (V, N, 3, S, S), opened, and each video's rows (V, N)."""
     writer = StoreWriter(folder, codec, frames.shape[2:])
     for v, video in enumerate(frames):

@@ -8,10 +8,11 @@ The up-projection starts at zero, so an adapted CLIP computes exactly the frozen
 initialisation. Adapters reach open_clip's own modules through forward hooks that live only
 inside `attached(...)`: the CLIP module itself is never modified, so one CLIP can be shared.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterable, Iterator
+from collections.abc import Iterable, Iterator
 
 from torch import Tensor, nn
 

@@ -7,6 +7,7 @@ attention, Eq. (6)).
 tests compare against it); `global_local_block` computes the same block output with two attention calls
 (global queries; each frame's queries) that skip the T*(T-1)*F^2 masked-out query-key pairs.
 """
+
 from __future__ import annotations
 
 import functools
@@ -30,8 +31,10 @@ def global_local_mask(num_global: int, num_frames: int, frame_len: int) -> Tenso
 def qkv_heads(attn: nn.MultiheadAttention, h: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """h (B, S, D) -> q, k, v, each (B, H, S, D/H), from attn's own packed in-projection."""
     if not attn._qkv_same_embed_dim or attn.bias_k is not None or attn.add_zero_attn or attn.dropout:
-        raise ValueError("global-local attention expects a plain nn.MultiheadAttention (packed q/k/v "
-                         "projection, no bias_k/bias_v, no zero attention, no dropout), as open_clip builds it")
+        raise ValueError(
+            "global-local attention expects a plain nn.MultiheadAttention (packed q/k/v "
+            "projection, no bias_k/bias_v, no zero attention, no dropout), as open_clip builds it"
+        )
     qkv = F.linear(h, attn.in_proj_weight, attn.in_proj_bias)  # (B, S, 3D)
     return qkv.unflatten(-1, (3, attn.num_heads, attn.head_dim)).permute(2, 0, 3, 1, 4).unbind(0)
 
@@ -59,8 +62,10 @@ def global_local_block(block: nn.Module, g: Tensor, x: Tensor) -> tuple[Tensor, 
     n_global = g.shape[1]
     seq = torch.cat([g, x.flatten(1, 2)], dim=1)  # (B, S, D), the residual stream
     h = block.ln_1(seq)
-    per_frame = torch.cat([h[:, None, :n_global].expand(-1, num_frames, -1, -1),
-                           h[:, n_global:].unflatten(1, (num_frames, frame_len))], dim=2)  # (B, T, G+F, D)
+    per_frame = torch.cat(
+        [h[:, None, :n_global].expand(-1, num_frames, -1, -1), h[:, n_global:].unflatten(1, (num_frames, frame_len))],
+        dim=2,
+    )  # (B, T, G+F, D)
     q, k, v = qkv_heads(block.attn, per_frame.flatten(0, 1))  # (B*T, H, G+F, d) each
     out_local = F.scaled_dot_product_attention(q[:, :, n_global:], k, v)  # (B*T, H, F, d), DGL Eq. (6)
 
@@ -69,8 +74,9 @@ def global_local_block(block: nn.Module, g: Tensor, x: Tensor) -> tuple[Tensor, 
 
     pos = torch.arange(num_frames * (n_global + frame_len), device=x.device)
     keys = (pos < n_global) | (pos % (n_global + frame_len) >= n_global)  # frame 0's globals, every frame token
-    out_global = F.scaled_dot_product_attention(q[::num_frames, :, :n_global], video(k), video(v),
-                                                attn_mask=keys[None])  # (B, H, G, d), DGL Eq. (5)
+    out_global = F.scaled_dot_product_attention(
+        q[::num_frames, :, :n_global], video(k), video(v), attn_mask=keys[None]
+    )  # (B, H, G, d), DGL Eq. (5)
     out_local = out_local.unflatten(0, (batch, num_frames)).permute(0, 1, 3, 2, 4).reshape(batch, -1, width)
     out = torch.cat([out_global.transpose(1, 2).flatten(2), out_local], dim=1)  # (B, S, D), heads merged
     seq = seq + block.ls_1(block.attn.out_proj(out))

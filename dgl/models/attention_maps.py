@@ -9,10 +9,11 @@ The encoder's global call (attention.global_local_block) returns no weights, so 
 block's ln_1 keeps its output, the tokens the attention reads, and the global rows' weights are
 computed from them with the block's own projections (attention.global_attention_weights).
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Iterator
+from collections.abc import Iterator
 
 import torch
 from torch import Tensor, nn

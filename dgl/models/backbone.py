@@ -5,6 +5,7 @@ size, mean/std, interpolation and resize mode, and the tokenizer decide what the
 The backbone stage saves them beside the weights (`BackboneRecipe`, in backbone.json) with the
 features the model it held gives on a fixed input (probe.pt); every later stage rebuilds the model
 from that record, never from the name alone, and refuses one that does not compute those features."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -74,8 +75,10 @@ def recipe_for(name: str, pretrained: str = "") -> BackboneRecipe:
     `name` says (name OpenAI weights `ViT-B-32-quickgelu`)."""
     register_configs()
     if name not in open_clip.list_models():
-        raise UserError(f"params: backbone.name = {name!r} is not an open_clip model; "
-                        f"use e.g. ViT-B-32, ViT-B-16 or one of {', '.join(p.stem for p in CONFIG_DIR.glob('*.json'))}")
+        raise UserError(
+            f"params: backbone.name = {name!r} is not an open_clip model; "
+            f"use e.g. ViT-B-32, ViT-B-16 or one of {', '.join(p.stem for p in CONFIG_DIR.glob('*.json'))}"
+        )
     model_cfg = open_clip.get_model_config(name)
     tag = {} if not pretrained or _is_local(pretrained) else open_clip.get_pretrained_cfg(name, pretrained)
     if tag.get("quick_gelu"):
@@ -94,8 +97,9 @@ def instantiate(recipe: BackboneRecipe) -> nn.Module:
     quiet = _LoadedNext()
     logging.getLogger().addFilter(quiet)
     try:
-        return open_clip.create_model(recipe.name, pretrained=None, force_preprocess_cfg=recipe.preprocess_cfg,
-                                      **config)
+        return open_clip.create_model(
+            recipe.name, pretrained=None, force_preprocess_cfg=recipe.preprocess_cfg, **config
+        )
     finally:
         logging.getLogger().removeFilter(quiet)
 
@@ -111,11 +115,14 @@ def build_clip(name: str, pretrained: str = "", fix: str = "") -> nn.Module:
             load_checkpoint(model, Path(pretrained), fix)
         return model
     try:
-        return open_clip.create_model(name, pretrained=pretrained,
-                                      force_quick_gelu=bool(recipe.model_cfg.get("quick_gelu")))
+        return open_clip.create_model(
+            name, pretrained=pretrained, force_quick_gelu=bool(recipe.model_cfg.get("quick_gelu"))
+        )
     except RuntimeError as e:  # unknown tag or failed download
-        raise UserError(f"backbone {name!r} with pretrained={pretrained!r}: {str(e).splitlines()[0]}; "
-                        "use a tag from open_clip.list_pretrained() or a local checkpoint path") from None
+        raise UserError(
+            f"backbone {name!r} with pretrained={pretrained!r}: {str(e).splitlines()[0]}; "
+            "use a tag from open_clip.list_pretrained() or a local checkpoint path"
+        ) from None
 
 
 def load_checkpoint(model: nn.Module, path: Path, fix: str = "") -> None:
@@ -127,29 +134,38 @@ def load_checkpoint(model: nn.Module, path: Path, fix: str = "") -> None:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # empty, truncated, or pickle payloads other than tensors (refused here)
-        raise UserError(f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}); "
-                        f"{fix or 'save it with torch.save(model.state_dict())'}") from None
+        raise UserError(
+            f"{path}: not a loadable weights-only checkpoint ({type(e).__name__}); "
+            f"{fix or 'save it with torch.save(model.state_dict())'}"
+        ) from None
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
-    if not isinstance(state, dict) or not all(isinstance(k, str) and isinstance(t, torch.Tensor)
-                                              for k, t in state.items()):
-        raise UserError(f"{path}: holds a {type(state).__name__}, not a state dict of named tensors; "
-                        f"{fix or 'save it with torch.save(model.state_dict())'}")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(t, torch.Tensor) for k, t in state.items()
+    ):
+        raise UserError(
+            f"{path}: holds a {type(state).__name__}, not a state dict of named tensors; "
+            f"{fix or 'save it with torch.save(model.state_dict())'}"
+        )
     bad = non_finite(state)
     if bad is not None:
         raise UserError(f"{path}: tensor {bad} holds NaN or inf; {fix or 'give a checkpoint of trained weights'}")
     own = model.state_dict()
     missing, unexpected = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     if missing or unexpected:
-        raise UserError(f"{path}: does not match the backbone architecture "
-                        f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
-                        f"{(missing + unexpected)[0]}); {fix or 'check backbone.name'}")
+        raise UserError(
+            f"{path}: does not match the backbone architecture "
+            f"({len(missing)} missing, {len(unexpected)} unexpected keys, e.g. "
+            f"{(missing + unexpected)[0]}); {fix or 'check backbone.name'}"
+        )
     wrong = [k for k in own if state[k].shape != own[k].shape]
     if wrong:
         k = wrong[0]
-        raise UserError(f"{path}: {len(wrong)} tensors have other shapes than the backbone's, e.g. {k} "
-                        f"{tuple(state[k].shape)} where {tuple(own[k].shape)} is needed; "
-                        f"{fix or 'check backbone.name'}")
+        raise UserError(
+            f"{path}: {len(wrong)} tensors have other shapes than the backbone's, e.g. {k} "
+            f"{tuple(state[k].shape)} where {tuple(own[k].shape)} is needed; "
+            f"{fix or 'check backbone.name'}"
+        )
     model.load_state_dict(state)
 
 
@@ -189,7 +205,9 @@ def load_backbone(backbone_dir: Path) -> tuple[nn.Module, dict]:
     try:
         clip = instantiate(recipe)
     except (TypeError, KeyError, ValueError, RuntimeError) as e:
-        raise UserError(f"{info_path}: its model configuration does not build ({type(e).__name__}); {REBUILD}") from None
+        raise UserError(
+            f"{info_path}: its model configuration does not build ({type(e).__name__}); {REBUILD}"
+        ) from None
     load_checkpoint(clip, backbone_dir / BACKBONE_WEIGHTS, fix=REBUILD)
     _check_probe(clip, recipe, backbone_dir / BACKBONE_PROBE)
     return clip, info
@@ -208,8 +226,10 @@ def backbone_info(backbone_dir: Path) -> dict:
         raise UserError(f"{info_path}: damaged; {REBUILD}") from None
     saved = info.get(RECIPE_KEY)
     if not isinstance(saved, dict) or not {"model_cfg", "preprocess_cfg"} <= saved.keys():
-        raise UserError(f"{info_path}: written by an older version, without the model's configuration "
-                        f"(activation, preprocessing); {REBUILD}")
+        raise UserError(
+            f"{info_path}: written by an older version, without the model's configuration "
+            f"(activation, preprocessing); {REBUILD}"
+        )
     return info
 
 
@@ -221,15 +241,23 @@ def _check_probe(clip: nn.Module, recipe: BackboneRecipe, path: Path) -> None:
         raise UserError(f"{path}: missing or damaged; {REBUILD}") from None
     got = probe_features(clip, recipe)
     if not torch.equal(got["tokens"], expected["tokens"]):
-        raise UserError(f"{path.parent}: open_clip's {recipe.name!r} tokenizer now gives other tokens than when "
-                        f"the backbone was built; {REBUILD}")
+        raise UserError(
+            f"{path.parent}: open_clip's {recipe.name!r} tokenizer now gives other tokens than when "
+            f"the backbone was built; {REBUILD}"
+        )
     for tower in ("image", "text"):
-        if got[tower].shape != expected[tower].shape or not torch.allclose(got[tower], expected[tower],
-                                                                           **PROBE_TOLERANCE):
-            diff = (got[tower] - expected[tower]).abs().max().item() if got[tower].shape == expected[tower].shape \
+        if got[tower].shape != expected[tower].shape or not torch.allclose(
+            got[tower], expected[tower], **PROBE_TOLERANCE
+        ):
+            diff = (
+                (got[tower] - expected[tower]).abs().max().item()
+                if got[tower].shape == expected[tower].shape
                 else float("nan")
-            raise UserError(f"{path.parent}: the backbone rebuilt from its files does not compute what the backbone "
-                            f"stage saved ({tower} features differ by up to {diff:.3g}); {REBUILD}")
+            )
+            raise UserError(
+                f"{path.parent}: the backbone rebuilt from its files does not compute what the backbone "
+                f"stage saved ({tower} features differ by up to {diff:.3g}); {REBUILD}"
+            )
 
 
 def check_preprocessing(backbone: dict, cache: dict, cache_dir: Path) -> None:
@@ -238,8 +266,13 @@ def check_preprocessing(backbone: dict, cache: dict, cache_dir: Path) -> None:
     expected = backbone[RECIPE_KEY]["preprocess_cfg"]
     for key, value in cache.items():
         want = expected[key]
-        same = value == want if isinstance(value, str) else torch.allclose(
-            torch.as_tensor(value, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64))
+        same = (
+            value == want
+            if isinstance(value, str)
+            else torch.allclose(torch.as_tensor(value, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64))
+        )
         if not same:
-            raise UserError(f"{cache_dir}: frames were preprocessed with {key} {value}, but backbone "
-                            f"{backbone['name']!r} expects {want}; rebuild the cache with `dvc repro preprocess`")
+            raise UserError(
+                f"{cache_dir}: frames were preprocessed with {key} {value}, but backbone "
+                f"{backbone['name']!r} expects {want}; rebuild the cache with `dvc repro preprocess`"
+            )

@@ -5,6 +5,7 @@ Prompts do not depend on the input sample, so a generator runs once per step and
 broadcast over the batch. Shapes: K prompted layers, Dv vision width, Dt text width, T frames,
 Nl frame prompts per frame, Nt text prompts (half prefix, half postfix).
 """
+
 from __future__ import annotations
 
 import math
@@ -47,8 +48,9 @@ class UPT(nn.Module):
     pass an MLP Dv -> 2Dv -> Dt to become text prompts, the rest become Nl *different* prompts for
     each frame index, P_f^l(t) = Z^l[Nt + t*Nl : Nt + (t+1)*Nl]."""
 
-    def __init__(self, layers: int, n_text: int, n_local: int, num_frames: int, vision_width: int,
-                 text_width: int, heads: int):
+    def __init__(
+        self, layers: int, n_text: int, n_local: int, num_frames: int, vision_width: int, text_width: int, heads: int
+    ):
         super().__init__()
         if n_text % 2:
             raise ValueError("UPT needs an even number of text prompts (half prefix, half postfix)")
@@ -69,4 +71,3 @@ class UPT(nn.Module):
         half = self.n_text // 2
         frame = out[:, self.n_text :].unflatten(1, (num_frames, self.n_local))  # (K, T, Nl, Dv)
         return TextPrompts(prefix=text[:, :half], postfix=text[:, half:]), frame
-

@@ -6,6 +6,7 @@ positive is the video at its own index, every other video in the batch a negativ
 from the videos' side. With several processes the caller passes the features of the global batch
 (dgl.distributed.gather), so negatives come from every rank.
 """
+
 from __future__ import annotations
 
 import torch

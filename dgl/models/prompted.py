@@ -24,11 +24,12 @@ activations there (torch.utils.checkpoint, non-reentrant). With frozen blocks on
 train, yet their gradients flow back through every block after them, so each block's activations
 would otherwise stay in memory until the backward pass reaches it.
 """
+
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Union
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +46,7 @@ class TextPrompts:
 
 # (layer, frame tokens entering that layer (B, T, F, Dv)) -> that layer's frame prompts
 # (B or 1, T or 1, Nf, Dv), or None for no new prompts there. Nf must be the same at every layer.
-FramePromptFn = Callable[[int, Tensor], Union[Tensor, None]]
+FramePromptFn = Callable[[int, Tensor], Tensor | None]
 
 
 @dataclass
@@ -55,7 +56,9 @@ class VideoPrompts:
     video: Tensor | None = None  # (joint layers, Nv, Dv): deep video-level prompts (encode_frames_joint)
 
 
-def _text_slots(tokens: Tensor, n_prefix: int, n_postfix: int, postfix_before_eot: bool) -> tuple[Tensor, Tensor, Tensor]:
+def _text_slots(
+    tokens: Tensor, n_prefix: int, n_postfix: int, postfix_before_eot: bool
+) -> tuple[Tensor, Tensor, Tensor]:
     """Where every position of the prompted text sequence comes from.
 
     Returns `source` (B, S): index into [word slots (L), prompts (Np + Nq)]; `prompt_id` (B, S):
@@ -65,7 +68,9 @@ def _text_slots(tokens: Tensor, n_prefix: int, n_postfix: int, postfix_before_eo
     n_prompts = n_prefix + n_postfix
     eot_word = tokens.argmax(dim=-1)  # (B,) EOT has the largest id in CLIP's vocabulary
     pos = torch.arange(length + n_prompts, device=tokens.device).expand(batch, -1)  # (B, S)
-    postfix_start = (eot_word + n_prefix)[:, None] if postfix_before_eot else torch.full_like(pos[:, :1], length + n_prefix)
+    postfix_start = (
+        (eot_word + n_prefix)[:, None] if postfix_before_eot else torch.full_like(pos[:, :1], length + n_prefix)
+    )
     is_prefix = (pos >= 1) & (pos < 1 + n_prefix)
     is_postfix = (pos >= postfix_start) & (pos < postfix_start + n_postfix)
     words_before = (pos - is_prefix.long().cumsum(1) - is_postfix.long().cumsum(1)).clamp(0, length - 1)
@@ -106,8 +111,13 @@ class PromptedCLIP(nn.Module):
         operations: the same values; no block draws random numbers)."""
         if self.activation_checkpointing and torch.is_grad_enabled():
             args = tuple(_unpinned(a) for a in args)
-            return checkpoint(fn, *args, use_reentrant=False,
-                              context_fn=lambda: (contextlib.nullcontext(), self.recompute_context()), **kwargs)
+            return checkpoint(
+                fn,
+                *args,
+                use_reentrant=False,
+                context_fn=lambda: (contextlib.nullcontext(), self.recompute_context()),
+                **kwargs,
+            )
         return fn(*args, **kwargs)
 
     # ---- text ----------------------------------------------------------------------------
@@ -146,8 +156,9 @@ class PromptedCLIP(nn.Module):
             x = x + temporal[None, :num_frames, None, :]
         return x
 
-    def _with_frame_prompts(self, x: Tensor, prompts: Tensor | FramePromptFn | None, layer: int,
-                            inserted: bool) -> Tensor:
+    def _with_frame_prompts(
+        self, x: Tensor, prompts: Tensor | FramePromptFn | None, layer: int, inserted: bool
+    ) -> Tensor:
         """x (B, T, F, Dv); put layer `layer`'s frame prompts right after each CLS token."""
         if prompts is None:
             return x
@@ -161,11 +172,12 @@ class PromptedCLIP(nn.Module):
             p = prompts[layer]
         n = p.shape[-2]
         p = p.to(x.dtype).expand(x.shape[0], x.shape[1], -1, -1)  # (B, T, Nf, Dv)
-        rest = x[:, :, 1 + n:] if inserted else x[:, :, 1:]
+        rest = x[:, :, 1 + n :] if inserted else x[:, :, 1:]
         return torch.cat([x[:, :, :1], p, rest], dim=2)
 
-    def encode_frames(self, frames: Tensor, prompts: VideoPrompts | None = None,
-                      temporal: Tensor | None = None) -> Tensor:
+    def encode_frames(
+        self, frames: Tensor, prompts: VideoPrompts | None = None, temporal: Tensor | None = None
+    ) -> Tensor:
         """Each frame encoded alone, CLS -> ln_post -> proj: (B, T, E)."""
         x = self.frame_tokens(frames, temporal)  # (B, T, 1+P, Dv)
         frame_prompts = prompts.frame if prompts is not None else None
@@ -176,8 +188,9 @@ class PromptedCLIP(nn.Module):
         cls = self.visual.ln_post(x[:, :, 0])  # (B, T, Dv)
         return cls @ self.visual.proj
 
-    def encode_frames_joint(self, frames: Tensor, prompts: VideoPrompts, joint_from: int,
-                            frame_pos: Tensor | None = None) -> Tensor:
+    def encode_frames_joint(
+        self, frames: Tensor, prompts: VideoPrompts, joint_from: int, frame_pos: Tensor | None = None
+    ) -> Tensor:
         """VoP^F's encoder: layers < `joint_from` encode each frame alone with its frame prompts
         (intra-frame); from layer `joint_from` on, the frame prompt slots are dropped, `frame_pos`
         (T, Dv) is added to every token of frame t, and each frozen block attends over one sequence
@@ -190,7 +203,7 @@ class PromptedCLIP(nn.Module):
             x = self._with_frame_prompts(x, prompts.frame, layer, inserted=layer > 0)
             x = self._block(block, x.flatten(0, 1)).unflatten(0, (batch, num_frames))
         n_frame_prompts = x.shape[2] - frame_len
-        x = torch.cat([x[:, :, :1], x[:, :, 1 + n_frame_prompts:]], dim=2)  # (B, T, 1+P, Dv)
+        x = torch.cat([x[:, :, :1], x[:, :, 1 + n_frame_prompts :]], dim=2)  # (B, T, 1+P, Dv)
         if frame_pos is not None:
             x = x + frame_pos[None, :num_frames, None, :].to(x.dtype)
         x = x.flatten(1, 2)  # (B, T*(1+P), Dv)
@@ -200,12 +213,13 @@ class PromptedCLIP(nn.Module):
                 x = self._block(blocks[layer], x)
                 continue
             p = video[layer - joint_from].to(x.dtype).expand(batch, -1, -1)  # (B, Nv, Dv)
-            x = self._block(blocks[layer], torch.cat([p, x], dim=1))[:, p.shape[1]:]  # prompt outputs discarded
+            x = self._block(blocks[layer], torch.cat([p, x], dim=1))[:, p.shape[1] :]  # prompt outputs discarded
         cls = self.visual.ln_post(x.unflatten(1, (num_frames, frame_len))[:, :, 0])  # (B, T, Dv)
         return cls @ self.visual.proj
 
-    def encode_video_global_local(self, frames: Tensor, prompts: VideoPrompts, temporal: Tensor | None = None,
-                                  pool: str = "global") -> tuple[Tensor, Tensor]:
+    def encode_video_global_local(
+        self, frames: Tensor, prompts: VideoPrompts, temporal: Tensor | None = None, pool: str = "global"
+    ) -> tuple[Tensor, Tensor]:
         """DGL's video encoder: the sequence of DGL Eq. (2), every block with the global-local attention of
         Eqs. (5)-(6), the video feature of Eq. (8). Returns (video features (B, E), per-frame CLS
         features (B, T, E))."""

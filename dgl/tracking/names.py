@@ -1,5 +1,6 @@
 """What things are called in MLflow: metric groups, tags, the artifact of the trained method, the
 run's name outside `dvc exp run`, its URL in the UI. Pure functions: nothing here reaches a store."""
+
 from __future__ import annotations
 
 import os
@@ -13,8 +14,12 @@ UI_VIEW = "workflowType=machine_learning"  # the URL query that opens the model-
 EPOCH, PARAMS, TEST = "epoch/", "params/", "test/"  # PARAMS: the counts, in runs logged before COUNT
 COUNT = "count."  # the parameter counts, as params (count_params)
 LEGACY_TEST = "test_"  # stores written before the groups
-HEADLINE = (("t2v R@1", "t2v_R1", ".1f"), ("content R@1", "content_R1", ".1f"), ("pair acc", "pair_acc", ".3f"),
-            ("v2t R@1", "v2t_R1", ".1f"))  # the run description's numbers, from dgl.metrics' keys
+HEADLINE = (
+    ("t2v R@1", "t2v_R1", ".1f"),
+    ("content R@1", "content_R1", ".1f"),
+    ("pair acc", "pair_acc", ".3f"),
+    ("v2t R@1", "v2t_R1", ".1f"),
+)  # the run description's numbers, from dgl.metrics' keys
 MODEL_ARTIFACT = "model"  # the run's copy of models/trained (trainable weights and model.json): log_trained
 
 

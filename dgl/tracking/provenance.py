@@ -1,5 +1,6 @@
 """What a run ran: the git commit and uncommitted code of the tree a stage ran in, and the params
 that differ from the committed params.yaml."""
+
 from __future__ import annotations
 
 import os
@@ -51,8 +52,11 @@ def changed_params(current: dict, committed: dict | None) -> list[tuple[str, obj
     if not isinstance(committed, dict):
         return []
     old, new = flatten(committed), flatten(current)
-    return [(k, old.get(k, ABSENT), new.get(k, ABSENT)) for k in sorted(old.keys() | new.keys())
-            if old.get(k, ABSENT) != new.get(k, ABSENT)]
+    return [
+        (k, old.get(k, ABSENT), new.get(k, ABSENT))
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k, ABSENT) != new.get(k, ABSENT)
+    ]
 
 
 def committed_params(cwd: Path, path: str = "params.yaml") -> dict | None:

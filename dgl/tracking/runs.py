@@ -1,5 +1,6 @@
 """A run's life: start or resume it (`mlflow_run`, `evaluation_run`), log to it, describe it, find
 it again (`training_run_of`, `named_run`), end one that its process left running (`end_abandoned_run`)."""
+
 from __future__ import annotations
 
 import contextlib
@@ -7,12 +8,21 @@ import os
 import re
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from dgl.errors import UserError
-from dgl.tracking.names import (EPOCH, HEADLINE, MODEL_ARTIFACT, WEIGHTS_TAG, count_params, epoch_metrics,
-                                has_test_metrics, run_label, run_url)
+from dgl.tracking.names import (
+    EPOCH,
+    HEADLINE,
+    MODEL_ARTIFACT,
+    WEIGHTS_TAG,
+    count_params,
+    epoch_metrics,
+    has_test_metrics,
+    run_label,
+    run_url,
+)
 from dgl.tracking.provenance import ABSENT, changed_params, committed_params, git_state
 from dgl.tracking.store import ensure_experiment, reported, store_lock, tracking_uri
 from dgl.typed_yaml import flatten, read_yaml
@@ -23,14 +33,19 @@ def run_name(client, experiment_id: str, name: str) -> str:
     from mlflow.entities import ViewType
 
     like = name.replace("'", "").replace("%", "")
-    taken = {r.info.run_name for r in client.search_runs([experiment_id], f"attributes.run_name LIKE '{like}%'",
-                                                         run_view_type=ViewType.ALL, max_results=5000)}
+    taken = {
+        r.info.run_name
+        for r in client.search_runs(
+            [experiment_id], f"attributes.run_name LIKE '{like}%'", run_view_type=ViewType.ALL, max_results=5000
+        )
+    }
     return next(n for n in (name, *(f"{name}-{i}" for i in range(2, len(taken) + 3))) if n not in taken)
 
 
 @contextlib.contextmanager
-def mlflow_run(cfg, *, run_id: str | None = None, stage: str, label: str = "run",
-               tags: dict[str, str] | None = None) -> Iterator["object"]:
+def mlflow_run(
+    cfg, *, run_id: str | None = None, stage: str, label: str = "run", tags: dict[str, str] | None = None
+) -> Iterator[object]:
     """Start (or resume, given `run_id`) the MLflow run; yields the mlflow module.
 
     A new run is named after the DVC experiment (`dvc exp run`), else `<label>-<time>` (`run_label`),
@@ -43,10 +58,15 @@ def mlflow_run(cfg, *, run_id: str | None = None, stage: str, label: str = "run"
     mlflow.set_tracking_uri(uri)
     dvc_name = os.environ.get("DVC_EXP_NAME") or None
     git = git_state(Path.cwd())
-    tags = {**({} if run_id else {"created_by_stage": stage, **(tags or {})}),
-            "stage": stage, "dvc_exp_name": dvc_name, "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV"),
-            # what ran, instead of MLflow's guess (the script's path: a deleted temporary copy under --temp)
-            "mlflow.source.name": f"pipelines/{stage}.py (dvc stage {stage})", "mlflow.source.type": "LOCAL"}
+    tags = {
+        **({} if run_id else {"created_by_stage": stage, **(tags or {})}),
+        "stage": stage,
+        "dvc_exp_name": dvc_name,
+        "dvc_baseline_rev": os.environ.get("DVC_EXP_BASELINE_REV"),
+        # what ran, instead of MLflow's guess (the script's path: a deleted temporary copy under --temp)
+        "mlflow.source.name": f"pipelines/{stage}.py (dvc stage {stage})",
+        "mlflow.source.type": "LOCAL",
+    }
     if git is not None:
         tags["git_commit"] = tags["mlflow.source.git.commit"] = git[0]
         if git[1] or not run_id:  # a resumed run stays dirty once a stage ran uncommitted code
@@ -57,8 +77,9 @@ def mlflow_run(cfg, *, run_id: str | None = None, stage: str, label: str = "run"
         else:
             with store_lock(uri):
                 experiment_id = ensure_experiment(mlflow, uri, cfg.experiment)
-                name = run_name(mlflow.MlflowClient(), experiment_id,
-                                dvc_name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}")
+                name = run_name(
+                    mlflow.MlflowClient(), experiment_id, dvc_name or f"{label}-{time.strftime('%Y%m%d-%H%M%S')}"
+                )
                 active = mlflow.start_run(experiment_id=experiment_id, run_name=name)
         with active:
             mlflow.set_tags({k: v for k, v in tags.items() if v})
@@ -67,8 +88,11 @@ def mlflow_run(cfg, *, run_id: str | None = None, stage: str, label: str = "run"
             yield mlflow
         info = active.info
     shown = re.sub(r"//[^/@]*@", "//", uri)  # no password from a database URI in a log
-    print(f"MLflow: run {info.run_name!r} ({stage}) in {shown}: "
-          f"{run_url(shown, info.experiment_id, info.run_id, cfg.ui)}", file=sys.stderr)
+    print(
+        f"MLflow: run {info.run_name!r} ({stage}) in {shown}: "
+        f"{run_url(shown, info.experiment_id, info.run_id, cfg.ui)}",
+        file=sys.stderr,
+    )
 
 
 def log_training_setup(mlflow, params, method: str, counts: dict[str, float]) -> None:
@@ -83,9 +107,13 @@ def description(metrics: dict[str, float], counts: dict[str, float], changes: li
     shown = [f"{label} {metrics[key]:{fmt}}" for label, key, fmt in HEADLINE if key in metrics]
     lines = [" · ".join(shown + [f"trainable {counts['trainable']:,.0f} ({100 * counts['trainable_ratio']:.3g} %)"])]
     if changes:
-        lines.append("Changed from the committed params.yaml: " + ", ".join(
-            f"`{k}` {'(none)' if old is ABSENT else old} → {'(none)' if new is ABSENT else new}"
-            for k, old, new in changes))
+        lines.append(
+            "Changed from the committed params.yaml: "
+            + ", ".join(
+                f"`{k}` {'(none)' if old is ABSENT else old} → {'(none)' if new is ABSENT else new}"
+                for k, old, new in changes
+            )
+        )
     else:
         lines.append("The committed params.yaml, unchanged.")
     return "\n\n".join(lines)
@@ -127,8 +155,9 @@ def _claim_for_evaluation(client, run_id: str, test_metrics: dict[str, float]) -
 
 
 @contextlib.contextmanager
-def evaluation_run(params, train_run_id: str | None, test_metrics: dict[str, float], *, method: str,
-                   counts: dict[str, float]) -> Iterator["object"]:
+def evaluation_run(
+    params, train_run_id: str | None, test_metrics: dict[str, float], *, method: str, counts: dict[str, float]
+) -> Iterator[object]:
     """The run that evaluate writes to, with `test_metrics` (evaluation_metrics) already logged; yields
     the mlflow module, as `mlflow_run` does.
 
@@ -154,8 +183,11 @@ def evaluation_run(params, train_run_id: str | None, test_metrics: dict[str, flo
     with mlflow_run(cfg, stage="evaluate", label=run_label(params.model), tags=extra) as run:
         log_training_setup(run, params, method, counts)
         run.log_metrics(test_metrics)
-        print(f"MLflow: the training's run {train_run_id} {why_not}; this evaluation is logged as the new "
-              f"run {active_run_id()}", file=sys.stderr)
+        print(
+            f"MLflow: the training's run {train_run_id} {why_not}; this evaluation is logged as the new "
+            f"run {active_run_id()}",
+            file=sys.stderr,
+        )
         yield run
 
 
@@ -169,8 +201,12 @@ def training_run_of(cfg, weights_sha256: str) -> str | None:
         experiment = client.get_experiment_by_name(cfg.experiment)
         if experiment is None:
             return None
-        runs = client.search_runs([experiment.experiment_id], f"tags.{WEIGHTS_TAG} = '{weights_sha256}'",
-                                  order_by=["attributes.start_time DESC"], max_results=1)
+        runs = client.search_runs(
+            [experiment.experiment_id],
+            f"tags.{WEIGHTS_TAG} = '{weights_sha256}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
     return runs[0].info.run_id if runs else None
 
 
@@ -208,12 +244,22 @@ def named_run(cfg, name: str):
     with reported(uri):
         client = mlflow.MlflowClient(uri)
         experiment = client.get_experiment_by_name(cfg.experiment)
-        runs = [] if experiment is None else [
-            run for where in (f"attributes.run_name = '{name}'", f"tags.dvc_exp_name = '{name}'")
-            for run in client.search_runs([experiment.experiment_id], where, order_by=["attributes.start_time DESC"])]
+        runs = (
+            []
+            if experiment is None
+            else [
+                run
+                for where in (f"attributes.run_name = '{name}'", f"tags.dvc_exp_name = '{name}'")
+                for run in client.search_runs(
+                    [experiment.experiment_id], where, order_by=["attributes.start_time DESC"]
+                )
+            ]
+        )
     if not runs:
-        raise UserError(f"MLflow at {uri}: no run named {name!r} in experiment {cfg.experiment!r}; "
-                        "the names are those the MLflow UI and `python -m experiments.show` list")
+        raise UserError(
+            f"MLflow at {uri}: no run named {name!r} in experiment {cfg.experiment!r}; "
+            "the names are those the MLflow UI and `python -m experiments.show` list"
+        )
     return max(runs, key=lambda r: r.info.start_time)
 
 
@@ -230,8 +276,10 @@ def trained_of_run(cfg, name: str, dest: Path) -> Path:
         logged = {f.path for f in client.list_artifacts(run.info.run_id, MODEL_ARTIFACT)}
         if f"{MODEL_ARTIFACT}/weights.pt" not in logged:
             why = run.data.tags.get("model_not_logged", "logged before runs kept their weights")
-            raise UserError(f"MLflow run {name!r} ({run.info.run_id}) holds no trained weights ({why}); "
-                            "use --trained DIR with the experiment's models/trained (`dvc exp apply` it)")
+            raise UserError(
+                f"MLflow run {name!r} ({run.info.run_id}) holds no trained weights ({why}); "
+                "use --trained DIR with the experiment's models/trained (`dvc exp apply` it)"
+            )
         client.download_artifacts(run.info.run_id, MODEL_ARTIFACT, str(dest))
     return Path(dest) / MODEL_ARTIFACT
 
@@ -262,8 +310,9 @@ def resumable_run(cfg, run_id: str) -> str | None:
         run = _get_run(mlflow.MlflowClient(uri), run_id)
     if run is not None and run.info.lifecycle_stage != "deleted":
         return run_id
-    print(f"MLflow: the checkpoint's run {run_id} is not in {uri}; the resumed training logs a new run",
-          file=sys.stderr)
+    print(
+        f"MLflow: the checkpoint's run {run_id} is not in {uri}; the resumed training logs a new run", file=sys.stderr
+    )
     return None
 
 

@@ -8,14 +8,15 @@ workers, route them through one server instead: `mlflow server --backend-store-u
 sqlite:///mlflow.db --port 5000`, then `MLFLOW_TRACKING_URI=http://127.0.0.1:5000 dvc queue start -j N`
 (the workers that command starts inherit the variable).
 """
+
 from __future__ import annotations
 
 import contextlib
 import logging
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from filelock import FileLock
 
@@ -40,9 +41,11 @@ def store_lock(uri: str) -> Iterator[None]:
     try:
         lock.acquire()
     except OSError as e:  # a read-only folder, ...
-        raise UserError(f"MLflow store {uri.removeprefix(SQLITE)}: cannot create its lock file {lock.lock_file} "
-                        f"({e.strerror}); make the folder writable, or set tracking.uri (or MLFLOW_TRACKING_URI) "
-                        "to another store") from None
+        raise UserError(
+            f"MLflow store {uri.removeprefix(SQLITE)}: cannot create its lock file {lock.lock_file} "
+            f"({e.strerror}); make the folder writable, or set tracking.uri (or MLFLOW_TRACKING_URI) "
+            "to another store"
+        ) from None
     try:
         yield
     finally:
@@ -71,16 +74,19 @@ def ensure_experiment(mlflow, uri: str, name: str) -> str:
     expected = artifacts_beside(uri, name)
     experiment = mlflow.get_experiment_by_name(name)
     if experiment is None:
-        return mlflow.create_experiment(name, artifact_location=expected.as_uri() if expected else None,
-                                        tags={KIND_TAG: MODEL_TRAINING})
+        return mlflow.create_experiment(
+            name, artifact_location=expected.as_uri() if expected else None, tags={KIND_TAG: MODEL_TRAINING}
+        )
     if KIND_TAG not in experiment.tags:  # made before the tag, or by hand
         mlflow.MlflowClient().set_experiment_tag(experiment.experiment_id, KIND_TAG, MODEL_TRAINING)
     stored = _stored_path(experiment.artifact_location)
     if expected is not None and stored is not None and stored != expected:
-        raise UserError(f"MLflow experiment {name!r} in {uri.removeprefix(SQLITE)} keeps its artifacts in {stored}, "
-                        f"not beside the store ({expected}): the store was moved or copied; run "
-                        f"`python -m dgl.tracking relocate` to point it (and its runs) at {expected}, "
-                        "or set tracking.experiment to a new name")
+        raise UserError(
+            f"MLflow experiment {name!r} in {uri.removeprefix(SQLITE)} keeps its artifacts in {stored}, "
+            f"not beside the store ({expected}): the store was moved or copied; run "
+            f"`python -m dgl.tracking relocate` to point it (and its runs) at {expected}, "
+            "or set tracking.experiment to a new name"
+        )
     return experiment.experiment_id
 
 
@@ -107,9 +113,12 @@ def _store_error(uri: str, error: Exception) -> str:
     if not uri.startswith(SQLITE):
         return f"MLflow at {uri}: {reason}; start the server or set tracking.uri (or MLFLOW_TRACKING_URI)"
     db = uri.removeprefix(SQLITE)
-    fix = ("another process holds it locked past SQLite's busy timeout: let it finish or stop it (many writers at "
-           "once: serve the store with `mlflow server`, README)" if "locked" in reason else
-           "check that the file and its folder are writable and the file is an MLflow database")
+    fix = (
+        "another process holds it locked past SQLite's busy timeout: let it finish or stop it (many writers at "
+        "once: serve the store with `mlflow server`, README)"
+        if "locked" in reason
+        else "check that the file and its folder are writable and the file is an MLflow database"
+    )
     return f"MLflow store {db}: {reason}; {fix}, or set tracking.uri (or MLFLOW_TRACKING_URI) to another store"
 
 
@@ -148,9 +157,13 @@ def relocate(cfg) -> str:
         if old == new:
             return f"experiment {cfg.experiment!r} already keeps its artifacts in {target}"
         with contextlib.closing(sqlite3.connect(uri.removeprefix(SQLITE), timeout=20)) as con, con:
-            con.execute("UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
-                        (new, int(experiment.experiment_id)))
-            runs = con.execute("UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
-                               "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
-                               (new, len(old) + 1, int(experiment.experiment_id), len(old), old)).rowcount
+            con.execute(
+                "UPDATE experiments SET artifact_location = ? WHERE experiment_id = ?",
+                (new, int(experiment.experiment_id)),
+            )
+            runs = con.execute(
+                "UPDATE runs SET artifact_uri = ? || substr(artifact_uri, ?) "
+                "WHERE experiment_id = ? AND substr(artifact_uri, 1, ?) = ?",
+                (new, len(old) + 1, int(experiment.experiment_id), len(old), old),
+            ).rowcount
     return f"experiment {cfg.experiment!r} and {runs} runs now keep their artifacts in {target} (were in {old})"

@@ -1,20 +1,25 @@
 """Base class, registry and parameter accounting shared by all methods."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from dgl.models.prompted import PromptedCLIP, TextPrompts, VideoPrompts
 
-METHODS: dict[str, type["Method"]] = {}
+METHODS: dict[str, type[Method]] = {}
 
 # What CLIP4Clip fine-tunes, i.e. the denominator of the DGL paper's percentages: CLIP minus its
 # input embeddings (123,540,993 for ViT-B/32).
 CLIP_INPUT_EMBEDDINGS = (
-    "token_embedding.", "positional_embedding", "visual.conv1.", "visual.class_embedding",
-    "visual.positional_embedding", "visual.ln_pre.",
+    "token_embedding.",
+    "positional_embedding",
+    "visual.conv1.",
+    "visual.class_embedding",
+    "visual.positional_embedding",
+    "visual.ln_pre.",
 )
 
 
@@ -24,8 +29,8 @@ def mean_pool(frame_features: Tensor) -> Tensor:
     return F.normalize(frame_features, dim=-1).mean(dim=1)
 
 
-def register(name: str) -> Callable[[type["Method"]], type["Method"]]:
-    def add(cls: type["Method"]) -> type["Method"]:
+def register(name: str) -> Callable[[type[Method]], type[Method]]:
+    def add(cls: type[Method]) -> type[Method]:
         cls.name = name
         METHODS[name] = cls
         return cls
@@ -94,4 +99,3 @@ def count_parameters(method: Method) -> dict[str, int | float]:
         "trainable_ratio": trainable / total,
         "trainable_ratio_clip4clip": trainable / clip4clip,
     }
-

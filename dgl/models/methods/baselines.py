@@ -1,4 +1,5 @@
 """Methods without prompts: zero-shot CLIP and full fine-tuning (CLIP4Clip meanP)."""
+
 from __future__ import annotations
 
 from dgl.models.methods.base import CLIP_INPUT_EMBEDDINGS, Method, register

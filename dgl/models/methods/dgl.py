@@ -12,6 +12,7 @@ docs/method.md explains the method, its shapes and its equations, numbered as ci
 Shapes at ViT-B/32, T = 12: text prompts (K, 4, 512) + (K, 4, 512), frame prompts (K, T or 1, 4, 768),
 global prompts (4, 768), video sequence (B, 4 + 12 * 54, 768), features (B, 512).
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,8 @@ from torch import Tensor, nn
 from dgl.errors import UserError
 from dgl.models.generators import ULP, UPT, vpt_uniform_
 from dgl.models.methods.base import Method, register
-from dgl.settings import DGLConfig
 from dgl.models.prompted import TextPrompts, VideoPrompts
+from dgl.settings import DGLConfig
 
 
 @register("dgl")
@@ -32,8 +33,10 @@ class DGL(Method):
         self.encoder.postfix_before_eot = c.postfix_before_eot
         visual, layers = clip.visual, len(clip.visual.transformer.resblocks)
         if c.prompt_layers > layers:
-            raise UserError(f"params: model.dgl.prompt_layers = {c.prompt_layers} exceeds the backbone's {layers} "
-                            f"layers; use 0 (all) or a value up to {layers}")
+            raise UserError(
+                f"params: model.dgl.prompt_layers = {c.prompt_layers} exceeds the backbone's {layers} "
+                f"layers; use 0 (all) or a value up to {layers}"
+            )
         prompted = c.prompt_layers or layers
         vision_width, text_width = visual.class_embedding.shape[0], clip.token_embedding.embedding_dim
         patch_size = visual.patch_size[0]
@@ -41,11 +44,13 @@ class DGL(Method):
             self.generator = ULP(prompted, c.local_prompt_len, vision_width, text_width, patch_size)
         else:
             heads = visual.transformer.resblocks[0].attn.num_heads
-            self.generator = UPT(prompted, c.text_prompt_len, c.local_prompt_len, num_frames,
-                                 vision_width, text_width, heads)
+            self.generator = UPT(
+                prompted, c.text_prompt_len, c.local_prompt_len, num_frames, vision_width, text_width, heads
+            )
         # G of DGL Eq. (2): shallow, inserted once before the first vision block
-        self.global_prompts = nn.Parameter(vpt_uniform_(torch.empty(c.global_prompt_len, vision_width),
-                                                        patch_size, vision_width))
+        self.global_prompts = nn.Parameter(
+            vpt_uniform_(torch.empty(c.global_prompt_len, vision_width), patch_size, vision_width)
+        )
         self.temporal = nn.Parameter(torch.zeros(num_frames, vision_width)) if c.temporal_pos else None
         self.video_feature = c.video_feature
 

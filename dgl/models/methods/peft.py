@@ -5,6 +5,7 @@ like CLIP4Clip-meanP. Counts below are for ViT-B/32; the VoP paper prints them w
 in M and as a percentage of its "Full" denominator (119.8M, which we cannot reproduce from CLIP's
 parameters: see dgl/param_counts.py).
 """
+
 from __future__ import annotations
 
 from torch import Tensor, nn
@@ -68,12 +69,16 @@ class Partial(Method):
         super().__init__(clip, cfg, num_frames)
         c: PartialConfig = cfg.partial
         prefixes = ["visual.ln_post.", "visual.proj", "ln_final.", "text_projection"]  # output layers
-        for key, tuned, blocks in (("vision_layers", c.vision_layers, "visual.transformer.resblocks"),
-                                   ("text_layers", c.text_layers, "transformer.resblocks")):
+        for key, tuned, blocks in (
+            ("vision_layers", c.vision_layers, "visual.transformer.resblocks"),
+            ("text_layers", c.text_layers, "transformer.resblocks"),
+        ):
             depth = len(clip.get_submodule(blocks))
             if tuned > depth:
-                raise UserError(f"params: model.partial.{key} = {tuned} exceeds the backbone's {depth} layers; "
-                                f"use a value up to {depth}")
+                raise UserError(
+                    f"params: model.partial.{key} = {tuned} exceeds the backbone's {depth} layers; "
+                    f"use a value up to {depth}"
+                )
             prefixes += [f"{blocks}.{i}." for i in range(depth - tuned, depth)]
         self._prefixes = tuple(prefixes)
 

@@ -24,6 +24,7 @@ Without the frame position embedding (`model.vop.frame_pos: false`), vop_f and v
 122,880 and 393,216: exactly the paper's 0.103 % and 0.328 % of its 119.8M, so the paper's counts
 seem to leave that embedding out.
 """
+
 from __future__ import annotations
 
 import torch
@@ -31,8 +32,8 @@ from torch import Tensor, nn
 
 from dgl.errors import UserError
 from dgl.models.methods.base import Method, mean_pool, register
-from dgl.settings import VoPConfig
 from dgl.models.prompted import TextPrompts, VideoPrompts
+from dgl.settings import VoPConfig
 
 
 def _normal(std: float, *shape: int) -> nn.Parameter:
@@ -69,8 +70,10 @@ class VoP(Method):
         vision_layers, text_layers = len(clip.visual.transformer.resblocks), len(clip.transformer.resblocks)
         vision_width, text_width = clip.visual.class_embedding.shape[0], clip.token_embedding.embedding_dim
         if self.joint and c.shallow_layers > vision_layers:
-            raise UserError(f"params: model.vop.shallow_layers = {c.shallow_layers} exceeds the backbone's "
-                            f"{vision_layers} vision layers; use a value up to {vision_layers} (the paper: 8 of 12)")
+            raise UserError(
+                f"params: model.vop.shallow_layers = {c.shallow_layers} exceeds the backbone's "
+                f"{vision_layers} vision layers; use a value up to {vision_layers} (the paper: 8 of 12)"
+            )
         self.shallow = c.shallow_layers if self.joint else vision_layers  # layers with frame prompts
         n_specific = c.specific_prompts if self.specific else 0
 
@@ -85,7 +88,7 @@ class VoP(Method):
             self.frame_pos = _normal(c.init_std, num_frames, vision_width) if c.frame_pos else None
 
     def prompts(self) -> tuple[TextPrompts, VideoPrompts]:
-        text = TextPrompts(prefix=self.text_prompts[:, :self.n_prefix], postfix=self.text_prompts[:, self.n_prefix:])
+        text = TextPrompts(prefix=self.text_prompts[:, : self.n_prefix], postfix=self.text_prompts[:, self.n_prefix :])
         shared = self.frame_prompts[:, None]  # (K^s, 1, N, Dv): the same for every frame
         if self.specific == "position":
             frame = torch.cat([shared.expand(-1, self.num_frames, -1, -1), self.position_prompts], dim=2)
