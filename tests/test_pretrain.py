@@ -11,8 +11,8 @@ import torch
 from conftest import group
 from dgl.data.synthetic_scenes import vocab
 from dgl.models.backbone import build_clip
-from dgl.pretrain import (_images_and_tokens, _lone_object_labels, _unknown_tokens, factor_loss, twin_text_report,
-                          warmup, with_unknown_words, zero_shot_image_text_r1)
+from dgl.backbone_report import twin_text_report, zero_shot_image_text_r1
+from dgl.pretrain import _images_and_tokens, _lone_object_labels, _unknown_tokens, factor_loss, warmup, with_unknown_words
 
 
 def test_lone_object_labels_index_each_factor_and_skip_other_frames():
