@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_params
+from helpers import tiny_params
 from dgl.errors import UserError
 from dgl.models.backbone import (BACKBONE_INFO, BACKBONE_PROBE, RECIPE_KEY, build_clip, check_preprocessing,
                                  load_backbone, recipe_for, save_backbone)

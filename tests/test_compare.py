@@ -8,7 +8,7 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import copy_project
+from helpers import copy_project
 from headless import browser, chromium
 
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from bench.memory import saved_for_backward
-from conftest import group
+from helpers import group
 from dgl import train as train_module
 from dgl.cache import CachedSplit, Prefetcher, device_batches, normalise
 from dgl.errors import UserError

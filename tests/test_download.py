@@ -23,7 +23,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from conftest import merge, tiny_params
+from helpers import merge, tiny_params
 from dgl.data import sources
 from dgl.data.adapters import HGR_LISTS, load_annotations
 from dgl.data.download import download, extract

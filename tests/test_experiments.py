@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, make_project, run, tiny_params
+from helpers import ROOT, make_project, run, tiny_params
 from dgl.models.methods import METHODS
 from experiments.queue import Row, load_grid
 from experiments.report import Experiment, from_dvc_show, load_runs, save_runs, table

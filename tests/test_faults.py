@@ -22,7 +22,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, ROOT, copy_project, make_project, merge, run, stage_cmd, tiny_params
+from helpers import BIN, ROOT, copy_project, make_project, merge, run, stage_cmd, tiny_params
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 SEED_RANGE = "is out of range; use a value in [0, 4294967295]"

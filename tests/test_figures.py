@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from conftest import ROOT, group, run
+from helpers import ROOT, group, run
 from dgl.cache import CachedSplit
 from dgl.frame_store import RawCodec, write_arrays
 from dgl.figures import (ATTENTION_ROW, CELL_INCHES, DPI, FRAME_INCHES, TITLE_INCHES, TOP_K, global_attention_title,

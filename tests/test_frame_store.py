@@ -10,7 +10,7 @@ import pytest
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from conftest import run, tiny_params
+from helpers import run, tiny_params
 from dgl.cache import CachedSplit
 from dgl.data.adapters import load_annotations
 from dgl.errors import UserError

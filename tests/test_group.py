@@ -22,7 +22,7 @@ from typing import Iterator
 import pytest
 import yaml
 
-from conftest import ROOT, copy_project, run
+from helpers import ROOT, copy_project, run
 from experiments.report import from_dvc_show
 from test_tracking import Rest, free_port, mlflow_ui
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import group
+from helpers import group
 from test_adapters import write_csv, write_msrvtt
 from test_download import BLOB, server, sha256, zip_bytes  # noqa: F401 (server: the loopback fixture)
 from test_video import faststart_testsrc, make_testsrc

@@ -15,7 +15,7 @@ import pytest
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from conftest import ROOT, group
+from helpers import ROOT, group
 from dgl.artifacts import TRAINED_INFO, load_trained, save_trained
 from dgl.cache import normalise
 from dgl.checksums import file_checksums, sha256_of, write_manifest

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, group
+from helpers import ROOT, group
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip
 from dgl.models.loss import contrastive_loss
@@ -21,12 +21,6 @@ from dgl.settings import METHOD_NAMES, ModelConfig, merge
 def model_cfg(method: str, **groups) -> ModelConfig:
     """params.yaml's model group at the papers' ViT-B sizes (dgl.param_counts.PAPER_MODEL), with `groups`."""
     return group("model", **merge(PAPER_MODEL, {"method": method, **groups}))
-
-
-@pytest.fixture(scope="module")
-def vit_b32():
-    torch.manual_seed(0)
-    return build_clip("ViT-B-32")
 
 
 def tiny_clip():

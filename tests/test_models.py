@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import group
+from helpers import group
 from dgl.models.attention import global_local_block, global_local_mask
 from dgl.models.backbone import build_clip
 from dgl.models.loss import contrastive_loss
@@ -19,12 +19,6 @@ from dgl.models.prompted import PromptedCLIP, TextPrompts
 
 def dgl_cfg(**kw):
     return SimpleNamespace(dgl=group("model.dgl", **kw))
-
-
-@pytest.fixture(scope="module")
-def vit_b32():
-    torch.manual_seed(0)
-    return build_clip("ViT-B-32")
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +34,8 @@ def tiny():
     ("ulp", 827_392, 36_864 + 787_456),
     ("upt", 9_575_168, 516_096 + 7_087_872 + 1_968_128),
 ])
-def test_trainable_counts_match_the_paper(backbone, generator, expected, generator_part):
-    clip = build_clip(backbone)
+def test_trainable_counts_match_the_paper(backbone, generator, expected, generator_part, request):
+    clip = request.getfixturevalue({"ViT-B-32": "vit_b32", "ViT-B-16": "vit_b16"}[backbone])
     counts = count_parameters(build_method("dgl", clip, dgl_cfg(generator=generator), num_frames=12))
     assert counts["trainable"] == expected
     assert counts["trainable_generator"] == generator_part

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, copy_project, make_project, run, stage_cmd, tiny_params
+from helpers import BIN, ROOT, copy_project, make_project, run, stage_cmd, tiny_params
 
 
 def mlflow_runs(db: Path) -> list[tuple]:

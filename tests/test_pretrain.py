@@ -8,7 +8,7 @@ import pytest
 
 import torch
 
-from conftest import group
+from helpers import group
 from dgl.data.synthetic import vocab
 from dgl.models.backbone import build_clip
 from dgl.pretrain import (_images_and_tokens, _lone_object_labels, _unknown_tokens, factor_loss, twin_text_report,

@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, run
+from helpers import ROOT, run
 from dgl.errors import UserError
 from dgl.settings import METHOD_NAMES, Params
 from dgl.typed_yaml import build, flatten

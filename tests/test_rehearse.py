@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import yaml
 
-from conftest import ROOT, run
+from helpers import ROOT, run
 from dgl.data.adapters import load_annotations, name_of_test_split
 from dgl.data.sources import prepare_raw
 from experiments.recipe import overrides

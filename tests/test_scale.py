@@ -28,7 +28,7 @@ import torch.multiprocessing as mp
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from conftest import ROOT, group, merge, stage_cmd, tiny_params
+from helpers import ROOT, group, merge, stage_cmd, tiny_params
 from dgl.cache import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.distributed import process_group

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 SCRATCH_ARGS = {"--checkpoint"}  # a path the stage deletes once it succeeds: neither dep nor out

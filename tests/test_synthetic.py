@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import group
+from helpers import group
 from dgl.data.synthetic import (
     check_vocabulary,
     encode_mp4,

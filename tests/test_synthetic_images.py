@@ -5,7 +5,7 @@ import itertools
 
 import numpy as np
 
-from conftest import group
+from helpers import group
 from dgl.data.synthetic import plan_scenes, vocab
 from dgl.data.synthetic_images import _random_kind, render_static_images, static_caption_classes
 from dgl.pretrain import UNKNOWN_WORDS

@@ -27,7 +27,7 @@ from typing import Iterator
 
 import pytest
 
-from conftest import BIN, ROOT, make_project, run, tiny_params
+from helpers import BIN, ROOT, make_project, run, tiny_params
 
 EPOCHS = tiny_params()["train"]["epochs"]
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import group
+from helpers import group
 from dgl.cache import CachedSplit, gallery_counts
 from dgl.errors import UserError
 from dgl.frame_store import RawCodec, write_arrays

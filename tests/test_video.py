@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import group
+from helpers import group
 from dgl.data.annotations import Annotations, Caption
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
