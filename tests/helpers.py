@@ -90,3 +90,32 @@ def copy_project(source: Path, dest: Path) -> Path:
         run([sys.executable, "-m", "dgl.tracking", "relocate"], dest,
             env={"PYTHONPATH": str(dest), "DVC_ROOT": str(dest), "MLFLOW_TRACKING_URI": None})
     return dest
+
+
+def call_main(module: str, args: list[str], monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """`python -m module *args` in this process: its main() with sys.argv set as `-m` sets it, the exit
+    code and what it printed, as `run` gives them. For a one-line error, where a subprocess adds
+    nothing but its start (a test about the process itself, its signals or its exit through DVC, runs it)."""
+    import importlib
+
+    main = importlib.import_module(module).main
+    monkeypatch.setattr(sys, "argv", [sys.modules[module].__file__, *args])
+    capsys.readouterr()  # what came before is not this command's
+    try:
+        main()
+        code = 0
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    out = capsys.readouterr()
+    return subprocess.CompletedProcess([module, *args], code, out.out, out.err)
+
+
+def stage_in_process(name: str, cwd: Path, monkeypatch, capsys) -> subprocess.CompletedProcess:
+    """Stage `name`'s main() with dvc.yaml's arguments, in this process, in `cwd` (also DVC_ROOT): for a
+    refusal before any work, where a new process adds only its start. The stages' exit codes and
+    stderr through a real process are checked where that is the point (test_faults.py's unwritable
+    folders, full disk and killed trainings; test_pipeline.py's absent ffmpeg)."""
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("DVC_ROOT", str(cwd))
+    cmd = stage_cmd(name)
+    return call_main(cmd[2], cmd[3:], monkeypatch, capsys)

@@ -22,7 +22,8 @@ import pytest
 import torch
 import yaml
 
-from helpers import BIN, ROOT, copy_project, make_project, merge, run, stage_cmd, tiny_params
+from helpers import (BIN, ROOT, copy_project, make_project, merge, run, stage_cmd, stage_in_process,
+                     tiny_params)
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 SEED_RANGE = "is out of range; use a value in [0, 4294967295]"
@@ -98,7 +99,7 @@ def _truncate(path: Path) -> None:
     ("model.json", _truncate, "damaged"),
 ])
 def test_evaluate_with_a_damaged_or_missing_model_file_names_it_and_the_command_that_rebuilds_it(
-        project, tmp_path, name, damage, what):
+        project, tmp_path, name, damage, what, monkeypatch, capsys):
     link_inputs(project, tmp_path, "data/cache", "models/backbone")
     shutil.copytree(project / "models/trained", tmp_path / "models/trained")
     shutil.copytree(project / "plots", tmp_path / "plots")
@@ -106,7 +107,7 @@ def test_evaluate_with_a_damaged_or_missing_model_file_names_it_and_the_command_
         shutil.copy(project / path, tmp_path / path)
     damage(tmp_path / "models/trained" / name)
     before = digests(tmp_path, "metrics.json", "plots", "models/trained")
-    out = stage("evaluate", tmp_path, code=project)
+    out = stage_in_process("evaluate", tmp_path, monkeypatch, capsys)
     one_line(out, f"models/trained/{name}: {what}", "rebuild it with `dvc repro train`")
     assert digests(tmp_path, "metrics.json", "plots", "models/trained") == before
     assert not (tmp_path / "mlflow.db").exists()
@@ -114,9 +115,9 @@ def test_evaluate_with_a_damaged_or_missing_model_file_names_it_and_the_command_
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", ["train", "evaluate"])
-def test_train_or_evaluate_before_preprocess_says_to_run_it(tmp_path, name):
+def test_train_or_evaluate_before_preprocess_says_to_run_it(tmp_path, name, monkeypatch, capsys):
     write_params(tmp_path / "params.yaml", {})
-    out = stage(name, tmp_path)
+    out = stage_in_process(name, tmp_path, monkeypatch, capsys)
     one_line(out, "data/cache: no preprocessed cache here", "run `dvc repro preprocess` first")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
@@ -135,7 +136,7 @@ def _wider(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", ["tensor-only", "wrong-shapes"])
-def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case):
+def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case, monkeypatch, capsys):
     checkpoint = tmp_path / "pretrained.pt"
     state = _tiny_clip_state()
     if case == "tensor-only":
@@ -149,7 +150,7 @@ def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case
     write_params(tmp_path / "params.yaml", {"backbone": {"pretrained": str(checkpoint)}})
     (tmp_path / "models/backbone").mkdir(parents=True)
     (tmp_path / "models/backbone/backbone.json").write_text('{"kept": 1}')
-    out = stage("backbone", tmp_path)
+    out = stage_in_process("backbone", tmp_path, monkeypatch, capsys)
     one_line(out, f"error: {checkpoint}: {needle}")
     assert (tmp_path / "models/backbone/backbone.json").read_text() == '{"kept": 1}'
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["backbone"]
@@ -165,14 +166,14 @@ def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case
     ("data.synthetic.seed", 2**32, None),
 ])
 @pytest.mark.slow
-def test_a_seed_out_of_range_is_one_line(tmp_path, key, value, reader):
+def test_a_seed_out_of_range_is_one_line(tmp_path, key, value, reader, monkeypatch, capsys):
     *parents, last = key.split(".")
     override: dict = {last: value}
     for part in reversed(parents):
         override = {part: override}
     write_params(tmp_path / "params.yaml", override)
     for name in ("params", reader) if reader else ("params",):
-        one_line(stage(name, tmp_path), f"params: {key} = {value} {SEED_RANGE}")
+        one_line(stage_in_process(name, tmp_path, monkeypatch, capsys), f"params: {key} = {value} {SEED_RANGE}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 

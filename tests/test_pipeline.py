@@ -6,13 +6,12 @@ import json
 import os
 import sqlite3
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import BIN, ROOT, copy_project, make_project, run, stage_cmd, tiny_params
+from helpers import BIN, ROOT, copy_project, make_project, run, stage_cmd, stage_in_process, tiny_params
 
 
 def mlflow_runs(db: Path) -> list[tuple]:
@@ -50,6 +49,7 @@ def test_dvc_repro_runs_every_stage_and_logs_one_mlflow_run(tiny_repro):
     assert steps == [1, 2]
     status = run(["dvc", "status"], project).stdout
     assert "changed" not in status
+
 
 
 def lock_outputs(lock: Path) -> dict[str, str]:
@@ -96,8 +96,7 @@ def test_dvc_exp_run_with_set_param_reruns_training_only(tiny_repro, tmp_path):
     ("model.dgl.generator=xyz", "model.dgl.generator = 'xyz' is not allowed; use one of: ulp, upt"),
     ("train.lr=-1", "train.lr = -1.0 is out of range"),
 ])
-@pytest.mark.slow
-def test_bad_params_fail_with_one_line_and_touch_nothing(tmp_path, override, needle):
+def test_bad_params_fail_with_one_line_and_touch_nothing(tmp_path, override, needle, monkeypatch, capsys):
     key, value = override.split("=")
     params = tiny_params()
     section = params
@@ -105,10 +104,11 @@ def test_bad_params_fail_with_one_line_and_touch_nothing(tmp_path, override, nee
     for part in path:
         section = section[part]
     section[last] = int(value) if value.lstrip("-").isdigit() else value
-    root = make_project(tmp_path, params)
+    root = tmp_path  # what the stages read and would write: params.yaml, and the outputs beside it
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     (root / "metrics.json").write_text('{"kept": 1}')
     for stage in ("download", "train"):
-        out = run(stage_cmd(stage), root, check=False)
+        out = stage_in_process(stage, root, monkeypatch, capsys)
         assert out.returncode == 2
         lines = out.stderr.strip().splitlines()
         assert len(lines) == 1 and needle in lines[0], out.stderr
@@ -122,11 +122,11 @@ def test_bad_params_fail_with_one_line_and_touch_nothing(tmp_path, override, nee
     (lambda p: p["train"].update(lrr=0.1), "params: unknown key train.lrr (did you mean lr?); known keys here: accum_steps,"),
     (lambda p: p.pop("ffmpeg"), "params: missing key ffmpeg; the file needs: ffmpeg, data,"),
 ])
-def test_a_missing_or_unknown_params_key_is_one_line(tmp_path, edit, needle):
+def test_a_missing_or_unknown_params_key_is_one_line(tmp_path, edit, needle, monkeypatch, capsys):
     params = tiny_params()
     edit(params)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    out = run([sys.executable, *stage_cmd("download")[1:]], tmp_path, check=False, env={"PYTHONPATH": str(ROOT)})
+    out = stage_in_process("download", tmp_path, monkeypatch, capsys)
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [f"error: {out.stderr.strip().removeprefix('error: ')}"]
     assert needle in out.stderr, out.stderr
