@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import ROOT, make_project, run, tiny_params
+from helpers import ROOT, call_main, make_project, run, tiny_params
 from dgl.models.methods import METHODS
 from experiments.queue import Row, load_grid
 from experiments.report import Experiment, from_dvc_show, load_runs, save_runs, table
@@ -38,9 +38,11 @@ def experiment_metrics(root: Path) -> dict[str, dict]:
             for ref, sha in (line.split() for line in refs if line)}
 
 
-def outside_repo(tmp_path: Path, *args: str):
-    """queue.py where a slip past its checks could not queue anything: no git, no DVC."""
-    return run(["python", "-m", "experiments.queue", *args], tmp_path, check=False, env={"PYTHONPATH": str(ROOT)})
+@pytest.fixture
+def outside_repo(tmp_path, monkeypatch, capsys):
+    """queue.py, in process, where a slip past its checks could not queue anything: in tmp_path, no git, no DVC."""
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: call_main("experiments.queue", list(args), monkeypatch, capsys)
 
 
 @pytest.fixture(scope="module")
@@ -138,15 +140,15 @@ def test_grid_rows_name_registered_methods_and_existing_params():
     assert all(row.extension for row in grid if "model.dgl.temporal_pos=true" in row.overrides)
 
 
-def test_unknown_row_is_one_line_and_nonzero(tmp_path):
-    out = outside_repo(tmp_path, "--rows", "zeroshot,nope")
+def test_unknown_row_is_one_line_and_nonzero(outside_repo):
+    out = outside_repo("--rows", "zeroshot,nope")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert "unknown grid row(s): nope" in out.stderr and "dgl_ulp" in out.stderr
 
 
-def test_dry_run_prints_the_dvc_commands(tmp_path):
-    out = outside_repo(tmp_path, "--rows", "dgl_upt,zeroshot", "--jobs", "2", "--dry-run")
+def test_dry_run_prints_the_dvc_commands(outside_repo):
+    out = outside_repo("--rows", "dgl_upt,zeroshot", "--jobs", "2", "--dry-run")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "dvc exp run --queue -n zeroshot -S model.method=zeroshot",
@@ -220,32 +222,32 @@ def test_a_validation_tie_goes_to_the_smaller_value_in_any_order():
         assert report_rows(table(order, grid))["proj"]["clip lr"] == "[1e-05] of 1e-05, 0.001, 0.3"
 
 
-def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path):
+def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path, outside_repo):
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"rows": [
         {"name": "bias", "set": ["model.method=bias"], "sweep": {"train.clip_lr": [1e-4, 1e-3]}}]}))
-    out = outside_repo(tmp_path, "--grid", "grid.yaml", "--seeds", "0,1", "--dry-run")
+    out = outside_repo("--grid", "grid.yaml", "--seeds", "0,1", "--dry-run")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[:2] == [
         "dvc exp run --queue -n bias-clip_lr0.0001-s0 -S model.method=bias -S train.clip_lr=0.0001 -S train.seed=0",
         "dvc exp run --queue -n bias-clip_lr0.0001-s1 -S model.method=bias -S train.clip_lr=0.0001 -S train.seed=1",
     ]
     assert len(out.stdout.splitlines()) == 5
-    bad = outside_repo(tmp_path, "--grid", "grid.yaml", "--seeds", "a,b")
+    bad = outside_repo("--grid", "grid.yaml", "--seeds", "a,b")
     assert bad.returncode == 2 and "--seeds 'a,b': give integers" in bad.stderr
-    one_value = outside_repo(tmp_path, "--grid", "grid.yaml", "--rows", "bias-clip_lr0.001", "--dry-run")
+    one_value = outside_repo("--grid", "grid.yaml", "--rows", "bias-clip_lr0.001", "--dry-run")
     assert one_value.stdout.splitlines() == [  # a sweep variant's name queues that value alone
         "dvc exp run --queue -n bias-clip_lr0.001 -S model.method=bias -S train.clip_lr=0.001", "dvc queue start -j 1"]
 
 
-def test_samplers_expand_into_named_experiments_and_report_one_line_each(tmp_path):
+def test_samplers_expand_into_named_experiments_and_report_one_line_each(tmp_path, outside_repo):
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"rows": [{"name": "dgl_upt", "set": ["model.method=dgl"]}]}))
-    out = outside_repo(tmp_path, "--grid", "grid.yaml", "--samplers", "random,twins", "--seeds", "0", "--dry-run")
+    out = outside_repo("--grid", "grid.yaml", "--samplers", "random,twins", "--seeds", "0", "--dry-run")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[:2] == [
         "dvc exp run --queue -n dgl_upt-random-s0 -S model.method=dgl -S train.sampler=random -S train.seed=0",
         "dvc exp run --queue -n dgl_upt-twins-s0 -S model.method=dgl -S train.sampler=twins -S train.seed=0",
     ]
-    bad = outside_repo(tmp_path, "--grid", "grid.yaml", "--samplers", "twin")
+    bad = outside_repo("--grid", "grid.yaml", "--samplers", "twin")
     assert bad.returncode == 2 and "--samplers: unknown twin; choose from random, twins" in bad.stderr
 
     def exp(name, sampler, words):
@@ -283,7 +285,7 @@ def test_the_committed_table_is_its_committed_runs_tabulated():
     assert table(runs, load_grid()) == (results / "synthetic.md").read_text()
 
 
-def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_line(tmp_path):
+def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_line(tmp_path, monkeypatch, capsys):
     def exp(name, r1, seed=42):
         return Experiment(name, {"train.seed": seed, "model.method": "bias", "train.threads": 1}, {"t2v_R1": r1})
 
@@ -298,19 +300,21 @@ def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_li
     save_runs([same], tmp_path / "c.json")
     save_runs([other], tmp_path / "d.json")
     assert load_runs([tmp_path / "c.json"])[0] == same  # provenance survives the round trip
-    report = ["python", "-m", "experiments.report", "--runs", "c.json"]
-    assert run(report, tmp_path, check=False, env={"PYTHONPATH": str(ROOT)}).returncode == 0
-    mixed = run([*report, "--runs", "d.json", "--out", "t.md"], tmp_path, check=False, env={"PYTHONPATH": str(ROOT)})
+    monkeypatch.chdir(tmp_path)
+
+    def report(*args: str):
+        return call_main("experiments.report", list(args), monkeypatch, capsys)
+
+    assert report("--runs", "c.json").returncode == 0
+    mixed = report("--runs", "c.json", "--runs", "d.json", "--out", "t.md")
     assert mixed.returncode == 2 and len(mixed.stderr.strip().splitlines()) == 1, mixed.stderr
     assert "bias-s4 and bias-s3 were trained on a different models/backbone (a1a2a3a4 / e1e2e3e4)" in mixed.stderr
     assert not (tmp_path / "t.md").exists()
     (tmp_path / "broken.json").write_text('{"experiments": [{"name": "x"}')
-    out = run(["python", "-m", "experiments.report", "--runs", "broken.json"], tmp_path, check=False,
-              env={"PYTHONPATH": str(ROOT)})
+    out = report("--runs", "broken.json")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "broken.json: not a runs file of `python -m experiments.report --save-runs`" in out.stderr
-    typo = run(["python", "-m", "experiments.report", "--runs", "brokn.json"], tmp_path, check=False,
-               env={"PYTHONPATH": str(ROOT)})
+    typo = report("--runs", "brokn.json")
     assert typo.returncode == 2 and typo.stderr.strip() == ("error: brokn.json: no such file; --runs takes a file "
                                                             "written by `python -m experiments.report --save-runs`")
 
