@@ -8,7 +8,7 @@ import sys
 import pytest
 import yaml
 
-from helpers import ROOT, run
+from helpers import ROOT, call_main
 from dgl.errors import UserError
 from dgl.settings import METHOD_NAMES, Params
 from dgl.typed_yaml import build, flatten
@@ -119,16 +119,18 @@ def test_a_key_the_params_file_lacks_is_refused():
         applied(PARAMS, {"train.lrr": 0.1})
 
 
-def test_the_command_line_prints_the_dvc_experiment_it_runs(tmp_path):
+def test_the_command_line_prints_the_dvc_experiment_it_runs(tmp_path, monkeypatch, capsys):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    out = run(["python", "-m", "experiments.recipe", "msrvtt", "--method", "full", "--queue", "--dry-run"],
-              tmp_path, env={"PYTHONPATH": str(ROOT)}).stdout
+    monkeypatch.chdir(tmp_path)
+    done = call_main("experiments.recipe", ["msrvtt", "--method", "full", "--queue", "--dry-run"], monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     argv = shlex.split(out.strip())
     assert argv[:6] == ["dvc", "exp", "run", "--queue", "-n", "msrvtt-full"]
     sets = dict(a.split("=", 1) for a in argv[7::2])
     keys = overrides("msrvtt", "full")
     assert set(sets) == set(keys)
     assert {k: yaml.safe_load(v) for k, v in sets.items()} == keys  # as DVC will parse each -S value
-    bad = run(["python", "-m", "experiments.recipe", "msrvt"], tmp_path, check=False, env={"PYTHONPATH": str(ROOT)})
+    bad = call_main("experiments.recipe", ["msrvt"], monkeypatch, capsys)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: no recipe 'msrvt'; use one of: activitynet, lsmdc, msrvtt, vatex"
