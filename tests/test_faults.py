@@ -113,7 +113,6 @@ def test_evaluate_with_a_damaged_or_missing_model_file_names_it_and_the_command_
     assert not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["train", "evaluate"])
 def test_train_or_evaluate_before_preprocess_says_to_run_it(tmp_path, name, monkeypatch, capsys):
     write_params(tmp_path / "params.yaml", {})
@@ -134,7 +133,6 @@ def _wider(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**state, "positional_embedding": torch.zeros(pos.shape[0] + 1, *pos.shape[1:])}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", ["tensor-only", "wrong-shapes"])
 def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case, monkeypatch, capsys):
     checkpoint = tmp_path / "pretrained.pt"
@@ -165,7 +163,6 @@ def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case
     ("data.synthetic.seed", -1, "download"),
     ("data.synthetic.seed", 2**32, None),
 ])
-@pytest.mark.slow
 def test_a_seed_out_of_range_is_one_line(tmp_path, key, value, reader, monkeypatch, capsys):
     *parents, last = key.split(".")
     override: dict = {last: value}
