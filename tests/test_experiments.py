@@ -4,12 +4,13 @@ and from MLflow, in grid order, with each experiment's own numbers."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import ROOT, call_main, make_project, run, tiny_params
+from helpers import ROOT, call_main, copy_project, merge, run, tiny_params
 from dgl.models.methods import METHODS
 from experiments.queue import Row, load_grid
 from experiments.report import Experiment, from_dvc_show, load_runs, save_runs, table
@@ -46,8 +47,17 @@ def outside_repo(tmp_path, monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, str]:
-    root = make_project(tmp_path_factory.mktemp("grid"), tiny_params())
+def project(tmp_path_factory, tiny_repro) -> tuple[Path, str]:
+    """The session's tiny project (a copy, without its MLflow store) committed with one training epoch
+    instead of its two: the queued rows find the data and the backbone in DVC's cache and run only
+    their training and evaluation, each logging the store's only runs."""
+    root = copy_project(tiny_repro, tmp_path_factory.mktemp("grid") / "project")
+    (root / "mlflow.db").unlink()
+    shutil.rmtree(root / "mlruns", ignore_errors=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(tiny_params(), {"train": {"epochs": 1}}), sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run(git + ["add", "-A"], root)
+    run(git + ["commit", "-qm", "the tiny project's outputs; one epoch"], root)
     out = run(["python", "-m", "experiments.queue", "--rows", ",".join(ROWS), "--jobs", "1", "--wait"], root)
     return root, out.stdout
 
