@@ -1,6 +1,6 @@
 """Fixtures and hooks shared by the tests: one session-wide `dvc repro` of the tiny project
-(`tiny_repro`) for every test that needs its data, cache or models, and one ViT-B/32 (`vit_b32`).
-The plain helpers (tiny params, the project in a temporary git + DVC repo) are in helpers.py.
+(`tiny_repro`) for every test that needs its data, cache or models, and one ViT-B/32 and one ViT-B/16
+(`vit_b32`, `vit_b16`). The plain helpers (tiny params, the project in a temporary git + DVC repo) are in helpers.py.
 
 Tests that take more than a few seconds (a `dvc` run, a stage or an MLflow server in a subprocess,
 a ViT-B backbone) are marked `slow`: explicitly, or here for every test that uses `tiny_repro`, so
