@@ -25,34 +25,6 @@ REHEARSED = ["vatex"]
 EXPERIMENTS = [(dataset, generator) for dataset in REHEARSED for generator in DATASETS[dataset].generators]
 
 
-@pytest.mark.parametrize("dataset", DATASETS)
-def test_each_dataset_is_written_as_its_adapter_reads_it_and_placed_by_hand_downloads_nothing(dataset, tmp_path):
-    """Every caption written is read back in its split, and nothing is fetched: for VATEX too, whose
-    official caption files placed by hand once sent the download stage to the network."""
-    spec = DATASETS[dataset]
-    manual = tmp_path / "manual" / dataset
-    manual.mkdir(parents=True)
-    videos, _ = plan_videos(spec, seed=0)
-    texts = spec.write(manual, videos)
-    (manual / spec.videos_folder).mkdir(parents=True)
-    for video in videos:  # the download stage only finds them; the frames stage would decode them
-        (manual / spec.videos_folder / f"{video.video_id}.mp4").touch()
-    # manual/ and downloads/ beside raw/; VATEX as the rehearsal runs it (HGR's split needs its 1,500 videos)
-    summary = prepare_raw(dataset, tmp_path / "raw", progress=False, vatex_split="official_val")
-    assert summary["downloaded"] == [] and summary["videos"] == len(videos) and summary["videos_absent"] == 0
-    annotations = load_annotations(dataset, tmp_path / "raw")
-    for split in ("train", "test"):
-        assert sorted(c.text for c in annotations.split(split)) == sorted(texts[split])
-    assert len(annotations.split_videos("test")) == spec.test_videos
-
-
-def test_a_keep_folder_that_is_not_empty_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
-    (tmp_path / "old").write_text("")
-    out = call_main("experiments.rehearse", ["--keep", str(tmp_path)], monkeypatch, capsys)
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr == f"error: --keep {tmp_path}: not an empty folder; give a new or empty one\n"
-
-
 def dvc_experiments(project: Path) -> dict[str, tuple[dict, dict]]:
     """`dvc exp show`'s view: experiment name -> (its params.yaml, its metrics.json)."""
     shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
@@ -61,6 +33,8 @@ def dvc_experiments(project: Path) -> dict[str, tuple[dict, dict]]:
             for baseline in shown for exp in baseline.get("experiments") or []}
 
 
+# First in its module: under `make test` (pytest-xdist, --dist loadfile) a worker is handed its next
+# module once two of its tests are left, and that module would wait behind the rehearsal.
 @pytest.mark.slow
 def test_the_rehearsal_runs_a_recipe_through_dvc_to_metrics_and_a_finished_mlflow_run(tmp_path):
     out = run(["python", "-m", "experiments.rehearse", "--datasets", *REHEARSED, "--keep", str(tmp_path)], ROOT)
@@ -91,3 +65,31 @@ def test_the_rehearsal_runs_a_recipe_through_dvc_to_metrics_and_a_finished_mlflo
         assert round(mlflow_run.data.metrics["test/t2v_R1"], 4) == metrics["t2v_R1"]
         assert int(mlflow_run.data.params["count.trainable"]) == metrics["trainable_params"]
     shutil.rmtree(tmp_path)  # GBs (the weights in the backbone stage and DVC's cache): kept only on a failure
+
+
+@pytest.mark.parametrize("dataset", DATASETS)
+def test_each_dataset_is_written_as_its_adapter_reads_it_and_placed_by_hand_downloads_nothing(dataset, tmp_path):
+    """Every caption written is read back in its split, and nothing is fetched: for VATEX too, whose
+    official caption files placed by hand once sent the download stage to the network."""
+    spec = DATASETS[dataset]
+    manual = tmp_path / "manual" / dataset
+    manual.mkdir(parents=True)
+    videos, _ = plan_videos(spec, seed=0)
+    texts = spec.write(manual, videos)
+    (manual / spec.videos_folder).mkdir(parents=True)
+    for video in videos:  # the download stage only finds them; the frames stage would decode them
+        (manual / spec.videos_folder / f"{video.video_id}.mp4").touch()
+    # manual/ and downloads/ beside raw/; VATEX as the rehearsal runs it (HGR's split needs its 1,500 videos)
+    summary = prepare_raw(dataset, tmp_path / "raw", progress=False, vatex_split="official_val")
+    assert summary["downloaded"] == [] and summary["videos"] == len(videos) and summary["videos_absent"] == 0
+    annotations = load_annotations(dataset, tmp_path / "raw")
+    for split in ("train", "test"):
+        assert sorted(c.text for c in annotations.split(split)) == sorted(texts[split])
+    assert len(annotations.split_videos("test")) == spec.test_videos
+
+
+def test_a_keep_folder_that_is_not_empty_is_refused_in_one_line(tmp_path, monkeypatch, capsys):
+    (tmp_path / "old").write_text("")
+    out = call_main("experiments.rehearse", ["--keep", str(tmp_path)], monkeypatch, capsys)
+    assert out.returncode == 2 and out.stdout == ""
+    assert out.stderr == f"error: --keep {tmp_path}: not an empty folder; give a new or empty one\n"
