@@ -114,7 +114,7 @@ def stage_in_process(name: str, cwd: Path, monkeypatch, capsys) -> subprocess.Co
     """Stage `name`'s main() with dvc.yaml's arguments, in this process, in `cwd` (also DVC_ROOT): for a
     refusal before any work, where a new process adds only its start. The stages' exit codes and
     stderr through a real process are checked where that is the point (test_faults.py's unwritable
-    folders, full disk and killed trainings; test_pipeline.py's absent ffmpeg)."""
+    folders, full disk and killed trainings, and `dvc` runs that fail in stage `params`)."""
     monkeypatch.chdir(cwd)
     monkeypatch.setenv("DVC_ROOT", str(cwd))
     cmd = stage_cmd(name)

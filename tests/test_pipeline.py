@@ -3,15 +3,13 @@ a real SQLite store, and bad params rejected with one line before any output is 
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
-import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
-from helpers import BIN, ROOT, copy_project, make_project, run, stage_cmd, stage_in_process, tiny_params
+from helpers import BIN, ROOT, copy_project, make_project, run, stage_in_process, tiny_params
 
 
 def mlflow_runs(db: Path) -> list[tuple]:
@@ -133,14 +131,13 @@ def test_a_missing_or_unknown_params_key_is_one_line(tmp_path, edit, needle, mon
     assert not (tmp_path / "data").exists()
 
 
-def test_a_system_ffmpeg_that_is_absent_is_one_line_before_any_output(tmp_path):
+def test_a_system_ffmpeg_that_is_absent_is_one_line_before_any_output(tmp_path, monkeypatch, capsys):
     params = tiny_params()
     params["ffmpeg"] = "system"
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    only_the_venv = {"PATH": str(BIN), "PYTHONPATH": str(ROOT)}  # no system ffmpeg, whatever this machine has
+    monkeypatch.setenv("PATH", str(BIN))  # no system ffmpeg, whatever this machine has
     for stage in ("download", "frames"):
-        out = subprocess.run(stage_cmd(stage), cwd=tmp_path, capture_output=True, text=True,
-                             env={**os.environ, **only_the_venv})
+        out = stage_in_process(stage, tmp_path, monkeypatch, capsys)
         assert out.returncode == 2
         assert out.stderr.strip() == ("error: params: ffmpeg = system but there is no ffmpeg on PATH; "
                                       "install one or use ffmpeg: pinned")
