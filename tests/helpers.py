@@ -100,12 +100,20 @@ def call_main(module: str, args: list[str], monkeypatch, capsys) -> subprocess.C
 
     main = importlib.import_module(module).main
     monkeypatch.setattr(sys, "argv", [sys.modules[module].__file__, *args])
+    torch = sys.modules.get("torch")  # what a stage sets for its process is put back for the next test
+    if torch is not None:
+        threads, deterministic = torch.get_num_threads(), torch.are_deterministic_algorithms_enabled()
+        warn_only = torch.is_deterministic_algorithms_warn_only_enabled()
     capsys.readouterr()  # what came before is not this command's
     try:
         main()
         code = 0
     except SystemExit as e:
         code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        if torch is not None:
+            torch.set_num_threads(threads)
+            torch.use_deterministic_algorithms(deterministic, warn_only=warn_only)
     out = capsys.readouterr()
     return subprocess.CompletedProcess([module, *args], code, out.out, out.err)
 
