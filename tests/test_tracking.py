@@ -27,7 +27,7 @@ from typing import Iterator
 
 import pytest
 
-from helpers import BIN, ROOT, make_project, run, tiny_params
+from helpers import BIN, ROOT, copy_project, run, tiny_params
 
 EPOCHS = tiny_params()["train"]["epochs"]
 
@@ -112,11 +112,20 @@ REPRO: dict[str, dict] = {}  # the MLflow run that `dvc repro` logged
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, server) -> Path:
+def project(tmp_path_factory, server, tiny_repro) -> Path:
     """The tests below share one project and one server, each starting from whatever the others
-    left there (in any order): each looks only at the runs its own commands add."""
-    root = make_project(tmp_path_factory.mktemp("project"), tiny_params())
-    LOGS["repro"] = dvc(root, server, "repro")
+    left there (in any order): each looks only at the runs its own commands add. The project is the
+    session's tiny one (a copy without its MLflow store, committed as a user would, with the .gitignore
+    files DVC wrote) whose training and evaluation, the stages that log to MLflow, run again on the
+    server (`dvc repro -f --downstream train`): the stages before them log nothing and are the
+    session's build."""
+    root = copy_project(tiny_repro, tmp_path_factory.mktemp("project") / "project")
+    (root / "mlflow.db").unlink()
+    shutil.rmtree(root / "mlruns", ignore_errors=True)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run(git + ["add", "-A"], root)
+    run(git + ["commit", "-qm", "repro"], root)
+    LOGS["repro"] = dvc(root, server, "repro", "-f", "--downstream", "train")
     (REPRO["run"],) = server.runs()
     return root
 
