@@ -383,7 +383,8 @@ def main() -> None:
                     "dgl_checkpointing_step_time": check(
                         dgl["checkpointing_step_time_ratio"],
                         LIMITS["step_time"],
-                        compared="DGL's step time with checkpointing over without: the median over adjacent pairs of steps",
+                        compared="DGL's step time with checkpointing over without: "
+                        "the median over adjacent pairs of steps",
                     ),
                     "data_wait_share": check(
                         waits["after"]["wait_share"],

@@ -2,7 +2,8 @@
 
     python -m experiments.report                                  # from `dvc exp show --json`
     python -m experiments.report --mlflow                         # from the MLflow runs instead
-    python -m experiments.report --out experiments/results/synthetic.md --save-runs experiments/results/synthetic.runs.json
+    python -m experiments.report --out experiments/results/synthetic.md \
+        --save-runs experiments/results/synthetic.runs.json
     python -m experiments.report --runs experiments/results/synthetic.runs.json   # the table again, from the file
 
 Rows are the grid's (experiments/grid.yaml), in its order; other experiments follow by name. The

@@ -4,6 +4,7 @@ port): load a page, record every request it makes, evaluate JavaScript in it, ta
 Debian's `chromium` (`.ci/run` installs it); `browser()` is None where it is absent. Every run gets a
 fresh profile and the flags that keep Chromium's own traffic off (updates, sync, background fetches),
 so what the request log holds is what the page asked for."""
+
 from __future__ import annotations
 
 import base64
@@ -13,11 +14,19 @@ import os
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
-FLAGS = ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--remote-debugging-pipe")
+FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--remote-debugging-pipe",
+)
 BINARIES = ("chromium", "chromium-browser")
 
 
@@ -38,10 +47,13 @@ class Page:
             os.dup2(read, 3)
             os.dup2(write, 4)
 
-        self.process = subprocess.Popen([binary, *FLAGS, f"--user-data-dir={profile}",
-                                         f"--window-size={width},{height}", "about:blank"],
-                                        preexec_fn=pipes_on_3_and_4, close_fds=False,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.process = subprocess.Popen(
+            [binary, *FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}", "about:blank"],
+            preexec_fn=pipes_on_3_and_4,
+            close_fds=False,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         os.close(to_child)
         os.close(from_child)
         self._next, self._buffer, self.events, self._session = 0, b"", [], None
@@ -94,8 +106,9 @@ class Page:
         return result["result"].get("value")
 
     def screenshot(self, path: Path, full_page: bool = False) -> None:
-        path.write_bytes(base64.b64decode(self.send("Page.captureScreenshot", format="png",
-                                                    captureBeyondViewport=full_page)["data"]))
+        path.write_bytes(
+            base64.b64decode(self.send("Page.captureScreenshot", format="png", captureBeyondViewport=full_page)["data"])
+        )
 
     def close(self) -> None:
         with contextlib.suppress(RuntimeError, OSError):

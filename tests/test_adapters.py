@@ -1,4 +1,5 @@
 """Each published annotation format, written here in miniature, parsed into the common form."""
+
 from __future__ import annotations
 
 import csv
@@ -9,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from dgl.data.adapters import FORMATS, HGR_LISTS, VATEX_SPLITS, load_annotations, name_of_test_split
-from dgl.settings import VATEX_SPLITS as VATEX_SPLIT_PARAMS
 from dgl.errors import UserError
+from dgl.settings import VATEX_SPLITS as VATEX_SPLIT_PARAMS
 
 
 def write_csv(path: Path, header: list[str], rows: list[list[str]]) -> None:
@@ -26,12 +27,18 @@ def write_msrvtt(raw: Path, synthetic: bool = False) -> None:
         "video2": {"event": "motion", "twin": "video3"}, "video3": {"event": "motion"},
     }  # fmt: skip
     videos = [{"video_id": v, "category": 3, "split": "x", **(extra[v] if synthetic else {})} for v in extra]
-    sentences = [{"video_id": v, "caption": f"{v}, caption {i}", "sen_id": 3 * n + i}
-                 for n, v in enumerate(extra) for i in range(3)]
+    sentences = [
+        {"video_id": v, "caption": f"{v}, caption {i}", "sen_id": 3 * n + i}
+        for n, v in enumerate(extra)
+        for i in range(3)
+    ]
     (raw / "MSRVTT_data.json").write_text(json.dumps({"info": {}, "videos": videos, "sentences": sentences}))
     write_csv(raw / "MSRVTT_train.9k.csv", ["video_id"], [["video0"], ["video1"]])
-    write_csv(raw / "MSRVTT_JSFUSION_test.csv", ["key", "vid_key", "video_id", "sentence"],
-              [["ret0", "msr2", "video2", "a man, in a car"], ["ret1", "msr3", "video3", 'a "quoted" word']])
+    write_csv(
+        raw / "MSRVTT_JSFUSION_test.csv",
+        ["key", "vid_key", "video_id", "sentence"],
+        [["ret0", "msr2", "video2", "a man, in a car"], ["ret1", "msr3", "video3", 'a "quoted" word']],
+    )
 
 
 def test_msrvtt_train_takes_every_caption_and_test_the_jsfusion_rows(tmp_path):
@@ -42,15 +49,23 @@ def test_msrvtt_train_takes_every_caption_and_test_the_jsfusion_rows(tmp_path):
     assert [c.video_id for c in ann.train] == ["video0"] * 3 + ["video1"] * 3
     assert [c.text for c in ann.test] == ["a man, in a car", 'a "quoted" word']
     assert all(c.category == "" for c in ann.train + ann.test) and ann.twins == {}
-    assert ann.videos == {"video0": "videos/video0.mp4", "video1": "videos/all/video1.mp4",
-                          "video2": "videos/video2.mp4", "video3": "videos/video3.mp4"}
+    assert ann.videos == {
+        "video0": "videos/video0.mp4",
+        "video1": "videos/all/video1.mp4",
+        "video2": "videos/video2.mp4",
+        "video3": "videos/video3.mp4",
+    }
 
 
 def test_synthetic_reads_msrvtt_files_with_event_categories_and_twins_both_ways(tmp_path):
     write_msrvtt(tmp_path, synthetic=True)
     ann = load_annotations("synthetic", tmp_path)
     assert {c.video_id: c.category for c in ann.train + ann.test} == {
-        "video0": "static", "video1": "change", "video2": "motion", "video3": "motion"}
+        "video0": "static",
+        "video1": "change",
+        "video2": "motion",
+        "video3": "motion",
+    }
     assert ann.twins == {"video2": "video3", "video3": "video2"}
 
 
@@ -88,9 +103,11 @@ def test_lsmdc_tab_separated_clip_first_sentence_last(tmp_path):
     clip = "0001_American_Beauty_00.00.51.926-00.00.54.129"
     (tmp_path / "LSMDC16_annos_training.csv").write_text(
         f"{clip}\t00.00.51.926\t00.00.54.129\t00.00.51.000\t00.00.55.000\tSOMEONE looks, then leaves.\n"
-        "0001_American_Beauty_00.01.00.000-00.01.02.000\t1\t2\t3\t4\tHe smiles.\n")
+        "0001_American_Beauty_00.01.00.000-00.01.02.000\t1\t2\t3\t4\tHe smiles.\n"
+    )
     (tmp_path / "LSMDC16_challenge_1000_publictect.csv").write_text(
-        "1012_Unbreakable_00.00.10.000-00.00.12.000\t1\t2\t3\t4\tA train passes.\n")
+        "1012_Unbreakable_00.00.10.000-00.00.12.000\t1\t2\t3\t4\tA train passes.\n"
+    )
     movie = tmp_path / "videos" / "0001_American_Beauty"
     movie.mkdir(parents=True)
     (movie / f"{clip}.avi").write_bytes(b"")
@@ -119,11 +136,14 @@ def test_a_missing_annotation_file_is_named_with_what_to_do(tmp_path, dataset):
     assert str(tmp_path) in str(error.value)
 
 
-@pytest.mark.parametrize("name,content", [
-    ("MSRVTT_data.json", "{not json"),
-    ("MSRVTT_data.json", json.dumps({"videos": []})),
-    ("MSRVTT_train.9k.csv", "vid\nvideo0\n"),
-])
+@pytest.mark.parametrize(
+    "name,content",
+    [
+        ("MSRVTT_data.json", "{not json"),
+        ("MSRVTT_data.json", json.dumps({"videos": []})),
+        ("MSRVTT_train.9k.csv", "vid\nvideo0\n"),
+    ],
+)
 def test_a_corrupt_annotation_file_is_named(tmp_path, name, content):
     write_msrvtt(tmp_path)
     (tmp_path / name).write_text(content)

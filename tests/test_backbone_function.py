@@ -1,6 +1,7 @@
 """The model `train` and `evaluate` rebuild computes what the backbone stage held: features on a
 fixed input, not only equal tensors (a random-weight model has no accuracy to lose, but its
 features move with the activation, the tokenizer or the preprocessing)."""
+
 from __future__ import annotations
 
 import json
@@ -11,10 +12,18 @@ import pytest
 import torch
 import yaml
 
-from conftest import tiny_params
 from dgl.errors import UserError
-from dgl.models.backbone import (BACKBONE_INFO, BACKBONE_PROBE, RECIPE_KEY, build_clip, check_preprocessing,
-                                 load_backbone, recipe_for, save_backbone)
+from dgl.models.backbone import (
+    BACKBONE_INFO,
+    BACKBONE_PROBE,
+    RECIPE_KEY,
+    build_clip,
+    check_preprocessing,
+    load_backbone,
+    recipe_for,
+    save_backbone,
+)
+from helpers import tiny_params
 
 CAPTIONS = ["a blue square turns green", "the triangle appears on the left"]  # not the probe's
 

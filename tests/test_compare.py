@@ -1,5 +1,6 @@
 """experiments.compare: two MLflow runs' retrievals on one offline page, checked in a real headless
 Chromium (tests/headless.py): it renders, every image loads, and it asks the network for nothing."""
+
 from __future__ import annotations
 
 import re
@@ -8,8 +9,8 @@ from pathlib import Path
 import mlflow
 import pytest
 
-from conftest import copy_project
 from headless import browser, chromium
+from helpers import copy_project
 
 
 @pytest.fixture(scope="module")
@@ -26,13 +27,23 @@ def two_runs(tiny_repro, tmp_path_factory) -> tuple[Path, str, str]:
     root = copy_project(tiny_repro, tmp_path_factory.mktemp("compare") / "p")
     params = load_params(root / "params.yaml")
     clip, backbone = load_backbone(root / "models/backbone")
-    method = build_method("zeroshot", clip, params.model,
-                          num_frames=CachedSplit.load(root / "data/cache", "test").num_frames)
+    method = build_method(
+        "zeroshot", clip, params.model, num_frames=CachedSplit.load(root / "data/cache", "test").num_frames
+    )
     folder = root / "zeroshot"
     folder.mkdir()
-    save_trained(method, folder, {"method": "zeroshot", "backbone": backbone["name"],
-                                  "backbone_sha256": backbone["sha256"], "parameters": count_parameters(method),
-                                  "validation": {}}, params.model)
+    save_trained(
+        method,
+        folder,
+        {
+            "method": "zeroshot",
+            "backbone": backbone["name"],
+            "backbone_sha256": backbone["sha256"],
+            "parameters": count_parameters(method),
+            "validation": {},
+        },
+        params.model,
+    )
     mlflow.set_tracking_uri(f"sqlite:///{root / 'mlflow.db'}")
     experiment = mlflow.get_experiment_by_name("dgl")
     dgl_run = mlflow.MlflowClient().search_runs([experiment.experiment_id], order_by=["attributes.start_time"])[0]
@@ -43,13 +54,15 @@ def two_runs(tiny_repro, tmp_path_factory) -> tuple[Path, str, str]:
 
 def figures(page: str) -> list[tuple[str, str, str]]:
     """(class, video id, caption) of every ranked video on the page, in order."""
-    return re.findall(r'<figure class="(\w*)"><img src="data:image/png;base64,[^"]+" alt="([^"]+)">'
-                      r"<figcaption>([^<]+)</figcaption>", page)
+    return re.findall(
+        r'<figure class="(\w*)"><img src="data:image/png;base64,[^"]+" alt="([^"]+)">'
+        r"<figcaption>([^<]+)</figcaption>",
+        page,
+    )
 
 
 @pytest.mark.slow
-def test_the_page_shows_each_runs_own_ranking_with_the_correct_video_and_its_twin_marked(
-        two_runs, monkeypatch, capsys):
+def test_the_page_shows_each_runs_own_ranking_with_the_correct_video_and_its_twin_marked(two_runs, monkeypatch, capsys):
     from dgl.search import Gallery
     from dgl.settings import load_params
     from dgl.tracking.runs import trained_of_run
@@ -67,14 +80,18 @@ def test_the_page_shows_each_runs_own_ranking_with_the_correct_video_and_its_twi
     assert len(shown) == 3 * 2 * 4
     params = load_params("params.yaml")
     for side, name in enumerate((first, second)):  # each run's block: what its own logged method ranks
-        gallery = Gallery.load(trained_of_run(params.tracking, name, root / f"dl{side}"), Path("models/backbone"),
-                               Path("data/cache"), params)
+        gallery = Gallery.load(
+            trained_of_run(params.tracking, name, root / f"dl{side}"),
+            Path("models/backbone"),
+            Path("data/cache"),
+            params,
+        )
         split = gallery.split
         index = {video: i for i, video in enumerate(split.video_ids)}
         for q, caption in enumerate(query_captions(split, 3)):
             scores = gallery.scores([split.texts[caption]])[0]
             fifth = float(scores.sort(descending=True).values[4])
-            block = shown[(2 * q + side) * 4:(2 * q + side + 1) * 4]
+            block = shown[(2 * q + side) * 4 : (2 * q + side + 1) * 4]
             answer = int(split.caption_video[caption])
             twin = int(split.twins[answer])
             shown_scores = []
@@ -89,8 +106,9 @@ def test_the_page_shows_each_runs_own_ranking_with_the_correct_video_and_its_twi
     assert {kind for kind, _, _ in shown} >= {"correct", "twin"}
     client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
     for name in (first, second):
-        run = client.search_runs([client.get_experiment_by_name("dgl").experiment_id],
-                                 f"attributes.run_name = '{name}'")[0]
+        run = client.search_runs(
+            [client.get_experiment_by_name("dgl").experiment_id], f"attributes.run_name = '{name}'"
+        )[0]
         assert [a.path for a in client.list_artifacts(run.info.run_id, "compare")] == ["compare/page.html"]
 
 

@@ -2,6 +2,7 @@
 synchronous reader's batches byte for byte, on the CPU training gives the same bits with and
 without it, its background thread ends however the loop ends; activation checkpointing gives the
 gradients of the plain backward pass while it keeps less for it."""
+
 from __future__ import annotations
 
 import gc
@@ -15,7 +16,6 @@ import pytest
 import torch
 
 from bench.memory import saved_for_backward
-from conftest import group
 from dgl import evaluation as evaluation_module
 from dgl import train as train_module
 from dgl.cache.prefetch import Prefetcher, device_batches
@@ -27,6 +27,7 @@ from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
 from dgl.train import contrastive_step, parallel_features, train_method
 from dgl.views import SplitView
+from helpers import group
 
 VIDEOS, FRAMES, CANDIDATES, SIZE = 10, 3, 3, 64
 CPU = torch.device("cpu")
@@ -40,12 +41,19 @@ def cache_split(tmp_path, candidates: int = CANDIDATES) -> CachedSplit:
     """A split whose frames are random bytes in a frame store (raw codec), as preprocess links it."""
     store, rows = write_arrays(tmp_path, random_frames(candidates), RawCodec())
     texts = [f"a video number {v} {k}" for v in range(VIDEOS) for k in range(2)]
-    return CachedSplit(store=store, rows=rows,
-                       tokens=open_clip.get_tokenizer("tiny-synthetic")(texts, context_length=16).long(),
-                       caption_video=torch.arange(2 * VIDEOS) // 2, texts=texts, categories=["static"] * len(texts),
-                       twins=torch.full((VIDEOS,), -1), video_ids=[f"v{v}" for v in range(VIDEOS)],
-                       mean=torch.tensor([0.48145466, 0.4578275, 0.40821073]),
-                       std=torch.tensor([0.26862954, 0.26130258, 0.27577711]), candidates=candidates)
+    return CachedSplit(
+        store=store,
+        rows=rows,
+        tokens=open_clip.get_tokenizer("tiny-synthetic")(texts, context_length=16).long(),
+        caption_video=torch.arange(2 * VIDEOS) // 2,
+        texts=texts,
+        categories=["static"] * len(texts),
+        twins=torch.full((VIDEOS,), -1),
+        video_ids=[f"v{v}" for v in range(VIDEOS)],
+        mean=torch.tensor([0.48145466, 0.4578275, 0.40821073]),
+        std=torch.tensor([0.26862954, 0.26130258, 0.27577711]),
+        candidates=candidates,
+    )
 
 
 def legacy_batch(split: CachedSplit, indices, picks=None) -> torch.Tensor:
@@ -54,7 +62,11 @@ def legacy_batch(split: CachedSplit, indices, picks=None) -> torch.Tensor:
     if picks is None:
         picks = np.full((len(indices), split.num_frames), split.candidates // 2)
     frame = np.arange(split.num_frames) * split.candidates + picks
-    x = torch.from_numpy(np.ascontiguousarray(random_frames(split.candidates)[indices[:, None], frame])).float().div_(255)
+    x = (
+        torch.from_numpy(np.ascontiguousarray(random_frames(split.candidates)[indices[:, None], frame]))
+        .float()
+        .div_(255)
+    )
     return (x - split.mean[:, None, None]) / split.std[:, None, None]
 
 
@@ -84,6 +96,7 @@ def no_thread_left():
 
 
 # ---- reading ------------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("prefetch", [0, 1, 3])
 def test_the_prefetching_reader_yields_the_synchronous_batches_byte_for_byte(tmp_path, prefetch):
@@ -157,6 +170,7 @@ def test_training_gives_the_same_bits_with_and_without_prefetching(tmp_path, mon
 
 # ---- the background thread ----------------------------------------------------------------------
 
+
 def test_the_thread_ends_when_the_loop_breaks_off_or_raises():
     with Prefetcher(lambda job: job * 2, range(100), depth=2) as loader:
         for item in loader:
@@ -213,12 +227,20 @@ def test_a_diverging_training_leaves_no_thread(tmp_path, monkeypatch):
     monkeypatch.setattr(train_module, "contrastive_step", lambda *a, **k: torch.tensor(float("nan")))
     cfg = group("train", epochs=1, batch_size=4, val_fraction=0.0, device="cpu")
     with pytest.raises(UserError, match="training diverged"):
-        train_method(tiny("dgl", FRAMES), SplitView(split, np.arange(VIDEOS)), None, cfg, CPU,
-                     on_epoch=lambda *_: None, progress=False)
+        train_method(
+            tiny("dgl", FRAMES),
+            SplitView(split, np.arange(VIDEOS)),
+            None,
+            cfg,
+            CPU,
+            on_epoch=lambda *_: None,
+            progress=False,
+        )
     assert not prefetch_threads()
 
 
 # ---- activation checkpointing ----------------------------------------------------------------------
+
 
 def tiny(name: str, frames: int = 2):
     torch.manual_seed(0)
@@ -281,15 +303,28 @@ def test_gpu_check_summarises_its_three_parts_in_one_json(monkeypatch, capsys):
     from bench import gpu_check
 
     setting = {"step_s": 0.5, "activation_mib_per_video": 246.0, "cuda_peak_mib_per_video": 300.0}
-    train = {"device": "H100", "amp": "torch.bfloat16", "batch": 32,
-             "runs": {m: {"checkpointing_off": {**setting, "step_s": s},
-                          "checkpointing_on": {**setting, "step_s": 2 * s}} for m, s in (("dgl", 0.5), ("full", 1.0))},
-             "data_path": {"wait": {"after": {"wait_share": 0.01}}},
-             "checks": {"data_wait_share": {"within": True}}}
-    evaluation = {"runs": [{"videos": 1000, "ratio_to_matmul": 1.1, "seconds": 0.01, "limit": 1.3},
-                           {"videos": 100000, "ratio_to_matmul": 1.2, "seconds": 2.0, "limit": 1.3}]}
-    outputs = {"pytest": "4 passed in 3.1s", "bench.train_speed": json.dumps(train),
-               "bench.eval_speed": json.dumps(evaluation)}
+    train = {
+        "device": "H100",
+        "amp": "torch.bfloat16",
+        "batch": 32,
+        "runs": {
+            m: {"checkpointing_off": {**setting, "step_s": s}, "checkpointing_on": {**setting, "step_s": 2 * s}}
+            for m, s in (("dgl", 0.5), ("full", 1.0))
+        },
+        "data_path": {"wait": {"after": {"wait_share": 0.01}}},
+        "checks": {"data_wait_share": {"within": True}},
+    }
+    evaluation = {
+        "runs": [
+            {"videos": 1000, "ratio_to_matmul": 1.1, "seconds": 0.01, "limit": 1.3},
+            {"videos": 100000, "ratio_to_matmul": 1.2, "seconds": 2.0, "limit": 1.3},
+        ]
+    }
+    outputs = {
+        "pytest": "4 passed in 3.1s",
+        "bench.train_speed": json.dumps(train),
+        "bench.eval_speed": json.dumps(evaluation),
+    }
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda: "H100")
     monkeypatch.setattr(gpu_check, "run", lambda args, limit: (0, outputs[args[1]]))

@@ -2,6 +2,7 @@
 with a length, without one or chunked, dropped connections, a server that ignores Range or If-Range,
 a file that changes between runs), checksums, guarded extraction under a size cap, and the raw
 folder assembled for real datasets, with the advice of each error followed to see that it works."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -16,21 +17,21 @@ import tarfile
 import threading
 import time
 import zipfile
+from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
+from test_video import make_testsrc
 
-from conftest import merge, tiny_params
 from dgl.data import sources
 from dgl.data.adapters import HGR_LISTS, load_annotations
 from dgl.data.download import download
 from dgl.data.extract import extract
 from dgl.data.sources import prepare_raw
 from dgl.errors import UserError
-from test_video import make_testsrc
+from helpers import merge, tiny_params
 
 
 @dataclasses.dataclass
@@ -100,7 +101,7 @@ class Handler(BaseHTTPRequestHandler):
             self.send_header("Transfer-Encoding", "chunked")
             self.end_headers()
             for i in range(0, len(sent), 65536):
-                piece = sent[i:i + 65536]
+                piece = sent[i : i + 65536]
                 self.wfile.write(f"{len(piece):x}\r\n".encode() + piece + b"\r\n")
             if drop is None:
                 self.wfile.write(b"0\r\n\r\n")
@@ -110,7 +111,7 @@ class Handler(BaseHTTPRequestHandler):
             self.end_headers()
             if state.trickle:
                 for i in range(len(sent)):
-                    self.wfile.write(sent[i:i + 1])
+                    self.wfile.write(sent[i : i + 1])
                     self.wfile.flush()
                     time.sleep(state.trickle)
             else:
@@ -408,9 +409,11 @@ def test_an_archive_over_the_size_cap_is_refused_before_anything_is_written(tmp_
     with pytest.raises(UserError) as caught:
         extract(archive, tmp_path / "target", max_bytes=5_000_000)
     message = str(caught.value)
-    assert message == (f"{archive}: extracting it would write 6 MB, more than the cap of 5 MB "
-                       "(data.max_extract_gb in params.yaml); if the archive is the one expected, raise the cap and "
-                       "run again")
+    assert message == (
+        f"{archive}: extracting it would write 6 MB, more than the cap of 5 MB "
+        "(data.max_extract_gb in params.yaml); if the archive is the one expected, raise the cap and "
+        "run again"
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == [archive.name]  # nothing written, the archive kept
     assert extract(archive, tmp_path / "target", max_bytes=6_000_000) == ["a.bin", "b.bin"]  # as advised
     assert extract(archive, tmp_path / "other", lambda name: name if name == "a.bin" else None, 5_000_000) == ["a.bin"]
@@ -422,8 +425,10 @@ def test_an_archive_over_the_size_cap_is_refused_before_anything_is_written(tmp_
 def msrvtt_archives(tmp_path: Path) -> dict[str, bytes]:
     """CLIP4Clip's msrvtt_data.zip and Frozen-in-Time's MSRVTT.zip, in miniature (video3 missing)."""
     ids = [f"video{i}" for i in range(4)]
-    data = {"videos": [{"video_id": v} for v in ids],
-            "sentences": [{"video_id": v, "caption": f"{v} caption {j}", "sen_id": 0} for v in ids for j in range(2)]}
+    data = {
+        "videos": [{"video_id": v} for v in ids],
+        "sentences": [{"video_id": v, "caption": f"{v} caption {j}", "sen_id": 0} for v in ids for j in range(2)],
+    }
     annotations = zip_bytes({
         "msrvtt_data/MSRVTT_data.json": json.dumps(data).encode(),
         "msrvtt_data/MSRVTT_train.9k.csv": b"video_id\nvideo0\nvideo1\n",
@@ -431,8 +436,10 @@ def msrvtt_archives(tmp_path: Path) -> dict[str, bytes]:
             b"key,vid_key,video_id,sentence\nret0,msr2,video2,a\nret1,msr3,video3,b\n",
         "msrvtt_data/MSRVTT_train.7k.csv": b"video_id\n",
     })  # fmt: skip
-    clips = {f"MSRVTT/videos/all/{v}.mp4": make_testsrc(tmp_path / "clips" / f"{v}.mp4", seconds=1).read_bytes()
-             for v in ids[:3]}
+    clips = {
+        f"MSRVTT/videos/all/{v}.mp4": make_testsrc(tmp_path / "clips" / f"{v}.mp4", seconds=1).read_bytes()
+        for v in ids[:3]
+    }
     videos = zip_bytes({**clips, "MSRVTT/annotation/MSR_VTT.json": b"{}"})
     return {"msrvtt_data.zip": annotations, "MSRVTT.zip": videos}
 
@@ -440,8 +447,10 @@ def msrvtt_archives(tmp_path: Path) -> dict[str, bytes]:
 @pytest.fixture
 def msrvtt_served(server, tmp_path, monkeypatch) -> dict[str, bytes]:
     archives = msrvtt_archives(tmp_path)
-    remotes = tuple(dataclasses.replace(r, url=server.serve(r.filename, archives[r.filename]))
-                    for r in sources.SOURCES["msrvtt"].remotes)
+    remotes = tuple(
+        dataclasses.replace(r, url=server.serve(r.filename, archives[r.filename]))
+        for r in sources.SOURCES["msrvtt"].remotes
+    )
     monkeypatch.setitem(sources.SOURCES, "msrvtt", dataclasses.replace(sources.SOURCES["msrvtt"], remotes=remotes))
     return archives
 
@@ -449,12 +458,23 @@ def msrvtt_served(server, tmp_path, monkeypatch) -> dict[str, bytes]:
 def test_prepare_raw_downloads_extracts_and_records_checksums(server, msrvtt_served, tmp_path, capsys):
     raw, downloads = tmp_path / "raw", tmp_path / "downloads"
     summary = prepare_raw("msrvtt", raw, progress=False, downloads_dir=downloads, manual_dir=tmp_path / "manual")
-    assert summary == {"dataset": "msrvtt", "placed_by_hand": 0, "downloaded": ["MSRVTT.zip", "msrvtt_data.zip"],
-                       "videos": 4, "videos_absent": 1}
+    assert summary == {
+        "dataset": "msrvtt",
+        "placed_by_hand": 0,
+        "downloaded": ["MSRVTT.zip", "msrvtt_data.zip"],
+        "videos": 4,
+        "videos_absent": 1,
+    }
     assert "1 of 4 videos named by the annotations are absent (first: video3)" in capsys.readouterr().err
     manifest = json.loads((raw / "manifest.json").read_text())
-    assert sorted(manifest["files"]) == ["MSRVTT_JSFUSION_test.csv", "MSRVTT_data.json", "MSRVTT_train.9k.csv",
-                                         "videos/video0.mp4", "videos/video1.mp4", "videos/video2.mp4"]
+    assert sorted(manifest["files"]) == [
+        "MSRVTT_JSFUSION_test.csv",
+        "MSRVTT_data.json",
+        "MSRVTT_train.9k.csv",
+        "videos/video0.mp4",
+        "videos/video1.mp4",
+        "videos/video2.mp4",
+    ]
     assert manifest["files"]["videos/video1.mp4"] == sha256((raw / "videos" / "video1.mp4").read_bytes())
     assert manifest["downloads"]["MSRVTT.zip"]["checked"] == "first use (now recorded)"
     assert (downloads / "MSRVTT.zip.sha256").read_text().strip() == sha256(msrvtt_served["MSRVTT.zip"])
@@ -469,17 +489,30 @@ def test_prepare_raw_downloads_extracts_and_records_checksums(server, msrvtt_ser
 
 
 def test_without_keep_archives_the_archives_go_once_checked_and_a_refetch_is_checked_against_the_record(
-        server, msrvtt_served, tmp_path, capsys):
+    server, msrvtt_served, tmp_path, capsys
+):
     downloads = tmp_path / "downloads"
-    prepare_raw("msrvtt", tmp_path / "raw", progress=False, downloads_dir=downloads, manual_dir=tmp_path / "manual",
-                keep_archives=False)
+    prepare_raw(
+        "msrvtt",
+        tmp_path / "raw",
+        progress=False,
+        downloads_dir=downloads,
+        manual_dir=tmp_path / "manual",
+        keep_archives=False,
+    )
     assert sorted(p.name for p in downloads.iterdir()) == ["MSRVTT.zip.sha256", "msrvtt_data.zip.sha256"]
     assert "deleted the extracted archives (msrvtt_data.zip, MSRVTT.zip)" in capsys.readouterr().err
     assert len(load_annotations("msrvtt", tmp_path / "raw").train) == 4
 
     requests = len(server.requests)
-    again = prepare_raw("msrvtt", tmp_path / "raw2", progress=False, downloads_dir=downloads,
-                        manual_dir=tmp_path / "manual", keep_archives=False)
+    again = prepare_raw(
+        "msrvtt",
+        tmp_path / "raw2",
+        progress=False,
+        downloads_dir=downloads,
+        manual_dir=tmp_path / "manual",
+        keep_archives=False,
+    )
     assert len(server.requests) > requests and again["downloaded"] == ["MSRVTT.zip", "msrvtt_data.zip"]
     manifest = json.loads((tmp_path / "raw2" / "manifest.json").read_text())
     assert manifest["downloads"]["MSRVTT.zip"]["checked"] == "recorded on first use"
@@ -490,8 +523,9 @@ def test_prepare_raw_with_a_pinned_checksum_mismatch_extracts_nothing(server, ms
     pinned = tuple(dataclasses.replace(r, sha256="f" * 64) for r in source.remotes)
     monkeypatch.setitem(sources.SOURCES, "msrvtt", dataclasses.replace(source, remotes=pinned))
     with pytest.raises(UserError, match=r"msrvtt_data.zip: sha256 \w+ from .* is not the f{64} pinned in dgl/data/"):
-        prepare_raw("msrvtt", tmp_path / "raw", progress=False, downloads_dir=tmp_path / "dl",
-                    manual_dir=tmp_path / "manual")
+        prepare_raw(
+            "msrvtt", tmp_path / "raw", progress=False, downloads_dir=tmp_path / "dl", manual_dir=tmp_path / "manual"
+        )
     assert list((tmp_path / "raw").iterdir()) == [] and list((tmp_path / "dl").iterdir()) == []
 
 
@@ -506,8 +540,14 @@ def test_prepare_raw_checks_a_changed_archive_against_its_first_use_record(serve
 
 
 def prepare(tmp_path: Path, raw: str = "raw", **kwargs) -> dict:
-    return prepare_raw("msrvtt", tmp_path / raw, progress=False, downloads_dir=tmp_path / "downloads",
-                       manual_dir=tmp_path / "manual", **kwargs)
+    return prepare_raw(
+        "msrvtt",
+        tmp_path / raw,
+        progress=False,
+        downloads_dir=tmp_path / "downloads",
+        manual_dir=tmp_path / "manual",
+        **kwargs,
+    )
 
 
 def one_line(error: pytest.ExceptionInfo) -> str:
@@ -523,26 +563,33 @@ def test_an_archive_cut_short_without_length_is_not_trusted_and_the_advice_fixes
     with pytest.raises(UserError) as caught:
         prepare(tmp_path)
     archive = tmp_path / "downloads" / "msrvtt_data.zip"
-    assert one_line(caught) == (f"{archive}: not a zip or tar archive (truncated or corrupt?); "
-                                "delete it and run again")
+    assert one_line(caught) == (f"{archive}: not a zip or tar archive (truncated or corrupt?); delete it and run again")
     assert not (tmp_path / "downloads" / "msrvtt_data.zip.sha256").exists()  # nothing recorded as trusted
     archive.unlink()  # as advised
     prepare(tmp_path)
-    assert (tmp_path / "downloads" / "msrvtt_data.zip.sha256").read_text().strip() == \
-        sha256(msrvtt_served["msrvtt_data.zip"])
+    assert (tmp_path / "downloads" / "msrvtt_data.zip.sha256").read_text().strip() == sha256(
+        msrvtt_served["msrvtt_data.zip"]
+    )
 
 
 def test_a_first_use_archive_whose_annotations_do_not_parse_is_not_recorded(server, msrvtt_served, tmp_path):
     good = msrvtt_served["msrvtt_data.zip"]
-    server.files["/msrvtt_data.zip"] = zip_bytes({"msrvtt_data/MSRVTT_data.json": b"{not json",
-                                                  "msrvtt_data/MSRVTT_train.9k.csv": b"video_id\nvideo0\n",
-                                                  "msrvtt_data/MSRVTT_JSFUSION_test.csv": b"key,vid_key,video_id\n"})
+    server.files["/msrvtt_data.zip"] = zip_bytes(
+        {
+            "msrvtt_data/MSRVTT_data.json": b"{not json",
+            "msrvtt_data/MSRVTT_train.9k.csv": b"video_id\nvideo0\n",
+            "msrvtt_data/MSRVTT_JSFUSION_test.csv": b"key,vid_key,video_id\n",
+        }
+    )
     with pytest.raises(UserError) as caught:
         prepare(tmp_path)
     archive = tmp_path / "downloads" / "msrvtt_data.zip"
-    assert re.fullmatch(rf".*MSRVTT_data.json: not in the expected format .*; it came from {re.escape(str(archive))} "
-                        rf"or {re.escape(str(tmp_path / 'downloads' / 'MSRVTT.zip'))}: replace it there \(a deleted "
-                        r"download is fetched anew\) and run again", one_line(caught))
+    assert re.fullmatch(
+        rf".*MSRVTT_data.json: not in the expected format .*; it came from {re.escape(str(archive))} "
+        rf"or {re.escape(str(tmp_path / 'downloads' / 'MSRVTT.zip'))}: replace it there \(a deleted "
+        r"download is fetched anew\) and run again",
+        one_line(caught),
+    )
     assert sorted(p.name for p in (tmp_path / "downloads").iterdir()) == ["MSRVTT.zip", "msrvtt_data.zip"]
     server.files["/msrvtt_data.zip"] = good  # fixed at the source
     archive.unlink()  # as advised
@@ -560,15 +607,22 @@ def test_the_extraction_cap_refuses_an_archive_and_raising_it_as_advised_works(s
     assert len(server.requests) == requests  # the downloads were kept and reused
 
 
-def test_a_file_changed_at_the_source_after_its_first_use_says_how_to_trust_the_new_one(server, msrvtt_served,
-                                                                                         tmp_path):
+def test_a_file_changed_at_the_source_after_its_first_use_says_how_to_trust_the_new_one(
+    server, msrvtt_served, tmp_path
+):
     prepare(tmp_path)
     record = tmp_path / "downloads" / "msrvtt_data.zip.sha256"
     first = record.read_text()
     (tmp_path / "downloads" / "msrvtt_data.zip").unlink()
-    changed = zip_bytes({**{name: zipfile.ZipFile(io.BytesIO(msrvtt_served["msrvtt_data.zip"])).read(name)
-                            for name in zipfile.ZipFile(io.BytesIO(msrvtt_served["msrvtt_data.zip"])).namelist()},
-                         "msrvtt_data/README": b"a new file in a new release"})
+    changed = zip_bytes(
+        {
+            **{
+                name: zipfile.ZipFile(io.BytesIO(msrvtt_served["msrvtt_data.zip"])).read(name)
+                for name in zipfile.ZipFile(io.BytesIO(msrvtt_served["msrvtt_data.zip"])).namelist()
+            },
+            "msrvtt_data/README": b"a new file in a new release",
+        }
+    )
     server.files["/msrvtt_data.zip"] = changed
     with pytest.raises(UserError) as caught:
         prepare(tmp_path, "raw2")
@@ -602,8 +656,10 @@ def test_lsmdc_says_where_to_get_the_files_then_validates_what_was_placed(tmp_pa
 
 def serve_vatex(server, monkeypatch, official: dict[str, list]) -> None:
     source = sources.SOURCES["vatex"]
-    remotes = tuple(dataclasses.replace(r, url=server.serve(r.filename, json.dumps(official[r.filename]).encode()))
-                    for r in source.remotes)
+    remotes = tuple(
+        dataclasses.replace(r, url=server.serve(r.filename, json.dumps(official[r.filename]).encode()))
+        for r in source.remotes
+    )
     monkeypatch.setitem(sources.SOURCES, "vatex", dataclasses.replace(source, remotes=remotes))
 
 
@@ -614,12 +670,24 @@ def hgr_ids(name: str) -> list[str]:
 @pytest.mark.parametrize("split", ["hgr", "official_val"])
 def test_vatex_test_split_is_hgrs_1500_videos_or_the_official_validation_set(server, tmp_path, monkeypatch, split):
     validation = hgr_ids("val_list.txt")[:2] + hgr_ids("test_list.txt")  # the official validation set, in part
-    serve_vatex(server, monkeypatch, {
-        "vatex_training_v1.0.json": [{"videoID": "a_000001_000011", "enCap": ["a1", "a2"], "chCap": ["x"]}],
-        "vatex_validation_v1.0.json": [{"videoID": v, "enCap": [f"{v} 1", f"{v} 2"], "chCap": []} for v in validation],
-    })
-    prepare_raw("vatex", tmp_path / "raw", progress=False, downloads_dir=tmp_path / "dl", manual_dir=tmp_path / "m",
-                vatex_split=split)
+    serve_vatex(
+        server,
+        monkeypatch,
+        {
+            "vatex_training_v1.0.json": [{"videoID": "a_000001_000011", "enCap": ["a1", "a2"], "chCap": ["x"]}],
+            "vatex_validation_v1.0.json": [
+                {"videoID": v, "enCap": [f"{v} 1", f"{v} 2"], "chCap": []} for v in validation
+            ],
+        },
+    )
+    prepare_raw(
+        "vatex",
+        tmp_path / "raw",
+        progress=False,
+        downloads_dir=tmp_path / "dl",
+        manual_dir=tmp_path / "m",
+        vatex_split=split,
+    )
     ann = load_annotations("vatex", tmp_path / "raw")
     assert [c.text for c in ann.train] == ["a1", "a2"]
     want = hgr_ids("test_list.txt") if split == "hgr" else validation
@@ -628,12 +696,17 @@ def test_vatex_test_split_is_hgrs_1500_videos_or_the_official_validation_set(ser
 
 
 def test_vatex_validation_file_without_the_papers_test_videos_is_refused(server, tmp_path, monkeypatch):
-    serve_vatex(server, monkeypatch, {
-        "vatex_training_v1.0.json": [{"videoID": "a_000001_000011", "enCap": ["a1"], "chCap": []}],
-        "vatex_validation_v1.0.json": [{"videoID": "b_000002_000012", "enCap": ["b1"], "chCap": []}],
-    })
-    with pytest.raises(UserError, match="lacks 1500 of the 1500 videos of the hgr test split .*data.vatex_split: "
-                                        "official_val"):
+    serve_vatex(
+        server,
+        monkeypatch,
+        {
+            "vatex_training_v1.0.json": [{"videoID": "a_000001_000011", "enCap": ["a1"], "chCap": []}],
+            "vatex_validation_v1.0.json": [{"videoID": "b_000002_000012", "enCap": ["b1"], "chCap": []}],
+        },
+    )
+    with pytest.raises(
+        UserError, match="lacks 1500 of the 1500 videos of the hgr test split .*data.vatex_split: official_val"
+    ):
         prepare_raw("vatex", tmp_path / "raw", progress=False, downloads_dir=tmp_path / "dl", manual_dir=tmp_path / "m")
 
 
@@ -642,8 +715,9 @@ def test_the_synthetic_benchmark_is_not_downloaded(tmp_path):
         prepare_raw("synthetic", tmp_path / "raw", progress=False)
 
 
-def test_the_download_stage_applies_the_cap_from_params_in_one_line(server, msrvtt_served, tmp_path, monkeypatch,
-                                                                   capsys):
+def test_the_download_stage_applies_the_cap_from_params_in_one_line(
+    server, msrvtt_served, tmp_path, monkeypatch, capsys
+):
     from pipelines import download as stage
 
     params = tmp_path / "params.yaml"
@@ -656,8 +730,10 @@ def test_the_download_stage_applies_the_cap_from_params_in_one_line(server, msrv
         stage.main()
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert caught.value.code == 2
-    assert line == ("error: data/downloads/msrvtt/MSRVTT.zip: extracting it would write 2 MB, more "
-                    "than the cap of 1 MB (data.max_extract_gb in params.yaml); if the archive is the one expected, "
-                    "raise the cap and run again")
+    assert line == (
+        "error: data/downloads/msrvtt/MSRVTT.zip: extracting it would write 2 MB, more "
+        "than the cap of 1 MB (data.max_extract_gb in params.yaml); if the archive is the one expected, "
+        "raise the cap and run again"
+    )
     assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads"]  # no raw folder, half or whole
     assert (tmp_path / "data/downloads/msrvtt/MSRVTT.zip").read_bytes() == big  # kept for the next run

@@ -1,18 +1,20 @@
 """The comparison grid end to end: experiments/queue.py queues grid rows as DVC experiments of a tiny
 project and runs them through DVC's queue; experiments/report.py tabulates them from `dvc exp show`
 and from MLflow, in grid order, with each experiment's own numbers."""
+
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import ROOT, make_project, run, tiny_params
 from dgl.models.methods import METHODS
 from experiments.queue import Row, load_grid
 from experiments.report import Experiment, from_dvc_show, load_runs, save_runs, table
+from helpers import ROOT, call_main, copy_project, merge, run, tiny_params
 
 ROWS = ("zeroshot", "dgl_ulp")
 
@@ -34,18 +36,31 @@ def experiment_metrics(root: Path) -> dict[str, dict]:
     head = run(["git", "rev-parse", "HEAD"], root).stdout.strip()
     prefix = f"refs/exps/{head[:2]}/{head[2:]}/"
     refs = run(["git", "for-each-ref", prefix, "--format=%(refname) %(objectname)"], root).stdout.split("\n")
-    return {ref.removeprefix(prefix): json.loads(run(["git", "show", f"{sha}:metrics.json"], root).stdout)
-            for ref, sha in (line.split() for line in refs if line)}
+    return {
+        ref.removeprefix(prefix): json.loads(run(["git", "show", f"{sha}:metrics.json"], root).stdout)
+        for ref, sha in (line.split() for line in refs if line)
+    }
 
 
-def outside_repo(tmp_path: Path, *args: str):
-    """queue.py where a slip past its checks could not queue anything: no git, no DVC."""
-    return run(["python", "-m", "experiments.queue", *args], tmp_path, check=False, env={"PYTHONPATH": str(ROOT)})
+@pytest.fixture
+def outside_repo(tmp_path, monkeypatch, capsys):
+    """queue.py, in process, where a slip past its checks could not queue anything: in tmp_path, no git, no DVC."""
+    monkeypatch.chdir(tmp_path)
+    return lambda *args: call_main("experiments.queue", list(args), monkeypatch, capsys)
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> tuple[Path, str]:
-    root = make_project(tmp_path_factory.mktemp("grid"), tiny_params())
+def project(tmp_path_factory, tiny_repro) -> tuple[Path, str]:
+    """The session's tiny project (a copy, without its MLflow store) committed with one training epoch
+    instead of its two: the queued rows find the data and the backbone in DVC's cache and run only
+    their training and evaluation, each logging the store's only runs."""
+    root = copy_project(tiny_repro, tmp_path_factory.mktemp("grid") / "project")
+    (root / "mlflow.db").unlink()
+    shutil.rmtree(root / "mlruns", ignore_errors=True)
+    (root / "params.yaml").write_text(yaml.safe_dump(merge(tiny_params(), {"train": {"epochs": 1}}), sort_keys=False))
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run(git + ["add", "-A"], root)
+    run(git + ["commit", "-qm", "the tiny project's outputs; one epoch"], root)
     out = run(["python", "-m", "experiments.queue", "--rows", ",".join(ROWS), "--jobs", "1", "--wait"], root)
     return root, out.stdout
 
@@ -64,9 +79,16 @@ def test_queue_runs_the_rows_and_report_shows_each_experiments_numbers(project):
         m = metrics[name]
         assert int(cells["Params"].replace(",", "")) == m["trainable_params"]
         assert float(cells["Params %"]) == pytest.approx(100 * m["trainable_ratio"], rel=5e-3, abs=1e-12)
-        for header, key in [("t2v R@1", "t2v_R1"), ("t2v R@5", "t2v_R5"), ("t2v R@10", "t2v_R10"),
-                            ("t2v MdR", "t2v_MdR"), ("t2v MnR", "t2v_MnR"), ("v2t R@1", "v2t_R1"),
-                            ("R@1 static", "t2v_R1_static"), ("R@1 motion", "t2v_R1_motion")]:
+        for header, key in [
+            ("t2v R@1", "t2v_R1"),
+            ("t2v R@5", "t2v_R5"),
+            ("t2v R@10", "t2v_R10"),
+            ("t2v MdR", "t2v_MdR"),
+            ("t2v MnR", "t2v_MnR"),
+            ("v2t R@1", "v2t_R1"),
+            ("R@1 static", "t2v_R1_static"),
+            ("R@1 motion", "t2v_R1_motion"),
+        ]:
             assert cells[header] == f"{m[key]:.1f}", (name, header)  # the experiment's own number, rounded
         assert cells["pair acc"] == f"{m['pair_acc']:.3f}"
         assert cells["pair acc motion"] == f"{m['pair_acc_motion']:.3f}"
@@ -138,15 +160,15 @@ def test_grid_rows_name_registered_methods_and_existing_params():
     assert all(row.extension for row in grid if "model.dgl.temporal_pos=true" in row.overrides)
 
 
-def test_unknown_row_is_one_line_and_nonzero(tmp_path):
-    out = outside_repo(tmp_path, "--rows", "zeroshot,nope")
+def test_unknown_row_is_one_line_and_nonzero(outside_repo):
+    out = outside_repo("--rows", "zeroshot,nope")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [out.stderr.strip()]
     assert "unknown grid row(s): nope" in out.stderr and "dgl_ulp" in out.stderr
 
 
-def test_dry_run_prints_the_dvc_commands(tmp_path):
-    out = outside_repo(tmp_path, "--rows", "dgl_upt,zeroshot", "--jobs", "2", "--dry-run")
+def test_dry_run_prints_the_dvc_commands(outside_repo):
+    out = outside_repo("--rows", "dgl_upt,zeroshot", "--jobs", "2", "--dry-run")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines() == [
         "dvc exp run --queue -n zeroshot -S model.method=zeroshot",
@@ -158,8 +180,10 @@ def test_dry_run_prints_the_dvc_commands(tmp_path):
 def test_table_orders_grid_rows_first_then_others_by_name_and_marks_extensions():
     grid = load_grid()
     metrics = {"t2v_R1": 12.34, "trainable_params": 10, "trainable_ratio": 0.5}
-    experiments = [Experiment(n, {"data.dataset": "synthetic"}, metrics)
-                   for n in ("zz-mine", "dgl_ulp_temporal", "ab-mine", "dgl_upt", "zeroshot")]
+    experiments = [
+        Experiment(n, {"data.dataset": "synthetic"}, metrics)
+        for n in ("zz-mine", "dgl_ulp_temporal", "ab-mine", "dgl_upt", "zeroshot")
+    ]
     experiments.append(Experiment("partial", {}, {"t2v_R1": 1.0}))
     markdown = table(experiments, grid)
     rows = report_rows(markdown)
@@ -170,17 +194,33 @@ def test_table_orders_grid_rows_first_then_others_by_name_and_marks_extensions()
 
 
 def test_a_sweep_keeps_the_value_best_on_validation_and_seeds_are_averaged():
-    grid = [Row("zeroshot", ("model.method=zeroshot",)),
-            Row("bias", ("model.method=bias",), sweep_key="train.clip_lr", sweep_values=(1e-4, 1e-3))]
+    grid = [
+        Row("zeroshot", ("model.method=zeroshot",)),
+        Row("bias", ("model.method=bias",), sweep_key="train.clip_lr", sweep_values=(1e-4, 1e-3)),
+    ]
 
     def exp(name, clip_lr, val, test):
         params = {"train.lr": 0.005, "train.clip_lr": clip_lr}
-        return Experiment(name, params, {"val_t2v_R1": val, "t2v_R1": test, "trainable_params": 10,
-                                         "trainable_clip": 10 if clip_lr else 0, "trainable_ratio": 0.1})
+        return Experiment(
+            name,
+            params,
+            {
+                "val_t2v_R1": val,
+                "t2v_R1": test,
+                "trainable_params": 10,
+                "trainable_clip": 10 if clip_lr else 0,
+                "trainable_ratio": 0.1,
+            },
+        )
 
-    experiments = [exp("zeroshot-s0", 0, 5.0, 20.0), exp("zeroshot-s1", 0, 5.0, 20.0),
-                   exp("bias-clip_lr0.0001-s0", 1e-4, 10.0, 50.0), exp("bias-clip_lr0.0001-s1", 1e-4, 12.0, 52.0),
-                   exp("bias-clip_lr0.001-s0", 1e-3, 20.0, 30.0), exp("bias-clip_lr0.001-s1", 1e-3, 22.0, 32.0)]
+    experiments = [
+        exp("zeroshot-s0", 0, 5.0, 20.0),
+        exp("zeroshot-s1", 0, 5.0, 20.0),
+        exp("bias-clip_lr0.0001-s0", 1e-4, 10.0, 50.0),
+        exp("bias-clip_lr0.0001-s1", 1e-4, 12.0, 52.0),
+        exp("bias-clip_lr0.001-s0", 1e-3, 20.0, 30.0),
+        exp("bias-clip_lr0.001-s1", 1e-3, 22.0, 32.0),
+    ]
     rows = report_rows(table(experiments, grid))
     assert list(rows) == ["zeroshot", "bias"]
     bias = rows["bias"]
@@ -196,13 +236,20 @@ def test_seeds_added_to_the_chosen_value_do_not_move_the_choice():
     grid = [Row("bias", ("model.method=bias",), sweep_key="train.clip_lr", sweep_values=(1e-4, 1e-3))]
 
     def exp(name, clip_lr, seed, val):
-        return Experiment(name, {"train.clip_lr": clip_lr, "train.seed": seed},
-                          {"val_t2v_R1": val, "t2v_R1": val, "trainable_params": 10, "trainable_clip": 10})
+        return Experiment(
+            name,
+            {"train.clip_lr": clip_lr, "train.seed": seed},
+            {"val_t2v_R1": val, "t2v_R1": val, "trainable_params": 10, "trainable_clip": 10},
+        )
 
     # Chosen on seed 42 (20 > 15); seeds 1 and 2 of the chosen value then score lower on validation,
     # as seeds do: compared over all its runs (10) it would lose to the value with one seed (15).
-    experiments = [exp("bias-clip_lr0.0001", 1e-4, 42, 15.0), exp("bias-clip_lr0.001", 1e-3, 42, 20.0),
-                   exp("bias-clip_lr0.001-s1", 1e-3, 1, 5.0), exp("bias-clip_lr0.001-s2", 1e-3, 2, 5.0)]
+    experiments = [
+        exp("bias-clip_lr0.0001", 1e-4, 42, 15.0),
+        exp("bias-clip_lr0.001", 1e-3, 42, 20.0),
+        exp("bias-clip_lr0.001-s1", 1e-3, 1, 5.0),
+        exp("bias-clip_lr0.001-s2", 1e-3, 2, 5.0),
+    ]
     bias = report_rows(table(experiments, grid))["bias"]
     assert bias["clip lr"] == "[0.001] of 0.0001, 0.001" and bias["seeds"] == "3"
 
@@ -211,8 +258,11 @@ def test_a_validation_tie_goes_to_the_smaller_value_in_any_order():
     grid = [Row("proj", ("model.method=proj",), sweep_key="train.clip_lr", sweep_values=(1e-5, 1e-3, 0.3))]
 
     def exp(clip_lr, val):
-        return Experiment(f"proj-clip_lr{clip_lr:g}", {"train.clip_lr": clip_lr, "train.seed": 42},
-                          {"val_t2v_R1": val, "t2v_R1": val, "trainable_params": 10, "trainable_clip": 10})
+        return Experiment(
+            f"proj-clip_lr{clip_lr:g}",
+            {"train.clip_lr": clip_lr, "train.seed": 42},
+            {"val_t2v_R1": val, "t2v_R1": val, "trainable_params": 10, "trainable_clip": 10},
+        )
 
     # A validation split of 183 captions ties often; DVC lists experiments in no fixed order.
     experiments = [exp(0.3, 36.0656), exp(1e-3, 30.0), exp(1e-5, 36.0656)]
@@ -220,40 +270,51 @@ def test_a_validation_tie_goes_to_the_smaller_value_in_any_order():
         assert report_rows(table(order, grid))["proj"]["clip lr"] == "[1e-05] of 1e-05, 0.001, 0.3"
 
 
-def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path):
-    (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"rows": [
-        {"name": "bias", "set": ["model.method=bias"], "sweep": {"train.clip_lr": [1e-4, 1e-3]}}]}))
-    out = outside_repo(tmp_path, "--grid", "grid.yaml", "--seeds", "0,1", "--dry-run")
+def test_sweeps_and_seeds_expand_into_named_experiments(tmp_path, outside_repo):
+    (tmp_path / "grid.yaml").write_text(
+        yaml.safe_dump(
+            {"rows": [{"name": "bias", "set": ["model.method=bias"], "sweep": {"train.clip_lr": [1e-4, 1e-3]}}]}
+        )
+    )
+    out = outside_repo("--grid", "grid.yaml", "--seeds", "0,1", "--dry-run")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[:2] == [
         "dvc exp run --queue -n bias-clip_lr0.0001-s0 -S model.method=bias -S train.clip_lr=0.0001 -S train.seed=0",
         "dvc exp run --queue -n bias-clip_lr0.0001-s1 -S model.method=bias -S train.clip_lr=0.0001 -S train.seed=1",
     ]
     assert len(out.stdout.splitlines()) == 5
-    bad = outside_repo(tmp_path, "--grid", "grid.yaml", "--seeds", "a,b")
+    bad = outside_repo("--grid", "grid.yaml", "--seeds", "a,b")
     assert bad.returncode == 2 and "--seeds 'a,b': give integers" in bad.stderr
-    one_value = outside_repo(tmp_path, "--grid", "grid.yaml", "--rows", "bias-clip_lr0.001", "--dry-run")
+    one_value = outside_repo("--grid", "grid.yaml", "--rows", "bias-clip_lr0.001", "--dry-run")
     assert one_value.stdout.splitlines() == [  # a sweep variant's name queues that value alone
-        "dvc exp run --queue -n bias-clip_lr0.001 -S model.method=bias -S train.clip_lr=0.001", "dvc queue start -j 1"]
+        "dvc exp run --queue -n bias-clip_lr0.001 -S model.method=bias -S train.clip_lr=0.001",
+        "dvc queue start -j 1",
+    ]
 
 
-def test_samplers_expand_into_named_experiments_and_report_one_line_each(tmp_path):
+def test_samplers_expand_into_named_experiments_and_report_one_line_each(tmp_path, outside_repo):
     (tmp_path / "grid.yaml").write_text(yaml.safe_dump({"rows": [{"name": "dgl_upt", "set": ["model.method=dgl"]}]}))
-    out = outside_repo(tmp_path, "--grid", "grid.yaml", "--samplers", "random,twins", "--seeds", "0", "--dry-run")
+    out = outside_repo("--grid", "grid.yaml", "--samplers", "random,twins", "--seeds", "0", "--dry-run")
     assert out.returncode == 0, out.stderr
     assert out.stdout.splitlines()[:2] == [
         "dvc exp run --queue -n dgl_upt-random-s0 -S model.method=dgl -S train.sampler=random -S train.seed=0",
         "dvc exp run --queue -n dgl_upt-twins-s0 -S model.method=dgl -S train.sampler=twins -S train.seed=0",
     ]
-    bad = outside_repo(tmp_path, "--grid", "grid.yaml", "--samplers", "twin")
+    bad = outside_repo("--grid", "grid.yaml", "--samplers", "twin")
     assert bad.returncode == 2 and "--samplers: unknown twin; choose from random, twins" in bad.stderr
 
     def exp(name, sampler, words):
-        return Experiment(name, {"train.sampler": sampler}, {"t2v_R1": 40.0, "pair_acc_words": words,
-                                                              "content_R1": 90.0, "trainable_params": 1})
+        return Experiment(
+            name,
+            {"train.sampler": sampler},
+            {"t2v_R1": 40.0, "pair_acc_words": words, "content_R1": 90.0, "trainable_params": 1},
+        )
 
-    experiments = [exp(f"dgl_upt-{s}-s{i}", s, w) for s, ws in (("random", (0.50, 0.52)), ("twins", (0.90, 0.94)))
-                   for i, w in enumerate(ws)]
+    experiments = [
+        exp(f"dgl_upt-{s}-s{i}", s, w)
+        for s, ws in (("random", (0.50, 0.52)), ("twins", (0.90, 0.94)))
+        for i, w in enumerate(ws)
+    ]
     markdown = table(experiments, load_grid())
     lines = [line for line in markdown.splitlines() if line.startswith("| dgl_upt")]
     assert [line.split("|")[2].strip() for line in lines] == ["random", "twins"] * 2  # both tables
@@ -264,12 +325,19 @@ def test_samplers_expand_into_named_experiments_and_report_one_line_each(tmp_pat
 
 def test_an_experiment_still_running_is_left_out_not_shown_with_the_baselines_numbers():
     def exp(name, executor):
-        data = {"metrics": {"metrics.json": {"data": {"t2v_R1": 40.7}}}, "params": {"params.yaml": {"data": {}}},
-                "outs": {"models/backbone": {"hash": "307ce532.dir"}, "models/trained": {"hash": "0f6edc59.dir"}}}
+        data = {
+            "metrics": {"metrics.json": {"data": {"t2v_R1": 40.7}}},
+            "params": {"params.yaml": {"data": {}}},
+            "outs": {"models/backbone": {"hash": "307ce532.dir"}, "models/trained": {"hash": "0f6edc59.dir"}},
+        }
         return {"name": name, "executor": executor, "revs": [{"rev": name[0] * 40, "data": data}]}
 
-    shown = [{"rev": "f" * 40, "experiments": [exp("done", {"state": "success"}), exp("busy", {"state": "running"}),
-                                               exp("kept", None)]}]  # a finished one from an earlier session has none
+    shown = [
+        {
+            "rev": "f" * 40,
+            "experiments": [exp("done", {"state": "success"}), exp("busy", {"state": "running"}), exp("kept", None)],
+        }
+    ]  # a finished one from an earlier session has none
     found, without = from_dvc_show(shown)
     assert [e.name for e in found] == ["done", "kept"] and without == ["busy (running)"]
     assert found[0].inputs == {"models/backbone": "307ce532.dir"} and found[0].baseline == "f" * 40
@@ -283,7 +351,7 @@ def test_the_committed_table_is_its_committed_runs_tabulated():
     assert table(runs, load_grid()) == (results / "synthetic.md").read_text()
 
 
-def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_line(tmp_path):
+def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_line(tmp_path, monkeypatch, capsys):
     def exp(name, r1, seed=42):
         return Experiment(name, {"train.seed": seed, "model.method": "bias", "train.threads": 1}, {"t2v_R1": r1})
 
@@ -298,21 +366,24 @@ def test_runs_files_merge_with_the_later_file_winning_and_a_broken_one_is_one_li
     save_runs([same], tmp_path / "c.json")
     save_runs([other], tmp_path / "d.json")
     assert load_runs([tmp_path / "c.json"])[0] == same  # provenance survives the round trip
-    report = ["python", "-m", "experiments.report", "--runs", "c.json"]
-    assert run(report, tmp_path, check=False, env={"PYTHONPATH": str(ROOT)}).returncode == 0
-    mixed = run([*report, "--runs", "d.json", "--out", "t.md"], tmp_path, check=False, env={"PYTHONPATH": str(ROOT)})
+    monkeypatch.chdir(tmp_path)
+
+    def report(*args: str):
+        return call_main("experiments.report", list(args), monkeypatch, capsys)
+
+    assert report("--runs", "c.json").returncode == 0
+    mixed = report("--runs", "c.json", "--runs", "d.json", "--out", "t.md")
     assert mixed.returncode == 2 and len(mixed.stderr.strip().splitlines()) == 1, mixed.stderr
     assert "bias-s4 and bias-s3 were trained on a different models/backbone (a1a2a3a4 / e1e2e3e4)" in mixed.stderr
     assert not (tmp_path / "t.md").exists()
     (tmp_path / "broken.json").write_text('{"experiments": [{"name": "x"}')
-    out = run(["python", "-m", "experiments.report", "--runs", "broken.json"], tmp_path, check=False,
-              env={"PYTHONPATH": str(ROOT)})
+    out = report("--runs", "broken.json")
     assert out.returncode == 2 and len(out.stderr.strip().splitlines()) == 1
     assert "broken.json: not a runs file of `python -m experiments.report --save-runs`" in out.stderr
-    typo = run(["python", "-m", "experiments.report", "--runs", "brokn.json"], tmp_path, check=False,
-               env={"PYTHONPATH": str(ROOT)})
-    assert typo.returncode == 2 and typo.stderr.strip() == ("error: brokn.json: no such file; --runs takes a file "
-                                                            "written by `python -m experiments.report --save-runs`")
+    typo = report("--runs", "brokn.json")
+    assert typo.returncode == 2 and typo.stderr.strip() == (
+        "error: brokn.json: no such file; --runs takes a file written by `python -m experiments.report --save-runs`"
+    )
 
 
 def shown_experiments(changes: dict[str, dict[str, object]]) -> list[dict]:
@@ -321,8 +392,15 @@ def shown_experiments(changes: dict[str, dict[str, object]]) -> list[dict]:
     base = yaml.safe_load((ROOT / "params.yaml").read_text())
 
     def data(params: dict, r1: float) -> dict:
-        metrics = {"t2v_R1": r1, "content_R1": r1 + 20, "pair_acc": 0.5 + r1 / 1000, "trainable_params": 827392,
-                   "t2v_R5": 90.0, "v2t_R1": 41.0, "val_t2v_R1": 39.0}
+        metrics = {
+            "t2v_R1": r1,
+            "content_R1": r1 + 20,
+            "pair_acc": 0.5 + r1 / 1000,
+            "trainable_params": 827392,
+            "t2v_R5": 90.0,
+            "v2t_R1": 41.0,
+            "val_t2v_R1": 39.0,
+        }
         return {"params": {"params.yaml": {"data": params}}, "metrics": {"metrics.json": {"data": metrics}}}
 
     def changed(flat: dict[str, object]) -> dict:
@@ -335,20 +413,26 @@ def shown_experiments(changes: dict[str, dict[str, object]]) -> list[dict]:
             node[last] = value
         return params
 
-    experiments = [{"name": name, "executor": None,
-                    "revs": [{"rev": f"{i:040d}", "data": data(changed(flat), 41.0 + i)}]}
-                   for i, (name, flat) in enumerate(changes.items())]
-    return [{"rev": "workspace", "data": data(base, 40.0)},
-            {"rev": "a" * 40, "name": "main", "data": data(base, 40.0), "experiments": experiments}]
+    experiments = [
+        {"name": name, "executor": None, "revs": [{"rev": f"{i:040d}", "data": data(changed(flat), 41.0 + i)}]}
+        for i, (name, flat) in enumerate(changes.items())
+    ]
+    return [
+        {"rev": "workspace", "data": data(base, 40.0)},
+        {"rev": "a" * 40, "name": "main", "data": data(base, 40.0), "experiments": experiments},
+    ]
 
 
-def test_show_prints_the_changed_params_and_headline_metrics_of_three_experiments_in_120_columns(
-        monkeypatch, capsys):
+def test_show_prints_the_changed_params_and_headline_metrics_of_three_experiments_in_120_columns(monkeypatch, capsys):
     import experiments.show as show
 
-    shown = shown_experiments({"upt-one-epoch": {"model.dgl.generator": "upt", "train.epochs": 1},
-                               "local8": {"model.dgl.local_prompt_len": 8},
-                               "twins-seed1": {"train.sampler": "twins", "train.seed": 1}})
+    shown = shown_experiments(
+        {
+            "upt-one-epoch": {"model.dgl.generator": "upt", "train.epochs": 1},
+            "local8": {"model.dgl.local_prompt_len": 8},
+            "twins-seed1": {"train.sampler": "twins", "train.seed": 1},
+        }
+    )
     monkeypatch.setattr(show, "dvc", lambda *args: json.dumps(shown))
     monkeypatch.setenv("COLUMNS", "120")
     monkeypatch.setattr("sys.argv", ["show"])
@@ -370,8 +454,10 @@ def test_show_turns_the_table_when_the_params_are_too_many_for_the_width():
     """Many differing params: one column per experiment, in blocks, each line within the width, no cell cut."""
     from experiments.show import render
 
-    runs = [Experiment(f"run{i}", {f"model.vop.knob_{k}": i * k for k in range(12)}, {"t2v_R1": 10.0 * i})
-            for i in range(1, 8)]
+    runs = [
+        Experiment(f"run{i}", {f"model.vop.knob_{k}": i * k for k in range(12)}, {"t2v_R1": 10.0 * i})
+        for i in range(1, 8)
+    ]
     out = render(runs, 30)
     assert max(map(len, out.splitlines())) <= 30 and "…" not in out
     blocks = out.split("\n\n")

@@ -2,6 +2,7 @@
 and what the user had is left as it was. All on real files: a tiny project after a real `dvc repro`,
 damaged model files, a read-only folder and a full disk (in a private mount namespace), a killed
 `dvc exp run` that DVC later restores from its run cache, a tracking server killed mid-run."""
+
 from __future__ import annotations
 
 import functools
@@ -22,7 +23,7 @@ import pytest
 import torch
 import yaml
 
-from conftest import BIN, ROOT, copy_project, make_project, merge, run, stage_cmd, tiny_params
+from helpers import BIN, ROOT, copy_project, make_project, merge, run, stage_cmd, stage_in_process, tiny_params
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 SEED_RANGE = "is out of range; use a value in [0, 4294967295]"
@@ -86,19 +87,24 @@ def link_inputs(project: Path, dest: Path, *paths: str) -> None:
 
 # ---- damaged or missing files ----------------------------------------------------------------------
 
+
 def _truncate(path: Path) -> None:
     path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
 
 
-@pytest.mark.parametrize("name,damage,what", [
-    ("weights.pt", _truncate, "damaged"),
-    ("weights.pt", lambda p: p.write_bytes(b""), "damaged"),
-    ("weights.pt", Path.unlink, "missing"),
-    ("model.json", Path.unlink, "missing"),
-    ("model.json", _truncate, "damaged"),
-])
+@pytest.mark.parametrize(
+    "name,damage,what",
+    [
+        ("weights.pt", _truncate, "damaged"),
+        ("weights.pt", lambda p: p.write_bytes(b""), "damaged"),
+        ("weights.pt", Path.unlink, "missing"),
+        ("model.json", Path.unlink, "missing"),
+        ("model.json", _truncate, "damaged"),
+    ],
+)
 def test_evaluate_with_a_damaged_or_missing_model_file_names_it_and_the_command_that_rebuilds_it(
-        project, tmp_path, name, damage, what):
+    project, tmp_path, name, damage, what, monkeypatch, capsys
+):
     link_inputs(project, tmp_path, "data/cache", "models/backbone")
     shutil.copytree(project / "models/trained", tmp_path / "models/trained")
     shutil.copytree(project / "plots", tmp_path / "plots")
@@ -106,17 +112,16 @@ def test_evaluate_with_a_damaged_or_missing_model_file_names_it_and_the_command_
         shutil.copy(project / path, tmp_path / path)
     damage(tmp_path / "models/trained" / name)
     before = digests(tmp_path, "metrics.json", "plots", "models/trained")
-    out = stage("evaluate", tmp_path, code=project)
+    out = stage_in_process("evaluate", tmp_path, monkeypatch, capsys)
     one_line(out, f"models/trained/{name}: {what}", "rebuild it with `dvc repro train`")
     assert digests(tmp_path, "metrics.json", "plots", "models/trained") == before
     assert not (tmp_path / "mlflow.db").exists()
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("name", ["train", "evaluate"])
-def test_train_or_evaluate_before_preprocess_says_to_run_it(tmp_path, name):
+def test_train_or_evaluate_before_preprocess_says_to_run_it(tmp_path, name, monkeypatch, capsys):
     write_params(tmp_path / "params.yaml", {})
-    out = stage(name, tmp_path)
+    out = stage_in_process(name, tmp_path, monkeypatch, capsys)
     one_line(out, "data/cache: no preprocessed cache here", "run `dvc repro preprocess` first")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
@@ -133,9 +138,8 @@ def _wider(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {**state, "positional_embedding": torch.zeros(pos.shape[0] + 1, *pos.shape[1:])}
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("case", ["tensor-only", "wrong-shapes"])
-def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case):
+def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case, monkeypatch, capsys):
     checkpoint = tmp_path / "pretrained.pt"
     state = _tiny_clip_state()
     if case == "tensor-only":
@@ -144,12 +148,14 @@ def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case
     else:
         torch.save(_wider(state), checkpoint)
         rows, width = state["positional_embedding"].shape
-        needle = (f"1 tensors have other shapes than the backbone's, e.g. positional_embedding ({rows + 1}, {width}) "
-                  f"where ({rows}, {width}) is needed; check backbone.name")
+        needle = (
+            f"1 tensors have other shapes than the backbone's, e.g. positional_embedding ({rows + 1}, {width}) "
+            f"where ({rows}, {width}) is needed; check backbone.name"
+        )
     write_params(tmp_path / "params.yaml", {"backbone": {"pretrained": str(checkpoint)}})
     (tmp_path / "models/backbone").mkdir(parents=True)
     (tmp_path / "models/backbone/backbone.json").write_text('{"kept": 1}')
-    out = stage("backbone", tmp_path)
+    out = stage_in_process("backbone", tmp_path, monkeypatch, capsys)
     one_line(out, f"error: {checkpoint}: {needle}")
     assert (tmp_path / "models/backbone/backbone.json").read_text() == '{"kept": 1}'
     assert sorted(p.name for p in (tmp_path / "models").iterdir()) == ["backbone"]
@@ -157,26 +163,30 @@ def test_a_pretrained_backbone_file_that_does_not_fit_is_one_line(tmp_path, case
 
 # ---- params out of range, checked by the params stage and by the stage that reads them ---------------
 
-@pytest.mark.parametrize("key,value,reader", [
-    ("train.seed", -1, "train"),
-    ("train.seed", 2**32, None),
-    ("backbone.pretrain.seed", -1, "backbone"),
-    ("data.synthetic.seed", -1, "download"),
-    ("data.synthetic.seed", 2**32, None),
-])
-@pytest.mark.slow
-def test_a_seed_out_of_range_is_one_line(tmp_path, key, value, reader):
+
+@pytest.mark.parametrize(
+    "key,value,reader",
+    [
+        ("train.seed", -1, "train"),
+        ("train.seed", 2**32, None),
+        ("backbone.pretrain.seed", -1, "backbone"),
+        ("data.synthetic.seed", -1, "download"),
+        ("data.synthetic.seed", 2**32, None),
+    ],
+)
+def test_a_seed_out_of_range_is_one_line(tmp_path, key, value, reader, monkeypatch, capsys):
     *parents, last = key.split(".")
     override: dict = {last: value}
     for part in reversed(parents):
         override = {part: override}
     write_params(tmp_path / "params.yaml", override)
     for name in ("params", reader) if reader else ("params",):
-        one_line(stage(name, tmp_path), f"params: {key} = {value} {SEED_RANGE}")
+        one_line(stage_in_process(name, tmp_path, monkeypatch, capsys), f"params: {key} = {value} {SEED_RANGE}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["params.yaml"]
 
 
 # ---- an unwritable output folder: refused before any work ---------------------------------------------
+
 
 def with_mounts(setup: str, cmd: list[str], after: str = "") -> list[str]:
     """`cmd` in a private mount namespace (`unshare`, no privileges needed) after the shell `setup`;
@@ -211,11 +221,14 @@ def run_read_only(folder: Path, cmd: list[str], cwd: Path, env: dict) -> subproc
         folder.chmod(mode)
 
 
-@pytest.mark.parametrize("name,folder,output", [
-    ("train", "models", "models/trained"),
-    ("evaluate", "plots", "plots/recall.json"),
-    ("preprocess", "data", "data/cache"),
-])
+@pytest.mark.parametrize(
+    "name,folder,output",
+    [
+        ("train", "models", "models/trained"),
+        ("evaluate", "plots", "plots/recall.json"),
+        ("preprocess", "data", "data/cache"),
+    ],
+)
 def test_an_unwritable_output_folder_is_refused_before_any_work(project, tmp_path, name, folder, output):
     before = digests(project, "models/trained", "plots", "metrics.json", "data/cache")
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "DVC_ROOT": str(tmp_path)}
@@ -228,11 +241,15 @@ def test_an_unwritable_output_folder_is_refused_before_any_work(project, tmp_pat
 
 # ---- a full disk: one line, the partial output removed ------------------------------------------------
 
+
 @needs_namespaces
-@pytest.mark.parametrize("full_one,needle", [
-    ("out", "trained: No space left on device while writing it; the partial output was removed and"),
-    ("checkpoint", "train.pt: No space left on device while writing it; the previous checkpoint is kept"),
-])
+@pytest.mark.parametrize(
+    "full_one,needle",
+    [
+        ("out", "trained: No space left on device while writing it; the partial output was removed and"),
+        ("checkpoint", "train.pt: No space left on device while writing it; the previous checkpoint is kept"),
+    ],
+)
 def test_a_full_disk_is_one_line_and_leaves_no_partial_output(project, tmp_path, full_one, needle):
     full, spare = tmp_path / "full", tmp_path / "spare"  # a 64 kB file system, and the ordinary disk
     full.mkdir()
@@ -241,16 +258,24 @@ def test_a_full_disk_is_one_line_and_leaves_no_partial_output(project, tmp_path,
     cmd = stage_cmd("train")
     for flag, path in paths.items():
         cmd[cmd.index(f"--{flag}") + 1] = str(path)
-    setup = f'mount -t tmpfs -o size=64k tmpfs "{full}" && mkdir "{full}/trained" && echo mine > "{full}/trained/kept.txt"'
+    setup = (
+        f'mount -t tmpfs -o size=64k tmpfs "{full}" && mkdir "{full}/trained" && echo mine > "{full}/trained/kept.txt"'
+    )
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "DVC_ROOT": str(tmp_path)}
-    out = run(with_mounts(setup, cmd, after=f'cd "{full}" && find . | sort && cat trained/kept.txt'), project,
-              check=False, env=env)
+    out = run(
+        with_mounts(setup, cmd, after=f'cd "{full}" && find . | sort && cat trained/kept.txt'),
+        project,
+        check=False,
+        env=env,
+    )
     one_line(out, needle, "Free some space and run again")
     left = out.stdout.split()
     assert left[-1] == "mine", out.stdout  # the user's file on the full disk is kept
     # beside the checkpoint, its run's id written as the run started (dgl/checkpoint.py): not a partial output
     kept = ["./ckpt", "./ckpt/train.pt.run"] if full_one == "checkpoint" else []
-    assert ".partial" not in out.stdout and left[:-1] == sorted([".", "./trained", "./trained/kept.txt"] + kept), out.stdout
+    assert ".partial" not in out.stdout and left[:-1] == sorted([".", "./trained", "./trained/kept.txt"] + kept), (
+        out.stdout
+    )
     assert not (spare / "trained").exists()
     assert [status for _, status in mlflow_runs(tmp_path / "mlflow.db")] == ["FAILED"]
 
@@ -262,8 +287,11 @@ OUTPUTS = ("models/trained", "plots", "metrics.json", "data/cache", "models/back
 
 def test_every_stage_runs_after_the_params_check():
     stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
-    outs = {next(iter(o)) if isinstance(o, dict) else o: name for name, s in stages.items()
-            for o in s.get("outs", []) + s.get("metrics", []) + s.get("plots", [])}
+    outs = {
+        next(iter(o)) if isinstance(o, dict) else o: name
+        for name, s in stages.items()
+        for o in s.get("outs", []) + s.get("metrics", []) + s.get("plots", [])
+    }
 
     def upstream(name: str) -> set[str]:
         parents = {outs[d] for d in stages[name]["deps"] if d in outs}
@@ -297,13 +325,20 @@ def stages_run(out: subprocess.CompletedProcess) -> list[str]:
     return [line.split("'")[1] for line in out.stdout.splitlines() if line.startswith("Running stage '")]
 
 
-@pytest.mark.parametrize("args,needle", [
-    (["exp", "run", "-S", "train.lr=-1"], "params: train.lr = -1.0 is out of range"),
-    (["exp", "run", "-S", "train.seed=-1"], f"params: train.seed = -1 {SEED_RANGE}"),
-    (["exp", "run", "-S", "backbone.name=bogus"], "params: backbone.name = 'bogus' is not an open_clip model; "
-                                                  "use e.g. ViT-B-32, ViT-B-16 or one of tiny-synthetic"),
-    (["repro"], "params: unknown key trian (did you mean train?); known keys here:"),
-], ids=["train.lr", "train.seed", "backbone.name", "unknown key"])
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["exp", "run", "-S", "train.lr=-1"], "params: train.lr = -1.0 is out of range"),
+        (["exp", "run", "-S", "train.seed=-1"], f"params: train.seed = -1 {SEED_RANGE}"),
+        (
+            ["exp", "run", "-S", "backbone.name=bogus"],
+            "params: backbone.name = 'bogus' is not an open_clip model; "
+            "use e.g. ViT-B-32, ViT-B-16 or one of tiny-synthetic",
+        ),
+        (["repro"], "params: unknown key trian (did you mean train?); known keys here:"),
+    ],
+    ids=["train.lr", "train.seed", "backbone.name", "unknown key"],
+)
 def test_a_bad_params_value_or_key_fails_before_dvc_deletes_any_output(project, args, needle):
     before = digests(project, *OUTPUTS)
     params = (project / "params.yaml").read_text()
@@ -320,9 +355,11 @@ def test_a_bad_params_value_or_key_fails_before_dvc_deletes_any_output(project, 
         if args[:2] == ["exp", "run"]:  # DVC leaves the value in params.yaml; the line says what was there
             key = args[-1].split("=")[0]
             assert (project / "params.yaml").read_text() != params
-            assert errors[0].endswith(f"; `dvc exp run` left the new value in params.yaml (the last commit has "
-                                      f"{committed(project, key)}): `git show HEAD:./params.yaml > params.yaml` "
-                                      "restores the committed file"), errors[0]
+            assert errors[0].endswith(
+                f"; `dvc exp run` left the new value in params.yaml (the last commit has "
+                f"{committed(project, key)}): `git show HEAD:./params.yaml > params.yaml` "
+                "restores the committed file"
+            ), errors[0]
             run(["bash", "-c", advice(errors[0])], project)  # as the line says
             assert (project / "params.yaml").read_text() == params
     finally:
@@ -375,6 +412,7 @@ def test_the_restore_hint_survives_a_params_file_that_is_not_a_mapping(tmp_path,
     """A workspace `dvc exp run` over a params.yaml whose top level is a list: the hint cannot name
     keys, so it says only how to restore the file (it used to fail inside the error's own message)."""
     from pipelines.params import restore_hint
+
     (tmp_path / "params.yaml").write_text("train:\n  lr: 0.01\n")
     run(["git", "init", "-q"], tmp_path)
     run(["git", "add", "params.yaml"], tmp_path)
@@ -383,11 +421,14 @@ def test_the_restore_hint_survives_a_params_file_that_is_not_a_mapping(tmp_path,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("DVC_EXP_BASELINE_REV", "HEAD")
     monkeypatch.setenv("DVC_ROOT", str(tmp_path))
-    assert restore_hint("params.yaml") == ("; `dvc exp run` left the value in params.yaml: "
-                                           "`git show HEAD:./params.yaml > params.yaml` restores the committed file")
+    assert restore_hint("params.yaml") == (
+        "; `dvc exp run` left the value in params.yaml: "
+        "`git show HEAD:./params.yaml > params.yaml` restores the committed file"
+    )
     (tmp_path / "params.yaml").write_text("train:\n  lr: 0.02\n")
-    assert restore_hint("params.yaml").startswith("; `dvc exp run` left the new value in params.yaml "
-                                                  "(the last commit has train.lr: 0.01)")
+    assert restore_hint("params.yaml").startswith(
+        "; `dvc exp run` left the new value in params.yaml (the last commit has train.lr: 0.01)"
+    )
 
 
 def test_a_single_stage_run_rejects_a_bad_value_itself_before_any_work(project):
@@ -416,6 +457,7 @@ def test_a_single_stage_run_rejects_a_bad_value_itself_before_any_work(project):
 
 # ---- tracking: no epoch lost, no run left RUNNING, no orphan checkpoint --------------------------------
 
+
 def test_a_killed_experiment_restored_from_the_run_cache_leaves_no_orphan(project):
     """`dvc exp run` killed mid-training, then an experiment whose `train` DVC restores from its run
     cache (so train never runs): the params stage ends the killed run and removes its checkpoint."""
@@ -425,9 +467,15 @@ def test_a_killed_experiment_restored_from_the_run_cache_leaves_no_orphan(projec
     runs_before = mlflow_runs(db)
     params = yaml.safe_load((project / "params.yaml").read_text())["train"]
     env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1"}
-    proc = subprocess.Popen(["dvc", "exp", "run", "-S", "train.lr=0.01", "-S", "train.epochs=50"], cwd=project,
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        ["dvc", "exp", "run", "-S", "train.lr=0.01", "-S", "train.epochs=50"],
+        cwd=project,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 300
         while not checkpoint.exists():
@@ -440,8 +488,9 @@ def test_a_killed_experiment_restored_from_the_run_cache_leaves_no_orphan(projec
     killed = [r for r in mlflow_runs(db) if r not in runs_before]
     assert [status for _, status in killed] == ["RUNNING"]
 
-    out = run(["dvc", "exp", "run", "-S", f"train.lr={params['lr']}", "-S", f"train.epochs={params['epochs']}"],
-              project)
+    out = run(
+        ["dvc", "exp", "run", "-S", f"train.lr={params['lr']}", "-S", f"train.epochs={params['epochs']}"], project
+    )
     assert "Stage 'train' is cached - skipping run" in out.stdout, out.stdout
     assert f"{checkpoint.relative_to(project)}: left by a killed training" in out.stderr + out.stdout
     assert not checkpoint.exists()
@@ -456,10 +505,16 @@ def test_a_training_with_other_params_ends_the_killed_runs_checkpoint(project, t
     link_inputs(project, tmp_path, "data/cache", "models/backbone")
     write_params(tmp_path / "params.yaml", {"train": {"epochs": 50}}, base=project / "params.yaml")
     checkpoint = tmp_path / "models/checkpoints/train.pt"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1", "PYTHONPATH": str(project),
-           "DVC_ROOT": str(tmp_path)}
-    proc = subprocess.Popen(stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "CI": "1",
+        "PYTHONPATH": str(project),
+        "DVC_ROOT": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         while not checkpoint.exists():
             assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -482,10 +537,16 @@ def test_a_training_killed_before_its_first_checkpoint_leaves_no_run_running(pro
     write_params(tmp_path / "params.yaml", {"train": {"epochs": 50}}, base=project / "params.yaml")
     checkpoint = tmp_path / "models/checkpoints/train.pt"
     marker = checkpoint.with_name("train.pt.run")
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1", "PYTHONPATH": str(project),
-           "DVC_ROOT": str(tmp_path)}
-    proc = subprocess.Popen(stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "CI": "1",
+        "PYTHONPATH": str(project),
+        "DVC_ROOT": str(tmp_path),
+    }
+    proc = subprocess.Popen(
+        stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     try:
         while not marker.exists():
             assert proc.poll() is None, proc.communicate()[1][-3000:]
@@ -494,7 +555,7 @@ def test_a_training_killed_before_its_first_checkpoint_leaves_no_run_running(pro
         proc.kill()
         proc.communicate()
     assert not checkpoint.exists()  # the first epoch had not ended
-    (run_id, status), = mlflow_runs(tmp_path / "mlflow.db")
+    ((run_id, status),) = mlflow_runs(tmp_path / "mlflow.db")
     assert status == "RUNNING" and marker.read_text().strip() == run_id
     out = stage("params", tmp_path, code=project)
     assert out.returncode == 0 and f"run {run_id} of that checkpoint ended as KILLED" in out.stderr, out.stderr
@@ -509,10 +570,26 @@ def free_port() -> int:
 
 def start_server(store: Path, port: int) -> subprocess.Popen:
     """`mlflow server` on `store` (SQLite), answering on `port`."""
-    proc = subprocess.Popen([str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--workers", "1", "--backend-store-uri", f"sqlite:///{store / 'mlflow.db'}",
-                             "--serve-artifacts", "--artifacts-destination", str(store / "artifacts")],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{store / 'mlflow.db'}",
+            "--serve-artifacts",
+            "--artifacts-destination",
+            str(store / "artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     while True:
         assert proc.poll() is None, "mlflow server exited"
@@ -549,13 +626,20 @@ def test_a_tracking_server_killed_mid_run_loses_no_epoch(project, tmp_path):
     store, port = tmp_path / "store", free_port()
     store.mkdir()
     uri = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1", "PYTHONPATH": str(project),
-           "DVC_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": uri}
+    env = {
+        **os.environ,
+        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
+        "CI": "1",
+        "PYTHONPATH": str(project),
+        "DVC_ROOT": str(tmp_path),
+        "MLFLOW_TRACKING_URI": uri,
+    }
     checkpoint = tmp_path / "models/checkpoints/train.pt"
     server = start_server(store, port)
     try:
-        proc = subprocess.Popen(stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         while not checkpoint.exists():
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             time.sleep(0.02)
@@ -565,12 +649,14 @@ def test_a_tracking_server_killed_mid_run_loses_no_epoch(project, tmp_path):
         saved = torch.load(checkpoint, weights_only=True)["epoch"]
         assert saved < epochs
         server = start_server(store, port)
-        (run_id, status), = mlflow_runs(store / "mlflow.db")
+        ((run_id, status),) = mlflow_runs(store / "mlflow.db")
         assert status == "RUNNING"  # the server could not hear the end
         logged = train_loss_steps(store).get(run_id, [])
         assert logged in (list(range(1, saved)), list(range(1, saved + 1))), (logged, saved)
 
-        out = run(stage_cmd("train"), tmp_path, env={k: env[k] for k in ("PYTHONPATH", "DVC_ROOT", "MLFLOW_TRACKING_URI")})
+        out = run(
+            stage_cmd("train"), tmp_path, env={k: env[k] for k in ("PYTHONPATH", "DVC_ROOT", "MLFLOW_TRACKING_URI")}
+        )
         assert f"resuming after epoch {saved}" in out.stderr
         assert train_loss_steps(store) == {run_id: list(range(1, epochs + 1))}  # the lost epoch is logged once
         with sqlite3.connect(store / "mlflow.db") as con:

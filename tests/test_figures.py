@@ -1,6 +1,7 @@
 """The evaluate stage's pictures from a tiny DGL on random frames: DGL's Figure 5 (global prompts'
 attention over frames) and retrieval examples, as PNGs of the expected size, frames apart, titled
 with the method and, for the attention, the block, prompts and heads it shows."""
+
 from __future__ import annotations
 
 import json
@@ -15,15 +16,27 @@ import torch.nn.functional as F
 import yaml
 from PIL import Image
 
-from conftest import ROOT, group, run
 from dgl.cache.read import CachedSplit
+from dgl.figures import (
+    ATTENTION_ROW,
+    CELL_INCHES,
+    DPI,
+    FRAME_INCHES,
+    MAX_WIDTH_PX,
+    TITLE_INCHES,
+    TOP_K,
+    draw_retrieval,
+    global_attention_title,
+    method_title,
+    strip,
+    write_figures,
+)
 from dgl.frames.store import RawCodec, write_arrays
-from dgl.figures import (ATTENTION_ROW, CELL_INCHES, DPI, FRAME_INCHES, MAX_WIDTH_PX, TITLE_INCHES, TOP_K,
-                         draw_retrieval, global_attention_title, method_title, strip, write_figures)
 from dgl.models.attention import global_local_mask
 from dgl.models.attention_maps import global_attention, global_frame_attention
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
+from helpers import ROOT, group, run
 
 VIDEOS, FRAMES, SIZE = 6, 4, 64  # tiny-synthetic sees 64 x 64 images
 
@@ -37,17 +50,22 @@ def dgl_method():
 @pytest.fixture(scope="module")
 def split(tmp_path_factory) -> CachedSplit:
     rng = np.random.default_rng(0)
-    store, rows = write_arrays(tmp_path_factory.mktemp("store"),
-                               rng.integers(0, 256, (VIDEOS, FRAMES, 3, SIZE, SIZE), dtype=np.uint8), RawCodec())
+    store, rows = write_arrays(
+        tmp_path_factory.mktemp("store"),
+        rng.integers(0, 256, (VIDEOS, FRAMES, 3, SIZE, SIZE), dtype=np.uint8),
+        RawCodec(),
+    )
     return CachedSplit(
-        store=store, rows=rows,
+        store=store,
+        rows=rows,
         tokens=torch.zeros(2 * VIDEOS, 8, dtype=torch.long),
         caption_video=torch.arange(VIDEOS).repeat_interleave(2),
         texts=[f"caption {c} of video {c // 2}" for c in range(2 * VIDEOS)],
         categories=["static"] * 2 * VIDEOS,
         twins=torch.full((VIDEOS,), -1),
         video_ids=[f"video{v}" for v in range(VIDEOS)],
-        mean=torch.zeros(3), std=torch.ones(3),
+        mean=torch.zeros(3),
+        std=torch.ones(3),
     )
 
 
@@ -93,8 +111,13 @@ def test_global_prompt_attention_is_a_distribution_over_frames(dgl_method, split
             hook.remove()
         # What was captured is the global rows of the masked single-call attention over the whole video.
         frame_len = (tokens[-1].shape[1] - n_global) // FRAMES
-        _, reference = block.attn(tokens[-1], tokens[-1], tokens[-1], need_weights=True,
-                                  attn_mask=global_local_mask(n_global, FRAMES, frame_len))
+        _, reference = block.attn(
+            tokens[-1],
+            tokens[-1],
+            tokens[-1],
+            need_weights=True,
+            attn_mask=global_local_mask(n_global, FRAMES, frame_len),
+        )
     torch.testing.assert_close(hooked, plain)
     assert captured[-1].shape == (3, n_global, n_global + FRAMES * frame_len)
     torch.testing.assert_close(captured[-1], reference[:, :n_global], rtol=0, atol=1e-6)
@@ -106,9 +129,11 @@ def test_figures_are_pngs_of_the_expected_size(dgl_method, split, tmp_path):
     write_figures(tmp_path, dgl_method, split, text, video, torch.device("cpu"), count=4, title="dgl (ULP generator)")
     # inches x DPI, to the pixel (matplotlib truncates)
     assert png_size(tmp_path / "retrieval.png") == pytest.approx(
-        (TOP_K * CELL_INCHES[0] * DPI, (4 * CELL_INCHES[1] + TITLE_INCHES) * DPI), abs=1)
+        (TOP_K * CELL_INCHES[0] * DPI, (4 * CELL_INCHES[1] + TITLE_INCHES) * DPI), abs=1
+    )
     assert png_size(tmp_path / "attention.png") == pytest.approx(
-        (max(FRAMES, 6) * FRAME_INCHES * DPI, (4 * ATTENTION_ROW * FRAME_INCHES + TITLE_INCHES) * DPI), abs=1)
+        (max(FRAMES, 6) * FRAME_INCHES * DPI, (4 * ATTENTION_ROW * FRAME_INCHES + TITLE_INCHES) * DPI), abs=1
+    )
 
     zeroshot = build_method("zeroshot", dgl_method.clip, SimpleNamespace(), FRAMES)
     (tmp_path / "zeroshot").mkdir()
@@ -121,7 +146,7 @@ def test_frames_stand_apart_and_titles_say_what_is_shown(dgl_method):
     shown = strip(frames)
     gap = (shown.shape[1] - 3 * SIZE) // 2
     assert shown.shape == (SIZE, 3 * SIZE + 2 * gap, 3) and gap >= SIZE // 10
-    assert (shown[:, SIZE:SIZE + gap] == 255).all() and (shown[:, :SIZE] == 0).all()  # white between frames
+    assert (shown[:, SIZE : SIZE + gap] == 255).all() and (shown[:, :SIZE] == 0).all()  # white between frames
 
     title = global_attention_title(dgl_method)
     blocks = len(dgl_method.clip.visual.transformer.resblocks)
@@ -141,10 +166,15 @@ def test_dvc_plots_render_offline_with_the_shipped_template(tmp_path):
 
     repo = tmp_path / "repo"
     (repo / "plots" / "figures").mkdir(parents=True)
-    (repo / "plots" / "train.json").write_text(json.dumps([{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.0}]))
+    (repo / "plots" / "train.json").write_text(
+        json.dumps([{"epoch": 1, "train_loss": 2.0}, {"epoch": 2, "train_loss": 1.0}])
+    )
     Image.new("RGB", (8, 8), "red").save(repo / "plots" / "figures" / "retrieval.png")
-    (repo / "dvc.yaml").write_text(yaml.safe_dump({"plots": [
-        {"Training loss": {"x": "epoch", "y": {"plots/train.json": "train_loss"}}}, "plots/figures"]}))
+    (repo / "dvc.yaml").write_text(
+        yaml.safe_dump(
+            {"plots": [{"Training loss": {"x": "epoch", "y": {"plots/train.json": "train_loss"}}}, "plots/figures"]}
+        )
+    )
     run(["git", "init", "-q"], repo)
     run(["dvc", "init", "-q"], repo)
     (repo / TEMPLATE).parent.mkdir(parents=True)
@@ -152,7 +182,9 @@ def test_dvc_plots_render_offline_with_the_shipped_template(tmp_path):
     shutil.copy(ROOT / ".dvc" / "config", repo / ".dvc" / "config")  # names the template
     run(["git", "add", "-A"], repo)
     run(["git", "-c", "user.name=t", "-c", "user.email=t@localhost", "commit", "-qm", "baseline"], repo)
-    (repo / "plots" / "train.json").write_text(json.dumps([{"epoch": 1, "train_loss": 3.0}, {"epoch": 2, "train_loss": 0.5}]))
+    (repo / "plots" / "train.json").write_text(
+        json.dumps([{"epoch": 1, "train_loss": 3.0}, {"epoch": 2, "train_loss": 0.5}])
+    )
 
     versions = pinned_versions()
     for command in (["show"], ["diff", "HEAD"]):

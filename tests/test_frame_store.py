@@ -1,6 +1,7 @@
 """The frame store (dgl/frames/store.py): what is read is what the codec's decoder makes of the bytes
 written, the bytes are the same on every write, a damaged shard is one line naming it, and after a
 real `dvc repro` the pixels exist once on disk (frames stage, cache and DVC's cache are one inode)."""
+
 from __future__ import annotations
 
 import os
@@ -10,12 +11,12 @@ import pytest
 import torch
 from torchvision.io import decode_jpeg, encode_jpeg
 
-from conftest import run, tiny_params
 from dgl.cache.read import CachedSplit
 from dgl.data.adapters import load_annotations
 from dgl.errors import UserError
-from dgl.frames.store import FrameStore, JpegCodec, RawCodec, resize_center_crop, shard_name, write_arrays
 from dgl.frames.extract import sample_frames
+from dgl.frames.store import FrameStore, JpegCodec, RawCodec, resize_center_crop, shard_name, write_arrays
+from helpers import run, tiny_params
 
 SIZE = 48
 
@@ -85,16 +86,22 @@ def test_a_repro_keeps_the_frames_once_on_disk_with_the_old_paths_pixels(tiny_re
     assert inode(shard) == inode(linked)
     size, content = shard.stat().st_size, shard.read_bytes()
     copies = {inode(p) for p in tiny_repro.rglob("*.bin") if p.stat().st_size == size} | {
-        inode(p) for p in (tiny_repro / ".dvc/cache").rglob("*") if p.is_file() and p.stat().st_size == size
-        and p.read_bytes() == content}
+        inode(p)
+        for p in (tiny_repro / ".dvc/cache").rglob("*")
+        if p.is_file() and p.stat().st_size == size and p.read_bytes() == content
+    }
     assert copies == {inode(shard)} and os.stat(shard).st_nlink == 3  # frames, cache, DVC's cache
 
     params = tiny_params()
     split = CachedSplit.load(tiny_repro / "data/cache", "train")
     annotations = load_annotations("synthetic", tiny_repro / "data/raw")
     video = split.video_ids[0]
-    sampled = sample_frames(tiny_repro / "data/raw" / annotations.videos[video], params["frames"]["num_frames"],
-                            params["frames"]["size"], candidates=params["frames"]["train_candidates"])
+    sampled = sample_frames(
+        tiny_repro / "data/raw" / annotations.videos[video],
+        params["frames"]["num_frames"],
+        params["frames"]["size"],
+        candidates=params["frames"]["train_candidates"],
+    )
     all_candidates = split.store.read(split.rows[0])
     assert np.array_equal(all_candidates, resize_center_crop(sampled, 64))  # tiny-synthetic takes 64 px
     assert "changed" not in run(["dvc", "status"], tiny_repro).stdout

@@ -4,6 +4,7 @@ the server. The second clone pulls every output instead of recomputing it; each 
 experiment, pushes it and pulls the other's; both runs meet in the server.
 
 One scenario, run once (`group`), read by the tests below; the server stays up while they run."""
+
 from __future__ import annotations
 
 import contextlib
@@ -15,16 +16,16 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 import yaml
-
-from conftest import ROOT, copy_project, run
-from experiments.report import from_dvc_show
 from test_tracking import Rest, free_port, mlflow_ui
+
+from experiments.report import from_dvc_show
+from helpers import ROOT, copy_project, run
 
 DB_USER = "nobody"  # initdb refuses root: as root, the cluster runs as this user
 
@@ -60,8 +61,19 @@ def postgres() -> Iterator[str]:
 
     try:
         pg("initdb", "-D", str(data), "-U", "dgl", "--auth=trust", "-E", "UTF8", "--no-sync")
-        pg("pg_ctl", "-D", str(data), "-l", str(folder / "server.log"), "-w", "-t", "60", "start", "-o",
-           f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off")
+        pg(
+            "pg_ctl",
+            "-D",
+            str(data),
+            "-l",
+            str(folder / "server.log"),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            "-o",
+            f"-p {port} -k {folder} -c listen_addresses=127.0.0.1 -c fsync=off",
+        )
         pg("createdb", "-h", "127.0.0.1", "-p", str(port), "-U", "dgl", "mlflow")
         yield f"postgresql://dgl@127.0.0.1:{port}/mlflow"
     finally:
@@ -119,8 +131,12 @@ def group(tmp_path_factory, tiny_repro) -> Iterator[Group]:
     run(["dvc", "push"], alice)
     run(["git", "clone", "-q", "-b", "main", str(base / "shared.git"), str(base / "bob")], base)
     bob = base / "bob"
-    with postgres() as db, mlflow_ui(base, "server", "--serve-artifacts", "--artifacts-destination",
-                                     str(base / "artifacts"), store=db) as url:
+    with (
+        postgres() as db,
+        mlflow_ui(
+            base, "server", "--serve-artifacts", "--artifacts-destination", str(base / "artifacts"), store=db
+        ) as url,
+    ):
         found = Group({"alice": alice, "bob": bob}, Rest(url, base / "artifacts"), db)
         found.said["pull"] = run(["dvc", "pull"], bob).stdout
         found.outputs = {who: digests(clone, outputs()) for who, clone in found.clones.items()}
@@ -140,8 +156,13 @@ def group(tmp_path_factory, tiny_repro) -> Iterator[Group]:
 @pytest.mark.slow
 def test_a_second_clone_pulls_every_output_and_recomputes_nothing(group):
     assert group.outputs["bob"] == group.outputs["alice"]
-    assert {"models/trained/weights.pt", "models/backbone/clip.pt", "data/cache/frames-00000.bin",
-            "plots/figures/retrieval.png", "metrics.json"} <= set(group.outputs["bob"])  # not only what git holds
+    assert {
+        "models/trained/weights.pt",
+        "models/backbone/clip.pt",
+        "data/cache/frames-00000.bin",
+        "plots/figures/retrieval.png",
+        "metrics.json",
+    } <= set(group.outputs["bob"])  # not only what git holds
     assert "Data and pipelines are up to date." in group.said["status"]
     assert "Running stage" not in group.said["repro"] and "Data and pipelines are up to date." in group.said["repro"]
 
@@ -187,7 +208,9 @@ def test_mlflow_tracking_uri_wins_over_params(monkeypatch):
     from dgl.settings import TrackingConfig
     from dgl.tracking.store import tracking_uri
 
-    cfg = TrackingConfig(uri="http://params-server:5000", experiment="dgl", ui="http://127.0.0.1:5000", max_weights_mb=100)
+    cfg = TrackingConfig(
+        uri="http://params-server:5000", experiment="dgl", ui="http://127.0.0.1:5000", max_weights_mb=100
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://group-server:5000")
     assert tracking_uri(cfg) == "http://group-server:5000"
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")

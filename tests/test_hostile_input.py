@@ -2,6 +2,7 @@
 that are paths, cut or damaged archives, NaN params, cover art, oversized batches, zip entries Python
 cannot unpack, a locked MLflow store, NaN weights, servers that lie or trickle. Each gets one line
 (or a skipped video), and nothing outside the project's folders is read, written or trusted."""
+
 from __future__ import annotations
 
 import io
@@ -20,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import group
 from test_adapters import write_csv, write_msrvtt
 from test_download import BLOB, server, sha256, zip_bytes  # noqa: F401 (server: the loopback fixture)
 from test_video import faststart_testsrc, make_testsrc
@@ -36,6 +36,7 @@ from dgl.frames.extract import extract_frames, sample_frames
 from dgl.frames.mp4_index import mp4_video_track
 from dgl.frames.sampling import VideoError
 from dgl.frames.store import FrameStore
+from helpers import group
 
 
 def box(kind: bytes, payload: bytes = b"") -> bytes:
@@ -49,8 +50,9 @@ def frames_of(raw: Path, videos: dict[str, bytes], tmp_path: Path, backend: str 
     for name, data in videos.items():
         (raw / "videos" / f"{name}.mp4").write_bytes(data)
     ids = ["good", *videos]
-    annotations = Annotations(videos={v: f"videos/{v}.mp4" for v in ids}, train=(),
-                              test=tuple(Caption(v, f"caption of {v}") for v in ids))
+    annotations = Annotations(
+        videos={v: f"videos/{v}.mp4" for v in ids}, train=(), test=tuple(Caption(v, f"caption of {v}") for v in ids)
+    )
     out = tmp_path / "frames"
     out.mkdir()
     cfg = group("frames", num_frames=4, size=32, backend=backend, workers=2, train_candidates=1)
@@ -69,8 +71,8 @@ STSZ = box(b"stsz", bytes(8) + struct.pack(">I", 10))
 def test_crafted_mp4_indexes_are_skipped_videos_and_the_stage_goes_on(tmp_path):
     crafted = {
         # an empty mdhd as the index's last bytes: read past its end (an IndexError)
-        "empty_mdhd": FTYP + box(b"moov", box(b"trak", box(b"mdia", VIDE + box(b"minf", box(b"stbl", STSZ))
-                                                             + box(b"mdhd")))),
+        "empty_mdhd": FTYP
+        + box(b"moov", box(b"trak", box(b"mdia", VIDE + box(b"minf", box(b"stbl", STSZ)) + box(b"mdhd")))),
         # an index box that says it holds 465 GB in a 17 kB file (read whole: a MemoryError)
         "huge_moov": FTYP + struct.pack(">I4sQ", 1, b"moov", 465 * 10**9) + bytes(17_000),
         # a box larger than its parent
@@ -79,8 +81,9 @@ def test_crafted_mp4_indexes_are_skipped_videos_and_the_stage_goes_on(tmp_path):
     reasons = frames_of(tmp_path / "raw", crafted, tmp_path)
     assert set(reasons) == set(crafted)
     assert reasons["empty_mdhd"] == "videos/empty_mdhd.mp4: damaged mp4 index: a box ends before its fields"
-    assert reasons["huge_moov"].startswith("videos/huge_moov.mp4: truncated or damaged: its index (moov) claims "
-                                           "465000000000 bytes")
+    assert reasons["huge_moov"].startswith(
+        "videos/huge_moov.mp4: truncated or damaged: its index (moov) claims 465000000000 bytes"
+    )
     assert "does not fit in its parent" in reasons["box_overflow"]
 
 
@@ -129,7 +132,7 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
             data[rng.randrange(len(data))] ^= 1 << rng.randrange(8)
         return bytes(data)
     if kind == "cut":
-        return bytes(data[:rng.randrange(8, len(data))])
+        return bytes(data[: rng.randrange(8, len(data))])
     at = rng.choice([at for at, kind in _boxes(bytes(data)) if kind in _READ])
     size = rng.choice([0, 1, 8, 9, 12, rng.randrange(1 << 32)])
     struct.pack_into(">I", data, at, size)
@@ -140,8 +143,11 @@ def _mutate(data: bytes, rng: random.Random) -> bytes:
 
 def _ffmpeg_rejects(path: Path) -> bool:
     """Does ffmpeg, decoding the whole video stream, exit non-zero or print an error?"""
-    result = subprocess.run([ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-i", str(path),
-                             "-map", "0:V:0", "-f", "null", "-"], capture_output=True, check=False)
+    result = subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-hide_banner", "-v", "error", "-i", str(path), "-map", "0:V:0", "-f", "null", "-"],
+        capture_output=True,
+        check=False,
+    )
     return result.returncode != 0 or bool(result.stderr.strip())
 
 
@@ -208,8 +214,9 @@ def _msrvtt_test_csv(raw: Path, bad: str) -> Path:
     return raw / "MSRVTT_JSFUSION_test.csv"
 
 
-@pytest.mark.parametrize("dataset,write", [("vatex", _vatex), ("lsmdc", _lsmdc), ("activitynet", _activitynet),
-                                           ("msrvtt", _msrvtt_test_csv)])
+@pytest.mark.parametrize(
+    "dataset,write", [("vatex", _vatex), ("lsmdc", _lsmdc), ("activitynet", _activitynet), ("msrvtt", _msrvtt_test_csv)]
+)
 def test_every_format_checks_its_ids_as_it_reads_them(tmp_path, dataset, write):
     source = write(tmp_path, "../../etc/victim")
     with pytest.raises(UserError, match=f"^{re.escape(str(source))}: video id '../../etc/victim' is not a plain"):
@@ -233,8 +240,15 @@ def test_the_frames_stage_writes_nothing_outside_its_folder_for_a_hand_made_bad_
     out = tmp_path / "frames"
     out.mkdir()
     with pytest.raises(UserError, match="video id '../victim' is not a plain file name"):
-        extract_frames(raw, annotations, out, group("frames", num_frames=4, size=32, workers=1), ffmpeg="pinned",
-                       image_size=32, progress=False)
+        extract_frames(
+            raw,
+            annotations,
+            out,
+            group("frames", num_frames=4, size=32, workers=1),
+            ffmpeg="pinned",
+            image_size=32,
+            progress=False,
+        )
     assert not (tmp_path / "victim.npy").exists()
 
 
@@ -251,17 +265,19 @@ def _tar(entries: dict[str, bytes], mode: str = "w") -> bytes:
     return buffer.getvalue()
 
 
-FOUR = {f"videos/v{i}.mp4": random.Random(i).randbytes(3000) for i in range(4)}  # incompressible: xz damage lands mid-way
+FOUR = {
+    f"videos/v{i}.mp4": random.Random(i).randbytes(3000) for i in range(4)
+}  # incompressible: xz damage lands mid-way
 
 
 def _cut_at_member(data: bytes) -> bytes:
     """The tar cut right after its second member (a block boundary: no half header to notice)."""
-    return data[:2 * (512 + 3072)]
+    return data[: 2 * (512 + 3072)]
 
 
 def _damaged_header(data: bytes) -> bytes:
     third = 2 * (512 + 3072)
-    return data[:third] + b"\xff" * 100 + data[third + 100:]
+    return data[:third] + b"\xff" * 100 + data[third + 100 :]
 
 
 def _damaged_xz(data: bytes) -> bytes:
@@ -272,10 +288,15 @@ def _damaged_xz(data: bytes) -> bytes:
     return bytes(packed)
 
 
-@pytest.mark.parametrize("name,damage", [
-    ("cut.tar", _cut_at_member), ("header.tar", _damaged_header), ("flipped.tar.xz", _damaged_xz),
-    ("cut.tar.gz", lambda data: __import__("gzip").compress(_cut_at_member(data))),
-])
+@pytest.mark.parametrize(
+    "name,damage",
+    [
+        ("cut.tar", _cut_at_member),
+        ("header.tar", _damaged_header),
+        ("flipped.tar.xz", _damaged_xz),
+        ("cut.tar.gz", lambda data: __import__("gzip").compress(_cut_at_member(data))),
+    ],
+)
 def test_a_cut_or_damaged_tar_is_refused_and_nothing_is_extracted(tmp_path, name, damage):
     archive = tmp_path / name
     archive.write_bytes(damage(_tar(FOUR)))
@@ -293,13 +314,19 @@ def test_a_whole_tar_still_extracts_in_every_compression(tmp_path):
 # --- 4. NaN and inf pass no numeric check ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("key,overrides", [
-    ("train", {"lr": float("nan")}), ("eval", {"max_missing": float("nan")}), ("data", {"max_extract_gb": float("nan")}),
-    ("data.synthetic", {"seconds": float("nan")}), ("train", {"grad_clip": float("inf")}),
-    ("frames", {"reencode_fps": float("-inf")}),
-])
+@pytest.mark.parametrize(
+    "key,overrides",
+    [
+        ("train", {"lr": float("nan")}),
+        ("eval", {"max_missing": float("nan")}),
+        ("data", {"max_extract_gb": float("nan")}),
+        ("data.synthetic", {"seconds": float("nan")}),
+        ("train", {"grad_clip": float("inf")}),
+        ("frames", {"reencode_fps": float("-inf")}),
+    ],
+)
 def test_nan_and_inf_are_refused_for_every_numeric_key(key, overrides):
-    (name, value), = overrides.items()
+    ((name, value),) = overrides.items()
     with pytest.raises(UserError, match=f"^params: {re.escape(key)}.{name} = {value!r} must be a finite number$"):
         group(key, **overrides)
 
@@ -334,7 +361,9 @@ def test_decord_refuses_a_frame_above_its_pixel_budget_and_decodes_one_frame_at_
     assert sample_frames(video, 4, 32, backend="decord", candidates=3).shape == (12, 32, 43, 3)
     assert max(map(len, batches)) == 1  # never more than one full-size frame at once
     monkeypatch.setattr("dgl.frames.decord_decode.DECORD_MAX_PIXELS", 64 * 48 - 1)
-    with pytest.raises(VideoError, match="^64x48 pixels, more than the decord backend decodes .*frames.backend: ffmpeg"):
+    with pytest.raises(
+        VideoError, match="^64x48 pixels, more than the decord backend decodes .*frames.backend: ffmpeg"
+    ):
         sample_frames(video, 4, 32, backend="decord")
 
 
@@ -343,19 +372,56 @@ def test_decord_refuses_a_frame_above_its_pixel_budget_and_decodes_one_frame_at_
 
 def _cover(tmp_path: Path) -> Path:
     cover = tmp_path / "cover.png"
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "color=red:size=64x48",
-                    "-frames:v", "1", str(cover)], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "color=red:size=64x48",
+            "-frames:v",
+            "1",
+            str(cover),
+        ],
+        check=True,
+    )
     return cover
 
 
 @pytest.mark.parametrize("backend", ["ffmpeg", "decord"])
-@pytest.mark.parametrize("container,codecs", [("m4a", ["-c:a", "aac", "-c:v", "png"]),
-                                              ("mp3", ["-c:a", "libmp3lame", "-c:v", "mjpeg"])])
+@pytest.mark.parametrize(
+    "container,codecs", [("m4a", ["-c:a", "aac", "-c:v", "png"]), ("mp3", ["-c:a", "libmp3lame", "-c:v", "mjpeg"])]
+)
 def test_an_audio_file_with_cover_art_is_a_video_without_a_video_stream(tmp_path, backend, container, codecs):
     song = tmp_path / f"song.{container}"
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=2",
-                    "-i", str(_cover(tmp_path)), "-map", "0:a", "-map", "1:v", *codecs,
-                    "-disposition:v:0", "attached_pic", str(song)], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=2",
+            "-i",
+            str(_cover(tmp_path)),
+            "-map",
+            "0:a",
+            "-map",
+            "1:v",
+            *codecs,
+            "-disposition:v:0",
+            "attached_pic",
+            str(song),
+        ],
+        check=True,
+    )
     with pytest.raises(VideoError, match="^no video stream|^broken metadata"):
         sample_frames(song, 4, 32, backend=backend)
 
@@ -379,8 +445,11 @@ def test_more_processes_than_cores_or_gpus_is_one_line(monkeypatch):
 
     monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1})
     check_nproc(2, torch.device("cpu"))
-    with pytest.raises(UserError, match=r"^params: train.nproc = 1024 processes, but there are 2 CPU cores available "
-                                        r"to this process; use train.nproc <= 2$"):
+    with pytest.raises(
+        UserError,
+        match=r"^params: train.nproc = 1024 processes, but there are 2 CPU cores available "
+        r"to this process; use train.nproc <= 2$",
+    ):
         check_nproc(1024, torch.device("cpu"))
     monkeypatch.setattr("torch.cuda.device_count", lambda: 1)
     with pytest.raises(UserError, match="train.nproc = 2 processes, but there are 1 visible CUDA devices"):
@@ -398,27 +467,33 @@ def _zip_with_method(method: int, encrypted: bool = False) -> bytes:
         at = data.find(signature)
         while at != -1:
             name_at = at + (30 if signature == b"PK\x03\x04" else 46)
-            if data[name_at:name_at + 6] == b"videos":
-                flags, = struct.unpack_from("<H", data, at + flags_at)
+            if data[name_at : name_at + 6] == b"videos":
+                (flags,) = struct.unpack_from("<H", data, at + flags_at)
                 struct.pack_into("<HH", data, at + flags_at, flags | encrypted, method)
             at = data.find(signature, at + 4)
     return bytes(data)
 
 
-@pytest.mark.parametrize("method,encrypted,needle", [
-    (9, False, "it is compressed with method 9 (e.g. 9 = Deflate64), which Python cannot unpack"),
-    (0, True, "it is encrypted (password protected)"),
-])
-def test_a_zip_entry_python_cannot_unpack_is_one_line_before_anything_is_written(tmp_path, method, encrypted,
-                                                                                   needle):
+@pytest.mark.parametrize(
+    "method,encrypted,needle",
+    [
+        (9, False, "it is compressed with method 9 (e.g. 9 = Deflate64), which Python cannot unpack"),
+        (0, True, "it is encrypted (password protected)"),
+    ],
+)
+def test_a_zip_entry_python_cannot_unpack_is_one_line_before_anything_is_written(tmp_path, method, encrypted, needle):
     archive = tmp_path / "a.zip"
     archive.write_bytes(_zip_with_method(method, encrypted))
-    with pytest.raises(UserError, match=f"^{re.escape(str(archive))}: cannot unpack entry 'videos/v.mp4': "
-                                        f"{re.escape(needle)}; unpack the archive with a tool"):
+    with pytest.raises(
+        UserError,
+        match=f"^{re.escape(str(archive))}: cannot unpack entry 'videos/v.mp4': "
+        f"{re.escape(needle)}; unpack the archive with a tool",
+    ):
         extract(archive, tmp_path / "raw")
     assert not (tmp_path / "raw").exists()
     assert extract(archive, tmp_path / "raw", lambda name: name if name.endswith(".json") else None) == [
-        "MSRVTT_data.json"]  # an entry that is not selected is never read
+        "MSRVTT_data.json"
+    ]  # an entry that is not selected is never read
 
 
 def test_two_entries_flattened_to_one_name_are_refused(tmp_path):
@@ -426,11 +501,15 @@ def test_two_entries_flattened_to_one_name_are_refused(tmp_path):
 
     archive = tmp_path / "a.zip"
     archive.write_bytes(zip_bytes({"MSRVTT/videos/all/a/v.mp4": b"1", "MSRVTT/videos/all/v.mp4": b"2"}))
+
     def select(name: str) -> str | None:
         return "videos/v.mp4" if name.endswith("v.mp4") else None
 
-    with pytest.raises(UserError, match="entries 'MSRVTT/videos/all/a/v.mp4' and 'MSRVTT/videos/all/v.mp4' would both "
-                                        "be written to 'videos/v.mp4'"):
+    with pytest.raises(
+        UserError,
+        match="entries 'MSRVTT/videos/all/a/v.mp4' and 'MSRVTT/videos/all/v.mp4' would both "
+        "be written to 'videos/v.mp4'",
+    ):
         extract(archive, tmp_path / "raw", select)
     assert not (tmp_path / "raw").exists()
     assert videos_in("videos/all")("MSRVTT/videos/all/v.mp4") == "videos/v.mp4"
@@ -458,9 +537,12 @@ def test_a_server_that_trickles_bytes_is_given_up_on_at_the_deadline(server, tmp
     with pytest.raises(UserError) as caught:
         download(url, tmp_path / "slow.bin", None, progress=False, timeout=5, deadline=0.5)
     message = str(caught.value)
-    assert re.match(r"slow\.bin: download from .* took more than its 0.5 s \(still unfinished after \d+ bytes when its "
-                    r"time ran out; the server sends too slowly\); \d+ bytes kept in .*slow\.bin\.part: run again to "
-                    r"resume", message), message
+    assert re.match(
+        r"slow\.bin: download from .* took more than its 0.5 s \(still unfinished after \d+ bytes when its "
+        r"time ran out; the server sends too slowly\); \d+ bytes kept in .*slow\.bin\.part: run again to "
+        r"resume",
+        message,
+    ), message
     assert len(server.requests) == 1  # past its deadline, a download is not retried
 
 
@@ -478,7 +560,10 @@ def test_nan_weights_are_one_line_wherever_they_are_loaded(tmp_path, capsys):
     checkpoint = Checkpoint(tmp_path / "train.pt", "fp")
     checkpoint.save({"epoch": 1, "weights": state, "mlflow_run_id": "r1"})
     assert checkpoint.load() is None and checkpoint.abandoned and checkpoint.abandoned_run_id == "r1"
-    assert "train.pt: its weights hold NaN or inf (e.g. weight); ignored, training starts afresh" in capsys.readouterr().err
+    assert (
+        "train.pt: its weights hold NaN or inf (e.g. weight); ignored, training starts afresh"
+        in capsys.readouterr().err
+    )
 
 
 def test_nan_in_trained_weights_is_one_line_at_evaluation(tmp_path, monkeypatch):
@@ -503,15 +588,19 @@ def test_a_locked_or_read_only_sqlite_store_is_our_line_only_with_sqlite_advice(
     from dgl.tracking.store import reported
 
     db = tmp_path / "mlflow.db"
-    for words, advice in (("database is locked", "another process holds it locked"),
-                          ("attempt to write a readonly database", "check that the file and its folder are writable")):
+    for words, advice in (
+        ("database is locked", "another process holds it locked"),
+        ("attempt to write a readonly database", "check that the file and its folder are writable"),
+    ):
         error = sqlalchemy.exc.OperationalError("INSERT INTO runs ...", {}, sqlite3.OperationalError(words))
         with pytest.raises(UserError) as caught, reported(f"sqlite:///{db}"):
             raise error
         assert str(caught.value).startswith(f"MLflow store {db}: {words}; {advice}")
         assert "start the server" not in str(caught.value) and "\n" not in str(caught.value)
-    with pytest.raises(UserError, match=r"^MLflow at http://127.0.0.1:9: .*; start the server"), \
-            reported("http://127.0.0.1:9"):
+    with (
+        pytest.raises(UserError, match=r"^MLflow at http://127.0.0.1:9: .*; start the server"),
+        reported("http://127.0.0.1:9"),
+    ):
         raise __import__("mlflow.exceptions").exceptions.MlflowException("API request failed\nmore")
 
 
@@ -539,17 +628,25 @@ def test_a_read_only_sqlite_store_is_one_line_and_no_mlflow_log(tmp_path):
     store = tmp_path / "store"
     store.mkdir()
     env = {"MLFLOW_TRACKING_URI": f"sqlite:///{store / 'mlflow.db'}", "PYTHONPATH": str(Path(__file__).parents[1])}
-    first = subprocess.run([sys.executable, "-c", _TRAIN_RUN], env={**os.environ, **env}, capture_output=True,
-                           text=True, check=False)
+    first = subprocess.run(
+        [sys.executable, "-c", _TRAIN_RUN], env={**os.environ, **env}, capture_output=True, text=True, check=False
+    )
     assert first.returncode == 0, first.stderr
     target = store / "mlflow.db"
     bind = f'mount --bind "{target}" "{target}" && mount -o remount,bind,ro "{target}"'
-    out = subprocess.run(with_mounts(bind, [sys.executable, "-c", _TRAIN_RUN]), env={**os.environ, **env},
-                         capture_output=True, text=True, check=False)
+    out = subprocess.run(
+        with_mounts(bind, [sys.executable, "-c", _TRAIN_RUN]),
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert out.returncode == 2 and out.stdout == "", (out.stdout, out.stderr)
     (line,) = out.stderr.splitlines()
-    assert line.startswith(f"error: MLflow store {target}: attempt to write a readonly database; check that the "
-                           "file and its folder are writable"), line
+    assert line.startswith(
+        f"error: MLflow store {target}: attempt to write a readonly database; check that the "
+        "file and its folder are writable"
+    ), line
 
 
 def test_a_store_whose_lock_file_cannot_be_made_is_one_line(tmp_path, monkeypatch):
@@ -561,8 +658,11 @@ def test_a_store_whose_lock_file_cannot_be_made_is_one_line(tmp_path, monkeypatc
         raise OSError(30, "Read-only file system")
 
     monkeypatch.setattr(FileLock, "acquire", read_only)
-    with pytest.raises(UserError, match=rf"^MLflow store {re.escape(str(tmp_path))}/mlflow.db: cannot create its lock "
-                                        r"file .*mlflow.db.lock \(Read-only file system\); make the folder writable"):
+    with pytest.raises(
+        UserError,
+        match=rf"^MLflow store {re.escape(str(tmp_path))}/mlflow.db: cannot create its lock "
+        r"file .*mlflow.db.lock \(Read-only file system\); make the folder writable",
+    ):
         with store_lock(f"sqlite:///{tmp_path / 'mlflow.db'}"):
             pass
 
@@ -574,8 +674,9 @@ def test_mlflows_own_logging_of_a_store_error_is_silenced(capsys):
 
     fail_fast()
     logger = logging.getLogger("mlflow.store.db.utils")
-    assert not logger.filter(logger.makeRecord(logger.name, logging.ERROR, "f", 1, "SQLAlchemy database error", (),
-                                               None))
+    assert not logger.filter(
+        logger.makeRecord(logger.name, logging.ERROR, "f", 1, "SQLAlchemy database error", (), None)
+    )
     assert logger.filter(logger.makeRecord(logger.name, logging.INFO, "f", 1, "Creating tables", (), None))
 
 
@@ -593,8 +694,18 @@ def test_a_run_killed_before_its_first_checkpoint_is_ended_by_the_params_stage(t
     checkpoint = tmp_path / "models/checkpoints/train.pt"
     Checkpoint(checkpoint, "fp").claim(run.info.run_id)  # what train notes as its run starts
     assert Checkpoint(checkpoint, "fp").load() is None
-    monkeypatch.setattr("sys.argv", ["params", "--params", str(Path(__file__).parents[1] / "params.yaml"),
-                                     "--out", str(tmp_path / "params.ok"), "--checkpoint", str(checkpoint)])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "params",
+            "--params",
+            str(Path(__file__).parents[1] / "params.yaml"),
+            "--out",
+            str(tmp_path / "params.ok"),
+            "--checkpoint",
+            str(checkpoint),
+        ],
+    )
     params_stage.main()
     assert client.get_run(run.info.run_id).info.status == "KILLED"
     assert f"run {run.info.run_id} of that checkpoint ended as KILLED" in capsys.readouterr().err

@@ -1,6 +1,7 @@
 """Small seams the rest of the suite covers only through whole-pipeline runs: the shared helpers give
 the bytes the code they replaced gave, a trained method is rebuilt from the configuration saved with
 its weights, tracking touches no environment at import, and a foreign `dgl` is one line."""
+
 from __future__ import annotations
 
 import hashlib
@@ -15,13 +16,13 @@ import pytest
 import torch
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 
-from conftest import ROOT, group
 from dgl.artifacts import TRAINED_INFO, load_trained, save_trained
 from dgl.cache.read import normalise
 from dgl.checksums import file_checksums, sha256_of, write_manifest
 from dgl.errors import UserError
 from dgl.models.backbone import BACKBONE_WEIGHTS, build_clip, recipe_for, save_backbone
 from dgl.models.methods import build_method
+from helpers import ROOT, group
 
 FRAMES = 4
 
@@ -111,14 +112,21 @@ def test_a_damaged_saved_configuration_is_one_line(trained, tmp_path):
 
 def _python(code: str, cwd: Path, **env: str) -> subprocess.CompletedProcess:
     clean = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
-    return subprocess.run([sys.executable, "-c", code], cwd=cwd, capture_output=True, text=True,
-                          env={**clean, "PYTHONPATH": str(ROOT), **env})
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        env={**clean, "PYTHONPATH": str(ROOT), **env},
+    )
 
 
 def test_importing_tracking_leaves_the_environment_alone_until_the_store_is_reached(tmp_path):
-    code = ("import os, dgl.tracking.store as t; before = os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES'); "
-            "t.fail_fast(); print(before, os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], "
-            "os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'])")
+    code = (
+        "import os, dgl.tracking.store as t; before = os.environ.get('MLFLOW_HTTP_REQUEST_MAX_RETRIES'); "
+        "t.fail_fast(); print(before, os.environ['MLFLOW_HTTP_REQUEST_MAX_RETRIES'], "
+        "os.environ['MLFLOW_HTTP_REQUEST_TIMEOUT'])"
+    )
     assert _python(code, ROOT).stdout.split() == ["None", "1", "10"]
     assert _python(code, ROOT, MLFLOW_HTTP_REQUEST_TIMEOUT="60").stdout.split() == ["None", "1", "60"]
 
@@ -128,7 +136,7 @@ def test_a_dgl_that_is_not_this_project_is_one_line(tmp_path, entry):
     """Every entry package checks where `dgl` comes from (dgl_guard.py) without importing it: the other
     package's import would crash here, before a line could be printed."""
     (tmp_path / "dgl").mkdir()
-    (tmp_path / "dgl" / "__init__.py").write_text('import os\nos.abort()  # another package called dgl\n')
+    (tmp_path / "dgl" / "__init__.py").write_text("import os\nos.abort()  # another package called dgl\n")
     out = _python(f"import {entry}", tmp_path)  # the current folder comes first on the path
     assert out.returncode == 2, out.stderr
     assert out.stderr.count("\n") == 1 and out.stderr.startswith("error: `dgl` resolves to ")

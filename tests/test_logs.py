@@ -1,5 +1,6 @@
 """What a log file holds (a stage under `dvc queue logs`, `make repro > log`): progress lines where no
 bar can show, and one human line at the end of each stage, not a JSON dump."""
+
 from __future__ import annotations
 
 import io
@@ -40,8 +41,18 @@ def test_a_terminal_gets_tqdms_bar():
 def test_a_stage_ends_with_one_human_line(tiny_repro, tmp_path, monkeypatch, capsys):
     from pipelines.frames import main
 
-    monkeypatch.setattr("sys.argv", ["frames", "--params", str(tiny_repro / "params.yaml"),
-                                     "--raw", str(tiny_repro / "data/raw"), "--out", str(tmp_path / "frames")])
+    monkeypatch.setattr(
+        "sys.argv",
+        [
+            "frames",
+            "--params",
+            str(tiny_repro / "params.yaml"),
+            "--raw",
+            str(tiny_repro / "data/raw"),
+            "--out",
+            str(tmp_path / "frames"),
+        ],
+    )
     main()
     out = capsys.readouterr().out.splitlines()
     # the frames are stored at the backbone's input size (64 px), not at frames.size

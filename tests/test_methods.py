@@ -1,32 +1,24 @@
 """Every row of the papers' comparison tables is a registered method: counts, gradients, config."""
-from __future__ import annotations
 
-import subprocess
-import sys
+from __future__ import annotations
 
 import open_clip
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import ROOT, group
 from dgl.errors import UserError
 from dgl.models.backbone import build_clip
 from dgl.models.loss import contrastive_loss
 from dgl.models.methods import METHODS, build_method, count_parameters
 from dgl.param_counts import PAPER_MODEL
 from dgl.settings import METHOD_NAMES, ModelConfig, merge
+from helpers import ROOT, call_main, group
 
 
 def model_cfg(method: str, **groups) -> ModelConfig:
     """params.yaml's model group at the papers' ViT-B sizes (dgl.param_counts.PAPER_MODEL), with `groups`."""
     return group("model", **merge(PAPER_MODEL, {"method": method, **groups}))
-
-
-@pytest.fixture(scope="module")
-def vit_b32():
-    torch.manual_seed(0)
-    return build_clip("ViT-B-32")
 
 
 def tiny_clip():
@@ -143,8 +135,9 @@ def test_vop_f_with_every_layer_intra_frame_is_vop():
     """The paper: with K^s = K, VoP^F degrades to VoP."""
     tokens, frames = tiny_batch()
     vop = build_method("vop", tiny_clip(), model_cfg("vop"), num_frames=4).eval()
-    vop_f = build_method("vop_f", tiny_clip(), model_cfg("vop_f", vop={"shallow_layers": 4, "frame_pos": False}),
-                         num_frames=4).eval()
+    vop_f = build_method(
+        "vop_f", tiny_clip(), model_cfg("vop_f", vop={"shallow_layers": 4, "frame_pos": False}), num_frames=4
+    ).eval()
     vop_f.load_state_dict(vop.state_dict(), strict=False)
     with torch.no_grad():
         torch.testing.assert_close(encode(vop_f, tokens, frames), encode(vop, tokens, frames))
@@ -161,9 +154,11 @@ def test_vop_c_prompts_depend_on_the_video():
 
 
 @pytest.mark.slow
-def test_params_cli_prints_dgl_ulp_count():
-    out = subprocess.run([sys.executable, "-m", "dgl.param_counts", "--backbone", "ViT-B-32", "--method", "dgl",
-                          "--generator", "ulp"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+def test_params_cli_prints_dgl_ulp_count(monkeypatch, capsys):
+    monkeypatch.chdir(ROOT)
+    out = call_main(
+        "dgl.param_counts", ["--backbone", "ViT-B-32", "--method", "dgl", "--generator", "ulp"], monkeypatch, capsys
+    )
     assert out.returncode == 0, out.stderr
     assert "827,392" in out.stdout
     assert "123,540,993" in out.stdout

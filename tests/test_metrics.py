@@ -1,4 +1,5 @@
 """Retrieval metrics: chunked evaluation against a dense reference, ties, grouping, DSL, memory."""
+
 from __future__ import annotations
 
 import os
@@ -29,8 +30,14 @@ def dense_ranks(scores: torch.Tensor, true_index: torch.Tensor) -> np.ndarray:
     return (scores >= true_score[:, None]).sum(dim=1).numpy()
 
 
-def dense_reference(text: torch.Tensor, video: torch.Tensor, caption_video: torch.Tensor, *,
-                    dsl: bool = False, logit_scale: float = 100.0) -> tuple[np.ndarray, np.ndarray]:
+def dense_reference(
+    text: torch.Tensor,
+    video: torch.Tensor,
+    caption_video: torch.Tensor,
+    *,
+    dsl: bool = False,
+    logit_scale: float = 100.0,
+) -> tuple[np.ndarray, np.ndarray]:
     """t2v ranks (C,) and v2t ranks (V,), built from the whole similarity matrix at once."""
     sim = text @ video.T  # (C, V)
     t2v_scores, v2t_scores = sim, sim.T  # (C, V), (V, C): queries along dim 0
@@ -43,8 +50,10 @@ def dense_reference(text: torch.Tensor, video: torch.Tensor, caption_video: torc
 
 
 def dense_metrics(direction: str, ranks: np.ndarray) -> dict[str, float]:
-    return ({f"{direction}_R{k}": 100.0 * np.count_nonzero(ranks <= k) / len(ranks) for k in (1, 5, 10)}
-            | {f"{direction}_MdR": float(np.median(ranks)), f"{direction}_MnR": float(np.mean(ranks))})
+    return {f"{direction}_R{k}": 100.0 * np.count_nonzero(ranks <= k) / len(ranks) for k in (1, 5, 10)} | {
+        f"{direction}_MdR": float(np.median(ranks)),
+        f"{direction}_MnR": float(np.mean(ranks)),
+    }
 
 
 def multi_caption_videos(num_captions: int, num_videos: int, generator: torch.Generator) -> torch.Tensor:
@@ -91,7 +100,9 @@ def tied_multi_caption_gallery(seed: int) -> tuple[torch.Tensor, torch.Tensor, t
     return text, video, caption_video
 
 
-def argsort_reference(text: torch.Tensor, video: torch.Tensor, caption_video: torch.Tensor) -> tuple[np.ndarray, np.ndarray]:
+def argsort_reference(
+    text: torch.Tensor, video: torch.Tensor, caption_video: torch.Tensor
+) -> tuple[np.ndarray, np.ndarray]:
     sim, own = (text @ video.T).numpy(), caption_video.numpy()  # (C, V)
     groups = np.stack([sim[own == v].max(axis=0) for v in range(len(video))], axis=1)  # (V videos, V groups)
     assert (sim == sim[np.arange(len(sim)), own][:, None]).sum(1).max() > 1  # true matches do tie
@@ -127,12 +138,29 @@ def test_tiles_cover_each_caption_once_and_keep_a_video_s_captions_together():
     # captions a chunk and blocks of 3 videos
     caption_video = torch.repeat_interleave(torch.arange(6), torch.tensor([1, 3, 2, 6, 1, 1]))
     blocks = video_blocks(caption_video[torch.randperm(len(caption_video))], 6, 4, 3)
-    layout = [((b.videos.start, b.videos.stop),
-               [(c.rows.start, c.rows.stop, c.videos.start, c.videos.stop) for c in b.chunks]) for b in blocks]
-    assert layout == [((0, 3), [(0, 4, 0, 2),      # videos 0 and 1: 4 captions
-                                (4, 6, 2, 3)]),    # video 2; with video 3 it would be 10
-                      ((3, 6), [(6, 12, 3, 4),     # video 3 alone: 6 captions, more than 4, kept whole
-                                (12, 14, 4, 6)])]
+    layout = [
+        (
+            (b.videos.start, b.videos.stop),
+            [(c.rows.start, c.rows.stop, c.videos.start, c.videos.stop) for c in b.chunks],
+        )
+        for b in blocks
+    ]
+    assert layout == [
+        (
+            (0, 3),
+            [
+                (0, 4, 0, 2),  # videos 0 and 1: 4 captions
+                (4, 6, 2, 3),
+            ],
+        ),  # video 2; with video 3 it would be 10
+        (
+            (3, 6),
+            [
+                (6, 12, 3, 4),  # video 3 alone: 6 captions, more than 4, kept whole
+                (12, 14, 4, 6),
+            ],
+        ),
+    ]
     # a remainder shorter than a block joins the last block; spans gather whole blocks
     blocks = video_blocks(torch.arange(10), 10, 4, 3)
     assert [(b.videos.start, b.videos.stop) for b in blocks] == [(0, 3), (3, 6), (6, 10)]
@@ -166,9 +194,13 @@ def test_constant_similarity_gets_the_worst_rank():
 
 
 def test_ties_count_against_the_query_on_a_hand_example():
-    text, video = features_for([[0.5, 0.5, 0.1],     # own video ties one other: rank 2
-                                [0.25, 0.75, 0.75],  # ties one other: rank 2
-                                [0.3, 0.3, 0.3]])    # ties both: rank 3
+    text, video = features_for(
+        [
+            [0.5, 0.5, 0.1],  # own video ties one other: rank 2
+            [0.25, 0.75, 0.75],  # ties one other: rank 2
+            [0.3, 0.3, 0.3],
+        ]
+    )  # ties both: rank 3
     result = evaluate_retrieval(text, video, torch.arange(3))
     np.testing.assert_array_equal(result.t2v_ranks, [2, 2, 3])
     np.testing.assert_array_equal(result.v2t_ranks, [1, 1, 2])  # video 2: its caption's 0.3 < 0.75
@@ -185,9 +217,13 @@ def test_median_and_mean_rank_on_a_hand_example():
 
 
 def test_v2t_scores_a_caption_group_by_its_best_caption():
-    text, video = features_for([[0.1, 0.9],    # caption 0, video 0
-                                [0.8, 0.2],    # caption 1, video 0
-                                [0.5, 0.6]])   # caption 2, video 1
+    text, video = features_for(
+        [
+            [0.1, 0.9],  # caption 0, video 0
+            [0.8, 0.2],  # caption 1, video 0
+            [0.5, 0.6],
+        ]
+    )  # caption 2, video 1
     result = evaluate_retrieval(text, video, torch.tensor([0, 0, 1]))
     np.testing.assert_array_equal(result.t2v_ranks, [2, 1, 1])
     # video 0: group 0 scores max(0.1, 0.8) = 0.8 > 0.5 (a mean, 0.45, or the first caption, 0.1, would lose)
@@ -207,13 +243,22 @@ def test_per_category_recall_skips_empty_categories():
 
 
 def test_pair_accuracy_on_a_hand_example():
-    text, video = features_for([[0.9, 0.1, 0.0, 0.0],   # video 0 beats its twin 1: 1
-                                [0.3, 0.6, 0.0, 0.0],   # video 1 beats its twin 0: 1
-                                [0.4, 0.4, 0.0, 0.0],   # video 0 ties its twin: 1/2
-                                [0.0, 0.9, 0.1, 0.0],   # video 2 has no twin: left out
-                                [0.0, 0.0, 0.0, 0.5]])  # video 3 has no twin: left out
-    result = evaluate_retrieval(text, video, torch.tensor([0, 1, 0, 2, 3]), categories=["x", "y", "x", "x", "z"],
-                                twins=torch.tensor([1, 0, -1, -1]))
+    text, video = features_for(
+        [
+            [0.9, 0.1, 0.0, 0.0],  # video 0 beats its twin 1: 1
+            [0.3, 0.6, 0.0, 0.0],  # video 1 beats its twin 0: 1
+            [0.4, 0.4, 0.0, 0.0],  # video 0 ties its twin: 1/2
+            [0.0, 0.9, 0.1, 0.0],  # video 2 has no twin: left out
+            [0.0, 0.0, 0.0, 0.5],
+        ]
+    )  # video 3 has no twin: left out
+    result = evaluate_retrieval(
+        text,
+        video,
+        torch.tensor([0, 1, 0, 2, 3]),
+        categories=["x", "y", "x", "x", "z"],
+        twins=torch.tensor([1, 0, -1, -1]),
+    )
     pair = {k: v for k, v in result.metrics.items() if k.startswith("pair_acc")}
     assert pair == {"pair_acc": 2.5 / 3, "pair_acc_x": 0.75, "pair_acc_y": 1.0}
 
@@ -230,12 +275,17 @@ def test_pair_accuracy_is_one_half_when_twins_have_identical_features():
 
 
 def test_content_recall_counts_the_twin_as_a_hit():
-    text, video = features_for([[0.5, 0.9, 0.1, 0.0],   # twin 1 first, own second: content hit, R@1 miss
-                                [0.2, 0.3, 0.9, 0.0],   # video 2 beats both: miss either way
-                                [0.0, 0.1, 0.9, 0.0],   # video 2 (no twin) first: hit either way
-                                [0.0, 0.0, 0.2, 0.1]])  # video 3 (no twin) second: a miss either way
-    result = evaluate_retrieval(text, video, torch.tensor([0, 1, 2, 3]), categories=["x", "x", "y", "y"],
-                                twins=torch.tensor([1, 0, -1, -1]))
+    text, video = features_for(
+        [
+            [0.5, 0.9, 0.1, 0.0],  # twin 1 first, own second: content hit, R@1 miss
+            [0.2, 0.3, 0.9, 0.0],  # video 2 beats both: miss either way
+            [0.0, 0.1, 0.9, 0.0],  # video 2 (no twin) first: hit either way
+            [0.0, 0.0, 0.2, 0.1],
+        ]
+    )  # video 3 (no twin) second: a miss either way
+    result = evaluate_retrieval(
+        text, video, torch.tensor([0, 1, 2, 3]), categories=["x", "x", "y", "y"], twins=torch.tensor([1, 0, -1, -1])
+    )
     content = {k: v for k, v in result.metrics.items() if k.startswith("content_R1")}
     assert result.metrics["t2v_R1"] == 25.0
     assert content == {"content_R1": 50.0, "content_R1_x": 50.0, "content_R1_y": 50.0}
@@ -244,13 +294,19 @@ def test_content_recall_counts_the_twin_as_a_hit():
 @pytest.mark.parametrize("chunk_size", [1, 3, 100])
 def test_content_recall_equals_a_dense_reference(chunk_size):
     gen = torch.Generator().manual_seed(4)
-    text, video = F.normalize(torch.randn(40, 16, generator=gen), dim=-1), F.normalize(torch.randn(10, 16, generator=gen), dim=-1)
+    text, video = (
+        F.normalize(torch.randn(40, 16, generator=gen), dim=-1),
+        F.normalize(torch.randn(10, 16, generator=gen), dim=-1),
+    )
     caption_video = torch.arange(40) % 10
     twins = torch.tensor([1, 0, 3, 2, -1, 6, 5, -1, 9, 8])
     sim = text @ video.T
     own, twin = caption_video, twins[caption_video]
-    best = torch.where(twin >= 0, torch.maximum(sim[torch.arange(40), own], sim[torch.arange(40), twin.clamp(min=0)]),
-                       sim[torch.arange(40), own])
+    best = torch.where(
+        twin >= 0,
+        torch.maximum(sim[torch.arange(40), own], sim[torch.arange(40), twin.clamp(min=0)]),
+        sim[torch.arange(40), own],
+    )
     others = sim.clone()
     others[torch.arange(40), own] = -2
     others[torch.arange(40)[twin >= 0], twin[twin >= 0]] = -2
@@ -260,13 +316,22 @@ def test_content_recall_equals_a_dense_reference(chunk_size):
 
 
 def test_twin_wordings_tell_word_changes_from_order_changes():
-    texts = ["a dot moves up", "a dot turns from red to blue",   # video 0
-             "a dot moves down", "a dot turns from blue to red",  # video 1, its twin
-             "a still dot"]                                       # video 2, no twin
+    texts = [
+        "a dot moves up",
+        "a dot turns from red to blue",  # video 0
+        "a dot moves down",
+        "a dot turns from blue to red",  # video 1, its twin
+        "a still dot",
+    ]  # video 2, no twin
     assert twin_wordings(texts, [0, 0, 1, 1, 2], [1, 0, -1]) == ["words", "order", "words", "order", ""]
     text, video = features_for([[0.9, 0.1, 0.0], [0.1, 0.9, 0.0], [0.1, 0.9, 0.0], [0.1, 0.9, 0.0], [0.0, 0.0, 1.0]])
-    metrics = evaluate_retrieval(text, video, torch.tensor([0, 0, 1, 1, 2]), twins=torch.tensor([1, 0, -1]),
-                                 wordings=twin_wordings(texts, [0, 0, 1, 1, 2], [1, 0, -1])).metrics
+    metrics = evaluate_retrieval(
+        text,
+        video,
+        torch.tensor([0, 0, 1, 1, 2]),
+        twins=torch.tensor([1, 0, -1]),
+        wordings=twin_wordings(texts, [0, 0, 1, 1, 2], [1, 0, -1]),
+    ).metrics
     assert (metrics["pair_acc_words"], metrics["pair_acc_order"]) == (1.0, 0.5)
 
 
@@ -333,8 +398,9 @@ def test_large_gallery_stays_within_a_small_memory_cap():
     # The peak is VmHWM, reset after warm-up: ru_maxrss survives execve, so the child would inherit the
     # peak of the pytest process that spawned it.
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": str(2**20)}
-    out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True,
-                         timeout=300)
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300
+    )
     assert out.returncode == 0, out.stderr[-3000:]
     plain, dsl = (int(line) for line in out.stdout.split()[-2:])
     assert plain < 192 * 2**20, f"peak extra memory {plain / 2**20:.0f} MiB"

@@ -1,25 +1,34 @@
 """Pretraining of the synthetic CLIP: the warm-up trains the image tower only, on lone objects; the text
 diagnostic tells a text tower that knows the words of twins from one that does not."""
+
 from __future__ import annotations
 
 import types
 
 import pytest
-
 import torch
 
-from conftest import group
+from dgl.backbone_report import twin_text_report, zero_shot_image_text_r1
 from dgl.data.synthetic_scenes import vocab
 from dgl.models.backbone import build_clip
-from dgl.backbone_report import twin_text_report, zero_shot_image_text_r1
-from dgl.pretrain import _images_and_tokens, _lone_object_labels, _unknown_tokens, factor_loss, warmup, with_unknown_words
+from dgl.pretrain import (
+    _images_and_tokens,
+    _lone_object_labels,
+    _unknown_tokens,
+    factor_loss,
+    warmup,
+    with_unknown_words,
+)
+from helpers import group
 
 
 def test_lone_object_labels_index_each_factor_and_skip_other_frames():
     shapes = list(vocab()["shapes"])
-    contents = [("grey", (("red", shapes[2], "large", "top", "middle"),)),
-                ("black", (("blue", shapes[0], "", "middle", "left"), ("red", shapes[1], "small", "top", "right"))),
-                ("grey", ())]
+    contents = [
+        ("grey", (("red", shapes[2], "large", "top", "middle"),)),
+        ("black", (("blue", shapes[0], "", "middle", "left"), ("red", shapes[1], "small", "top", "right"))),
+        ("grey", ()),
+    ]
     assert _lone_object_labels(contents).tolist() == [[2, 2, 0, 1], [-1] * 4, [-1] * 4]
 
 
@@ -56,8 +65,12 @@ def test_twin_text_report_tells_a_text_tower_that_reads_the_words_from_one_that_
     clip = build_clip("tiny-synthetic")
     synthetic = group("data.synthetic", test_videos=40)
     report = twin_text_report(clip, synthetic, "tiny-synthetic", 32)
-    assert set(report) == {"text_twin_words_own_closer", "text_twin_words_cosine",
-                           "text_twin_order_own_closer", "text_twin_order_cosine"}
+    assert set(report) == {
+        "text_twin_words_own_closer",
+        "text_twin_words_cosine",
+        "text_twin_order_own_closer",
+        "text_twin_order_cosine",
+    }
     monkeypatch.setattr(PromptedCLIP, "encode_text", lambda self, tokens: torch.ones(len(tokens), 8))
     blind = twin_text_report(clip, synthetic, "tiny-synthetic", 32)
     assert blind["text_twin_words_own_closer"] == 0.0 and blind["text_twin_words_cosine"] == pytest.approx(1.0)
@@ -86,8 +99,10 @@ def test_grouped_order_keeps_each_run_of_frames_in_one_batch():
         first = order[start]
         length = min(4, 10 - first)
         assert order[start : start + length] == list(range(first, first + length))
-    assert grouped_order(10, 4, torch.Generator().manual_seed(1)).tolist() != order or \
-        grouped_order(10, 4, torch.Generator().manual_seed(2)).tolist() != order  # the runs' order is random
+    assert (
+        grouped_order(10, 4, torch.Generator().manual_seed(1)).tolist() != order
+        or grouped_order(10, 4, torch.Generator().manual_seed(2)).tolist() != order
+    )  # the runs' order is random
 
 
 def test_factor_loss_counts_lone_objects_only():
@@ -128,13 +143,14 @@ def test_unknown_words_are_inserted_between_start_and_end_and_never_known():
 def test_the_towers_side_by_side_give_the_gradients_of_one_backward_bit_for_bit():
     """pretrain_step runs each tower's forward and backward on its own thread, the loss in between;
     the gradients are those of one graph through both towers on one thread, to the last bit."""
-    from dgl.pretrain import encode_by_length, pretrain_loss, pretrain_step, towers_side_by_side, warmup_classes
     from dgl.models.prompted import PromptedCLIP
+    from dgl.pretrain import encode_by_length, pretrain_loss, pretrain_step, towers_side_by_side, warmup_classes
 
     torch.manual_seed(0)
     clip = build_clip("tiny-synthetic")
-    images, tokens, _, contents = _images_and_tokens(32, 0, group("data.synthetic"), "tiny-synthetic", 32,
-                                                     frames_per_video=4)
+    images, tokens, _, contents = _images_and_tokens(
+        32, 0, group("data.synthetic"), "tiny-synthetic", 32, frames_per_video=4
+    )
     labels, content_id = _lone_object_labels(contents), torch.arange(32) // 2
     heads = torch.nn.ModuleList(torch.nn.Linear(clip.visual.output_dim, len(c)) for c in warmup_classes())
     parameters = list(clip.parameters()) + list(heads.parameters())
@@ -151,6 +167,7 @@ def test_the_towers_side_by_side_give_the_gradients_of_one_backward_bit_for_bit(
     torch.set_num_threads(one_thread)
     try:
         from dgl.cache.read import normalise
+
         image = clip.encode_image(normalise(images))
         text = encode_by_length(PromptedCLIP(clip), tokens)
         whole = pretrain_loss(clip, heads, image, text, content_id, labels)
@@ -163,8 +180,8 @@ def test_the_towers_side_by_side_give_the_gradients_of_one_backward_bit_for_bit(
 
 
 def test_encode_by_length_matches_one_run_over_the_padded_captions():
-    from dgl.pretrain import encode_by_length
     from dgl.models.prompted import PromptedCLIP
+    from dgl.pretrain import encode_by_length
 
     torch.manual_seed(0)
     encoder = PromptedCLIP(build_clip("tiny-synthetic"))

@@ -1,5 +1,6 @@
 """Named recipes (experiments/recipes/*.yaml): each sets exactly the keys it lists, checked against
 the params schema before DVC starts."""
+
 from __future__ import annotations
 
 import shlex
@@ -8,13 +9,13 @@ import sys
 import pytest
 import yaml
 
-from conftest import ROOT, run
 from dgl.errors import UserError
 from dgl.settings import METHOD_NAMES, Params
 from dgl.typed_yaml import build, flatten
 from experiments import recipe as recipe_cli
 from experiments.recipe import applied, chosen_rate, names, overrides, plan
 from experiments.report import Experiment
+from helpers import ROOT, call_main
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 
@@ -23,8 +24,11 @@ def test_every_dataset_has_a_recipe():
     assert names() == ["activitynet", "lsmdc", "msrvtt", "vatex"]
 
 
-@pytest.mark.parametrize("recipe, method", [(n, None) for n in ("activitynet", "lsmdc", "msrvtt", "vatex")]
-                         + [("msrvtt", "full"), ("lsmdc", "full"), ("vatex", "zeroshot")])
+@pytest.mark.parametrize(
+    "recipe, method",
+    [(n, None) for n in ("activitynet", "lsmdc", "msrvtt", "vatex")]
+    + [("msrvtt", "full"), ("lsmdc", "full"), ("vatex", "zeroshot")],
+)
 def test_a_recipe_applies_exactly_the_keys_it_lists(recipe, method):
     keys = overrides(recipe, method)
     before, after = flatten(build(Params, PARAMS)), flatten(build(Params, applied(PARAMS, keys)))
@@ -36,12 +40,22 @@ def test_a_recipe_applies_exactly_the_keys_it_lists(recipe, method):
 
 def test_the_paper_table_is_what_the_recipes_set():
     """docs/method.md, "Optimisation": generator, lr, epochs, global batch, frames / words per dataset."""
-    table = {"msrvtt": ("upt", 2e-3, 5, 512, 12, 32), "vatex": ("ulp", 5e-3, 10, 512, 12, 32),
-             "lsmdc": ("ulp", 1e-2, 10, 512, 12, 32), "activitynet": ("upt", 1e-2, 10, 128, 64, 64)}
+    table = {
+        "msrvtt": ("upt", 2e-3, 5, 512, 12, 32),
+        "vatex": ("ulp", 5e-3, 10, 512, 12, 32),
+        "lsmdc": ("ulp", 1e-2, 10, 512, 12, 32),
+        "activitynet": ("upt", 1e-2, 10, 128, 64, 64),
+    }
     for recipe, row in table.items():
         k = overrides(recipe)
-        assert (k["model.dgl.generator"], k["train.lr"], k["train.epochs"], k["train.batch_size"],
-                k["frames.num_frames"], k["preprocess.context_length"]) == row
+        assert (
+            k["model.dgl.generator"],
+            k["train.lr"],
+            k["train.epochs"],
+            k["train.batch_size"],
+            k["frames.num_frames"],
+            k["preprocess.context_length"],
+        ) == row
         assert k["train.captions"] == "all" and k["train.val_fraction"] == 0.0
 
 
@@ -75,9 +89,13 @@ def test_the_sweep_chooses_the_best_validation_r1_a_tie_the_smaller_value():
     p = plan("msrvtt", "bias")
     values = p.sweep.sweep_values
     scores = {values[0]: 30.0, values[1]: 41.0, values[2]: 41.0, values[3]: 12.0}
-    runs = [Experiment(f"msrvtt-bias-clip_lr{v:g}", {}, {"val_t2v_R1": r, "t2v_R1": 99.0 - r}) for v, r in scores.items()]
-    runs += [Experiment("msrvtt-proj-clip_lr0.001", {}, {"val_t2v_R1": 90.0}),  # another method's sweep
-             Experiment(f"msrvtt-bias-clip_lr{values[0]:g}-s1", {}, {"val_t2v_R1": 40.0})]  # a seed: averaged in
+    runs = [
+        Experiment(f"msrvtt-bias-clip_lr{v:g}", {}, {"val_t2v_R1": r, "t2v_R1": 99.0 - r}) for v, r in scores.items()
+    ]
+    runs += [
+        Experiment("msrvtt-proj-clip_lr0.001", {}, {"val_t2v_R1": 90.0}),  # another method's sweep
+        Experiment(f"msrvtt-bias-clip_lr{values[0]:g}-s1", {}, {"val_t2v_R1": 40.0}),
+    ]  # a seed: averaged in
     assert chosen_rate(p, runs) == (values[1], {values[0]: 35.0, values[1]: 41.0, values[2]: 41.0, values[3]: 12.0})
     assert chosen_rate(p, [r for r in runs if r.name != f"msrvtt-bias-clip_lr{values[3]:g}"]) is None  # unfinished
 
@@ -85,8 +103,9 @@ def test_the_sweep_chooses_the_best_validation_r1_a_tie_the_smaller_value():
 @pytest.mark.parametrize("method", METHOD_NAMES)
 def test_dry_run_prints_the_keys_of_every_method(method, monkeypatch, capsys):
     monkeypatch.setattr(recipe_cli, "_experiments", lambda dry_run: [])
-    monkeypatch.setattr(sys, "argv", ["recipe", "msrvtt", "--method", method, "--dry-run", "--params",
-                                      str(ROOT / "params.yaml")])
+    monkeypatch.setattr(
+        sys, "argv", ["recipe", "msrvtt", "--method", method, "--dry-run", "--params", str(ROOT / "params.yaml")]
+    )
     recipe_cli.main()
     out = capsys.readouterr().out
     command = out.strip().splitlines()[-1]
@@ -99,8 +118,10 @@ def test_dry_run_prints_the_keys_of_every_method(method, monkeypatch, capsys):
 
 def test_a_swept_method_runs_with_the_sweeps_choice_and_never_before_it(monkeypatch, capsys):
     p = plan("msrvtt", "adapter_ffn")
-    runs = [Experiment(f"msrvtt-adapter_ffn-lr{v:g}", {}, {"val_t2v_R1": 10.0 + i}) for i, v in
-            enumerate(p.sweep.sweep_values)]
+    runs = [
+        Experiment(f"msrvtt-adapter_ffn-lr{v:g}", {}, {"val_t2v_R1": 10.0 + i})
+        for i, v in enumerate(p.sweep.sweep_values)
+    ]
     argv = ["recipe", "msrvtt", "--method", "adapter_ffn", "--dry-run", "--params", str(ROOT / "params.yaml")]
     monkeypatch.setattr(sys, "argv", argv)
     monkeypatch.setattr(recipe_cli, "_experiments", lambda dry_run: runs)
@@ -119,16 +140,18 @@ def test_a_key_the_params_file_lacks_is_refused():
         applied(PARAMS, {"train.lrr": 0.1})
 
 
-def test_the_command_line_prints_the_dvc_experiment_it_runs(tmp_path):
+def test_the_command_line_prints_the_dvc_experiment_it_runs(tmp_path, monkeypatch, capsys):
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
-    out = run(["python", "-m", "experiments.recipe", "msrvtt", "--method", "full", "--queue", "--dry-run"],
-              tmp_path, env={"PYTHONPATH": str(ROOT)}).stdout
+    monkeypatch.chdir(tmp_path)
+    done = call_main("experiments.recipe", ["msrvtt", "--method", "full", "--queue", "--dry-run"], monkeypatch, capsys)
+    assert done.returncode == 0, done.stderr
+    out = done.stdout
     argv = shlex.split(out.strip())
     assert argv[:6] == ["dvc", "exp", "run", "--queue", "-n", "msrvtt-full"]
     sets = dict(a.split("=", 1) for a in argv[7::2])
     keys = overrides("msrvtt", "full")
     assert set(sets) == set(keys)
     assert {k: yaml.safe_load(v) for k, v in sets.items()} == keys  # as DVC will parse each -S value
-    bad = run(["python", "-m", "experiments.recipe", "msrvt"], tmp_path, check=False, env={"PYTHONPATH": str(ROOT)})
+    bad = call_main("experiments.recipe", ["msrvt"], monkeypatch, capsys)
     assert bad.returncode == 2
     assert bad.stderr.strip() == "error: no recipe 'msrvt'; use one of: activitynet, lsmdc, msrvtt, vatex"

@@ -1,6 +1,7 @@
 """Training at scale, checked on CPU with the tiny backbone: DDP (gloo, 2 processes) and GradCache
 accumulation give the single-process, full-batch loss and gradients; a killed run resumes to the
 same result, in the same MLflow run; mixed precision stays off on CPU."""
+
 from __future__ import annotations
 
 import contextlib
@@ -16,8 +17,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import numpy as np
 import open_clip
@@ -28,7 +29,7 @@ import torch.multiprocessing as mp
 import yaml
 from torch.nn.parallel import DistributedDataParallel
 
-from conftest import ROOT, group, merge, stage_cmd, tiny_params
+from dgl.batch_order import train_val_views
 from dgl.cache.read import CachedSplit
 from dgl.checkpoint import Checkpoint, fingerprint
 from dgl.distributed import process_group
@@ -37,10 +38,10 @@ from dgl.frames.store import RawCodec, write_arrays
 from dgl.launch import resolve, torchrun_command
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
-from dgl.batch_order import train_val_views
 from dgl.settings import Params, TrainConfig
 from dgl.train import Features, Precision, contrastive_step, parallel_features, pick_precision, train_method
 from dgl.typed_yaml import build
+from helpers import ROOT, group, merge, stage_cmd, tiny_params
 
 # Sub-batches and ranks change only the float rounding of the encoders (smaller matmuls), not the maths.
 RTOL, ATOL = 1e-4, 1e-6
@@ -65,13 +66,21 @@ def tiny_split() -> CachedSplit:
     rng = np.random.default_rng(0)
     texts = [f"a {COLOURS[v % 4]} {SHAPES[v % 3]} {verb}" for v in range(VIDEOS) for verb in ("moves", "appears")]
     tokens = open_clip.get_tokenizer("tiny-synthetic")(texts, context_length=16)
-    store, rows = write_arrays(Path(STORE.name), rng.integers(0, 256, (VIDEOS, FRAMES, 3, SIZE, SIZE), dtype=np.uint8),
-                               RawCodec())
-    return CachedSplit(store=store, rows=rows,
-                       tokens=tokens.long(), caption_video=torch.arange(2 * VIDEOS) // 2, texts=texts,
-                       categories=["motion"] * len(texts), twins=torch.full((VIDEOS,), -1),
-                       video_ids=[f"v{v}" for v in range(VIDEOS)], mean=torch.tensor([0.48, 0.46, 0.41]),
-                       std=torch.tensor([0.27, 0.26, 0.28]))
+    store, rows = write_arrays(
+        Path(STORE.name), rng.integers(0, 256, (VIDEOS, FRAMES, 3, SIZE, SIZE), dtype=np.uint8), RawCodec()
+    )
+    return CachedSplit(
+        store=store,
+        rows=rows,
+        tokens=tokens.long(),
+        caption_video=torch.arange(2 * VIDEOS) // 2,
+        texts=texts,
+        categories=["motion"] * len(texts),
+        twins=torch.full((VIDEOS,), -1),
+        video_ids=[f"v{v}" for v in range(VIDEOS)],
+        mean=torch.tensor([0.48, 0.46, 0.41]),
+        std=torch.tensor([0.27, 0.26, 0.28]),
+    )
 
 
 def tiny_method(name: str = "dgl"):
@@ -79,8 +88,9 @@ def tiny_method(name: str = "dgl"):
     return build_method(name, build_clip("tiny-synthetic"), group("model", method=name), num_frames=FRAMES)
 
 
-def step_gradients(name: str, accum_steps: int, rank: int = 0, world: int = 1, *, reference: bool = False,
-                   grad_clip: float = 0.0) -> tuple[float, dict]:
+def step_gradients(
+    name: str, accum_steps: int, rank: int = 0, world: int = 1, *, reference: bool = False, grad_clip: float = 0.0
+) -> tuple[float, dict]:
     """Loss and gradients of one step on a global batch of 8 videos; this rank encodes its slice. With
     `reference`, DDP averages the ranks' gradients as the reference scripts' (default DDP, whose AllGather's
     backward keeps this rank's slice, as `gather` does); `grad_clip` then clips them as training does."""
@@ -100,13 +110,16 @@ CLIP = 0.01  # a gradient-norm threshold the tiny model's step exceeds, so clipp
 
 
 def _ddp_worker(rank: int, port: int, out: str) -> None:
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     torch.set_num_threads(1)
     with process_group(torch.device("cpu")) as (dist, _):
         results = [step_gradients(name, accum, dist.rank, dist.world) for name, accum in CASES]
-        results += [step_gradients("dgl", 1, dist.rank, dist.world, reference=True, grad_clip=CLIP),
-                    step_gradients("dgl", 1, dist.rank, dist.world, grad_clip=CLIP * dist.world)]
+        results += [
+            step_gradients("dgl", 1, dist.rank, dist.world, reference=True, grad_clip=CLIP),
+            step_gradients("dgl", 1, dist.rank, dist.world, grad_clip=CLIP * dist.world),
+        ]
     if rank == 0:
         torch.save(results, out)
 
@@ -138,8 +151,9 @@ def test_ddp_on_two_processes_equals_one_process_on_the_global_batch(tmp_path):
 
 def _stalling_worker(rank: int, port: int, timeout_s: int, out: str) -> None:
     """Rank 1 joins, then stalls (a hung machine); rank 0 waits for it in a collective."""
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank),
-                      LOCAL_RANK=str(rank))
+    os.environ.update(
+        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WORLD_SIZE="2", RANK=str(rank), LOCAL_RANK=str(rank)
+    )
     with process_group(torch.device("cpu"), timeout_s):
         if rank == 1:
             time.sleep(timeout_s + 30)
@@ -154,8 +168,11 @@ def _stalling_worker(rank: int, port: int, timeout_s: int, out: str) -> None:
 @pytest.mark.slow
 def test_a_stalled_process_ends_the_others_at_train_dist_timeout_in_one_line(tmp_path):
     timeout = 5
-    with pytest.raises(mp.ProcessRaisedException, match=r"UserError: rank 0 of 2 on .*: lost the other processes "
-                       rf".*stalled beyond train.dist_timeout = {timeout} s"):
+    with pytest.raises(
+        mp.ProcessRaisedException,
+        match=r"UserError: rank 0 of 2 on .*: lost the other processes "
+        rf".*stalled beyond train.dist_timeout = {timeout} s",
+    ):
         mp.spawn(_stalling_worker, args=(free_port(), timeout, str(tmp_path / "waited")), nprocs=2)
     assert timeout <= json.loads((tmp_path / "waited").read_text()) < timeout + 10
 
@@ -205,8 +222,17 @@ def train(cfg: TrainConfig, checkpoint: Checkpoint | None = None, kill_at: int |
     method = tiny_method()
     train_view, val_view = train_val_views(tiny_split(), cfg.val_fraction, cfg.seed)
     resume = checkpoint.load() if checkpoint else None
-    history = train_method(method, train_view, val_view, cfg, torch.device("cpu"), on_epoch, progress=False,
-                           resume=resume, save_checkpoint=checkpoint.save if checkpoint else None)
+    history = train_method(
+        method,
+        train_view,
+        val_view,
+        cfg,
+        torch.device("cpu"),
+        on_epoch,
+        progress=False,
+        resume=resume,
+        save_checkpoint=checkpoint.save if checkpoint else None,
+    )
     return history, {n: p.detach().clone() for n, p in method.named_parameters() if p.requires_grad}
 
 
@@ -250,6 +276,7 @@ def test_amp_is_off_on_cpu_and_explicit_half_precision_needs_cuda():
 
 # ---- the stage entry point: kill and resume in one MLflow run; torchrun on one machine and on two ----
 
+
 def copy_inputs(tiny_repro: Path, dest: Path, **train) -> Path:
     """The cache and the backbone the earlier stages wrote (copies of the session's tiny repro), and
     tiny params."""
@@ -269,8 +296,15 @@ def stage(root: Path, env: dict | None = None, **train) -> subprocess.Popen:
     params = yaml.safe_load((root / "params.yaml").read_text())
     (root / "params.yaml").write_text(yaml.safe_dump(merge(params, {"train": train})))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "CI": "1", "DVC_ROOT": str(root), **(env or {})}
-    return subprocess.Popen([sys.executable, *stage_cmd("train")[1:]], cwd=root, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    return subprocess.Popen(
+        [sys.executable, *stage_cmd("train")[1:]],
+        cwd=root,
+        env=env,
+        text=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
 
 
 def finish(proc: subprocess.Popen) -> str:
@@ -340,8 +374,9 @@ def kill_machine(proc: subprocess.Popen) -> None:
 
 
 @contextlib.contextmanager
-def two_machines(tmp_path: Path, tiny_repro: Path, port: int, env: dict | None = None,
-                 **train) -> Iterator[dict[str, subprocess.Popen]]:
+def two_machines(
+    tmp_path: Path, tiny_repro: Path, port: int, env: dict | None = None, **train
+) -> Iterator[dict[str, subprocess.Popen]]:
     """Two "machines" on loopback: the stage started in two folders, each its own torchrun agent (one
     process each), meeting at the rendezvous on `port` that the first one serves. Whatever of them is
     still running when the block ends is killed."""
@@ -402,6 +437,7 @@ def test_a_dead_machine_ends_the_other_within_the_timeout_in_one_line(tmp_path, 
 
 # ---- where the processes run: params.yaml, then the scheduler's environment, then explicit variables ----
 
+
 def launch_cfg(**train) -> TrainConfig:
     return train_cfg(batch_size=64, **train)
 
@@ -417,21 +453,32 @@ def test_launch_settings_come_from_params_then_slurm_then_explicit_variables():
     got = resolve(params, slurm)
     assert (got.nnodes, got.endpoint, got.rdzv_id, got.srun) == (4, "gpu03:29400", "77", True)
     assert got.source("nnodes") == "SLURM_JOB_NUM_NODES"
-    explicit = {**slurm, "PET_NNODES": "8", "PET_RDZV_ENDPOINT": "10.0.0.1:1234", "PET_RDZV_ID": "mine",
-                "PET_NPROC_PER_NODE": "8"}
+    explicit = {
+        **slurm,
+        "PET_NNODES": "8",
+        "PET_RDZV_ENDPOINT": "10.0.0.1:1234",
+        "PET_RDZV_ID": "mine",
+        "PET_NPROC_PER_NODE": "8",
+    }
     got = resolve(params, explicit)
     assert (got.nnodes, got.nproc, got.endpoint, got.rdzv_id) == (8, 8, "10.0.0.1:1234", "mine")
     assert resolve(launch_cfg(nnodes=2), {"PET_NNODES": "1"}).world == 1  # one machine after all: standalone
     assert resolve(params, {"SLURM_JOB_NUM_NODES": "4"}).nnodes == 2  # no SLURM job, no SLURM settings
 
 
-@pytest.mark.parametrize("cfg, env, message", [
-    (dict(nnodes=2), {}, r"2 machines \(nnodes from train.nnodes\) need a rendezvous endpoint"),
-    (dict(), {"PET_NNODES": "2", "PET_RDZV_ENDPOINT": "head"}, r"PET_RDZV_ENDPOINT = 'head' is not host:port"),
-    (dict(), {"PET_NNODES": "1:4"}, r"PET_NNODES = '1:4' must be a whole number"),
-    (dict(rdzv_endpoint="h:1"), {"SLURM_JOB_ID": "1", "SLURM_JOB_NUM_NODES": "3", "SLURMD_NODENAME": "n"},
-     r"batch_size = 64 .* over 3 machines \(SLURM_JOB_NUM_NODES\) x 1 processes \(train.nproc\)"),
-])
+@pytest.mark.parametrize(
+    "cfg, env, message",
+    [
+        (dict(nnodes=2), {}, r"2 machines \(nnodes from train.nnodes\) need a rendezvous endpoint"),
+        (dict(), {"PET_NNODES": "2", "PET_RDZV_ENDPOINT": "head"}, r"PET_RDZV_ENDPOINT = 'head' is not host:port"),
+        (dict(), {"PET_NNODES": "1:4"}, r"PET_NNODES = '1:4' must be a whole number"),
+        (
+            dict(rdzv_endpoint="h:1"),
+            {"SLURM_JOB_ID": "1", "SLURM_JOB_NUM_NODES": "3", "SLURMD_NODENAME": "n"},
+            r"batch_size = 64 .* over 3 machines \(SLURM_JOB_NUM_NODES\) x 1 processes \(train.nproc\)",
+        ),
+    ],
+)
 def test_launch_settings_that_cannot_work_are_one_line(cfg, env, message):
     with pytest.raises(UserError, match=message):
         resolve(launch_cfg(**cfg), env)
@@ -462,29 +509,51 @@ def test_the_slurm_example_starts_one_agent_per_node_at_the_first_nodes_rendezvo
     (tmp_path / ".venv/bin/activate").write_text(f'PATH="{fake}:{sys.executable.rsplit("/", 1)[0]}:$PATH"\n')
     for name in ("params.yaml", "dvc.yaml"):
         shutil.copy(ROOT / name, tmp_path / name)
-    job = {"SLURM_JOB_ID": "4242", "SLURM_JOB_NUM_NODES": sbatch["nodes"], "SLURMD_NODENAME": "gpu01",
-           "SLURM_SUBMIT_DIR": str(tmp_path), "PYTHONPATH": str(ROOT), "MLFLOW_TRACKING_URI": "http://mlflow:5000"}
+    job = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_JOB_NUM_NODES": sbatch["nodes"],
+        "SLURMD_NODENAME": "gpu01",
+        "SLURM_SUBMIT_DIR": str(tmp_path),
+        "PYTHONPATH": str(ROOT),
+        "MLFLOW_TRACKING_URI": "http://mlflow:5000",
+    }
     env = {k: v for k, v in os.environ.items() if not k.startswith(("SLURM", "PET_"))}
-    out = subprocess.run(["bash", str(script), "-S", "model.dgl.generator=upt"], cwd="/", env={**env, **job},
-                         capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        ["bash", str(script), "-S", "model.dgl.generator=upt"],
+        cwd="/",
+        env={**env, **job},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr[-3000:]
-    assert "torchrun: 2 machines (SLURM_JOB_NUM_NODES) x 4 processes (train.nproc), rendezvous '4242' " \
-           "(SLURM_JOB_ID) at gpu01:29400 (SLURMD_NODENAME)" in out.stderr
+    assert (
+        "torchrun: 2 machines (SLURM_JOB_NUM_NODES) x 4 processes (train.nproc), rendezvous '4242' "
+        "(SLURM_JOB_ID) at gpu01:29400 (SLURMD_NODENAME)" in out.stderr
+    )
     argv = (tmp_path / "srun.args").read_text().splitlines()
     assert argv[:4] == ["--nodes=2", "--ntasks=2", "--ntasks-per-node=1", "--kill-on-bad-exit=1"]
     assert argv[4:7] == [sys.executable, "-m", "dgl.launch"]  # torchrun with one-line failures (dgl/launch.py)
     args = parse_args(argv[7:])
-    assert (args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id) == \
-           ("2", "4", "c10d", "gpu01:29400", "4242")
+    assert (args.nnodes, args.nproc_per_node, args.rdzv_backend, args.rdzv_endpoint, args.rdzv_id) == (
+        "2",
+        "4",
+        "c10d",
+        "gpu01:29400",
+        "4242",
+    )
     assert args.rdzv_conf == "join_timeout=300,read_timeout=300,close_timeout=300" and args.max_restarts == 0
-    assert (args.module, args.training_script, args.training_script_args) == \
-           (True, "pipelines.train", stage_cmd("train")[3:])
+    assert (args.module, args.training_script, args.training_script_args) == (
+        True,
+        "pipelines.train",
+        stage_cmd("train")[3:],
+    )
     params = yaml.safe_load((tmp_path / "params.yaml").read_text())
     assert (params["train"]["device"], params["model"]["dgl"]["generator"]) == ("cuda", "upt")
     assert sbatch["gpus-per-node"] == str(params["train"]["nproc"])
 
 
-DVC_EXP_RUN = '''
+DVC_EXP_RUN = """
 import shlex, subprocess, sys, yaml
 args = sys.argv[1:]
 assert args[:2] == ["exp", "run"], args
@@ -497,4 +566,4 @@ for key, value in (a.split("=", 1) for a in args[3::2]):
     node[last] = yaml.safe_load(value)
 yaml.safe_dump(params, open("params.yaml", "w"), sort_keys=False)
 sys.exit(subprocess.run(shlex.split(yaml.safe_load(open("dvc.yaml"))["stages"]["train"]["cmd"])).returncode)
-'''
+"""

@@ -1,5 +1,6 @@
 """dgl.search: a free-text query against the test videos, from the workspace's trained method or from the
 one an MLflow run logged; it must rank as evaluate's features do."""
+
 from __future__ import annotations
 
 import os
@@ -39,14 +40,16 @@ def the_run(root):
 
 def test_a_query_is_tokenised_and_scored_as_evaluate_encodes_the_test_captions(in_project):
     params = load_params("params.yaml")
-    gallery = Gallery.load(in_project / "models/trained", in_project / "models/backbone", in_project / "data/cache",
-                           params)
+    gallery = Gallery.load(
+        in_project / "models/trained", in_project / "models/backbone", in_project / "data/cache", params
+    )
     split = gallery.split
     caption = 3
     tokens = gallery.tokenizer([split.texts[caption]], context_length=split.tokens.shape[1]).long()[0]
     assert torch.equal(tokens, split.tokens[caption])  # the cache's tokenizer and context length
-    text, video, _, _ = encode_view(gallery.method, SplitView(split, np.arange(split.num_videos)),
-                                    torch.device("cpu"), 4)
+    text, video, _, _ = encode_view(
+        gallery.method, SplitView(split, np.arange(split.num_videos)), torch.device("cpu"), 4
+    )
     expected = text[caption] @ video.t()
     assert torch.allclose(gallery.scores([split.texts[caption]])[0], expected, atol=1e-6)
     hits = gallery.search(split.texts[caption], split.num_videos)
@@ -54,8 +57,9 @@ def test_a_query_is_tokenised_and_scored_as_evaluate_encodes_the_test_captions(i
     assert all(a.score >= b.score for a, b in zip(hits, hits[1:]))
     assert all(abs(h.score - float(expected[h.video])) < 1e-6 for h in hits)  # a batch of one: last bits may differ
     twinned = [h for h in hits if h.twin >= 0]
-    assert twinned and all(hits[h.twin_rank - 1].video == h.twin and hits[h.twin_rank - 1].score == h.twin_score
-                           for h in twinned)
+    assert twinned and all(
+        hits[h.twin_rank - 1].video == h.twin and hits[h.twin_rank - 1].score == h.twin_score for h in twinned
+    )
 
 
 def test_the_run_alone_gives_the_workspace_models_answer(in_project, tmp_path, monkeypatch, capsys):
@@ -115,11 +119,14 @@ def test_a_folder_without_videos_is_one_line(in_project, tmp_path, monkeypatch, 
     assert exit_.value.code == 2 and f"--videos {tmp_path}: no video files" in err and len(err.splitlines()) == 1
 
 
-@pytest.mark.parametrize("argv,needle", [
-    (["a query", "--run", "no-such-run"], "no run named 'no-such-run' in experiment 'dgl'"),
-    (["   "], "the query is empty"),
-    (["a query", "--k", "0"], "--k 0: give at least 1"),
-])
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["a query", "--run", "no-such-run"], "no run named 'no-such-run' in experiment 'dgl'"),
+        (["   "], "the query is empty"),
+        (["a query", "--k", "0"], "--k 0: give at least 1"),
+    ],
+)
 def test_a_bad_search_is_one_line(in_project, monkeypatch, capsys, argv, needle):
     monkeypatch.setattr("sys.argv", ["search", *argv])
     with pytest.raises(SystemExit) as exit_:

@@ -1,5 +1,6 @@
 """dvc.yaml cannot drift from the code: every stage's deps cover the Python it runs, and every
 path a stage reads or writes is passed in its `cmd` and declared in its deps or outs, once."""
+
 from __future__ import annotations
 
 import ast
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT
+from helpers import ROOT
 
 STAGES = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
 SCRATCH_ARGS = {"--checkpoint"}  # a path the stage deletes once it succeeds: neither dep nor out
@@ -85,8 +86,11 @@ def test_stage_deps_cover_its_import_closure(name):
 def test_every_data_path_is_passed_in_cmd_and_declared(name):
     stage = STAGES[name]
     argv = shlex.split(stage["cmd"])
-    passed = {argv[i + 1] for i, arg in enumerate(argv[:-1])
-              if arg.startswith("--") and arg not in SCRATCH_ARGS | PATH_ARGS_EXEMPT}
+    passed = {
+        argv[i + 1]
+        for i, arg in enumerate(argv[:-1])
+        if arg.startswith("--") and arg not in SCRATCH_ARGS | PATH_ARGS_EXEMPT
+    }
     declared = declared_paths(stage)
     data = {p for p in declared if not (p.endswith(".py") or p.startswith(("dgl/", "pipelines/")))}
     assert passed == data, f"stage {name}: cmd passes {sorted(passed)}, deps/outs declare {sorted(data)}"
@@ -100,9 +104,22 @@ def test_closure_follows_lazy_and_package_imports():
 
 def test_reading_params_imports_neither_torch_nor_open_clip():
     closure = import_closure("dgl.settings")
-    assert closure == {Path("dgl/__init__.py"), Path("dgl/settings.py"), Path("dgl/typed_yaml.py"), Path("dgl/errors.py")}
+    assert closure == {
+        Path("dgl/__init__.py"),
+        Path("dgl/settings.py"),
+        Path("dgl/typed_yaml.py"),
+        Path("dgl/errors.py"),
+    }
     for path in closure:
-        imports = {n.split(".")[0] for node in ast.walk(ast.parse((ROOT / path).read_text()))
-                   for n in ([a.name for a in node.names] if isinstance(node, ast.Import) else
-                             [node.module or ""] if isinstance(node, ast.ImportFrom) else [])}
+        imports = {
+            n.split(".")[0]
+            for node in ast.walk(ast.parse((ROOT / path).read_text()))
+            for n in (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
+        }
         assert not imports & {"torch", "open_clip", "numpy"}, path

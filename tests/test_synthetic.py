@@ -1,4 +1,5 @@
 """The synthetic benchmark: real mp4 files, consistent annotations, exact twins, held-out combos, determinism."""
+
 from __future__ import annotations
 
 import csv
@@ -11,16 +12,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import group
 from dgl.data.synthetic import encode_mp4, generate
 from dgl.data.synthetic_render import render_frames
 from dgl.data.synthetic_scenes import check_vocabulary, held_out_combos, order_sensitive, plan_scenes, vocab
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
+from helpers import group
 
 # 10 test videos: one unit (a twin pair or two static videos) for each of the 5 categories.
-TINY = group("data.synthetic", seed=3, train_videos=8, test_videos=10, resolution=32, fps=8, seconds=1.5,
-             captions_per_video=2)
+TINY = group(
+    "data.synthetic", seed=3, train_videos=8, test_videos=10, resolution=32, fps=8, seconds=1.5, captions_per_video=2
+)
 DEFAULT = group("data.synthetic")
 
 
@@ -162,6 +164,7 @@ def test_test_captions_are_distinguishable():
 def test_same_config_gives_the_same_bytes(dataset, tmp_path):
     again = tmp_path / "again"
     generate(again, TINY, ffmpeg="pinned", workers=1, progress=False)
+
     def digests(root: Path) -> dict[str, str]:
         files = [p for p in root.rglob("*") if p.is_file()]
         return {p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest() for p in files}
@@ -246,5 +249,6 @@ def test_render_matches_the_committed_golden_digests(dataset):
     assert not differ and set(made["files"]) == set(golden["files"]), (
         f"{len(differ)} of {len(golden['files'])} rendered files differ from {GOLDEN.name} (e.g. {differ[:3]}); "
         f"encoded by {ffmpeg_exe()} ({made['toolchain']['version']}, sha256 {made['toolchain']['sha256'][:12]}), "
-        f"golden made by {golden['toolchain']['version']} (sha256 {golden['toolchain']['sha256'][:12]})")
+        f"golden made by {golden['toolchain']['version']} (sha256 {golden['toolchain']['sha256'][:12]})"
+    )
     assert made["toolchain"] == golden["toolchain"]

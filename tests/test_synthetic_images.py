@@ -1,14 +1,15 @@
 """The backbone's pretraining images: single frames whose captions say what one frame shows, never time."""
+
 from __future__ import annotations
 
 import itertools
 
 import numpy as np
 
-from conftest import group
-from dgl.data.synthetic_scenes import plan_scenes, vocab
 from dgl.data.synthetic_images import _random_kind, render_static_images, static_caption_classes
+from dgl.data.synthetic_scenes import plan_scenes, vocab
 from dgl.pretrain import UNKNOWN_WORDS
+from helpers import group
 
 DEFAULT = group("data.synthetic")
 
@@ -48,12 +49,45 @@ def test_static_images_and_their_captions_agree():
 def test_static_captions_never_speak_of_time_but_know_the_words_of_end_states():
     _, captions, _ = render_static_images(2000, seed=1, resolution=32)
     static = words_of(captions)
-    time_words = {"moves", "turns", "grows", "shrinks", "disappears", "vanishes", "leaves", "into", "then",
-                  "until", "ends", "passes", "from", "becomes", "rises", "falls"}
+    time_words = {
+        "moves",
+        "turns",
+        "grows",
+        "shrinks",
+        "disappears",
+        "vanishes",
+        "leaves",
+        "into",
+        "then",
+        "until",
+        "ends",
+        "passes",
+        "from",
+        "becomes",
+        "rises",
+        "falls",
+    }
     assert not static & time_words
     video = words_of(c for s in plan_scenes(DEFAULT) for c in s.captions())
-    for needed in ("top", "bottom", "left", "right", "up", "down", "large", "small", "big", "tiny", "little",
-                   "huge", "empty", "nothing", "appears", "shows", "holds"):
+    for needed in (
+        "top",
+        "bottom",
+        "left",
+        "right",
+        "up",
+        "down",
+        "large",
+        "small",
+        "big",
+        "tiny",
+        "little",
+        "huge",
+        "empty",
+        "nothing",
+        "appears",
+        "shows",
+        "holds",
+    ):
         assert needed in static and needed in video, needed
     assert set(vocab()["colours"]) | set(vocab()["shapes"]) | set(vocab()["backgrounds"]) <= static
 

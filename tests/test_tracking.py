@@ -4,6 +4,7 @@ re-run alone, which gets a run of its own; `--temp` experiments that do not stac
 processes writing one SQLite store at once. On fresh stores: `mlflow ui` serving a model-training
 experiment with unique run names and grouped metrics, `git_dirty` and the diff, a moved store
 refused until relocated, and the per-epoch log line."""
+
 from __future__ import annotations
 
 import contextlib
@@ -22,12 +23,12 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 import pytest
 
-from conftest import BIN, ROOT, make_project, run, tiny_params
+from helpers import BIN, ROOT, copy_project, run, tiny_params
 
 EPOCHS = tiny_params()["train"]["epochs"]
 
@@ -51,8 +52,9 @@ class Rest:
             return json.load(r)
 
     def post(self, endpoint: str, body: dict) -> dict:
-        request = urllib.request.Request(self.api + endpoint, data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        request = urllib.request.Request(
+            self.api + endpoint, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=10) as r:
             return json.load(r)
 
@@ -68,14 +70,28 @@ class Rest:
 @contextlib.contextmanager
 def mlflow_ui(root: Path, command: str = "server", *options: str, store: str | None = None) -> Iterator[str]:
     """`mlflow <command>` (server or ui) on a free loopback port with the SQLite store root/mlflow.db (or
-    the backend store `store`); yields its address once it answers. The server and its workers (one process group) are killed
-    when the block ends, whatever happened in it."""
+    the backend store `store`); yields its address once it answers. The server and its workers (one
+    process group) are killed when the block ends, whatever happened in it."""
     port = free_port()
     log = (root / f"{command}.log").open("w")
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", store or f"sqlite:///{root / 'mlflow.db'}", *options],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            str(BIN / "mlflow"),
+            command,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            store or f"sqlite:///{root / 'mlflow.db'}",
+            *options,
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 90
@@ -112,11 +128,20 @@ REPRO: dict[str, dict] = {}  # the MLflow run that `dvc repro` logged
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, server) -> Path:
+def project(tmp_path_factory, server, tiny_repro) -> Path:
     """The tests below share one project and one server, each starting from whatever the others
-    left there (in any order): each looks only at the runs its own commands add."""
-    root = make_project(tmp_path_factory.mktemp("project"), tiny_params())
-    LOGS["repro"] = dvc(root, server, "repro")
+    left there (in any order): each looks only at the runs its own commands add. The project is the
+    session's tiny one (a copy without its MLflow store, committed as a user would, with the .gitignore
+    files DVC wrote) whose training and evaluation, the stages that log to MLflow, run again on the
+    server (`dvc repro -f --downstream train`): the stages before them log nothing and are the
+    session's build."""
+    root = copy_project(tiny_repro, tmp_path_factory.mktemp("project") / "project")
+    (root / "mlflow.db").unlink()
+    shutil.rmtree(root / "mlruns", ignore_errors=True)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
+    run(git + ["add", "-A"], root)
+    run(git + ["commit", "-qm", "repro"], root)
+    LOGS["repro"] = dvc(root, server, "repro", "-f", "--downstream", "train")
     (REPRO["run"],) = server.runs()
     return root
 
@@ -127,7 +152,9 @@ def run_ids(server: Rest) -> set[str]:
 
 def dvc(project: Path, server: Rest, *args: str) -> str:
     """DVC's output and the stages', stdout and stderr in the order printed."""
-    return run(["sh", "-c", 'exec dvc "$@" 2>&1', "dvc", *args], project, env={"MLFLOW_TRACKING_URI": server.url}).stdout
+    return run(
+        ["sh", "-c", 'exec dvc "$@" 2>&1', "dvc", *args], project, env={"MLFLOW_TRACKING_URI": server.url}
+    ).stdout
 
 
 @pytest.mark.slow
@@ -159,9 +186,12 @@ def test_pipeline_run_is_complete_on_a_tracking_server(project, server):
     assert values(experiment["tags"])["mlflow.experimentKind"] == "custom_model_development"
     # Off a terminal (CI=1 here), train prints one line per epoch, and where to see the run.
     lines = [line for line in LOGS["repro"].splitlines() if line.startswith("epoch ")]
-    assert len(lines) == EPOCHS and all(re.fullmatch(
-        rf"epoch {i}/{EPOCHS}  loss \d+\.\d{{4}}  val R@1 \d+\.\d t2v / \d+\.\d v2t  [\dmh]+s?  ETA [\dmh]+s?", line)
-        for i, line in enumerate(lines, start=1)), lines
+    assert len(lines) == EPOCHS and all(
+        re.fullmatch(
+            rf"epoch {i}/{EPOCHS}  loss \d+\.\d{{4}}  val R@1 \d+\.\d t2v / \d+\.\d v2t  [\dmh]+s?  ETA [\dmh]+s?", line
+        )
+        for i, line in enumerate(lines, start=1)
+    ), lines
     assert f"/#/experiments/{experiment['experiment_id']}/runs/{run_id}?workflowType=machine_learning" in LOGS["repro"]
     stages = dict(re.findall(r"Running stage '(\w+)':\n(.*?)(?=Running stage|\Z)", LOGS["repro"], re.S))
     for stage in ("train", "evaluate"):  # they load the backbone stage's weights: not random
@@ -234,7 +264,10 @@ def test_temp_experiments_do_not_stack(project, server):
     dvc(project, server, "exp", "run", "--temp", "-n", "global2-temp", "-S", "model.dgl.global_prompt_len=2")
     runs = {r["info"]["run_name"]: values(r["data"]["params"]) for r in server.runs()}
     assert runs["upt-temp"]["model.dgl.generator"] == "upt"
-    assert (runs["global2-temp"]["model.dgl.generator"], runs["global2-temp"]["model.dgl.global_prompt_len"]) == ("ulp", "2")
+    assert (runs["global2-temp"]["model.dgl.generator"], runs["global2-temp"]["model.dgl.global_prompt_len"]) == (
+        "ulp",
+        "2",
+    )
 
 
 def values(entries: list[dict]) -> dict:
@@ -266,18 +299,32 @@ def test_concurrent_processes_share_one_sqlite_store(tmp_path):
     script = tmp_path / "worker.py"
     script.write_text(WORKER)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "DVC_ROOT": str(tmp_path)}
-    procs = [subprocess.Popen([sys.executable, str(script), f"sqlite:///{db}", str(w), str(runs), str(steps)],
-                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for w in range(workers)]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(script), f"sqlite:///{db}", str(w), str(runs), str(steps)],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for w in range(workers)
+    ]
     for proc in procs:
         output = proc.communicate(timeout=300)[0]
         assert proc.returncode == 0, output[-3000:]
     with sqlite3.connect(db) as con:
         statuses = [s for (s,) in con.execute("SELECT status FROM runs")]
-        per_run = con.execute("SELECT run_uuid, group_concat(step) FROM (SELECT run_uuid, step FROM metrics "
-                              "WHERE key = 'train_loss' ORDER BY step) GROUP BY run_uuid").fetchall()
-        pairs = set(con.execute("SELECT a.value, b.value FROM params a JOIN params b USING (run_uuid) "
-                                "WHERE a.key = 'worker' AND b.key = 'run'"))
+        per_run = con.execute(
+            "SELECT run_uuid, group_concat(step) FROM (SELECT run_uuid, step FROM metrics "
+            "WHERE key = 'train_loss' ORDER BY step) GROUP BY run_uuid"
+        ).fetchall()
+        pairs = set(
+            con.execute(
+                "SELECT a.value, b.value FROM params a JOIN params b USING (run_uuid) "
+                "WHERE a.key = 'worker' AND b.key = 'run'"
+            )
+        )
     assert statuses == ["FINISHED"] * workers * runs
     assert [s for _, s in per_run] == [",".join(map(str, range(1, steps + 1)))] * workers * runs
     assert pairs == {(str(w), str(r)) for w in range(workers) for r in range(runs)}
@@ -286,8 +333,10 @@ def test_concurrent_processes_share_one_sqlite_store(tmp_path):
 # ---- names, groups and provenance on a fresh store, without the pipeline ---------------------------
 
 COUNTS = {"trainable": 10, "total": 1000, "trainable_ratio": 0.01, "trainable_clip": 0}
-HISTORY = [{"train_loss": 2.0, "lr": 1e-3, "val_t2v_R1": 10.0, "val_v2t_R1": 12.0},
-           {"train_loss": 1.5, "lr": 5e-4, "val_t2v_R1": 20.0, "val_v2t_R1": 22.0}]
+HISTORY = [
+    {"train_loss": 2.0, "lr": 1e-3, "val_t2v_R1": 10.0, "val_v2t_R1": 12.0},
+    {"train_loss": 1.5, "lr": 5e-4, "val_t2v_R1": 20.0, "val_v2t_R1": 22.0},
+]
 
 
 @pytest.fixture
@@ -339,20 +388,46 @@ def test_the_ui_opens_a_training_experiment_with_unique_names_and_grouped_metric
     for found in runs:
         metrics, params = values(found["data"]["metrics"]), values(found["data"]["params"])
         assert sorted(metrics) == sorted(
-            ["epoch/train_loss", "epoch/train_lr", "epoch/val_t2v_R1", "epoch/val_v2t_R1", "test/t2v_R1",
-             "test/v2t_R1", "test/pair_acc"])  # charts: the curves, then the test results
+            [
+                "epoch/train_loss",
+                "epoch/train_lr",
+                "epoch/val_t2v_R1",
+                "epoch/val_v2t_R1",
+                "test/t2v_R1",
+                "test/v2t_R1",
+                "test/pair_acc",
+            ]
+        )  # charts: the curves, then the test results
         assert {k: v for k, v in params.items() if k.startswith("count.")} == {
-            "count.trainable": "10", "count.total": "1000", "count.trainable_ratio": "0.01",
-            "count.trainable_clip": "0"}
+            "count.trainable": "10",
+            "count.total": "1000",
+            "count.trainable_ratio": "0.01",
+            "count.trainable_clip": "0",
+        }
         # report.py reads them back under metrics.json's keys, as it does an older store's names
-        assert as_metrics_json(metrics, params) == {"t2v_R1": 30.0, "v2t_R1": 31.0, "pair_acc": 0.5,
-                                                    "trainable_params": 10, "trainable_ratio": 0.01,
-                                                    "trainable_clip": 0, "val_t2v_R1": 20.0, "val_v2t_R1": 22.0}
-        assert as_metrics_json({"params/trainable": 10.0, "test/t2v_R1": 1.0}) == {"trainable_params": 10.0,
-                                                                                  "t2v_R1": 1.0}
+        assert as_metrics_json(metrics, params) == {
+            "t2v_R1": 30.0,
+            "v2t_R1": 31.0,
+            "pair_acc": 0.5,
+            "trainable_params": 10,
+            "trainable_ratio": 0.01,
+            "trainable_clip": 0,
+            "val_t2v_R1": 20.0,
+            "val_v2t_R1": 22.0,
+        }
+        assert as_metrics_json({"params/trainable": 10.0, "test/t2v_R1": 1.0}) == {
+            "trainable_params": 10.0,
+            "t2v_R1": 1.0,
+        }
     assert [(m["step"], m["value"]) for m in sorted(history, key=lambda m: m["step"])] == [(1, 2.0), (2, 1.5)]
-    old = {"test_t2v_R1": 1.0, "params_trainable": 2, "params_trainable_ratio": 0.1, "val_t2v_R1": 3.0, "lr": 0.1,
-           "train_loss": 4.0}
+    old = {
+        "test_t2v_R1": 1.0,
+        "params_trainable": 2,
+        "params_trainable_ratio": 0.1,
+        "val_t2v_R1": 3.0,
+        "lr": 0.1,
+        "train_loss": 4.0,
+    }
     assert as_metrics_json(old) == {"t2v_R1": 1.0, "trainable_params": 2, "trainable_ratio": 0.1, "val_t2v_R1": 3.0}
 
 
@@ -383,8 +458,10 @@ def test_runs_say_whether_the_code_was_committed_and_log_the_diff(store):
     shutil.copy(ROOT / ".gitignore", store / ".gitignore")  # the store: mlflow.db, mlruns/
     (store / "model.py").write_text("LAYERS = 4\n")
     (store / "params.yaml").write_text("lr: 1\n")
-    (store / "dvc.yaml").write_text("stages:\n  evaluate:\n    cmd: python -m evaluate\n    metrics:\n"
-                                    "      - metrics.json:\n          cache: false\n")
+    (store / "dvc.yaml").write_text(
+        "stages:\n  evaluate:\n    cmd: python -m evaluate\n    metrics:\n"
+        "      - metrics.json:\n          cache: false\n"
+    )
     git(store, "add", "-A")
     git(store, "commit", "-qm", "code")
     head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=store, capture_output=True, text=True).stdout.strip()
@@ -431,8 +508,11 @@ def test_a_moved_store_is_refused_in_one_line_until_relocated(store, monkeypatch
     assert "python -m dgl.tracking relocate" in message
 
     shutil.copy(ROOT / "params.yaml", copy / "params.yaml")
-    out = run([sys.executable, "-m", "dgl.tracking", "relocate"], copy,
-              env={"PYTHONPATH": str(ROOT), "DVC_ROOT": str(copy), "MLFLOW_TRACKING_URI": None})
+    out = run(
+        [sys.executable, "-m", "dgl.tracking", "relocate"],
+        copy,
+        env={"PYTHONPATH": str(ROOT), "DVC_ROOT": str(copy), "MLFLOW_TRACKING_URI": None},
+    )
     assert f"and 1 runs now keep their artifacts in {copy / 'mlruns' / 'dgl'}" in out.stdout
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "")
     second = log_training()
@@ -466,11 +546,16 @@ def test_the_run_description_leads_with_the_numbers_and_names_what_changed():
     current = {"model": {"dgl": {"generator": "upt", "local_prompt_len": 4}}, "train": {"epochs": 1, "new": True}}
     changes = changed_params(current, committed)
     assert changes == [("model.dgl.generator", "ulp", "upt"), ("train.epochs", 4, 1), ("train.new", ABSENT, True)]
-    text = description({"t2v_R1": 47.6123, "content_R1": 65.0, "pair_acc": 0.6741, "v2t_R1": 43.0, "t2v_R5": 9.0},
-                       {"trainable": 285184, "trainable_ratio": 0.0342}, changes)
-    assert text == ("t2v R@1 47.6 · content R@1 65.0 · pair acc 0.674 · v2t R@1 43.0 · trainable 285,184 "
-                    "(3.42 %)\n\nChanged from the committed params.yaml: `model.dgl.generator` ulp → upt, "
-                    "`train.epochs` 4 → 1, `train.new` (none) → True")
+    text = description(
+        {"t2v_R1": 47.6123, "content_R1": 65.0, "pair_acc": 0.6741, "v2t_R1": 43.0, "t2v_R5": 9.0},
+        {"trainable": 285184, "trainable_ratio": 0.0342},
+        changes,
+    )
+    assert text == (
+        "t2v R@1 47.6 · content R@1 65.0 · pair acc 0.674 · v2t R@1 43.0 · trainable 285,184 "
+        "(3.42 %)\n\nChanged from the committed params.yaml: `model.dgl.generator` ulp → upt, "
+        "`train.epochs` 4 → 1, `train.new` (none) → True"
+    )
 
 
 def test_the_printed_link_goes_where_mlflow_ui_serves(monkeypatch):

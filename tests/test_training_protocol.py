@@ -1,6 +1,7 @@
 """The training protocol the papers use: parameter groups at their own rates, every caption once per
 epoch, a random frame per segment in training and the centre in evaluation, frame-normalised
 meanP, and a test gallery that may not shrink unnoticed."""
+
 from __future__ import annotations
 
 import json
@@ -12,16 +13,16 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import group
+from dgl.batch_order import epoch_samples, into_batches, train_val_views
 from dgl.cache.read import CachedSplit, gallery_counts
 from dgl.errors import UserError
 from dgl.evaluation import encode_view
 from dgl.frames.store import RawCodec, write_arrays
 from dgl.models.backbone import build_clip
 from dgl.models.methods import build_method
-from dgl.batch_order import epoch_samples, into_batches, train_val_views
 from dgl.train import optimizer_for, train_method
 from dgl.views import SplitView
+from helpers import group
 
 FRAMES, CANDIDATES, SIZE = 4, 3, 64  # the tiny CLIP sees 64 x 64
 
@@ -45,18 +46,35 @@ def split_with(captions_per_video: list[int], candidates: int = 1, twins: list[i
     import open_clip
 
     tokens = open_clip.get_tokenizer("tiny-synthetic")(texts, context_length=16).long()
-    store, rows = write_arrays(Path(tempfile.mkdtemp(dir=STORES.name)), np.ascontiguousarray(frames, dtype=np.uint8),
-                               RawCodec())
-    return CachedSplit(store=store, rows=rows, tokens=tokens,
-                       caption_video=caption_video, texts=texts, categories=["static"] * len(texts),
-                       twins=torch.tensor(twins) if twins else torch.full((videos,), -1), video_ids=[f"v{v}" for v in range(videos)],
-                       mean=torch.zeros(3), std=torch.ones(3) / 255, candidates=candidates)
+    store, rows = write_arrays(
+        Path(tempfile.mkdtemp(dir=STORES.name)), np.ascontiguousarray(frames, dtype=np.uint8), RawCodec()
+    )
+    return CachedSplit(
+        store=store,
+        rows=rows,
+        tokens=tokens,
+        caption_video=caption_video,
+        texts=texts,
+        categories=["static"] * len(texts),
+        twins=torch.tensor(twins) if twins else torch.full((videos,), -1),
+        video_ids=[f"v{v}" for v in range(videos)],
+        mean=torch.zeros(3),
+        std=torch.ones(3) / 255,
+        candidates=candidates,
+    )
 
 
-@pytest.mark.parametrize("method, groups", [
-    ("full", {"clip"}), ("bias", {"clip"}), ("partial", {"clip"}),
-    ("adapter_attn", {"added"}), ("dgl", {"added"}), ("vop_c", {"added"}),
-])
+@pytest.mark.parametrize(
+    "method, groups",
+    [
+        ("full", {"clip"}),
+        ("bias", {"clip"}),
+        ("partial", {"clip"}),
+        ("adapter_attn", {"added"}),
+        ("dgl", {"added"}),
+        ("vop_c", {"added"}),
+    ],
+)
 def test_parameter_groups_get_their_configured_rates(method, groups):
     m = tiny_method(method)
     cfg = group("train", lr=0.01, clip_lr=3e-6)
@@ -94,8 +112,15 @@ def test_a_trained_logit_scale_is_clamped_to_100_after_each_step_as_clip4clip_a_
     with torch.no_grad():
         m.clip.logit_scale.fill_(5.0)  # exp(5) = 148; rates 1e-20: only the clamp can move it
     cfg = group("train", epochs=1, batch_size=4, lr=1e-20, clip_lr=1e-20, val_fraction=0.0, device="cpu")
-    train_method(m, SplitView(split, np.arange(split.num_videos)), None, cfg, torch.device("cpu"),
-                 on_epoch=lambda *_: None, progress=False)
+    train_method(
+        m,
+        SplitView(split, np.arange(split.num_videos)),
+        None,
+        cfg,
+        torch.device("cpu"),
+        on_epoch=lambda *_: None,
+        progress=False,
+    )
     assert m.clip.logit_scale.item() == pytest.approx(np.log(100) if method == "full" else 5.0)
 
 
@@ -210,18 +235,32 @@ def test_meanp_normalises_each_frame_before_averaging(monkeypatch):
 
 def write_meta(cache, annotated: int, skipped: int) -> None:
     cache.mkdir(exist_ok=True)
-    splits = {"test": {"videos": annotated - skipped, "captions": 3 * (annotated - skipped), "frames": 4,
-                       "candidates": 1, "annotated_videos": annotated, "skipped_videos": skipped}}
+    splits = {
+        "test": {
+            "videos": annotated - skipped,
+            "captions": 3 * (annotated - skipped),
+            "frames": 4,
+            "candidates": 1,
+            "annotated_videos": annotated,
+            "skipped_videos": skipped,
+        }
+    }
     (cache / "meta.json").write_text(json.dumps({"splits": splits}))
 
 
 def test_a_test_set_missing_videos_is_refused_naming_the_count(tmp_path):
     write_meta(tmp_path, annotated=1000, skipped=12)
-    with pytest.raises(UserError, match=r"12 of the 1000 annotated test videos \(1\.2 %\).*skipped\.json.*"
-                                        r"eval\.max_missing >= 0\.0120"):
+    with pytest.raises(
+        UserError,
+        match=r"12 of the 1000 annotated test videos \(1\.2 %\).*skipped\.json.*"
+        r"eval\.max_missing >= 0\.0120",
+    ):
         gallery_counts(tmp_path, "test", max_missing=0.0)
-    assert gallery_counts(tmp_path, "test", max_missing=0.012) == {"videos": 988, "captions": 2964,
-                                                                   "skipped_videos": 12}
+    assert gallery_counts(tmp_path, "test", max_missing=0.012) == {
+        "videos": 988,
+        "captions": 2964,
+        "skipped_videos": 12,
+    }
     write_meta(tmp_path, annotated=1000, skipped=0)
     assert gallery_counts(tmp_path, "test", max_missing=0.0)["skipped_videos"] == 0
 

@@ -1,5 +1,6 @@
 """Frame sampling on real mp4 files made here with ffmpeg: which frames, what size, and bad videos
 that are reported in skipped.json without stopping the stage."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -13,7 +14,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import group
 from dgl.data.annotations import Annotations, Caption
 from dgl.errors import UserError
 from dgl.ffmpeg import ffmpeg_exe
@@ -23,6 +23,7 @@ from dgl.frames.ffmpeg_seek import _decode_seeks, _seek_plan, read_packets
 from dgl.frames.mp4_index import _Track
 from dgl.frames.sampling import VideoError, segment_candidates, uniform_indices
 from dgl.frames.store import FrameStore, resize_center_crop
+from helpers import group
 
 GRAY_STEP = 10  # frame i is painted gray level GRAY_STEP * i
 
@@ -41,9 +42,25 @@ def encode(frames: np.ndarray, path: Path, fps: int = 8, timing: list[str] = ())
 def make_testsrc(path: Path, seconds: float = 2, size: str = "64x48", fps: int = 8) -> Path:
     """A small real video (ffmpeg's test pattern)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi",
-                    "-i", f"testsrc=size={size}:rate={fps}:duration={seconds}",
-                    "-c:v", "libx264", "-pix_fmt", "yuv420p", str(path)], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc=size={size}:rate={fps}:duration={seconds}",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
@@ -63,8 +80,9 @@ def counter_video(path: Path, frame_count: int, fps: int = 25, gop: int = 250) -
     a keyframe every `gop` frames."""
     i = np.arange(frame_count)
     colours = np.stack([i % 25, i // 25, np.zeros_like(i)], axis=1).astype(np.uint8) * GRAY_STEP
-    return encode(np.broadcast_to(colours[:, None, None, :], (frame_count, 48, 64, 3)).copy(), path, fps,
-                  ["-g", str(gop)])
+    return encode(
+        np.broadcast_to(colours[:, None, None, :], (frame_count, 48, 64, 3)).copy(), path, fps, ["-g", str(gop)]
+    )
 
 
 def counter_indices(frames: np.ndarray) -> list[int]:
@@ -75,9 +93,27 @@ def counter_indices(frames: np.ndarray) -> list[int]:
 
 def faststart_testsrc(path: Path, seconds: float = 3, fps: int = 25) -> Path:
     """A test pattern mp4 with its index (moov) at the front, as streaming sites serve them."""
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi",
-                    "-i", f"testsrc=size=64x48:rate={fps}:duration={seconds}",
-                    "-c:v", "libx264", "-pix_fmt", "yuv420p", "-movflags", "+faststart", str(path)], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc=size=64x48:rate={fps}:duration={seconds}",
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            "-movflags",
+            "+faststart",
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
@@ -154,9 +190,11 @@ def raw_with_bad_videos(tmp_path) -> tuple[Path, Annotations]:
     (raw / "videos" / "empty.mp4").write_bytes(b"")
     (raw / "videos" / "text.mp4").write_text("this is not a video\n")
     ids = ["good0", "truncated", "good1", "empty", "text", "absent", "good2"]
-    annotations = Annotations(videos={v: f"videos/{v}.mp4" for v in ids},
-                              train=tuple(Caption(v, f"caption of {v}") for v in ids[:4]),
-                              test=tuple(Caption(v, f"caption of {v}") for v in ids[4:]))
+    annotations = Annotations(
+        videos={v: f"videos/{v}.mp4" for v in ids},
+        train=tuple(Caption(v, f"caption of {v}") for v in ids[:4]),
+        test=tuple(Caption(v, f"caption of {v}") for v in ids[4:]),
+    )
     return raw, annotations
 
 
@@ -167,21 +205,37 @@ def test_extract_frames_skips_bad_videos_and_samples_the_rest(tmp_path, raw_with
     out.mkdir()
     cfg = group("frames", num_frames=4, size=32, backend=backend, workers=2, train_candidates=1)
     summary = extract_frames(raw, annotations, out, cfg, ffmpeg="pinned", image_size=32, progress=False)
-    assert summary == {"videos": 7, "sampled": 3, "skipped": 4, "num_frames": 4, "size": 32, "backend": backend,
-                       "image_size": 32, "codec": "raw", "bytes": 3 * 4 * 3 * 32 * 32}
+    assert summary == {
+        "videos": 7,
+        "sampled": 3,
+        "skipped": 4,
+        "num_frames": 4,
+        "size": 32,
+        "backend": backend,
+        "image_size": 32,
+        "codec": "raw",
+        "bytes": 3 * 4 * 3 * 32 * 32,
+    }
     store = FrameStore(out, "frames")
     assert list(store.videos) == ["good0", "good1", "good2"]
     for name in ("good0", "good1", "good2"):  # short side 32 (32x43), centre-cropped to 32x32
-        assert np.array_equal(store.read(store.rows_of(name)),
-                              resize_center_crop(sample_frames(raw / f"videos/{name}.mp4", 4, 32, backend), 32))
+        assert np.array_equal(
+            store.read(store.rows_of(name)),
+            resize_center_crop(sample_frames(raw / f"videos/{name}.mp4", 4, 32, backend), 32),
+        )
     skipped = json.loads((out / "skipped.json").read_text())
     reasons = {s["video_id"]: s["reason"] for s in skipped["skipped"]}
     assert skipped["count"] == 4 and set(reasons) == {"truncated", "empty", "text", "absent"}
     assert reasons["absent"] == "videos/absent.mp4: file not found"
     assert reasons["empty"] == "videos/empty.mp4: empty file (0 bytes)"
     assert all(reasons[v].startswith(f"videos/{v}.mp4: ") and len(reasons[v]) < 200 for v in ("truncated", "text"))
-    assert sorted(p.name for p in out.iterdir()) == ["frames-00000.bin", "index.npy", "sampling.json", "skipped.json",
-                                                      "store.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        "frames-00000.bin",
+        "index.npy",
+        "sampling.json",
+        "skipped.json",
+        "store.json",
+    ]
     sampling = json.loads((out / "sampling.json").read_text())
     assert sampling["num_frames"] == 4 and sampling["train_candidates"] == 1
     toolchain = sampling["decoder"]
@@ -225,30 +279,54 @@ def test_a_wrong_frame_count_guess_is_corrected_by_decoding_again(tmp_path, monk
 
 # ---- seeking: a long video's few picks are decoded from the keyframe before each ----------------------
 
+
 def pattern_video(path: Path, frame_count: int, *options: str, vf: str | None = None) -> Path:
     """A moving test pattern (each frame differs from the last), 64x48 at 25 fps, H.264 with `options`."""
     filters = ["-vf", vf] if vf else []
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi",
-                    "-i", f"testsrc2=size=64x48:rate=25:duration={frame_count / 25}", *filters,
-                    "-c:v", "libx264", "-pix_fmt", "yuv420p", *options, str(path)], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            f"testsrc2=size=64x48:rate=25:duration={frame_count / 25}",
+            *filters,
+            "-c:v",
+            "libx264",
+            "-pix_fmt",
+            "yuv420p",
+            *options,
+            str(path),
+        ],
+        check=True,
+    )
     return path
 
 
 def remux(source: Path, dest: Path, *input_options: str) -> Path:
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *input_options, "-i", str(source), "-c", "copy",
-                    str(dest)], check=True)
+    subprocess.run(
+        [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *input_options, "-i", str(source), "-c", "copy", str(dest)],
+        check=True,
+    )
     return dest
 
 
 SEEK_CASES = {
     "B-frames, 8 references": lambda d: pattern_video(d / "b.mp4", 120, "-g", "12", "-bf", "3", "-refs", "8"),
-    "variable frame rate": lambda d: pattern_video(d / "vfr.mp4", 120, "-g", "12", "-fps_mode", "vfr",
-                                                   vf="setpts='if(lt(N,60),N,60+3*(N-60))/25/TB'"),
+    "variable frame rate": lambda d: pattern_video(
+        d / "vfr.mp4", 120, "-g", "12", "-fps_mode", "vfr", vf="setpts='if(lt(N,60),N,60+3*(N-60))/25/TB'"
+    ),
     # a hard cut every 17 frames: x264 puts an I frame there, a keyframe (IDR) only 30 frames after the last
-    "I frames that are not keyframes": lambda d: pattern_video(d / "cuts.mp4", 120, "-g", "60", "-x264-params",
-                                                               "min-keyint=30", vf="negate=enable='lt(mod(n,34),17)'"),
-    "an edit list that hides the first frames": lambda d: remux(pattern_video(d / "b.mp4", 120, "-g", "12"),
-                                                                d / "cut.mp4", "-ss", "1.3"),
+    "I frames that are not keyframes": lambda d: pattern_video(
+        d / "cuts.mp4", 120, "-g", "60", "-x264-params", "min-keyint=30", vf="negate=enable='lt(mod(n,34),17)'"
+    ),
+    "an edit list that hides the first frames": lambda d: remux(
+        pattern_video(d / "b.mp4", 120, "-g", "12"), d / "cut.mp4", "-ss", "1.3"
+    ),
     "mkv": lambda d: remux(pattern_video(d / "b.mp4", 120, "-g", "12"), d / "b.mkv"),
 }
 
@@ -264,8 +342,9 @@ def test_seeking_to_any_frame_gives_the_single_pass_frame_byte_for_byte(tmp_path
         assert count < len(packets.key)  # packets decoded but not shown
     seeks = [seek for n in range(count) for seek in _seek_plan(packets, np.array([n]))]
     assert len(seeks) == count and len({seek.start for seek in seeks}) > 3  # one seek per frame, from several keyframes
-    seeked = np.concatenate([_decode_seeks(video, exe, 32, seeks[i:i + 8], packets.time_base)
-                             for i in range(0, count, 8)])
+    seeked = np.concatenate(
+        [_decode_seeks(video, exe, 32, seeks[i : i + 8], packets.time_base) for i in range(0, count, 8)]
+    )
     assert seeked.shape == every.shape and np.array_equal(seeked, every)
 
 
@@ -307,8 +386,9 @@ def test_where_seeking_fails_the_single_pass_gives_the_frames(tmp_path, monkeypa
         monkeypatch.setattr("dgl.frames.ffmpeg_decode.read_packets", shifted)
     expected = single_pass(video, monkeypatch, num_frames=4, size=32)
     passes = []
-    monkeypatch.setattr("dgl.frames.ffmpeg_decode._decode_picked",
-                        lambda *args: passes.append(args) or _decode_picked(*args))
+    monkeypatch.setattr(
+        "dgl.frames.ffmpeg_decode._decode_picked", lambda *args: passes.append(args) or _decode_picked(*args)
+    )
     assert np.array_equal(sample_frames(video, num_frames=4, size=32), expected)
     assert len(passes) == 1  # seeking was tried, and left it to the single pass
 
@@ -325,8 +405,21 @@ def _bad_videos(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     whole = faststart_testsrc(folder / "whole.mp4")
     (folder / "text.mp4").write_text("this is not a video\n")
-    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "lavfi", "-i", "sine=duration=1",
-                    str(folder / "audio.mp4")], check=True)
+    subprocess.run(
+        [
+            ffmpeg_exe(),
+            "-nostdin",
+            "-v",
+            "error",
+            "-y",
+            "-f",
+            "lavfi",
+            "-i",
+            "sine=duration=1",
+            str(folder / "audio.mp4"),
+        ],
+        check=True,
+    )
     return {
         "not a video": folder / "text.mp4",
         "truncated, index at the end": cut(make_testsrc(folder / "plain.mp4", seconds=3), folder / "cut_plain.mp4"),
@@ -337,10 +430,18 @@ def _bad_videos(folder: Path) -> dict[str, Path]:
 
 # what each backend says, in words (decord does not tell a cut file without its index from a non-video)
 REASONS = {
-    "ffmpeg": {"not a video": "not an mp4", "truncated, index at the end": "truncated",
-               "truncated, index at the front": "truncated", "no video stream": "no video stream"},
-    "decord": {"not a video": "not a video file", "truncated, index at the end": "not a video file, or a damaged",
-               "truncated, index at the front": "truncated or damaged", "no video stream": "no video stream"},
+    "ffmpeg": {
+        "not a video": "not an mp4",
+        "truncated, index at the end": "truncated",
+        "truncated, index at the front": "truncated",
+        "no video stream": "no video stream",
+    },
+    "decord": {
+        "not a video": "not a video file",
+        "truncated, index at the end": "not a video file, or a damaged",
+        "truncated, index at the front": "truncated or damaged",
+        "no video stream": "no video stream",
+    },
 }
 
 
@@ -370,11 +471,14 @@ def test_a_truncated_video_with_its_index_at_the_front_is_skipped_not_sampled_fr
     assert FrameStore(out, "frames").videos == {}
 
 
-@pytest.mark.parametrize("raw,needle", [
-    ({"num_frames": 0}, "frames.num_frames = 0 is out of range"),
-    ({"backend": "opencv"}, "frames.backend = 'opencv' is not allowed; use one of: ffmpeg, decord"),
-    ({"reencode_fps": 0}, "frames.reencode_fps = 0.0 is out of range"),
-])
+@pytest.mark.parametrize(
+    "raw,needle",
+    [
+        ({"num_frames": 0}, "frames.num_frames = 0 is out of range"),
+        ({"backend": "opencv"}, "frames.backend = 'opencv' is not allowed; use one of: ffmpeg, decord"),
+        ({"reencode_fps": 0}, "frames.reencode_fps = 0.0 is out of range"),
+    ],
+)
 def test_frames_params_are_checked(raw, needle):
     with pytest.raises(UserError, match=re.escape(needle)):
         group("frames", **raw)
