@@ -40,6 +40,13 @@ TINY_OVERRIDES = {
 }
 
 
+def ffmpeg(*args: str, stdin: bytes | None = None) -> None:
+    """The pinned ffmpeg, quiet and overwriting its output, with `args` (`stdin` piped in); an error fails the test."""
+    from dgl.ffmpeg import ffmpeg_exe
+
+    subprocess.run([ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *args], input=stdin, check=True)
+
+
 def tiny_params() -> dict:
     return merge(yaml.safe_load((ROOT / "params.yaml").read_text()), TINY_OVERRIDES)
 

@@ -36,7 +36,7 @@ from dgl.frames.extract import extract_frames, sample_frames
 from dgl.frames.mp4_index import mp4_video_track
 from dgl.frames.sampling import VideoError
 from dgl.frames.store import FrameStore
-from helpers import group
+from helpers import ffmpeg, group
 
 
 def box(kind: bytes, payload: bytes = b"") -> bytes:
@@ -372,23 +372,7 @@ def test_decord_refuses_a_frame_above_its_pixel_budget_and_decodes_one_frame_at_
 
 def _cover(tmp_path: Path) -> Path:
     cover = tmp_path / "cover.png"
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "color=red:size=64x48",
-            "-frames:v",
-            "1",
-            str(cover),
-        ],
-        check=True,
-    )
+    ffmpeg("-f", "lavfi", "-i", "color=red:size=64x48", "-frames:v", "1", str(cover))
     return cover
 
 
@@ -398,29 +382,21 @@ def _cover(tmp_path: Path) -> Path:
 )
 def test_an_audio_file_with_cover_art_is_a_video_without_a_video_stream(tmp_path, backend, container, codecs):
     song = tmp_path / f"song.{container}"
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=duration=2",
-            "-i",
-            str(_cover(tmp_path)),
-            "-map",
-            "0:a",
-            "-map",
-            "1:v",
-            *codecs,
-            "-disposition:v:0",
-            "attached_pic",
-            str(song),
-        ],
-        check=True,
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        "sine=duration=2",
+        "-i",
+        str(_cover(tmp_path)),
+        "-map",
+        "0:a",
+        "-map",
+        "1:v",
+        *codecs,
+        "-disposition:v:0",
+        "attached_pic",
+        str(song),
     )
     with pytest.raises(VideoError, match="^no video stream|^broken metadata"):
         sample_frames(song, 4, 32, backend=backend)

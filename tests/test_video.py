@@ -8,7 +8,6 @@ import json
 import math
 import operator
 import re
-import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +22,7 @@ from dgl.frames.ffmpeg_seek import _decode_seeks, _seek_plan, read_packets
 from dgl.frames.mp4_index import _Track
 from dgl.frames.sampling import VideoError, segment_candidates, uniform_indices
 from dgl.frames.store import FrameStore, resize_center_crop
-from helpers import group
+from helpers import ffmpeg, group
 
 GRAY_STEP = 10  # frame i is painted gray level GRAY_STEP * i
 
@@ -31,35 +30,43 @@ GRAY_STEP = 10  # frame i is painted gray level GRAY_STEP * i
 def encode(frames: np.ndarray, path: Path, fps: int = 8, timing: list[str] = ()) -> Path:
     """(N, H, W, 3) uint8 frames → a near-lossless H.264 mp4 (`timing`: extra output options)."""
     _, height, width, _ = frames.shape
-    subprocess.run([
-        ffmpeg_exe(), "-nostdin", "-v", "error", "-y", "-f", "rawvideo", "-pix_fmt", "rgb24",
-        "-s", f"{width}x{height}", "-r", str(fps), "-i", "pipe:", *timing,
-        "-c:v", "libx264", "-crf", "4", "-pix_fmt", "yuv420p", str(path),
-    ], input=frames.tobytes(), check=True)  # fmt: skip
+    ffmpeg(
+        "-f",
+        "rawvideo",
+        "-pix_fmt",
+        "rgb24",
+        "-s",
+        f"{width}x{height}",
+        "-r",
+        str(fps),
+        "-i",
+        "pipe:",
+        *timing,
+        "-c:v",
+        "libx264",
+        "-crf",
+        "4",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
+        stdin=frames.tobytes(),
+    )
     return path
 
 
 def make_testsrc(path: Path, seconds: float = 2, size: str = "64x48", fps: int = 8) -> Path:
     """A small real video (ffmpeg's test pattern)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc=size={size}:rate={fps}:duration={seconds}",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            str(path),
-        ],
-        check=True,
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc=size={size}:rate={fps}:duration={seconds}",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        str(path),
     )
     return path
 
@@ -93,26 +100,18 @@ def counter_indices(frames: np.ndarray) -> list[int]:
 
 def faststart_testsrc(path: Path, seconds: float = 3, fps: int = 25) -> Path:
     """A test pattern mp4 with its index (moov) at the front, as streaming sites serve them."""
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc=size=64x48:rate={fps}:duration={seconds}",
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            "-movflags",
-            "+faststart",
-            str(path),
-        ],
-        check=True,
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc=size=64x48:rate={fps}:duration={seconds}",
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        "-movflags",
+        "+faststart",
+        str(path),
     )
     return path
 
@@ -283,35 +282,24 @@ def test_a_wrong_frame_count_guess_is_corrected_by_decoding_again(tmp_path, monk
 def pattern_video(path: Path, frame_count: int, *options: str, vf: str | None = None) -> Path:
     """A moving test pattern (each frame differs from the last), 64x48 at 25 fps, H.264 with `options`."""
     filters = ["-vf", vf] if vf else []
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            f"testsrc2=size=64x48:rate=25:duration={frame_count / 25}",
-            *filters,
-            "-c:v",
-            "libx264",
-            "-pix_fmt",
-            "yuv420p",
-            *options,
-            str(path),
-        ],
-        check=True,
+    ffmpeg(
+        "-f",
+        "lavfi",
+        "-i",
+        f"testsrc2=size=64x48:rate=25:duration={frame_count / 25}",
+        *filters,
+        "-c:v",
+        "libx264",
+        "-pix_fmt",
+        "yuv420p",
+        *options,
+        str(path),
     )
     return path
 
 
 def remux(source: Path, dest: Path, *input_options: str) -> Path:
-    subprocess.run(
-        [ffmpeg_exe(), "-nostdin", "-v", "error", "-y", *input_options, "-i", str(source), "-c", "copy", str(dest)],
-        check=True,
-    )
+    ffmpeg(*input_options, "-i", str(source), "-c", "copy", str(dest))
     return dest
 
 
@@ -405,21 +393,7 @@ def _bad_videos(folder: Path) -> dict[str, Path]:
     folder.mkdir(parents=True, exist_ok=True)
     whole = faststart_testsrc(folder / "whole.mp4")
     (folder / "text.mp4").write_text("this is not a video\n")
-    subprocess.run(
-        [
-            ffmpeg_exe(),
-            "-nostdin",
-            "-v",
-            "error",
-            "-y",
-            "-f",
-            "lavfi",
-            "-i",
-            "sine=duration=1",
-            str(folder / "audio.mp4"),
-        ],
-        check=True,
-    )
+    ffmpeg("-f", "lavfi", "-i", "sine=duration=1", str(folder / "audio.mp4"))
     return {
         "not a video": folder / "text.mp4",
         "truncated, index at the end": cut(make_testsrc(folder / "plain.mp4", seconds=3), folder / "cut_plain.mp4"),
