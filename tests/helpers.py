@@ -63,11 +63,15 @@ def stage_cmd(name: str) -> list[str]:
     return shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]["cmd"])
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `cmd` with the venv first on PATH; a None value in `env` unsets that variable."""
+def venv_env(env: dict | None = None) -> dict[str, str]:
+    """This environment with the venv first on PATH and CI set, then `env`; a None value unsets a variable."""
     full_env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1", **(env or {})}
-    full_env = {k: v for k, v in full_env.items() if v is not None}
-    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=full_env)
+    return {k: v for k, v in full_env.items() if v is not None}
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run `cmd` with the venv first on PATH (`venv_env`)."""
+    out = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=venv_env(env))
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out

@@ -23,7 +23,18 @@ import pytest
 import torch
 import yaml
 
-from helpers import BIN, ROOT, copy_project, make_project, merge, run, stage_cmd, stage_in_process, tiny_params
+from helpers import (
+    BIN,
+    ROOT,
+    copy_project,
+    make_project,
+    merge,
+    run,
+    stage_cmd,
+    stage_in_process,
+    tiny_params,
+    venv_env,
+)
 
 GIT = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
 SEED_RANGE = "is out of range; use a value in [0, 4294967295]"
@@ -466,7 +477,7 @@ def test_a_killed_experiment_restored_from_the_run_cache_leaves_no_orphan(projec
     db = project / "mlflow.db"
     runs_before = mlflow_runs(db)
     params = yaml.safe_load((project / "params.yaml").read_text())["train"]
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "CI": "1"}
+    env = venv_env()
     proc = subprocess.Popen(
         ["dvc", "exp", "run", "-S", "train.lr=0.01", "-S", "train.epochs=50"],
         cwd=project,
@@ -499,29 +510,28 @@ def test_a_killed_experiment_restored_from_the_run_cache_leaves_no_orphan(projec
     assert digests(project, *OUTPUTS) == before
 
 
+def kill_train_once(project: Path, cwd: Path, written: Path) -> None:
+    """Run the train stage in `cwd` (the project's code) and kill it as soon as `written` exists."""
+    env = venv_env({"PYTHONPATH": str(project), "DVC_ROOT": str(cwd)})
+    proc = subprocess.Popen(
+        stage_cmd("train"), cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        while not written.exists():
+            assert proc.poll() is None, proc.communicate()[1][-3000:]
+            time.sleep(0.01)
+    finally:
+        proc.kill()
+        proc.communicate()
+
+
 def test_a_training_with_other_params_ends_the_killed_runs_checkpoint(project, tmp_path):
     """The train stage itself, on a checkpoint another training left when it was killed: that run
     ends KILLED, the checkpoint is removed, and the new run is the only one left open until it ends."""
     link_inputs(project, tmp_path, "data/cache", "models/backbone")
     write_params(tmp_path / "params.yaml", {"train": {"epochs": 50}}, base=project / "params.yaml")
     checkpoint = tmp_path / "models/checkpoints/train.pt"
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "CI": "1",
-        "PYTHONPATH": str(project),
-        "DVC_ROOT": str(tmp_path),
-    }
-    proc = subprocess.Popen(
-        stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        while not checkpoint.exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.communicate()
+    kill_train_once(project, tmp_path, checkpoint)
     write_params(tmp_path / "params.yaml", {"train": {"lr": 0.01}}, base=project / "params.yaml")
     out = stage("train", tmp_path, code=project)
     assert out.returncode == 0, out.stderr[-3000:]
@@ -537,23 +547,7 @@ def test_a_training_killed_before_its_first_checkpoint_leaves_no_run_running(pro
     write_params(tmp_path / "params.yaml", {"train": {"epochs": 50}}, base=project / "params.yaml")
     checkpoint = tmp_path / "models/checkpoints/train.pt"
     marker = checkpoint.with_name("train.pt.run")
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "CI": "1",
-        "PYTHONPATH": str(project),
-        "DVC_ROOT": str(tmp_path),
-    }
-    proc = subprocess.Popen(
-        stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
-    )
-    try:
-        while not marker.exists():
-            assert proc.poll() is None, proc.communicate()[1][-3000:]
-            time.sleep(0.01)
-    finally:
-        proc.kill()
-        proc.communicate()
+    kill_train_once(project, tmp_path, marker)
     assert not checkpoint.exists()  # the first epoch had not ended
     ((run_id, status),) = mlflow_runs(tmp_path / "mlflow.db")
     assert status == "RUNNING" and marker.read_text().strip() == run_id
@@ -626,14 +620,7 @@ def test_a_tracking_server_killed_mid_run_loses_no_epoch(project, tmp_path):
     store, port = tmp_path / "store", free_port()
     store.mkdir()
     uri = f"http://127.0.0.1:{port}"
-    env = {
-        **os.environ,
-        "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
-        "CI": "1",
-        "PYTHONPATH": str(project),
-        "DVC_ROOT": str(tmp_path),
-        "MLFLOW_TRACKING_URI": uri,
-    }
+    env = venv_env({"PYTHONPATH": str(project), "DVC_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": uri})
     checkpoint = tmp_path / "models/checkpoints/train.pt"
     server = start_server(store, port)
     try:
