@@ -8,6 +8,7 @@ import configparser
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -61,6 +62,13 @@ def group(key: str, **overrides):
 def stage_cmd(name: str) -> list[str]:
     """The command dvc.yaml runs for stage `name`, as an argv."""
     return shlex.split(yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"][name]["cmd"])
+
+
+def free_port() -> int:
+    """A loopback TCP port nothing listens on now (for a server a test starts)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def venv_env(env: dict | None = None) -> dict[str, str]:

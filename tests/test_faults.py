@@ -11,7 +11,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import time
@@ -27,6 +26,7 @@ from helpers import (
     BIN,
     ROOT,
     copy_project,
+    free_port,
     make_project,
     merge,
     run,
@@ -554,12 +554,6 @@ def test_a_training_killed_before_its_first_checkpoint_leaves_no_run_running(pro
     out = stage("params", tmp_path, code=project)
     assert out.returncode == 0 and f"run {run_id} of that checkpoint ended as KILLED" in out.stderr, out.stderr
     assert mlflow_runs(tmp_path / "mlflow.db") == [(run_id, "KILLED")] and not marker.exists()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def start_server(store: Path, port: int) -> subprocess.Popen:

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from test_tracking import Rest, free_port, mlflow_ui
+from test_tracking import Rest, mlflow_ui
 
 from experiments.report import from_dvc_show
-from helpers import ROOT, copy_project, run
+from helpers import ROOT, copy_project, free_port, run
 
 DB_USER = "nobody"  # initdb refuses root: as root, the cluster runs as this user
 

@@ -41,7 +41,7 @@ from dgl.models.methods import build_method
 from dgl.settings import Params, TrainConfig
 from dgl.train import Features, Precision, contrastive_step, parallel_features, pick_precision, train_method
 from dgl.typed_yaml import build
-from helpers import ROOT, group, merge, stage_cmd, tiny_params
+from helpers import ROOT, free_port, group, merge, stage_cmd, tiny_params
 
 # Sub-batches and ranks change only the float rounding of the encoders (smaller matmuls), not the maths.
 RTOL, ATOL = 1e-4, 1e-6
@@ -345,12 +345,6 @@ def test_stage_killed_then_rerun_resumes_in_one_mlflow_run_and_torchrun_agrees(s
     assert [r["epoch"] for r in ddp] == [1, 2, 3, 4]
     for a, b in zip(ddp, resumed):
         assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def serving(port: int, proc: subprocess.Popen) -> None:

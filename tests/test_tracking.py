@@ -15,7 +15,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -28,15 +27,9 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, ROOT, copy_project, run, tiny_params
+from helpers import BIN, ROOT, copy_project, free_port, run, tiny_params
 
 EPOCHS = tiny_params()["train"]["epochs"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class Rest:
