@@ -5,12 +5,17 @@ a stage's command, running a command with the venv on PATH, and the project in a
 from __future__ import annotations
 
 import configparser
+import contextlib
 import os
 import shlex
 import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -83,6 +88,45 @@ def run(cmd: list[str], cwd: Path, check: bool = True, env: dict | None = None) 
     if check and out.returncode != 0:
         raise AssertionError(f"{' '.join(cmd)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
     return out
+
+
+def start_mlflow(command: str, port: int, store: str, *options: str, log: Path) -> subprocess.Popen:
+    """`mlflow <command>` (server or ui) on loopback `port` with the backend store `store` (a URI), its
+    output appended to `log`; returned once it answers. Its workers share its process group (`stop_mlflow`).
+    MLflow's job runner (a dozen huey processes for GenAI jobs, which nothing here uses) stays off."""
+    with log.open("a") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "mlflow"), command, "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+            + ["--backend-store-uri", store, *options],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=venv_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
+        )
+    deadline = time.monotonic() + 120
+    while True:
+        if proc.poll() is not None:
+            raise AssertionError(f"mlflow {command} exited:\n{log.read_text()[-3000:]}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                return proc
+        except (urllib.error.URLError, ConnectionError, TimeoutError):  # starting, or slow on a busy machine
+            if time.monotonic() > deadline:
+                stop_mlflow(proc)
+                raise AssertionError(f"mlflow {command} did not answer within 120 s:\n{log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+
+def stop_mlflow(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
+    """Signal `mlflow server`/`ui` and its workers, its process group (SIGKILL: a crash, not a shutdown),
+    and reap it; what a SIGTERM leaves after 10 s is killed."""
+    with contextlib.suppress(ProcessLookupError):  # none left: it exited, or failed to start
+        os.killpg(proc.pid, sig)
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def dvc_cache_type() -> str:

@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
 from dgl.models.methods import METHODS
-from experiments.queue import Row, load_grid
+from experiments.queue import GRID, Row, load_grid
 from experiments.report import Experiment, from_dvc_show, load_runs, save_runs, table
 from helpers import ROOT, call_main, copy_project, merge, run, tiny_params
 
@@ -50,25 +51,30 @@ def outside_repo(tmp_path, monkeypatch, capsys):
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory, tiny_repro) -> tuple[Path, str]:
+def project(tmp_path_factory, tiny_repro) -> tuple[Path, subprocess.CompletedProcess]:
     """The session's tiny project (a copy, without its MLflow store) committed with one training epoch
-    instead of its two: the queued rows find the data and the backbone in DVC's cache and run only
-    their training and evaluation, each logging the store's only runs."""
-    root = copy_project(tiny_repro, tmp_path_factory.mktemp("grid") / "project")
+    instead of its two, and one queue run of a grid file holding the grid's ROWS and a row that fails
+    in stage `params`: the rows find the data and the backbone in DVC's cache and run only their
+    training and evaluation, each logging the store's only runs."""
+    folder = tmp_path_factory.mktemp("grid")
+    root = copy_project(tiny_repro, folder / "project")
     (root / "mlflow.db").unlink()
     shutil.rmtree(root / "mlruns", ignore_errors=True)
     (root / "params.yaml").write_text(yaml.safe_dump(merge(tiny_params(), {"train": {"epochs": 1}}), sort_keys=False))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     run(git + ["add", "-A"], root)
     run(git + ["commit", "-qm", "the tiny project's outputs; one epoch"], root)
-    out = run(["python", "-m", "experiments.queue", "--rows", ",".join(ROWS), "--jobs", "1", "--wait"], root)
-    return root, out.stdout
+    rows = [row for row in yaml.safe_load(GRID.read_text())["rows"] if row["name"] in ROWS]
+    grid = folder / "rows.yaml"
+    grid.write_text(yaml.safe_dump({"rows": [*rows, {"name": "broken", "set": ["model.method=nope"]}]}))
+    out = run(["python", "-m", "experiments.queue", "--grid", str(grid), "--jobs", "1", "--wait"], root, check=False)
+    return root, out
 
 
 @pytest.mark.slow
 def test_queue_runs_the_rows_and_report_shows_each_experiments_numbers(project):
-    root, queue_out = project
-    assert all(f"{name}: Success" in queue_out for name in ROWS), queue_out
+    root, queued = project
+    assert all(f"{name}: Success" in queued.stdout for name in ROWS), queued.stdout + queued.stderr
     metrics = experiment_metrics(root)
     assert set(metrics) == set(ROWS)
     out = run(["python", "-m", "experiments.report", "--out", "experiments/results/tiny.md"], root).stdout
@@ -129,13 +135,11 @@ def test_queueing_an_existing_experiment_again_is_refused_in_one_line(project):
 
 @pytest.mark.slow
 def test_a_failing_row_is_reported_with_its_log_and_left_out_of_the_table(project):
-    root, _ = project
-    (root / "broken.yaml").write_text(yaml.safe_dump({"rows": [{"name": "broken", "set": ["model.method=nope"]}]}))
-    out = run(["python", "-m", "experiments.queue", "--grid", "broken.yaml", "--wait"], root, check=False)
-    assert out.returncode == 2
-    assert "broken: Failed" in out.stdout
-    assert "model.method = 'nope' is not allowed" in out.stderr  # the tail of the task's log
-    assert out.stderr.strip().splitlines()[-1] == "error: 1 of 1 experiments failed: broken"
+    root, queued = project
+    assert queued.returncode == 2
+    assert "broken: Failed" in queued.stdout
+    assert "model.method = 'nope' is not allowed" in queued.stderr  # the tail of the task's log
+    assert queued.stderr.strip().splitlines()[-1] == f"error: 1 of {len(ROWS) + 1} experiments failed: broken"
     report = run(["python", "-m", "experiments.report"], root)
     assert list(report_rows(report.stdout)) == list(ROWS)
     assert "left out, no metrics.json: broken (failed)" in report.stderr

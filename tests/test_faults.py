@@ -14,8 +14,6 @@ import signal
 import sqlite3
 import subprocess
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import pytest
@@ -23,7 +21,6 @@ import torch
 import yaml
 
 from helpers import (
-    BIN,
     ROOT,
     copy_project,
     free_port,
@@ -32,6 +29,8 @@ from helpers import (
     run,
     stage_cmd,
     stage_in_process,
+    start_mlflow,
+    stop_mlflow,
     tiny_params,
     venv_env,
 )
@@ -556,45 +555,6 @@ def test_a_training_killed_before_its_first_checkpoint_leaves_no_run_running(pro
     assert mlflow_runs(tmp_path / "mlflow.db") == [(run_id, "KILLED")] and not marker.exists()
 
 
-def start_server(store: Path, port: int) -> subprocess.Popen:
-    """`mlflow server` on `store` (SQLite), answering on `port`."""
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{store / 'mlflow.db'}",
-            "--serve-artifacts",
-            "--artifacts-destination",
-            str(store / "artifacts"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, "mlflow server exited"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return proc
-        except (urllib.error.URLError, ConnectionError, TimeoutError):  # starting, or slow on a busy machine
-            assert time.monotonic() < deadline, "mlflow server did not answer within 120 s"
-            time.sleep(0.5)
-
-
-def stop_server(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)  # the server and its workers: a crash, not a shutdown
-    proc.wait()
-
-
 def train_loss_steps(store: Path) -> dict[str, list[int]]:
     with sqlite3.connect(store / "mlflow.db") as con:
         rows = con.execute("SELECT run_uuid, step FROM metrics WHERE key = 'epoch/train_loss' ORDER BY step").fetchall()
@@ -613,10 +573,16 @@ def test_a_tracking_server_killed_mid_run_loses_no_epoch(project, tmp_path):
     write_params(tmp_path / "params.yaml", {"train": {"epochs": epochs}}, base=project / "params.yaml")
     store, port = tmp_path / "store", free_port()
     store.mkdir()
+    server_options = (
+        f"sqlite:///{store / 'mlflow.db'}",
+        "--serve-artifacts",
+        "--artifacts-destination",
+        str(store / "artifacts"),
+    )
     uri = f"http://127.0.0.1:{port}"
     env = venv_env({"PYTHONPATH": str(project), "DVC_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": uri})
     checkpoint = tmp_path / "models/checkpoints/train.pt"
-    server = start_server(store, port)
+    server = start_mlflow("server", port, *server_options, log=store / "server.log")
     try:
         proc = subprocess.Popen(
             stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -624,12 +590,12 @@ def test_a_tracking_server_killed_mid_run_loses_no_epoch(project, tmp_path):
         while not checkpoint.exists():
             assert proc.poll() is None, proc.communicate()[1][-3000:]
             time.sleep(0.02)
-        stop_server(server)
+        stop_mlflow(server)  # a crash, not a shutdown
         _, err = proc.communicate(timeout=300)
         one_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), f"error: MLflow at {uri}: ")
         saved = torch.load(checkpoint, weights_only=True)["epoch"]
         assert saved < epochs
-        server = start_server(store, port)
+        server = start_mlflow("server", port, *server_options, log=store / "server.log")
         ((run_id, status),) = mlflow_runs(store / "mlflow.db")
         assert status == "RUNNING"  # the server could not hear the end
         logged = train_loss_steps(store).get(run_id, [])
@@ -644,4 +610,4 @@ def test_a_tracking_server_killed_mid_run_loses_no_epoch(project, tmp_path):
             assert con.execute("SELECT status FROM runs").fetchall() == [("FINISHED",)]
         assert not checkpoint.exists()
     finally:
-        stop_server(server)
+        stop_mlflow(server)

@@ -369,16 +369,16 @@ import torch.nn.functional as F
 from dgl.metrics import evaluate_retrieval
 
 gen = torch.Generator().manual_seed(0)
-text = F.normalize(torch.randn(50000, 64, generator=gen), dim=-1)
+text = F.normalize(torch.randn(25000, 64, generator=gen), dim=-1)
 video = F.normalize(text + 0.15 * torch.randn(50000, 64, generator=gen), dim=-1)
 evaluate_retrieval(text[:2000], video[:2000], torch.arange(2000), dsl=True)  # warm up kernels and allocator
 def status_kib(field):
     line = next(line for line in open("/proc/self/status") if line.startswith(field))
     return int(line.split()[1]) * 1024
-for n, dsl in ((50000, False), (20000, True)):
+for n, dsl, chunk_size in ((25000, False, 2048), (14000, True, 1024)):
     open("/proc/self/clear_refs", "w").write("5")  # reset VmHWM (the peak RSS) to the current RSS
     rss_before = status_kib("VmRSS")
-    result = evaluate_retrieval(text[:n], video[:n], torch.arange(n), dsl=dsl, chunk_size=1024)
+    result = evaluate_retrieval(text[:n], video[:n], torch.arange(n), dsl=dsl, chunk_size=chunk_size)
     peak = status_kib("VmHWM")
     assert 0 < result.metrics["t2v_R1"] < 100
     print(peak - rss_before)
@@ -388,11 +388,11 @@ for n, dsl in ((50000, False), (20000, True)):
 @pytest.mark.slow
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads the peak RSS from /proc/self/status")
 def test_large_gallery_stays_within_a_small_memory_cap():
-    # Ranking, 50k x 50k: S would be 9.3 GiB, one 1024-row chunk of it 195 MiB. It goes tile by tile
-    # (1024 x 16384 scores and their mask, 128 MiB, whatever the gallery's size): the cap, 192 MiB over
-    # the resident size before the call, is less than one row chunk.
-    # DSL, 20k x 20k: its softmax normalisers take 1024-row chunks (78 MiB), about 2.3 held at once;
-    # with the ranking's tiles the cap, 384 MiB, fails long before anything dense (1.6 GB).
+    # Ranking, 25k x 25k in 2048-row chunks: S would be 2.3 GiB, one row chunk of it 195 MiB. It goes tile
+    # by tile (scores and their mask, 128 MiB, whatever the chunk or the gallery's size): the cap, 192 MiB
+    # over the resident size before the call, is less than one row chunk.
+    # DSL, 14k x 14k: its softmax normalisers take 1024-row chunks (55 MiB), about 2.3 held at once;
+    # with the ranking's tiles the cap, 384 MiB, fails long before anything dense (784 MB).
     # glibc's adaptive mmap threshold sometimes keeps freed chunk-sized blocks resident (+300 MiB at
     # random); a fixed threshold makes it hand every large block back, so the peak measures this code.
     # The peak is VmHWM, reset after warm-up: ru_maxrss survives execve, so the child would inherit the

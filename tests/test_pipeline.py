@@ -1,5 +1,6 @@
-"""The real pipeline: `dvc repro` and `dvc exp run -S` in a temporary git repository, MLflow in
-a real SQLite store, and bad params rejected with one line before any output is touched."""
+"""The real pipeline: `dvc repro` in a temporary git repository, MLflow in a real SQLite store, and
+bad params rejected with one line before any output is touched. `dvc exp run -S` (an ablation, which
+reruns training and evaluation only) is in test_tracking.py, on a tracking server."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from helpers import BIN, ROOT, copy_project, make_project, run, stage_in_process, tiny_params
+from helpers import BIN, ROOT, make_project, run, stage_in_process, tiny_params
 
 
 def mlflow_runs(db: Path) -> list[tuple]:
@@ -80,28 +81,6 @@ def test_same_params_give_identical_outputs_on_a_second_machine_run(tiny_repro, 
     assert lock_outputs(second / "dvc.lock") == lock_outputs(first / "dvc.lock")
     status = run(["dvc", "status"], second, env=bytecode_on).stdout
     assert "up to date" in status and "changed" not in status, status
-
-
-def test_dvc_exp_run_with_set_param_reruns_training_only(tiny_repro, tmp_path):
-    project = copy_project(tiny_repro, tmp_path / "project")
-    before = json.loads((project / "metrics.json").read_text())
-    out = run(["dvc", "exp", "run", "-S", "model.dgl.generator=upt", "-S", "train.clip_lr=1e-6"], project)
-    assert "Running stage 'train'" in out.stdout and "Running stage 'download'" not in out.stdout
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
-    exps = [e for commit in shown for e in (commit.get("experiments") or [])]
-    assert exps, "the experiment is recorded"
-    runs = mlflow_runs(project / "mlflow.db")
-    assert len(runs) == 2
-    with sqlite3.connect(project / "mlflow.db") as con:
-        generators = [v for (v,) in con.execute("SELECT value FROM params WHERE key='model.dgl.generator'")]
-    assert sorted(generators) == ["ulp", "upt"]
-    upt = dict(
-        sqlite3.connect(project / "mlflow.db").execute(
-            "SELECT c.key, c.value FROM params c JOIN params p ON c.run_uuid = p.run_uuid "
-            "WHERE p.key='model.dgl.generator' AND p.value='upt'"
-        )
-    )
-    assert int(upt["count.trainable"]) != before["trainable_params"]
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,6 @@ import signal
 import sqlite3
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from helpers import BIN, ROOT, copy_project, free_port, run, tiny_params
+from helpers import ROOT, copy_project, free_port, run, start_mlflow, stop_mlflow, tiny_params
 
 EPOCHS = tiny_params()["train"]["epochs"]
 
@@ -63,49 +62,16 @@ class Rest:
 @contextlib.contextmanager
 def mlflow_ui(root: Path, command: str = "server", *options: str, store: str | None = None) -> Iterator[str]:
     """`mlflow <command>` (server or ui) on a free loopback port with the SQLite store root/mlflow.db (or
-    the backend store `store`); yields its address once it answers. The server and its workers (one
-    process group) are killed when the block ends, whatever happened in it."""
+    the backend store `store`); yields its address once it answers. The server and its workers are
+    stopped when the block ends, whatever happened in it."""
     port = free_port()
-    log = (root / f"{command}.log").open("w")
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            command,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            store or f"sqlite:///{root / 'mlflow.db'}",
-            *options,
-        ],
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
+    proc = start_mlflow(
+        command, port, store or f"sqlite:///{root / 'mlflow.db'}", *options, log=root / f"{command}.log"
     )
-    url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 90
-        while True:
-            assert proc.poll() is None, f"mlflow {command} exited:\n{(root / f'{command}.log').read_text()[-3000:]}"
-            try:
-                with urllib.request.urlopen(url + "/health", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):  # starting, or slow on a busy machine
-                assert time.monotonic() < deadline, f"mlflow {command} did not answer within 90 s"
-                time.sleep(0.5)
-        yield url
+        yield f"http://127.0.0.1:{port}"
     finally:
-        with contextlib.suppress(ProcessLookupError):  # none left when the server failed to start
-            os.killpg(proc.pid, signal.SIGTERM)  # the server's workers are in its process group
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+        stop_mlflow(proc, signal.SIGTERM)
 
 
 @pytest.fixture(scope="module")
@@ -248,19 +214,25 @@ def test_evaluate_alone_logs_a_new_run_and_keeps_the_first(project, server):
 
 
 @pytest.mark.slow
-def test_temp_experiments_do_not_stack(project, server):
-    """The READMEs' ablations: `dvc exp run --temp` leaves the workspace's params.yaml as it was,
-    so the next experiment changes the baseline, not the previous experiment."""
+def test_an_ablation_reruns_training_only_and_temp_experiments_do_not_stack(project, server):
+    """The READMEs' ablations: `dvc exp run --temp -S ...` reruns training and evaluation only (DVC
+    restores the data and the backbone), is an experiment with a run of its own, and leaves the
+    workspace's params.yaml as it was, so the next experiment changes the baseline, not the previous
+    experiment: the second changes only an eval.* value (one no other test sets: DVC's run cache
+    would restore evaluate), so had the first's generator stayed, training would run again and log it."""
     before = (project / "params.yaml").read_text()
-    dvc(project, server, "exp", "run", "--temp", "-n", "upt-temp", "-S", "model.dgl.generator=upt")
+    out = dvc(project, server, "exp", "run", "--temp", "-n", "upt-temp", "-S", "model.dgl.generator=upt")
+    assert "Running stage 'train'" in out and "Running stage 'download'" not in out
     assert (project / "params.yaml").read_text() == before
-    dvc(project, server, "exp", "run", "--temp", "-n", "global2-temp", "-S", "model.dgl.global_prompt_len=2")
+    out = dvc(project, server, "exp", "run", "--temp", "-n", "eval-temp", "-S", "eval.batch_size=3")
+    assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
     runs = {r["info"]["run_name"]: values(r["data"]["params"]) for r in server.runs()}
+    first = values(REPRO["run"]["data"]["params"])
     assert runs["upt-temp"]["model.dgl.generator"] == "upt"
-    assert (runs["global2-temp"]["model.dgl.generator"], runs["global2-temp"]["model.dgl.global_prompt_len"]) == (
-        "ulp",
-        "2",
-    )
+    assert runs["upt-temp"]["count.trainable"] != first["count.trainable"]
+    assert (runs["eval-temp"]["model.dgl.generator"], runs["eval-temp"]["eval.batch_size"]) == ("ulp", "3")
+    shown = json.loads(run(["dvc", "exp", "show", "--json"], project).stdout)
+    assert {"upt-temp", "eval-temp"} <= {e["name"] for commit in shown for e in commit.get("experiments") or []}
 
 
 def values(entries: list[dict]) -> dict:
