@@ -155,11 +155,18 @@ def make_project(dest: Path, params: dict) -> Path:
     return dest
 
 
-def copy_project(source: Path, dest: Path) -> Path:
+def copy_project(source: Path, dest: Path, mlflow_store: bool = True) -> Path:
     """A copy of a project made by make_project, git, DVC and MLflow state included, that runs as the
     original would: its mlflow.db is pointed at the copy's mlruns/ (`python -m dgl.tracking relocate`),
-    since a copied store still names the original's folder and every run refuses it until relocated."""
-    shutil.copytree(source, dest, symlinks=True)
+    since a copied store still names the original's folder and every run refuses it until relocated.
+    Without `mlflow_store` the copy has no store (mlflow.db, mlruns/), for tests that log elsewhere or anew."""
+
+    def left_out(folder: str, names: list[str]) -> set[str]:  # the store, which lies at the top
+        return (
+            set() if mlflow_store or Path(folder) != source else {"mlflow.db", "mlflow.db.lock", "mlruns"} & set(names)
+        )
+
+    shutil.copytree(source, dest, symlinks=True, ignore=left_out)
     if (dest / "mlflow.db").exists():
         run(
             [sys.executable, "-m", "dgl.tracking", "relocate"],

@@ -5,7 +5,6 @@ and from MLflow, in grid order, with each experiment's own numbers."""
 from __future__ import annotations
 
 import json
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -57,9 +56,7 @@ def project(tmp_path_factory, tiny_repro) -> tuple[Path, subprocess.CompletedPro
     in stage `params`: the rows find the data and the backbone in DVC's cache and run only their
     training and evaluation, each logging the store's only runs."""
     folder = tmp_path_factory.mktemp("grid")
-    root = copy_project(tiny_repro, folder / "project")
-    (root / "mlflow.db").unlink()
-    shutil.rmtree(root / "mlruns", ignore_errors=True)
+    root = copy_project(tiny_repro, folder / "project", mlflow_store=False)
     (root / "params.yaml").write_text(yaml.safe_dump(merge(tiny_params(), {"train": {"epochs": 1}}), sort_keys=False))
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     run(git + ["add", "-A"], root)

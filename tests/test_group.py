@@ -122,7 +122,7 @@ def group(tmp_path_factory, tiny_repro) -> Iterator[Group]:
     base = tmp_path_factory.mktemp("group")
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     run(["git", "init", "-q", "--bare", str(base / "shared.git")], base)
-    alice = copy_project(tiny_repro, base / "alice")
+    alice = copy_project(tiny_repro, base / "alice", mlflow_store=False)  # the group logs to its server
     run(["dvc", "remote", "add", "-d", "shared", str(base / "dvc-remote")], alice)  # README, "A DVC remote"
     run(git + ["add", "-A"], alice)  # dvc.lock, metrics.json, plots: what `dvc repro` made, and the remote
     run(git + ["commit", "-qm", "results, and the group's DVC remote"], alice)

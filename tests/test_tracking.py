@@ -94,9 +94,7 @@ def project(tmp_path_factory, server, tiny_repro) -> Path:
     files DVC wrote) whose training and evaluation, the stages that log to MLflow, run again on the
     server (`dvc repro -f --downstream train`): the stages before them log nothing and are the
     session's build."""
-    root = copy_project(tiny_repro, tmp_path_factory.mktemp("project") / "project")
-    (root / "mlflow.db").unlink()
-    shutil.rmtree(root / "mlruns", ignore_errors=True)
+    root = copy_project(tiny_repro, tmp_path_factory.mktemp("project") / "project", mlflow_store=False)
     git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost"]
     run(git + ["add", "-A"], root)
     run(git + ["commit", "-qm", "repro"], root)
