@@ -105,15 +105,16 @@ def start_mlflow(command: str, port: int, store: str, *options: str, log: Path) 
         )
     deadline = time.monotonic() + 120
     while True:
-        if proc.poll() is not None:
-            raise AssertionError(f"mlflow {command} exited:\n{log.read_text()[-3000:]}")
+        assert proc.poll() is None, f"mlflow {command} exited:\n{log.read_text()[-3000:]}"
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
                 return proc
         except (urllib.error.URLError, ConnectionError, TimeoutError):  # starting, or slow on a busy machine
             if time.monotonic() > deadline:
                 stop_mlflow(proc)
-                raise AssertionError(f"mlflow {command} did not answer within 120 s:\n{log.read_text()[-3000:]}")
+            assert time.monotonic() <= deadline, (
+                f"mlflow {command} did not answer within 120 s:\n{log.read_text()[-3000:]}"
+            )
             time.sleep(0.2)
 
 

@@ -218,13 +218,16 @@ def test_an_ablation_reruns_training_only_and_temp_experiments_do_not_stack(proj
     workspace's params.yaml as it was, so the next experiment changes the baseline, not the previous
     experiment: the second changes only an eval.* value (one no other test sets: DVC's run cache
     would restore evaluate), so had the first's generator stayed, training would run again and log it."""
-    before = (project / "params.yaml").read_text()
+    before, runs_before = (project / "params.yaml").read_text(), run_ids(server)
     out = dvc(project, server, "exp", "run", "--temp", "-n", "upt-temp", "-S", "model.dgl.generator=upt")
     assert "Running stage 'train'" in out and "Running stage 'download'" not in out
     assert (project / "params.yaml").read_text() == before
     out = dvc(project, server, "exp", "run", "--temp", "-n", "eval-temp", "-S", "eval.batch_size=3")
     assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
-    runs = {r["info"]["run_name"]: values(r["data"]["params"]) for r in server.runs()}
+    assert len(run_ids(server) - runs_before) == 2  # one run per experiment
+    logged = {r["info"]["run_name"]: r for r in server.runs()}
+    assert logged["upt-temp"]["info"]["status"] == logged["eval-temp"]["info"]["status"] == "FINISHED"
+    runs = {name: values(r["data"]["params"]) for name, r in logged.items()}
     first = values(REPRO["run"]["data"]["params"])
     assert runs["upt-temp"]["model.dgl.generator"] == "upt"
     assert runs["upt-temp"]["count.trainable"] != first["count.trainable"]
