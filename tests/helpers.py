@@ -104,18 +104,20 @@ def start_mlflow(command: str, port: int, store: str, *options: str, log: Path) 
             env=venv_env({"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}),
         )
     deadline = time.monotonic() + 120
-    while True:
-        assert proc.poll() is None, f"mlflow {command} exited:\n{log.read_text()[-3000:]}"
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
-                return proc
-        except (urllib.error.URLError, ConnectionError, TimeoutError):  # starting, or slow on a busy machine
-            if time.monotonic() > deadline:
-                stop_mlflow(proc)
-            assert time.monotonic() <= deadline, (
-                f"mlflow {command} did not answer within 120 s:\n{log.read_text()[-3000:]}"
-            )
-            time.sleep(0.2)
+    try:
+        while True:
+            assert proc.poll() is None, f"mlflow {command} exited:\n{log.read_text()[-3000:]}"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    return proc
+            except (urllib.error.URLError, ConnectionError, TimeoutError):  # starting, or slow on a busy machine
+                assert time.monotonic() < deadline, (
+                    f"mlflow {command} did not answer in 120 s:\n{log.read_text()[-3000:]}"
+                )
+                time.sleep(0.2)
+    except BaseException:
+        stop_mlflow(proc)  # its workers too, which may outlive it
+        raise
 
 
 def stop_mlflow(proc: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
@@ -156,18 +158,16 @@ def make_project(dest: Path, params: dict) -> Path:
     return dest
 
 
+MLFLOW_STORE = ("mlflow.db", "mlflow.db.lock", "mlruns")  # the default SQLite store beside a project
+
+
 def copy_project(source: Path, dest: Path, mlflow_store: bool = True) -> Path:
     """A copy of a project made by make_project, git, DVC and MLflow state included, that runs as the
     original would: its mlflow.db is pointed at the copy's mlruns/ (`python -m dgl.tracking relocate`),
     since a copied store still names the original's folder and every run refuses it until relocated.
     Without `mlflow_store` the copy has no store (mlflow.db, mlruns/), for tests that log elsewhere or anew."""
 
-    def left_out(folder: str, names: list[str]) -> set[str]:  # the store, which lies at the top
-        return (
-            set() if mlflow_store or Path(folder) != source else {"mlflow.db", "mlflow.db.lock", "mlruns"} & set(names)
-        )
-
-    shutil.copytree(source, dest, symlinks=True, ignore=left_out)
+    shutil.copytree(source, dest, symlinks=True, ignore=None if mlflow_store else shutil.ignore_patterns(*MLFLOW_STORE))
     if (dest / "mlflow.db").exists():
         run(
             [sys.executable, "-m", "dgl.tracking", "relocate"],

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import email.utils
+import functools
 import hashlib
 import io
 import json
@@ -492,27 +493,21 @@ def test_without_keep_archives_the_archives_go_once_checked_and_a_refetch_is_che
     server, msrvtt_served, tmp_path, capsys
 ):
     downloads = tmp_path / "downloads"
-    prepare_raw(
+    fetch = functools.partial(
+        prepare_raw,
         "msrvtt",
-        tmp_path / "raw",
         progress=False,
         downloads_dir=downloads,
         manual_dir=tmp_path / "manual",
         keep_archives=False,
     )
+    fetch(tmp_path / "raw")
     assert sorted(p.name for p in downloads.iterdir()) == ["MSRVTT.zip.sha256", "msrvtt_data.zip.sha256"]
     assert "deleted the extracted archives (msrvtt_data.zip, MSRVTT.zip)" in capsys.readouterr().err
     assert len(load_annotations("msrvtt", tmp_path / "raw").train) == 4
 
     requests = len(server.requests)
-    again = prepare_raw(
-        "msrvtt",
-        tmp_path / "raw2",
-        progress=False,
-        downloads_dir=downloads,
-        manual_dir=tmp_path / "manual",
-        keep_archives=False,
-    )
+    again = fetch(tmp_path / "raw2")
     assert len(server.requests) > requests and again["downloaded"] == ["MSRVTT.zip", "msrvtt_data.zip"]
     manifest = json.loads((tmp_path / "raw2" / "manifest.json").read_text())
     assert manifest["downloads"]["MSRVTT.zip"]["checked"] == "recorded on first use"

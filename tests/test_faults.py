@@ -573,16 +573,20 @@ def test_a_tracking_server_killed_mid_run_loses_no_epoch(project, tmp_path):
     write_params(tmp_path / "params.yaml", {"train": {"epochs": epochs}}, base=project / "params.yaml")
     store, port = tmp_path / "store", free_port()
     store.mkdir()
-    server_options = (
+    serve = functools.partial(
+        start_mlflow,
+        "server",
+        port,
         f"sqlite:///{store / 'mlflow.db'}",
         "--serve-artifacts",
         "--artifacts-destination",
         str(store / "artifacts"),
-    )
+        log=store / "server.log",
+    )  # the same server on the same store and port, started again after its crash
     uri = f"http://127.0.0.1:{port}"
     env = venv_env({"PYTHONPATH": str(project), "DVC_ROOT": str(tmp_path), "MLFLOW_TRACKING_URI": uri})
     checkpoint = tmp_path / "models/checkpoints/train.pt"
-    server = start_mlflow("server", port, *server_options, log=store / "server.log")
+    server = serve()
     try:
         proc = subprocess.Popen(
             stage_cmd("train"), cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -595,7 +599,7 @@ def test_a_tracking_server_killed_mid_run_loses_no_epoch(project, tmp_path):
         one_line(subprocess.CompletedProcess(proc.args, proc.returncode, "", err), f"error: MLflow at {uri}: ")
         saved = torch.load(checkpoint, weights_only=True)["epoch"]
         assert saved < epochs
-        server = start_mlflow("server", port, *server_options, log=store / "server.log")
+        server = serve()
         ((run_id, status),) = mlflow_runs(store / "mlflow.db")
         assert status == "RUNNING"  # the server could not hear the end
         logged = train_loss_steps(store).get(run_id, [])
